@@ -1,0 +1,254 @@
+//! Errors: what went wrong with a request ([`WorkerError`]), with starting a
+//! worker ([`SpawnError`]), inside the worker's handler ([`RemoteError`]), and
+//! why a worker died ([`CrashReason`]).
+
+use std::fmt;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Why a request to a worker did not produce a reply.
+///
+/// Every request resolves: with the reply, or with exactly one of these.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum WorkerError {
+    /// The worker's handler returned an error (or could not decode the request).
+    #[error("the worker answered with an error: {0}")]
+    Remote(#[from] RemoteError),
+    /// No reply arrived within the request's deadline. The worker was told to cancel it.
+    #[error("`{message}` timed out after {after:?}")]
+    Timeout {
+        /// The deadline that passed.
+        after: Duration,
+        /// The wire name of the message.
+        message: &'static str,
+    },
+    /// The worker died while the request was in flight (or before it was sent).
+    #[error("the worker crashed ({reason}){}", message.as_deref().map(|m| format!(": {m}")).unwrap_or_default())]
+    Crashed {
+        /// Exit code, signal, or lost connection.
+        reason: CrashReason,
+        /// What the worker said before dying (its panic message), if anything.
+        message: Option<String>,
+        /// Which attempt this was; 1 for the first try.
+        attempt: u32,
+    },
+    /// The worker was closed; it accepts no more requests.
+    #[error("the worker is closed")]
+    Closed,
+    /// Too many requests are already waiting for this worker.
+    #[error("the worker is overloaded: {limit} requests are already queued")]
+    Overloaded {
+        /// The queue bound that was hit.
+        limit: usize,
+    },
+    /// The request or its reply could not be encoded or decoded on this side.
+    #[error("could not {what}: {detail}")]
+    Codec {
+        /// What was being done, e.g. "encode `Ping`".
+        what: String,
+        /// The serializer's own error text.
+        detail: String,
+    },
+    /// The request's frame is larger than the configured maximum.
+    #[error("`{message}` is {size} bytes encoded, over the frame limit of {limit} bytes")]
+    TooLarge {
+        /// The wire name of the message.
+        message: &'static str,
+        /// Its encoded size.
+        size: usize,
+        /// The configured limit.
+        limit: usize,
+    },
+}
+
+/// An error raised inside the worker, carried to the host intact.
+///
+/// Handlers on the worker side return `Err(RemoteError::new(..).into())`
+/// (or convert any `std::error::Error` with [`RemoteError::from_error`]).
+///
+/// ```
+/// use isolated_workers::RemoteError;
+/// let e = RemoteError::new("DivideByZero", "cannot divide 1 by zero").with_code(22);
+/// assert_eq!(e.to_string(), "DivideByZero: cannot divide 1 by zero (code 22)");
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub struct RemoteError {
+    /// A short, stable name for the kind of error, e.g. `DivideByZero`.
+    pub name: String,
+    /// A human-readable description.
+    pub message: String,
+    /// An optional machine-readable code.
+    pub code: Option<i64>,
+    /// The `source()` chain of the original error, outermost first.
+    pub causes: Vec<String>,
+}
+
+impl RemoteError {
+    /// An error with a name and a message.
+    pub fn new(name: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            message: message.into(),
+            code: None,
+            causes: Vec::new(),
+        }
+    }
+
+    /// Adds a machine-readable code.
+    pub fn with_code(mut self, code: i64) -> Self {
+        self.code = Some(code);
+        self
+    }
+
+    /// Captures any error: its type name (last path segment), its message and
+    /// its `source()` chain.
+    pub fn from_error<E: std::error::Error + ?Sized>(error: &E) -> Self {
+        let full = std::any::type_name::<E>();
+        let name = full.rsplit("::").next().unwrap_or(full);
+        let mut causes = Vec::new();
+        let mut source = error.source();
+        while let Some(cause) = source {
+            causes.push(cause.to_string());
+            source = cause.source();
+        }
+        Self {
+            name: name.to_owned(),
+            message: error.to_string(),
+            code: None,
+            causes,
+        }
+    }
+}
+
+impl fmt::Display for RemoteError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.name, self.message)?;
+        if let Some(code) = self.code {
+            write!(f, " (code {code})")?;
+        }
+        for cause in &self.causes {
+            write!(f, "; caused by: {cause}")?;
+        }
+        Ok(())
+    }
+}
+
+impl From<WorkerError> for RemoteError {
+    /// A worker-side handler that itself called another worker may return
+    /// that error; it travels as a remote error named after its kind.
+    fn from(error: WorkerError) -> Self {
+        match error {
+            WorkerError::Remote(remote) => remote,
+            other => RemoteError::new("WorkerError", other.to_string()),
+        }
+    }
+}
+
+/// Why a worker stopped without being asked to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CrashReason {
+    /// The process exited with this code.
+    Exit(i32),
+    /// The process was killed by this signal.
+    Signal(i32),
+    /// The worker panicked (thread workers; child processes report their
+    /// panic message and then exit with code 101).
+    Panic,
+    /// The connection broke but the cause could not be learned.
+    ConnectionLost,
+}
+
+impl fmt::Display for CrashReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CrashReason::Exit(code) => write!(f, "exit code {code}"),
+            CrashReason::Signal(signal) => match signal_name(*signal) {
+                Some(name) => write!(f, "killed by {name}"),
+                None => write!(f, "killed by signal {signal}"),
+            },
+            CrashReason::Panic => f.write_str("panicked"),
+            CrashReason::ConnectionLost => f.write_str("connection lost"),
+        }
+    }
+}
+
+#[cfg(unix)]
+fn signal_name(signal: i32) -> Option<&'static str> {
+    nix::sys::signal::Signal::try_from(signal)
+        .ok()
+        .map(|s| s.as_str())
+}
+
+#[cfg(not(unix))]
+fn signal_name(_: i32) -> Option<&'static str> {
+    None
+}
+
+impl CrashReason {
+    /// The reason a process with this exit status stopped.
+    pub fn from_exit_status(status: std::process::ExitStatus) -> Self {
+        #[cfg(unix)]
+        {
+            use std::os::unix::process::ExitStatusExt;
+            if let Some(signal) = status.signal() {
+                return CrashReason::Signal(signal);
+            }
+        }
+        match status.code() {
+            Some(code) => CrashReason::Exit(code),
+            None => CrashReason::ConnectionLost,
+        }
+    }
+}
+
+/// Why a worker could not be started.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SpawnError {
+    /// The program could not be started at all.
+    #[error("could not start `{program}`: {source}")]
+    Launch {
+        /// The program that was run.
+        program: String,
+        /// The operating system's error.
+        source: std::io::Error,
+    },
+    /// The worker exited before it completed the handshake.
+    #[error("the worker exited before it was ready ({reason}){}", stderr_tail(.stderr))]
+    Exited {
+        /// How it exited.
+        reason: CrashReason,
+        /// The last lines it wrote to stderr.
+        stderr: String,
+    },
+    /// The worker did not complete the handshake within the startup timeout.
+    #[error("the worker was not ready within {after:?}{}", stderr_tail(.stderr))]
+    Timeout {
+        /// The startup timeout.
+        after: Duration,
+        /// The last lines it wrote to stderr.
+        stderr: String,
+    },
+    /// The worker presented the right token but disagreed about the protocol.
+    #[error("handshake failed: {0}")]
+    Handshake(String),
+    /// A local resource (directory, socket, thread) could not be set up.
+    #[error("could not set up the worker's {what}: {source}")]
+    Io {
+        /// What was being set up.
+        what: &'static str,
+        /// The operating system's error.
+        source: std::io::Error,
+    },
+}
+
+fn stderr_tail(stderr: &str) -> String {
+    if stderr.trim().is_empty() {
+        String::new()
+    } else {
+        format!("; its stderr ended with:\n{}", stderr.trim_end())
+    }
+}

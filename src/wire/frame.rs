@@ -1,0 +1,237 @@
+//! Length-prefixed frames: a codec that refuses oversized lengths before
+//! allocating, and splits each body into its header and payload without
+//! copying the payload.
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use tokio_util::codec::{Decoder, Encoder, LengthDelimitedCodec};
+
+use super::envelope::Header;
+
+/// One frame: a header and the (possibly empty) payload behind it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Frame {
+    pub(crate) header: Header,
+    pub(crate) payload: Bytes,
+}
+
+impl Frame {
+    /// A frame without a payload.
+    pub(crate) fn bare(header: Header) -> Self {
+        Self {
+            header,
+            payload: Bytes::new(),
+        }
+    }
+}
+
+/// Bytes a frame adds around its header and payload.
+const PREFIX_LEN: usize = 8;
+
+/// Encodes and decodes [`Frame`]s. The length prefix is checked against the
+/// maximum before any buffer grows to hold the body
+/// (`tokio_util`'s `LengthDelimitedCodec` does the bounded read).
+#[derive(Debug)]
+pub(crate) struct FrameCodec {
+    lengths: LengthDelimitedCodec,
+    max_frame_len: usize,
+}
+
+impl FrameCodec {
+    /// A codec that accepts bodies of at most `max_frame_len` bytes.
+    pub(crate) fn new(max_frame_len: usize) -> Self {
+        let lengths = LengthDelimitedCodec::builder()
+            .length_field_type::<u32>()
+            .little_endian()
+            .max_frame_length(max_frame_len)
+            .new_codec();
+        Self {
+            lengths,
+            max_frame_len,
+        }
+    }
+}
+
+/// Why a byte stream is not a valid sequence of frames.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum FrameError {
+    #[error("i/o error: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("malformed frame: {0}")]
+    Malformed(String),
+    #[error("frame of {size} bytes is over the limit of {limit} bytes")]
+    TooLarge { size: usize, limit: usize },
+}
+
+impl Decoder for FrameCodec {
+    type Item = Frame;
+    type Error = FrameError;
+
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, FrameError> {
+        if src.len() >= 4 {
+            let claimed = u32::from_le_bytes([src[0], src[1], src[2], src[3]]) as usize;
+            if claimed > self.max_frame_len {
+                return Err(FrameError::TooLarge {
+                    size: claimed,
+                    limit: self.max_frame_len,
+                });
+            }
+        }
+        let Some(body) = self.lengths.decode(src)? else {
+            return Ok(None);
+        };
+        parse_body(body.freeze()).map(Some)
+    }
+}
+
+/// Decodes a buffer that holds exactly one whole frame.
+pub(crate) fn decode_one(mut buf: BytesMut, max_frame_len: usize) -> Result<Frame, FrameError> {
+    match FrameCodec::new(max_frame_len).decode(&mut buf)? {
+        Some(frame) if buf.is_empty() => Ok(frame),
+        Some(_) => Err(FrameError::Malformed("bytes after the frame".into())),
+        None => Err(FrameError::Malformed("truncated frame".into())),
+    }
+}
+
+fn parse_body(mut body: Bytes) -> Result<Frame, FrameError> {
+    if body.len() < 4 {
+        return Err(FrameError::Malformed(format!(
+            "body of {} bytes has no header length",
+            body.len()
+        )));
+    }
+    let header_len = body.get_u32_le() as usize;
+    if header_len > body.len() {
+        return Err(FrameError::Malformed(format!(
+            "header length {header_len} exceeds the {} bytes left in the frame",
+            body.len()
+        )));
+    }
+    let header = rmp_serde::from_slice(&body[..header_len])
+        .map_err(|e| FrameError::Malformed(format!("undecodable header: {e}")))?;
+    Ok(Frame {
+        header,
+        payload: body.split_off(header_len),
+    })
+}
+
+impl Encoder<Frame> for FrameCodec {
+    type Error = FrameError;
+
+    fn encode(&mut self, frame: Frame, dst: &mut BytesMut) -> Result<(), FrameError> {
+        encode_parts(&frame.header, &frame.payload, self.max_frame_len, dst)
+    }
+}
+
+/// Appends one frame made of `header` and `payload` to `dst`; on error `dst`
+/// is left as it was.
+pub(crate) fn encode_parts(
+    header: &Header,
+    payload: &[u8],
+    max_frame_len: usize,
+    dst: &mut BytesMut,
+) -> Result<(), FrameError> {
+    let start = dst.len();
+    dst.reserve(PREFIX_LEN + 32 + payload.len());
+    dst.put_u64_le(0); // both lengths, patched below
+    if let Err(e) = rmp_serde::encode::write(&mut dst.writer(), header) {
+        dst.truncate(start);
+        return Err(FrameError::Malformed(format!("unencodable header: {e}")));
+    }
+    let header_len = dst.len() - start - PREFIX_LEN;
+    let body_len = 4 + header_len + payload.len();
+    if body_len > max_frame_len {
+        dst.truncate(start);
+        return Err(FrameError::TooLarge {
+            size: body_len,
+            limit: max_frame_len,
+        });
+    }
+    dst.extend_from_slice(payload);
+    dst[start..start + 4].copy_from_slice(&(body_len as u32).to_le_bytes());
+    dst[start + 4..start + 8].copy_from_slice(&(header_len as u32).to_le_bytes());
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::RemoteError;
+
+    fn encoded(frame: &Frame) -> BytesMut {
+        let mut buf = BytesMut::new();
+        FrameCodec::new(1 << 20)
+            .encode(frame.clone(), &mut buf)
+            .unwrap();
+        buf
+    }
+
+    #[test]
+    fn frames_round_trip_and_split_at_boundaries() {
+        let frames = [
+            Frame {
+                header: Header::Request {
+                    id: 7,
+                    name: "ping".into(),
+                },
+                payload: Bytes::from_static(b"\x00\xffpayload"),
+            },
+            Frame::bare(Header::Error {
+                id: 8,
+                error: RemoteError::new("Bad", "ünïcödé"),
+            }),
+            Frame::bare(Header::Shutdown),
+        ];
+        let mut stream = BytesMut::new();
+        for f in &frames {
+            stream.extend_from_slice(&encoded(f));
+        }
+        // Feed the stream one byte at a time: every frame comes out whole.
+        let mut codec = FrameCodec::new(1 << 20);
+        let mut buf = BytesMut::new();
+        let mut out = Vec::new();
+        for byte in stream {
+            buf.put_u8(byte);
+            while let Some(f) = codec.decode(&mut buf).unwrap() {
+                out.push(f);
+            }
+        }
+        assert_eq!(out, frames);
+    }
+
+    #[test]
+    fn an_oversized_length_is_refused_before_the_body_arrives() {
+        let mut codec = FrameCodec::new(1024);
+        let mut buf = BytesMut::from(&u32::MAX.to_le_bytes()[..]);
+        let err = codec.decode(&mut buf).unwrap_err();
+        assert!(matches!(err, FrameError::TooLarge { size, limit: 1024 } if size == u32::MAX as usize));
+        assert!(buf.capacity() < 1024, "no buffer was grown for the claimed size");
+    }
+
+    #[test]
+    fn a_header_length_past_the_body_is_malformed() {
+        let mut buf = BytesMut::new();
+        buf.put_u32_le(8);
+        buf.put_u32_le(1000);
+        buf.put_u32_le(0);
+        let err = FrameCodec::new(1024).decode(&mut buf).unwrap_err();
+        assert!(matches!(err, FrameError::Malformed(_)), "{err}");
+    }
+
+    #[test]
+    fn garbage_headers_are_malformed() {
+        let mut buf = BytesMut::new();
+        buf.put_u32_le(8);
+        buf.put_u32_le(4);
+        buf.put_u32_le(0xc1c1c1c1); // 0xc1 is never valid MessagePack
+        let err = FrameCodec::new(1024).decode(&mut buf).unwrap_err();
+        assert!(matches!(err, FrameError::Malformed(_)), "{err}");
+    }
+
+    #[test]
+    fn encoding_over_the_limit_fails_and_leaves_the_buffer_alone() {
+        let mut buf = BytesMut::from(&b"keep"[..]);
+        let err = encode_parts(&Header::Reply { id: 1 }, &[0; 2000], 1024, &mut buf).unwrap_err();
+        assert!(matches!(err, FrameError::TooLarge { .. }));
+        assert_eq!(&buf[..], b"keep");
+    }
+}

@@ -1,0 +1,18 @@
+//! The wire between a host and a child-process worker: length-prefixed
+//! frames ([`frame`]), the envelope each frame carries ([`envelope`]), and the
+//! pluggable payload encoding ([`serializer`]).
+//!
+//! A frame is `[u32 LE body length][u32 LE header length][header][payload]`.
+//! The header is a small MessagePack-encoded [`envelope::Header`]; the payload
+//! is the message or reply, encoded by the contract's [`Serializer`], and is
+//! handed on as a slice of the received buffer without a copy.
+
+pub(crate) mod envelope;
+pub(crate) mod frame;
+pub mod serializer;
+pub(crate) mod stream;
+
+pub use serializer::{CodecError, MessagePack, Serializer};
+
+/// Version of the frame and envelope format; both sides must agree on it.
+pub(crate) const PROTOCOL_VERSION: u32 = 1;

@@ -1,0 +1,129 @@
+//! The worker side: [`worker_entry`] turns a process started by
+//! [`ChildProcess`](crate::ChildProcess) into a worker serving a plain actix
+//! actor, dispatching each request by its wire name.
+
+use std::ffi::OsStr;
+
+use actix::prelude::*;
+use interprocess::local_socket::tokio::{prelude::*, Stream as LocalStream};
+use interprocess::local_socket::GenericFilePath;
+use tokio_util::codec::FramedRead;
+
+use crate::driver::child_process::env;
+use crate::wire::envelope::{Header, Hello};
+use crate::wire::frame::{Frame, FrameCodec};
+use crate::wire::{Serializer, PROTOCOL_VERSION};
+
+mod panic;
+mod routes;
+mod server;
+
+pub use routes::{Routes, ServedBy};
+
+/// Runs worker `name` if this process was started as that worker, and
+/// never returns then; returns at once otherwise. Call it first thing in
+/// `main`, once per kind of worker the binary can be.
+///
+/// The worker is the actor `factory` makes, serving contract `C`: it
+/// implements `Handler<M>` for each message `M` of `C`, returning
+/// `Result<M::Reply, WorkerError>`. The worker exits when the host closes
+/// it, when the host goes away, or after reporting a panic to the host.
+///
+/// ```no_run
+/// use actix::prelude::*;
+/// use isolated_workers::{RemoteError, WorkerError};
+/// # use serde::{Deserialize, Serialize};
+/// # #[derive(Serialize, Deserialize)] struct Divide { a: f64, b: f64 }
+/// # isolated_workers::contract! { Calc { Divide => f64 } }
+///
+/// #[derive(Default)]
+/// struct CalcWorker;
+/// impl Actor for CalcWorker { type Context = Context<Self>; }
+/// impl Handler<Divide> for CalcWorker {
+///     type Result = Result<f64, WorkerError>;
+///     fn handle(&mut self, d: Divide, _: &mut Context<Self>) -> Self::Result {
+///         if d.b == 0.0 {
+///             return Err(RemoteError::new("DivideByZero", "cannot divide by zero").into());
+///         }
+///         Ok(d.a / d.b)
+///     }
+/// }
+///
+/// fn main() {
+///     isolated_workers::worker_entry::<Calc, _>("calc", CalcWorker::default);
+///     // ... the host's own code ...
+/// }
+/// ```
+pub fn worker_entry<C, A>(name: &str, factory: impl FnOnce() -> A)
+where
+    C: ServedBy<A>,
+    A: Actor<Context = Context<A>>,
+{
+    if std::env::var_os(env::NAME).as_deref() != Some(OsStr::new(name)) {
+        return;
+    }
+    let socket = std::env::var_os(env::SOCKET).unwrap_or_default();
+    let token = std::env::var(env::TOKEN).unwrap_or_default();
+    let max_frame_len = std::env::var(env::MAX_FRAME)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(crate::WorkerOptions::default().max_frame_len);
+    // Nothing the worker starts (code it runs, workers it spawns) inherits
+    // the secret or mistakes itself for this worker.
+    for key in [env::NAME, env::SOCKET, env::TOKEN, env::MAX_FRAME] {
+        std::env::remove_var(key);
+    }
+    panic::install_hook();
+    let routes = C::routes();
+    let system = System::new();
+    let served = system.block_on(async move {
+        let stream = socket
+            .to_fs_name::<GenericFilePath>()
+            .map(|name| LocalStream::connect(name));
+        let stream = stream?.await?;
+        start_server::<C, A>(stream, token, max_frame_len, routes, factory());
+        Ok::<_, std::io::Error>(())
+    });
+    if let Err(e) = served {
+        eprintln!("isolated-workers: worker `{name}` could not reach its host: {e}");
+        std::process::exit(1);
+    }
+    let code = system.run_with_code().unwrap_or(1);
+    std::process::exit(code);
+}
+
+fn start_server<C, A>(
+    stream: LocalStream,
+    token: String,
+    max_frame_len: usize,
+    routes: Routes<A, C::Serializer>,
+    actor: A,
+) where
+    C: ServedBy<A>,
+    A: Actor<Context = Context<A>>,
+{
+    let actor = actor.start();
+    server::Server::create(move |ctx| {
+        let (recv, send) = crate::wire::stream::SharedStream::split(stream);
+        ctx.add_stream(FramedRead::new(recv, FrameCodec::new(max_frame_len)));
+        let mut writer = actix::io::FramedWrite::new(send, FrameCodec::new(max_frame_len), ctx);
+        // See the proxy: never pause reading because the host reads slowly.
+        writer.set_buffer_capacity(0, usize::MAX);
+        writer.write(Frame::bare(Header::Hello(Hello {
+            protocol: PROTOCOL_VERSION,
+            token,
+            pid: std::process::id(),
+            contract: C::NAME.to_owned(),
+            contract_version: C::VERSION,
+            serializer: <C::Serializer as Serializer>::NAME.to_owned(),
+        })));
+        server::Server {
+            actor,
+            routes,
+            writer,
+            max_frame_len,
+            running: Default::default(),
+            exit_code: 0,
+        }
+    });
+}

@@ -1,0 +1,138 @@
+//! Dispatch by wire name: for each message of a contract, how to decode it,
+//! hand it to the worker actor, and encode the reply.
+
+use std::collections::HashMap;
+use std::marker::PhantomData;
+
+use actix::dev::ToEnvelope;
+use actix::prelude::*;
+use bytes::{Bytes, BytesMut};
+use futures::future::LocalBoxFuture;
+
+use crate::contract::{Contract, WorkerMessage};
+use crate::error::RemoteError;
+use crate::wire::Serializer;
+
+/// A contract that actor `A` can serve: implemented by
+/// [`contract!`](crate::contract!) for every actor that handles all of the
+/// contract's messages.
+#[diagnostic::on_unimplemented(
+    message = "`{A}` cannot serve contract `{Self}`",
+    note = "a worker actor must implement `Handler<M>` for every message `M` of its contract"
+)]
+pub trait ServedBy<A: Actor>: Contract {
+    /// The dispatch table for this contract.
+    fn routes() -> Routes<A, Self::Serializer>;
+}
+
+/// What became of one request on the worker.
+#[derive(Debug)]
+pub(crate) enum Outcome {
+    /// The encoded reply.
+    Reply(Bytes),
+    /// The handler (or decoding) failed.
+    Failed(RemoteError),
+    /// The actor is gone (it panicked); the worker must report and exit.
+    ActorStopped,
+}
+
+type Route<A> = fn(&Addr<A>, &[u8]) -> LocalBoxFuture<'static, Outcome>;
+
+/// The dispatch table of a worker actor `A` whose payloads are encoded with
+/// `S`. Built by [`ServedBy::routes`]; users do not build it by hand.
+pub struct Routes<A: Actor, S> {
+    by_name: HashMap<&'static str, Route<A>>,
+    _serializer: PhantomData<fn() -> S>,
+}
+
+impl<A: Actor, S> std::fmt::Debug for Routes<A, S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_set().entries(self.by_name.keys()).finish()
+    }
+}
+
+impl<A: Actor, S: Serializer> Default for Routes<A, S> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<A: Actor, S: Serializer> Routes<A, S> {
+    /// An empty table.
+    pub fn new() -> Self {
+        Self {
+            by_name: HashMap::new(),
+            _serializer: PhantomData,
+        }
+    }
+
+    /// Routes message `M` to the actor.
+    ///
+    /// # Panics
+    /// When two messages of a contract share a wire name: a mistake in the
+    /// contract, reported when the worker starts.
+    pub fn add<M>(&mut self)
+    where
+        M: WorkerMessage,
+        A: Handler<M>,
+        A::Context: ToEnvelope<A, M>,
+    {
+        let previous = self.by_name.insert(M::NAME, route::<A, M, S>);
+        assert!(
+            previous.is_none(),
+            "two messages of one contract share the wire name `{}`",
+            M::NAME
+        );
+    }
+
+    /// Starts handling a request for message `name`.
+    pub(crate) fn dispatch(
+        &self,
+        actor: &Addr<A>,
+        name: &str,
+        payload: &[u8],
+    ) -> LocalBoxFuture<'static, Outcome> {
+        match self.by_name.get(name) {
+            Some(route) => route(actor, payload),
+            None => Box::pin(std::future::ready(Outcome::Failed(RemoteError::new(
+                "UnknownMessage",
+                format!("this worker does not handle a message named `{name}`"),
+            )))),
+        }
+    }
+}
+
+fn route<A, M, S>(actor: &Addr<A>, payload: &[u8]) -> LocalBoxFuture<'static, Outcome>
+where
+    A: Handler<M>,
+    A::Context: ToEnvelope<A, M>,
+    M: WorkerMessage,
+    S: Serializer,
+{
+    let message: M = match S::decode(payload) {
+        Ok(message) => message,
+        Err(e) => {
+            return Box::pin(std::future::ready(Outcome::Failed(RemoteError::new(
+                "DecodeError",
+                format!("could not decode `{}`: {e}", M::NAME),
+            ))))
+        }
+    };
+    let handled = actor.send(message);
+    Box::pin(async move {
+        match handled.await {
+            Ok(Ok(reply)) => {
+                let mut out = BytesMut::new();
+                match S::encode(&reply, &mut out) {
+                    Ok(()) => Outcome::Reply(out.freeze()),
+                    Err(e) => Outcome::Failed(RemoteError::new(
+                        "EncodeError",
+                        format!("could not encode the reply to `{}`: {e}", M::NAME),
+                    )),
+                }
+            }
+            Ok(Err(error)) => Outcome::Failed(error.into()),
+            Err(MailboxError::Closed | MailboxError::Timeout) => Outcome::ActorStopped,
+        }
+    })
+}

@@ -50,9 +50,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     isolated_workers::worker_entry::<PingPong, _>("ping", || Ponger);
 
     actix::System::new().block_on(async {
-        let worker = Worker::<PingPong, ChildProcess>::spawn(ChildProcess::current_exe("ping")).await?;
+        let worker =
+            Worker::<PingPong, ChildProcess>::spawn(ChildProcess::current_exe("ping")).await?;
         let pong = worker.send(Ping { text: "hi".into() }).await??;
-        println!("{} (from worker pid {}, host pid {})", pong.text, pong.pid, std::process::id());
+        println!(
+            "{} (from worker pid {}, host pid {})",
+            pong.text,
+            pong.pid,
+            std::process::id()
+        );
         if pong.text != "pong: hi" || pong.pid == std::process::id() {
             return Err("the reply did not come from the worker".into());
         }

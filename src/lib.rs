@@ -16,6 +16,9 @@ pub use wire::{CodecError, MessagePack, Serializer};
 pub use worker::worker_entry;
 
 #[doc(hidden)]
+pub mod testing;
+
+#[doc(hidden)]
 pub mod __private {
     pub use actix;
 }

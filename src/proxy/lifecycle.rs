@@ -90,7 +90,10 @@ impl<C: Contract, D: Driver> Handler<Close> for Worker<C, D> {
             .then(|exited, act, _| {
                 let reaped = act.link.as_mut().map(|link| {
                     if !exited {
-                        tracing::debug!(pid = link.process.pid(), "worker ignored shutdown; killing it");
+                        tracing::debug!(
+                            pid = link.process.pid(),
+                            "worker ignored shutdown; killing it"
+                        );
                         link.process.kill();
                     }
                     link.process.exited_within(KILL_WAIT)

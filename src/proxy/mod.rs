@@ -11,10 +11,10 @@ use std::collections::{HashMap, VecDeque};
 use std::marker::PhantomData;
 use std::time::Duration;
 
+use crate::wire::stream::SharedStream;
 use actix::io::{FramedWrite, WriteHandler};
 use actix::prelude::*;
 use bytes::Bytes;
-use crate::wire::stream::SharedStream;
 use tokio::sync::oneshot;
 use tokio_util::codec::FramedRead;
 
@@ -127,7 +127,10 @@ impl<C: Contract, D: Driver> Worker<C, D> {
         let pid = process.pid();
         Worker::create(move |ctx| {
             let (recv, send) = SharedStream::split(stream);
-            ctx.add_stream(FramedRead::new(recv, FrameCodec::new(options.max_frame_len)));
+            ctx.add_stream(FramedRead::new(
+                recv,
+                FrameCodec::new(options.max_frame_len),
+            ));
             let mut writer = FramedWrite::new(send, FrameCodec::new(options.max_frame_len), ctx);
             // Never pause the actor for a slow reader: the buffer is already
             // bounded by max_in_flight × max_frame_len, and pausing here is

@@ -129,7 +129,11 @@ impl<C: Contract, D: Driver> Handler<Abandon> for Worker<C, D> {
         let Some(pending) = self.pending.get(&id) else {
             return;
         };
-        tracing::debug!(id, message = pending.message, "request abandoned; cancelling it");
+        tracing::debug!(
+            id,
+            message = pending.message,
+            "request abandoned; cancelling it"
+        );
         if pending.sent {
             if let Some(writer) = &mut self.writer {
                 writer.write(Frame::bare(Header::Cancel { id }));

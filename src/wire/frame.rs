@@ -203,8 +203,13 @@ mod tests {
         let mut codec = FrameCodec::new(1024);
         let mut buf = BytesMut::from(&u32::MAX.to_le_bytes()[..]);
         let err = codec.decode(&mut buf).unwrap_err();
-        assert!(matches!(err, FrameError::TooLarge { size, limit: 1024 } if size == u32::MAX as usize));
-        assert!(buf.capacity() < 1024, "no buffer was grown for the claimed size");
+        assert!(
+            matches!(err, FrameError::TooLarge { size, limit: 1024 } if size == u32::MAX as usize)
+        );
+        assert!(
+            buf.capacity() < 1024,
+            "no buffer was grown for the claimed size"
+        );
     }
 
     #[test]

@@ -5,9 +5,9 @@
 
 use std::collections::HashMap;
 
+use crate::wire::stream::SharedStream;
 use actix::io::{FramedWrite, WriteHandler};
 use actix::prelude::*;
-use crate::wire::stream::SharedStream;
 
 use super::panic;
 use super::routes::{Outcome, Routes};

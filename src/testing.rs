@@ -1,0 +1,68 @@
+//! Hooks for this crate's own integration tests, which play a misbehaving
+//! worker or an impostor on the worker socket. Not part of the public API.
+
+use std::io::{self, Read};
+
+use bytes::BytesMut;
+
+use crate::driver::child_process::env;
+use crate::wire::envelope::{Header, Hello};
+use crate::wire::frame::{decode_one, encode_parts};
+use crate::wire::PROTOCOL_VERSION;
+
+/// The environment variable holding the worker socket's path.
+pub const SOCKET_ENV: &str = env::SOCKET;
+/// The environment variable holding the per-spawn token.
+pub const TOKEN_ENV: &str = env::TOKEN;
+/// The environment variable naming the worker to run.
+pub const NAME_ENV: &str = env::NAME;
+/// The protocol version this build speaks.
+pub const PROTOCOL: u32 = PROTOCOL_VERSION;
+
+/// A complete Hello frame, length prefix included.
+pub fn hello_frame(
+    token: &str,
+    protocol: u32,
+    contract: &str,
+    contract_version: u32,
+    serializer: &str,
+) -> Vec<u8> {
+    frame(
+        &Header::Hello(Hello {
+            protocol,
+            token: token.to_owned(),
+            pid: std::process::id(),
+            contract: contract.to_owned(),
+            contract_version,
+            serializer: serializer.to_owned(),
+        }),
+        &[],
+    )
+}
+
+/// A complete Reply frame for request `id`.
+pub fn reply_frame(id: u64, payload: &[u8]) -> Vec<u8> {
+    frame(&Header::Reply { id }, payload)
+}
+
+fn frame(header: &Header, payload: &[u8]) -> Vec<u8> {
+    let mut out = BytesMut::new();
+    encode_parts(header, payload, usize::MAX, &mut out).expect("test frames are encodable");
+    out.to_vec()
+}
+
+/// Reads one frame; returns the request id if it is a Request, and the
+/// header's debug form.
+pub fn read_frame(stream: &mut impl Read) -> io::Result<(Option<u64>, String)> {
+    let mut len = [0u8; 4];
+    stream.read_exact(&mut len)?;
+    let mut buf = vec![0u8; u32::from_le_bytes(len) as usize + 4];
+    buf[..4].copy_from_slice(&len);
+    stream.read_exact(&mut buf[4..])?;
+    let frame = decode_one(BytesMut::from(&buf[..]), usize::MAX).map_err(io::Error::other)?;
+    let id = match frame.header {
+        Header::Request { id, .. } => Some(id),
+        _ => None,
+    };
+    Ok((id, format!("{:?}", frame.header)))
+}

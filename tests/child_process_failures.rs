@@ -1,0 +1,5 @@
+mod support;
+fn main() {
+    support::enter_workers();
+    support::run(vec![]);
+}

@@ -1,4 +1,6 @@
-//! Isolated workers for actix.
+#![doc = include_str!("../README.md")]
+#![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
+
 pub mod config;
 pub mod contract;
 pub mod driver;
@@ -7,16 +9,24 @@ pub mod proxy;
 pub(crate) mod wire;
 pub mod worker;
 
+#[doc(hidden)]
+pub mod testing;
+
 pub use config::WorkerOptions;
 pub use contract::{Contract, InContract, WorkerMessage};
 pub use driver::{ChildProcess, Driver};
 pub use error::{CrashReason, RemoteError, SpawnError, WorkerError};
 pub use proxy::{Close, Status, Worker, WorkerState, WorkerStatus};
-pub use wire::{CodecError, MessagePack, Serializer};
+pub use wire::serializer::{CodecError, MessagePack, Serializer};
 pub use worker::worker_entry;
 
-#[doc(hidden)]
-pub mod testing;
+/// The names most programs need: `use isolated_workers::prelude::*;`.
+pub mod prelude {
+    pub use crate::{
+        contract, worker_entry, ChildProcess, Close, RemoteError, SpawnError, Status, Worker,
+        WorkerError, WorkerOptions,
+    };
+}
 
 #[doc(hidden)]
 pub mod __private {

@@ -9,10 +9,10 @@
 
 pub(crate) mod envelope;
 pub(crate) mod frame;
-pub mod serializer;
+pub(crate) mod serializer;
 pub(crate) mod stream;
 
-pub use serializer::{CodecError, MessagePack, Serializer};
+pub(crate) use serializer::Serializer;
 
 /// Version of the frame and envelope format; both sides must agree on it.
 pub(crate) const PROTOCOL_VERSION: u32 = 1;

@@ -2,10 +2,10 @@
 //! [`WorkerMessage`], and the [`contract!`](crate::contract!) macro that
 //! declares them.
 
-use serde::{de::DeserializeOwned, Serialize};
+use bytes::BytesMut;
 
 use crate::error::WorkerError;
-use crate::wire::Serializer;
+use crate::wire::serializer::{CodecError, Serializer};
 
 /// A named set of messages a worker serves. Declared with
 /// [`contract!`](crate::contract!); host and worker name the same contract.
@@ -24,17 +24,59 @@ pub trait Contract: 'static {
 /// Its actix result is `Result<Self::Reply, WorkerError>`: on the host that
 /// is what `send` resolves to; on the worker the handler returns it, with
 /// `Err(RemoteError::new(..).into())` for a failure the host should see.
+///
+/// Implemented by [`contract!`](crate::contract!), which also writes the
+/// hidden codec functions.
 pub trait WorkerMessage:
-    actix::Message<Result = Result<<Self as WorkerMessage>::Reply, WorkerError>>
-    + Serialize
-    + DeserializeOwned
-    + Send
-    + 'static
+    actix::Message<Result = Result<<Self as WorkerMessage>::Reply, WorkerError>> + Send + 'static
 {
     /// The name this message travels under; unique within its contract.
     const NAME: &'static str;
     /// What the worker answers with.
-    type Reply: Serialize + DeserializeOwned + Send + 'static;
+    type Reply: Send + 'static;
+    /// [`Portable`] (serializable, crosses process boundaries) or
+    /// [`LocalOnly`] (moved by reference; only drivers that share memory
+    /// with the host can carry it).
+    type Portability: Portability;
+
+    #[doc(hidden)]
+    fn encode<S: Serializer>(&self, out: &mut BytesMut) -> Result<(), CodecError>;
+    #[doc(hidden)]
+    fn decode<S: Serializer>(bytes: &[u8]) -> Result<Self, CodecError>
+    where
+        Self: Sized;
+    #[doc(hidden)]
+    fn encode_reply<S: Serializer>(
+        reply: &Self::Reply,
+        out: &mut BytesMut,
+    ) -> Result<(), CodecError>;
+    #[doc(hidden)]
+    fn decode_reply<S: Serializer>(bytes: &[u8]) -> Result<Self::Reply, CodecError>;
+}
+
+/// Whether a message can leave the host's memory: [`Portable`] or
+/// [`LocalOnly`].
+pub trait Portability: sealed::Sealed + 'static {}
+
+/// A message (and reply) that is serializable: every driver carries it.
+#[derive(Debug)]
+pub enum Portable {}
+
+/// A message declared `#[local]` in its contract: it need not be
+/// serializable (it may hold an `Arc`, a channel, a handle) and is moved to
+/// the worker, never copied. Only drivers that share memory with the host
+/// ([`SharesMemory`](crate::driver::SharesMemory), e.g. [`Thread`](crate::Thread))
+/// carry it; sending it to any other worker does not compile.
+#[derive(Debug)]
+pub enum LocalOnly {}
+
+impl Portability for Portable {}
+impl Portability for LocalOnly {}
+
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for super::Portable {}
+    impl Sealed for super::LocalOnly {}
 }
 
 /// Marks `Self` as one of the messages of contract `C`; only these can be
@@ -51,7 +93,9 @@ pub trait InContract<C: Contract>: WorkerMessage {}
 /// `as "name"`).
 ///
 /// The message and reply types are ordinary serde types defined beside it.
-/// A message belongs to one contract.
+/// A message belongs to one contract. A message marked `#[local]` need not
+/// be serializable; only workers whose driver shares memory with the host
+/// accept it (see [`LocalOnly`]).
 ///
 /// ```
 /// use serde::{Deserialize, Serialize};
@@ -86,7 +130,7 @@ macro_rules! contract {
     (
         $(#[$meta:meta])*
         $vis:vis $name:ident $( ( $($option:ident = $value:tt),* $(,)? ) )? {
-            $( $msg:ident $(as $wire:literal)? => $reply:ty ),* $(,)?
+            $( $(#[$local:ident])? $msg:ident $(as $wire:literal)? => $reply:ty ),* $(,)?
         }
     ) => {
         $(#[$meta])*
@@ -108,6 +152,7 @@ macro_rules! contract {
             impl $crate::WorkerMessage for $msg {
                 const NAME: &'static str = $crate::__wire_name!($msg $(, $wire)?);
                 type Reply = $reply;
+                $crate::__message_codec!($($local)?);
             }
             impl $crate::InContract<$name> for $msg {}
         )*
@@ -122,6 +167,72 @@ macro_rules! contract {
                 $( routes.add::<$msg>(); )*
                 routes
             }
+        }
+    };
+}
+
+/// The portability and codec functions of a contract message: serde for
+/// portable messages, a clear error for `#[local]` ones (which no driver
+/// that serializes can be asked to carry).
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __message_codec {
+    () => {
+        type Portability = $crate::contract::Portable;
+        fn encode<S: $crate::Serializer>(
+            &self,
+            out: &mut $crate::__private::BytesMut,
+        ) -> ::std::result::Result<(), $crate::CodecError> {
+            S::encode(self, out)
+        }
+        fn decode<S: $crate::Serializer>(
+            bytes: &[u8],
+        ) -> ::std::result::Result<Self, $crate::CodecError> {
+            S::decode(bytes)
+        }
+        fn encode_reply<S: $crate::Serializer>(
+            reply: &Self::Reply,
+            out: &mut $crate::__private::BytesMut,
+        ) -> ::std::result::Result<(), $crate::CodecError> {
+            S::encode(reply, out)
+        }
+        fn decode_reply<S: $crate::Serializer>(
+            bytes: &[u8],
+        ) -> ::std::result::Result<Self::Reply, $crate::CodecError> {
+            S::decode(bytes)
+        }
+    };
+    (local) => {
+        type Portability = $crate::contract::LocalOnly;
+        fn encode<S: $crate::Serializer>(
+            &self,
+            _: &mut $crate::__private::BytesMut,
+        ) -> ::std::result::Result<(), $crate::CodecError> {
+            Err($crate::CodecError::local_only(
+                <Self as $crate::WorkerMessage>::NAME,
+            ))
+        }
+        fn decode<S: $crate::Serializer>(
+            _: &[u8],
+        ) -> ::std::result::Result<Self, $crate::CodecError> {
+            Err($crate::CodecError::local_only(
+                <Self as $crate::WorkerMessage>::NAME,
+            ))
+        }
+        fn encode_reply<S: $crate::Serializer>(
+            _: &Self::Reply,
+            _: &mut $crate::__private::BytesMut,
+        ) -> ::std::result::Result<(), $crate::CodecError> {
+            Err($crate::CodecError::local_only(
+                <Self as $crate::WorkerMessage>::NAME,
+            ))
+        }
+        fn decode_reply<S: $crate::Serializer>(
+            _: &[u8],
+        ) -> ::std::result::Result<Self::Reply, $crate::CodecError> {
+            Err($crate::CodecError::local_only(
+                <Self as $crate::WorkerMessage>::NAME,
+            ))
         }
     };
 }

@@ -43,6 +43,12 @@ pub enum WorkerError {
         /// The queue bound that was hit.
         limit: usize,
     },
+    /// The worker's driver does not support this operation (yet).
+    #[error("`{what}` is not supported by this worker")]
+    Unsupported {
+        /// The operation.
+        what: &'static str,
+    },
     /// The request or its reply could not be encoded or decoded on this side.
     #[error("could not {what}: {detail}")]
     Codec {
@@ -231,6 +237,12 @@ pub enum SpawnError {
         after: Duration,
         /// The last lines it wrote to stderr.
         stderr: String,
+    },
+    /// The worker's actor panicked while it was being created.
+    #[error("the worker panicked while starting: {message}")]
+    Panicked {
+        /// The panic message.
+        message: String,
     },
     /// The worker presented the right token but disagreed about the protocol.
     #[error("handshake failed: {0}")]

@@ -13,22 +13,25 @@ pub mod worker;
 pub mod testing;
 
 pub use config::WorkerOptions;
-pub use contract::{Contract, InContract, WorkerMessage};
-pub use driver::{ChildProcess, Driver};
+pub use contract::{Contract, InContract, LocalOnly, Portable, WorkerMessage};
+pub use driver::{ChildProcess, Connection, Driver, Thread};
 pub use error::{CrashReason, RemoteError, SpawnError, WorkerError};
-pub use proxy::{Close, Status, Worker, WorkerState, WorkerStatus};
+pub use proxy::{
+    Accepted, Close, Detach, Disconnect, Reconnect, Status, Worker, WorkerState, WorkerStatus,
+};
 pub use wire::serializer::{CodecError, MessagePack, Serializer};
-pub use worker::worker_entry;
+pub use worker::{serve_io, worker_entry};
 
 /// The names most programs need: `use isolated_workers::prelude::*;`.
 pub mod prelude {
     pub use crate::{
-        contract, worker_entry, ChildProcess, Close, RemoteError, SpawnError, Status, Worker,
-        WorkerError, WorkerOptions,
+        contract, worker_entry, ChildProcess, Close, RemoteError, SpawnError, Status, Thread,
+        Worker, WorkerError, WorkerOptions,
     };
 }
 
 #[doc(hidden)]
 pub mod __private {
     pub use actix;
+    pub use bytes::BytesMut;
 }

@@ -20,15 +20,15 @@ use futures::stream::{FuturesUnordered, StreamExt};
 use interprocess::local_socket::tokio::{prelude::*, Stream as LocalStream};
 use interprocess::local_socket::{GenericFilePath, ListenerOptions};
 use subtle::ConstantTimeEq;
-use tempfile::TempDir;
 use tokio::io::AsyncReadExt;
 
 use super::process::ProcessHandle;
-use super::Driver;
+use super::{Connection, Driver};
 use crate::config::WorkerOptions;
 use crate::contract::Contract;
 use crate::error::{CrashReason, SpawnError};
 use crate::wire::envelope::{Header, Hello};
+use crate::wire::stream::SharedStream;
 use crate::wire::{Serializer, PROTOCOL_VERSION};
 
 /// Environment variables the host sets for a child worker.
@@ -111,20 +111,11 @@ impl ChildProcess {
     }
 }
 
-/// A started child worker, handshake done: what the proxy drives.
-#[derive(Debug)]
-pub struct Link {
-    pub(crate) stream: LocalStream,
-    pub(crate) process: ProcessHandle,
-    /// The private directory holding the socket; removed when dropped.
-    pub(crate) dir: TempDir,
-}
-
-impl Driver for ChildProcess {
-    fn launch<C: Contract>(
+impl<C: Contract> Driver<C> for ChildProcess {
+    fn launch(
         self,
         options: &WorkerOptions,
-    ) -> LocalBoxFuture<'static, Result<Link, SpawnError>> {
+    ) -> LocalBoxFuture<'static, Result<Connection, SpawnError>> {
         Box::pin(self.spawn_and_handshake::<C>(options.clone()))
     }
 }
@@ -133,7 +124,7 @@ impl ChildProcess {
     async fn spawn_and_handshake<C: Contract>(
         self,
         options: WorkerOptions,
-    ) -> Result<Link, SpawnError> {
+    ) -> Result<Connection, SpawnError> {
         let deadline = tokio::time::Instant::now() + options.startup_timeout;
         let dir = tempfile::Builder::new()
             .prefix("isolated-workers-")
@@ -213,7 +204,9 @@ impl ChildProcess {
                     Ok((stream, hello)) => match expected.check(&stream, &hello) {
                         Ok(()) => {
                             tracing::debug!(pid = process.pid(), "worker handshake complete");
-                            return Ok(Link { stream, process, dir });
+                            let (reader, writer) = SharedStream::split(stream);
+                            let connection = Connection::halves(Box::new(reader), Box::new(writer), true);
+                            return Ok(connection.with_process(process).keep(dir));
                         }
                         Err(Verdict::Impostor(why)) => tracing::warn!("dropped a peer on the worker socket: {why}"),
                         Err(Verdict::Mismatch(why)) => break SpawnError::Handshake(why),

@@ -1,25 +1,29 @@
-//! Messages every worker accepts whatever its driver: [`Close`] and
-//! [`Status`].
+//! Lifecycle messages: [`Close`] and [`Status`], accepted by every worker,
+//! and [`Disconnect`], [`Reconnect`] and [`Detach`], accepted only where the
+//! driver has the capability.
 
 use std::time::Duration;
 
 use actix::prelude::*;
 
-use super::Worker;
+use futures::future::LocalBoxFuture;
+
+use super::{Accepted, Link, Worker};
 use crate::contract::Contract;
-use crate::driver::Driver;
+use crate::driver::{CanDetach, CanReconnect, Driver};
 use crate::error::{CrashReason, WorkerError};
-use crate::wire::envelope::Header;
-use crate::wire::frame::Frame;
 
 /// How long to wait for the kernel to reap a worker after SIGKILL.
 const KILL_WAIT: Duration = Duration::from_secs(5);
 
-/// Stops the worker: fails the requests still waiting with
-/// [`WorkerError::Closed`], asks the worker to exit, waits up to
+/// Stops the worker. Accepted by every worker.
+///
+/// Requests still waiting resolve [`WorkerError::Closed`]. A child process
+/// is asked to exit, given
 /// [`WorkerOptions::close_grace`](crate::WorkerOptions::close_grace), then
-/// kills it. Resolves once the worker has exited and been reaped and its
-/// socket directory removed. Afterwards every send gives `Closed`.
+/// killed; `Close` resolves once it has been reaped and its socket directory
+/// removed. A thread worker's arbiter is stopped (after the handler running
+/// at that moment returns) and joined. Afterwards every send gives `Closed`.
 #[derive(Debug, Clone, Copy, Default, Message)]
 #[rtype(result = "()")]
 pub struct Close;
@@ -62,68 +66,118 @@ pub enum WorkerState {
     },
 }
 
-impl<C: Contract, D: Driver> Handler<Close> for Worker<C, D> {
-    type Result = ResponseActFuture<Self, ()>;
+impl<C: Contract, D: Driver<C>> Accepted<C, D> for Close {
+    type Response = ResponseActFuture<Worker<C, D>, ()>;
 
-    fn handle(&mut self, _: Close, _: &mut Self::Context) -> Self::Result {
-        if self.state == WorkerState::Closed {
+    fn handle(self, worker: &mut Worker<C, D>, _: &mut Context<Worker<C, D>>) -> Self::Response {
+        if worker.state == WorkerState::Closed {
             return Box::pin(fut::ready(()));
         }
-        tracing::debug!(pid = ?self.pid, "closing worker");
-        self.state = WorkerState::Closing;
-        self.fail_all(|| WorkerError::Closed);
-        if let Some(writer) = &mut self.writer {
-            writer.write(Frame::bare(Header::Shutdown));
-        }
-        let graceful_exit = self
-            .link
-            .as_ref()
-            .map(|link| link.process.exited_within(self.options.close_grace));
-        Box::pin(
-            async move {
-                match graceful_exit {
-                    Some(exit) => exit.await.is_some(),
-                    None => true,
-                }
+        tracing::debug!(contract = C::NAME, "closing worker");
+        worker.state = WorkerState::Closing;
+        let grace = worker.options.close_grace;
+        let finished: LocalBoxFuture<'static, ()> = match &mut worker.link {
+            Link::Stream(link) => {
+                link.fail_all(|| WorkerError::Closed);
+                link.shut_down();
+                let exited = link.exited_within(grace);
+                return Box::pin(exited.into_actor(worker).then(|exited, worker, _| {
+                    let reaped = worker.stream_link().map(|link| {
+                        if !exited {
+                            tracing::debug!(pid = ?link.pid(), "worker ignored shutdown; killing it");
+                            link.kill();
+                        }
+                        link.exited_within(KILL_WAIT)
+                    });
+                    async move {
+                        if let Some(reaped) = reaped {
+                            reaped.await;
+                        }
+                    }
+                    .into_actor(worker)
+                    .map(|(), worker, _| worker.released())
+                }));
             }
-            .into_actor(self)
-            .then(|exited, act, _| {
-                let reaped = act.link.as_mut().map(|link| {
-                    if !exited {
-                        tracing::debug!(
-                            pid = link.process.pid(),
-                            "worker ignored shutdown; killing it"
-                        );
-                        link.process.kill();
-                    }
-                    link.process.exited_within(KILL_WAIT)
-                });
-                async move {
-                    if let Some(reaped) = reaped {
-                        reaped.await;
-                    }
-                }
-                .into_actor(act)
-            })
-            .map(|(), act, _| {
-                act.writer = None;
-                act.link = None; // removes the socket directory
-                act.state = WorkerState::Closed;
-                tracing::debug!(pid = ?act.pid, "worker closed");
-            }),
+            Link::Local(local) => Box::pin(local.join()),
+            Link::Released => Box::pin(std::future::ready(())),
+        };
+        Box::pin(
+            finished
+                .into_actor(worker)
+                .map(|(), worker, _| worker.released()),
         )
     }
 }
 
-impl<C: Contract, D: Driver> Handler<Status> for Worker<C, D> {
-    type Result = MessageResult<Status>;
+impl<C: Contract, D: Driver<C>> Worker<C, D> {
+    /// Drops what the worker held (removing a child's socket directory) and
+    /// marks it closed.
+    fn released(&mut self) {
+        self.link = Link::Released;
+        self.state = WorkerState::Closed;
+        tracing::debug!(contract = C::NAME, "worker closed");
+    }
+}
 
-    fn handle(&mut self, _: Status, _: &mut Self::Context) -> Self::Result {
+impl<C: Contract, D: Driver<C>> Accepted<C, D> for Status {
+    type Response = MessageResult<Status>;
+
+    fn handle(self, worker: &mut Worker<C, D>, _: &mut Context<Worker<C, D>>) -> Self::Response {
+        let (pid, in_flight, queued) = match &worker.link {
+            Link::Stream(link) => (link.pid(), link.in_flight(), link.queued()),
+            Link::Local(local) => (None, local.in_flight(), local.queued()),
+            Link::Released => (None, 0, 0),
+        };
         MessageResult(WorkerStatus {
-            pid: self.pid,
-            state: self.state.clone(),
-            in_flight: self.in_flight,
-            queued: self.pending.len() - self.in_flight,
+            pid,
+            state: worker.state.clone(),
+            in_flight,
+            queued,
         })
     }
 }
+
+/// Drops the connection to a worker that keeps running and keeps its state.
+/// Accepted by workers whose driver [`CanReconnect`].
+///
+/// Not implemented yet: answers [`WorkerError::Unsupported`] and leaves
+/// the connection as it is. (The connection-lifecycle work replaces this.)
+#[derive(Debug, Clone, Copy, Default, Message)]
+#[rtype(result = "Result<(), WorkerError>")]
+pub struct Disconnect;
+
+/// Restores the connection dropped by [`Disconnect`]. Accepted by workers
+/// whose driver [`CanReconnect`].
+///
+/// Not implemented yet: answers [`WorkerError::Unsupported`].
+#[derive(Debug, Clone, Copy, Default, Message)]
+#[rtype(result = "Result<(), WorkerError>")]
+pub struct Reconnect;
+
+/// Lets the worker outlive the host. Accepted by workers whose driver
+/// [`CanDetach`].
+///
+/// Not implemented yet: answers [`WorkerError::Unsupported`].
+#[derive(Debug, Clone, Copy, Default, Message)]
+#[rtype(result = "Result<(), WorkerError>")]
+pub struct Detach;
+
+/// Lifecycle messages gated on a capability; each answers `Unsupported`
+/// until its behaviour lands.
+macro_rules! gated_lifecycle_message {
+    ($message:ident, $capability:ident) => {
+        impl<C: Contract, D: Driver<C> + $capability> Accepted<C, D> for $message {
+            type Response = Result<(), WorkerError>;
+
+            fn handle(self, _: &mut Worker<C, D>, _: &mut Context<Worker<C, D>>) -> Self::Response {
+                Err(WorkerError::Unsupported {
+                    what: stringify!($message),
+                })
+            }
+        }
+    };
+}
+
+gated_lifecycle_message!(Disconnect, CanReconnect);
+gated_lifecycle_message!(Reconnect, CanReconnect);
+gated_lifecycle_message!(Detach, CanDetach);

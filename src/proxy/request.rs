@@ -1,169 +1,93 @@
-//! Contract messages on the host: each is stamped with an id, encoded,
-//! written (or queued for a free in-flight slot), and answered by a future
-//! that resolves with the reply, a timeout, or the worker's failure.
-
-use std::time::Duration;
+//! Contract messages on the host: each goes to the worker over the link its
+//! driver made, and resolves with the reply, a timeout, or the worker's
+//! failure.
 
 use actix::prelude::*;
-use bytes::BytesMut;
+use bytes::Bytes;
 use tokio::sync::oneshot;
 
-use super::{Pending, Worker};
+use super::stream::Abandon;
+use super::{Accepted, Link, Worker};
 use crate::contract::{Contract, InContract, WorkerMessage};
-use crate::driver::Driver;
+use crate::driver::{Carries, Driver};
 use crate::error::WorkerError;
-use crate::wire::envelope::Header;
-use crate::wire::frame::Frame;
-use crate::wire::Serializer;
 
-impl<C, D, M> Handler<M> for Worker<C, D>
+impl<C, D, M> Accepted<C, D> for M
 where
     C: Contract,
-    D: Driver,
+    D: Driver<C> + Carries<M::Portability>,
     M: InContract<C>,
 {
-    type Result = ResponseFuture<Result<M::Reply, WorkerError>>;
+    type Response = ResponseFuture<Result<M::Reply, WorkerError>>;
 
-    fn handle(&mut self, message: M, ctx: &mut Context<Self>) -> Self::Result {
-        let (id, reply) = match self.submit(message) {
-            Ok(submitted) => submitted,
-            Err(error) => return Box::pin(std::future::ready(Err(error))),
-        };
-        let guard = AbandonOnDrop {
-            proxy: Some(ctx.address().recipient()),
-            id,
-        };
-        let timeout = self.options.request_timeout;
-        Box::pin(async move {
-            let outcome = match tokio::time::timeout(timeout, reply).await {
-                Ok(Ok(outcome)) => outcome,
-                // The proxy stopped without answering.
-                Ok(Err(_)) => Err(WorkerError::Closed),
-                Err(_) => Err(WorkerError::Timeout {
-                    after: timeout,
-                    message: M::NAME,
-                }),
-            };
-            if !matches!(outcome, Err(WorkerError::Timeout { .. })) {
-                guard.disarm();
-            }
-            let payload = outcome?;
-            C::Serializer::decode::<M::Reply>(&payload).map_err(|e| WorkerError::Codec {
-                what: format!("decode the reply to `{}`", M::NAME),
-                detail: e.0,
-            })
-        })
+    fn handle(self, worker: &mut Worker<C, D>, ctx: &mut Context<Worker<C, D>>) -> Self::Response {
+        if let Some(error) = worker.unavailable() {
+            return Box::pin(std::future::ready(Err(error)));
+        }
+        let timeout = worker.options.request_timeout;
+        match &mut worker.link {
+            Link::Stream(link) => match link.submit::<M, C::Serializer>(&self, &worker.options) {
+                Ok((id, outcome)) => {
+                    Box::pin(await_reply::<C, D, M>(id, outcome, timeout, ctx.address()))
+                }
+                Err(error) => Box::pin(std::future::ready(Err(error))),
+            },
+            Link::Local(local) => local.request(self, timeout, ctx.address()),
+            Link::Released => Box::pin(std::future::ready(Err(WorkerError::Closed))),
+        }
     }
 }
 
-impl<C: Contract, D: Driver> Worker<C, D> {
-    /// Registers and writes (or queues) one request; returns its id and the
-    /// channel its outcome arrives on.
-    fn submit<M: WorkerMessage>(
-        &mut self,
-        message: M,
-    ) -> Result<(u64, oneshot::Receiver<Result<bytes::Bytes, WorkerError>>), WorkerError> {
-        if let Some(error) = self.unavailable() {
-            return Err(error);
-        }
-        let can_send = self.in_flight < self.options.max_in_flight;
-        if !can_send && self.queue.len() >= self.options.max_queued {
-            return Err(WorkerError::Overloaded {
-                limit: self.options.max_queued,
+/// Waits for the outcome of stream request `id` and decodes the reply.
+async fn await_reply<C, D, M>(
+    id: u64,
+    outcome: oneshot::Receiver<Result<Bytes, WorkerError>>,
+    timeout: std::time::Duration,
+    proxy: Addr<Worker<C, D>>,
+) -> Result<M::Reply, WorkerError>
+where
+    C: Contract,
+    D: Driver<C>,
+    M: WorkerMessage,
+{
+    let guard = AbandonOnDrop {
+        proxy: Some(proxy),
+        id,
+    };
+    let outcome = match tokio::time::timeout(timeout, outcome).await {
+        Ok(Ok(outcome)) => outcome,
+        // The proxy stopped without answering.
+        Ok(Err(_)) => Err(WorkerError::Closed),
+        Err(_) => {
+            drop(guard); // tells the worker to cancel it
+            return Err(WorkerError::Timeout {
+                after: timeout,
+                message: M::NAME,
             });
         }
-        let mut payload = BytesMut::new();
-        C::Serializer::encode(&message, &mut payload).map_err(|e| WorkerError::Codec {
-            what: format!("encode `{}`", M::NAME),
-            detail: e.0,
-        })?;
-        // Header and length prefixes stay well under 256 bytes.
-        if payload.len() + 256 > self.options.max_frame_len {
-            return Err(WorkerError::TooLarge {
-                message: M::NAME,
-                size: payload.len(),
-                limit: self.options.max_frame_len,
-            });
-        }
-        let id = self.next_id;
-        self.next_id += 1;
-        let frame = Frame {
-            header: Header::Request {
-                id,
-                name: M::NAME.to_owned(),
-            },
-            payload: payload.freeze(),
-        };
-        let (reply, outcome) = oneshot::channel();
-        self.pending.insert(
-            id,
-            Pending {
-                message: M::NAME,
-                reply,
-                sent: can_send,
-            },
-        );
-        if can_send {
-            self.in_flight += 1;
-            if let Some(writer) = &mut self.writer {
-                writer.write(frame);
-            }
-        } else {
-            self.queue.push_back(frame);
-        }
-        Ok((id, outcome))
-    }
+    };
+    guard.disarm();
+    let payload = outcome?;
+    M::decode_reply::<C::Serializer>(&payload).map_err(|e| WorkerError::Codec {
+        what: format!("decode the reply to `{}`", M::NAME),
+        detail: e.0,
+    })
 }
 
-/// Tells the proxy that nobody waits for request `id` any more.
-#[derive(Debug, Message)]
-#[rtype(result = "()")]
-pub(crate) struct Abandon {
+/// Abandons the request when the caller's future is dropped, or times out,
+/// before the outcome arrives.
+struct AbandonOnDrop<C: Contract, D: Driver<C>> {
+    proxy: Option<Addr<Worker<C, D>>>,
     id: u64,
 }
 
-impl<C: Contract, D: Driver> Handler<Abandon> for Worker<C, D> {
-    type Result = ();
-
-    fn handle(&mut self, Abandon { id }: Abandon, _: &mut Self::Context) {
-        let Some(pending) = self.pending.get(&id) else {
-            return;
-        };
-        tracing::debug!(
-            id,
-            message = pending.message,
-            "request abandoned; cancelling it"
-        );
-        if pending.sent {
-            if let Some(writer) = &mut self.writer {
-                writer.write(Frame::bare(Header::Cancel { id }));
-            }
-        }
-        // Nobody listens any more; the outcome only frees the slot.
-        self.resolve(
-            id,
-            Err(WorkerError::Timeout {
-                after: Duration::ZERO,
-                message: "",
-            }),
-        );
-    }
-}
-
-/// Abandons the request when the caller's future is dropped or times out
-/// before the outcome arrives, so that the worker is told to cancel it.
-struct AbandonOnDrop {
-    proxy: Option<Recipient<Abandon>>,
-    id: u64,
-}
-
-impl AbandonOnDrop {
+impl<C: Contract, D: Driver<C>> AbandonOnDrop<C, D> {
     fn disarm(mut self) {
         self.proxy = None;
     }
 }
 
-impl Drop for AbandonOnDrop {
+impl<C: Contract, D: Driver<C>> Drop for AbandonOnDrop<C, D> {
     fn drop(&mut self) {
         if let Some(proxy) = self.proxy.take() {
             proxy.do_send(Abandon { id: self.id });

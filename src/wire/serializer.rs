@@ -9,6 +9,15 @@ use serde::{de::DeserializeOwned, Serialize};
 #[error("{0}")]
 pub struct CodecError(pub String);
 
+impl CodecError {
+    /// The error for a `#[local]` message asked to cross a process boundary.
+    pub fn local_only(message: &str) -> Self {
+        Self(format!(
+            "`{message}` is a local message: it is moved between threads, never serialized"
+        ))
+    }
+}
+
 /// Turns message payloads into bytes and back. A contract names its
 /// serializer, so host and worker always use the same one; its [`NAME`]
 /// travels in the handshake so that a mismatch is refused up front.

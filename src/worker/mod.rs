@@ -7,6 +7,7 @@ use std::ffi::OsStr;
 use actix::prelude::*;
 use interprocess::local_socket::tokio::{prelude::*, Stream as LocalStream};
 use interprocess::local_socket::GenericFilePath;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::codec::FramedRead;
 
 use crate::driver::child_process::env;
@@ -14,8 +15,8 @@ use crate::wire::envelope::{Header, Hello};
 use crate::wire::frame::{Frame, FrameCodec};
 use crate::wire::{Serializer, PROTOCOL_VERSION};
 
-mod panic;
-mod routes;
+pub(crate) mod panic;
+pub(crate) mod routes;
 mod server;
 
 pub use routes::{Routes, ServedBy};
@@ -81,7 +82,15 @@ where
             .to_fs_name::<GenericFilePath>()
             .map(|name| LocalStream::connect(name));
         let stream = stream?.await?;
-        start_server::<C, A>(stream, token, max_frame_len, routes, factory());
+        let (reader, writer) = crate::wire::stream::SharedStream::split(stream);
+        let served = Served {
+            reader: Box::new(reader),
+            writer: Box::new(writer),
+            token,
+            max_frame_len,
+            ends_process: true,
+        };
+        start_server::<C, A>(served, routes, factory());
         Ok::<_, std::io::Error>(())
     });
     if let Err(e) = served {
@@ -92,21 +101,56 @@ where
     std::process::exit(code);
 }
 
-fn start_server<C, A>(
-    stream: LocalStream,
+/// Serves `actor` for contract `C` over any byte stream, on the current
+/// arbiter: the worker side of a custom [`Driver`](crate::Driver) whose
+/// host side is [`Connection::stream`](crate::driver::Connection::stream).
+/// Serving ends when the host closes the stream or sends `Close`; a panic
+/// in the actor is reported to the host, which resolves its requests
+/// `Crashed`.
+///
+/// Must be called inside an actix System.
+pub fn serve_io<C, A, T>(io: T, actor: A, options: &crate::WorkerOptions)
+where
+    C: ServedBy<A>,
+    A: Actor<Context = Context<A>>,
+    T: AsyncRead + AsyncWrite + Unpin + 'static,
+{
+    let (reader, writer) = tokio::io::split(io);
+    let served = Served {
+        reader: Box::new(reader),
+        writer: Box::new(writer),
+        token: String::new(),
+        max_frame_len: options.max_frame_len,
+        ends_process: false,
+    };
+    start_server::<C, A>(served, C::routes(), actor);
+}
+
+/// A connection to serve, and how.
+struct Served {
+    reader: Box<dyn AsyncRead + Unpin>,
+    writer: Box<dyn AsyncWrite + Unpin>,
     token: String,
     max_frame_len: usize,
-    routes: Routes<A, C::Serializer>,
-    actor: A,
-) where
+    ends_process: bool,
+}
+
+fn start_server<C, A>(served: Served, routes: Routes<A, C::Serializer>, actor: A)
+where
     C: ServedBy<A>,
     A: Actor<Context = Context<A>>,
 {
     let actor = actor.start();
+    let Served {
+        reader,
+        writer,
+        token,
+        max_frame_len,
+        ends_process,
+    } = served;
     server::Server::create(move |ctx| {
-        let (recv, send) = crate::wire::stream::SharedStream::split(stream);
-        ctx.add_stream(FramedRead::new(recv, FrameCodec::new(max_frame_len)));
-        let mut writer = actix::io::FramedWrite::new(send, FrameCodec::new(max_frame_len), ctx);
+        ctx.add_stream(FramedRead::new(reader, FrameCodec::new(max_frame_len)));
+        let mut writer = actix::io::FramedWrite::new(writer, FrameCodec::new(max_frame_len), ctx);
         // See the proxy: never pause reading because the host reads slowly.
         writer.set_buffer_capacity(0, usize::MAX);
         writer.write(Frame::bare(Header::Hello(Hello {
@@ -124,6 +168,7 @@ fn start_server<C, A>(
             max_frame_len,
             running: Default::default(),
             exit_code: 0,
+            ends_process,
         }
     });
 }

@@ -1,6 +1,7 @@
 //! Dispatch by wire name: for each message of a contract, how to decode it,
 //! hand it to the worker actor, and encode the reply.
 
+use std::any::{Any, TypeId};
 use std::collections::HashMap;
 use std::marker::PhantomData;
 
@@ -38,10 +39,18 @@ pub(crate) enum Outcome {
 
 type Route<A> = fn(&Addr<A>, &[u8]) -> LocalBoxFuture<'static, Outcome>;
 
+/// Makes a `Recipient<M>` (boxed as `Any`) for one message type `M`.
+type RecipientMaker<A> = fn(&Addr<A>) -> Box<dyn Any + Send>;
+
 /// The dispatch table of a worker actor `A` whose payloads are encoded with
 /// `S`. Built by [`ServedBy::routes`]; users do not build it by hand.
+///
+/// It serves both kinds of driver: by wire name for drivers that carry
+/// bytes, and by message type (a typed `Recipient` per message) for drivers
+/// that move values.
 pub struct Routes<A: Actor, S> {
     by_name: HashMap<&'static str, Route<A>>,
+    by_type: Vec<(TypeId, RecipientMaker<A>)>,
     _serializer: PhantomData<fn() -> S>,
 }
 
@@ -62,6 +71,7 @@ impl<A: Actor, S: Serializer> Routes<A, S> {
     pub fn new() -> Self {
         Self {
             by_name: HashMap::new(),
+            by_type: Vec::new(),
             _serializer: PhantomData,
         }
     }
@@ -83,6 +93,20 @@ impl<A: Actor, S: Serializer> Routes<A, S> {
             "two messages of one contract share the wire name `{}`",
             M::NAME
         );
+        self.by_type.push((TypeId::of::<M>(), |actor| {
+            Box::new(actor.clone().recipient::<M>())
+        }));
+    }
+
+    /// A `Recipient<M>` for every message `M` of the contract, keyed by
+    /// `TypeId::of::<M>()`: how a driver that moves values reaches `actor`.
+    pub(crate) fn recipients(&self, actor: &Addr<A>) -> Recipients {
+        Recipients(
+            self.by_type
+                .iter()
+                .map(|(type_id, make)| (*type_id, make(actor)))
+                .collect(),
+        )
     }
 
     /// Starts handling a request for message `name`.
@@ -102,6 +126,22 @@ impl<A: Actor, S: Serializer> Routes<A, S> {
     }
 }
 
+/// The typed recipients of a worker actor, one per contract message.
+#[derive(Debug, Default)]
+pub(crate) struct Recipients(HashMap<TypeId, Box<dyn Any + Send>>);
+
+impl Recipients {
+    /// The recipient of message `M`; `None` only if `M` is not in the
+    /// contract the table was built for (the proxy's bounds rule that out).
+    pub(crate) fn get<M>(&self) -> Option<&Recipient<M>>
+    where
+        M: Message + Send + 'static,
+        M::Result: Send,
+    {
+        self.0.get(&TypeId::of::<M>())?.downcast_ref()
+    }
+}
+
 fn route<A, M, S>(actor: &Addr<A>, payload: &[u8]) -> LocalBoxFuture<'static, Outcome>
 where
     A: Handler<M>,
@@ -109,7 +149,7 @@ where
     M: WorkerMessage,
     S: Serializer,
 {
-    let message: M = match S::decode(payload) {
+    let message: M = match M::decode::<S>(payload) {
         Ok(message) => message,
         Err(e) => {
             return Box::pin(std::future::ready(Outcome::Failed(RemoteError::new(
@@ -123,7 +163,7 @@ where
         match handled.await {
             Ok(Ok(reply)) => {
                 let mut out = BytesMut::new();
-                match S::encode(&reply, &mut out) {
+                match M::encode_reply::<S>(&reply, &mut out) {
                     Ok(()) => Outcome::Reply(out.freeze()),
                     Err(e) => Outcome::Failed(RemoteError::new(
                         "EncodeError",

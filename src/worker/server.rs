@@ -5,9 +5,9 @@
 
 use std::collections::HashMap;
 
-use crate::wire::stream::SharedStream;
 use actix::io::{FramedWrite, WriteHandler};
 use actix::prelude::*;
+use tokio::io::AsyncWrite;
 
 use super::panic;
 use super::routes::{Outcome, Routes};
@@ -24,11 +24,14 @@ const PROTOCOL_EXIT_CODE: i32 = 2;
 pub(crate) struct Server<A: Actor, S> {
     pub(crate) actor: Addr<A>,
     pub(crate) routes: Routes<A, S>,
-    pub(crate) writer: FramedWrite<Frame, SharedStream, FrameCodec>,
+    pub(crate) writer: FramedWrite<Frame, Box<dyn AsyncWrite + Unpin>, FrameCodec>,
     pub(crate) max_frame_len: usize,
     /// Requests being handled, so that a Cancel can drop them.
     pub(crate) running: HashMap<u64, SpawnHandle>,
     pub(crate) exit_code: i32,
+    /// Whether stopping serving ends the process (a child worker) or only
+    /// this server (a worker served in-process by `serve_io`).
+    pub(crate) ends_process: bool,
 }
 
 impl<A: Actor, S: Serializer> Server<A, S> {
@@ -55,7 +58,7 @@ impl<A: Actor, S: Serializer> Server<A, S> {
             },
             Outcome::Failed(error) => Frame::bare(Header::Error { id, error }),
             Outcome::ActorStopped => {
-                let message = panic::take_message()
+                let message = panic::take_message(std::thread::current().id())
                     .unwrap_or_else(|| "the worker actor stopped unexpectedly".into());
                 self.writer.write(Frame::bare(Header::Panicked { message }));
                 return self.exit(PANIC_EXIT_CODE, ctx);
@@ -79,7 +82,9 @@ impl<A: Actor, S: Serializer> Actor for Server<A, S> {
     type Context = Context<Self>;
 
     fn stopped(&mut self, _: &mut Self::Context) {
-        System::current().stop_with_code(self.exit_code);
+        if self.ends_process {
+            System::current().stop_with_code(self.exit_code);
+        }
     }
 }
 

@@ -1,0 +1,132 @@
+//! The thread driver: the worker actor runs on its own actix [`Arbiter`]
+//! (its own OS thread) in the host process. Messages are moved, not
+//! serialized; `#[local]` messages (holding `Arc`s, channels, handles) are
+//! accepted too.
+//!
+//! No process isolation: a thread worker protects the host from a panic in
+//! its handler (the requests in flight resolve `Crashed` with the panic
+//! message), but not from an abort, a segfault or a runaway allocation.
+
+use std::panic::AssertUnwindSafe;
+use std::thread::ThreadId;
+
+use actix::prelude::*;
+use futures::future::LocalBoxFuture;
+use tokio::sync::oneshot;
+
+use super::{Connection, ConnectionKind, Driver};
+use crate::config::WorkerOptions;
+use crate::error::SpawnError;
+use crate::worker::panic;
+use crate::worker::routes::{Recipients, ServedBy};
+
+/// Runs the worker actor made by a factory on a new arbiter thread.
+///
+/// The same actor type and the same contract serve both drivers, so moving
+/// a worker between a child process and a thread changes only the driver
+/// the host passes to [`Worker::spawn`](crate::Worker::spawn).
+///
+/// ```no_run
+/// # use actix::prelude::*;
+/// # use serde::{Deserialize, Serialize};
+/// # use isolated_workers::WorkerError;
+/// # #[derive(Serialize, Deserialize)] struct Ping;
+/// # isolated_workers::contract! { Calc { Ping => () } }
+/// # #[derive(Default)] struct CalcWorker;
+/// # impl Actor for CalcWorker { type Context = Context<Self>; }
+/// # impl Handler<Ping> for CalcWorker { type Result = Result<(), WorkerError>;
+/// #     fn handle(&mut self, _: Ping, _: &mut Context<Self>) -> Self::Result { Ok(()) } }
+/// use isolated_workers::{Thread, Worker};
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// let worker = Worker::<Calc, _>::spawn(Thread::new(CalcWorker::default)).await?;
+/// worker.send(Ping).await??;
+/// # Ok(()) }
+/// ```
+pub struct Thread<A> {
+    factory: Box<dyn FnOnce() -> A + Send>,
+}
+
+impl<A> std::fmt::Debug for Thread<A> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Thread")
+            .field("actor", &std::any::type_name::<A>())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<A: Actor<Context = Context<A>>> Thread<A> {
+    /// A driver that starts the actor `factory` makes, on a new arbiter.
+    pub fn new(factory: impl FnOnce() -> A + Send + 'static) -> Self {
+        Self {
+            factory: Box::new(factory),
+        }
+    }
+}
+
+/// A running thread worker, as the proxy holds it.
+pub(crate) struct LocalLink {
+    pub(crate) recipients: Recipients,
+    pub(crate) arbiter: Arbiter,
+    /// The arbiter's thread, whose panic message reports a crash.
+    pub(crate) thread: ThreadId,
+}
+
+impl std::fmt::Debug for LocalLink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalLink")
+            .field("thread", &self.thread)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<C, A> Driver<C> for Thread<A>
+where
+    C: ServedBy<A>,
+    A: Actor<Context = Context<A>>,
+{
+    fn launch(
+        self,
+        options: &WorkerOptions,
+    ) -> LocalBoxFuture<'static, Result<Connection, SpawnError>> {
+        let startup = options.startup_timeout;
+        Box::pin(async move {
+            panic::install_hook();
+            let arbiter = Arbiter::new();
+            let (started_tx, started) = oneshot::channel();
+            let factory = self.factory;
+            arbiter.spawn_fn(move || {
+                let thread = std::thread::current().id();
+                let actor = std::panic::catch_unwind(AssertUnwindSafe(|| factory().start()));
+                let _ = started_tx.send(match actor {
+                    Ok(actor) => Ok((actor, thread)),
+                    Err(_) => Err(panic::take_message(thread)),
+                });
+            });
+            let started = tokio::time::timeout(startup, started).await;
+            let (actor, thread) = match started {
+                Ok(Ok(Ok(started))) => started,
+                Ok(Ok(Err(message))) => {
+                    arbiter.stop();
+                    return Err(SpawnError::Panicked {
+                        message: message.unwrap_or_else(|| "the worker's factory panicked".into()),
+                    });
+                }
+                Ok(Err(_)) | Err(_) => {
+                    arbiter.stop();
+                    return Err(SpawnError::Timeout {
+                        after: startup,
+                        stderr: String::new(),
+                    });
+                }
+            };
+            let recipients = C::routes().recipients(&actor);
+            Ok(Connection {
+                kind: ConnectionKind::Local(LocalLink {
+                    recipients,
+                    arbiter,
+                    thread,
+                }),
+            })
+        })
+    }
+}

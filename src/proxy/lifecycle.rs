@@ -162,22 +162,30 @@ pub struct Reconnect;
 #[rtype(result = "Result<(), WorkerError>")]
 pub struct Detach;
 
-/// Lifecycle messages gated on a capability; each answers `Unsupported`
-/// until its behaviour lands.
-macro_rules! gated_lifecycle_message {
-    ($message:ident, $capability:ident) => {
-        impl<C: Contract, D: Driver<C> + $capability> Accepted<C, D> for $message {
-            type Response = Result<(), WorkerError>;
+// Each lifecycle message is accepted only under its capability. Written
+// out rather than by a macro: the compiler quotes these impls when a
+// message is refused, and the bound should read plainly there.
 
-            fn handle(self, _: &mut Worker<C, D>, _: &mut Context<Worker<C, D>>) -> Self::Response {
-                Err(WorkerError::Unsupported {
-                    what: stringify!($message),
-                })
-            }
-        }
-    };
+impl<C: Contract, D: Driver<C> + CanReconnect> Accepted<C, D> for Disconnect {
+    type Response = Result<(), WorkerError>;
+
+    fn handle(self, _: &mut Worker<C, D>, _: &mut Context<Worker<C, D>>) -> Self::Response {
+        Err(WorkerError::Unsupported { what: "Disconnect" })
+    }
 }
 
-gated_lifecycle_message!(Disconnect, CanReconnect);
-gated_lifecycle_message!(Reconnect, CanReconnect);
-gated_lifecycle_message!(Detach, CanDetach);
+impl<C: Contract, D: Driver<C> + CanReconnect> Accepted<C, D> for Reconnect {
+    type Response = Result<(), WorkerError>;
+
+    fn handle(self, _: &mut Worker<C, D>, _: &mut Context<Worker<C, D>>) -> Self::Response {
+        Err(WorkerError::Unsupported { what: "Reconnect" })
+    }
+}
+
+impl<C: Contract, D: Driver<C> + CanDetach> Accepted<C, D> for Detach {
+    type Response = Result<(), WorkerError>;
+
+    fn handle(self, _: &mut Worker<C, D>, _: &mut Context<Worker<C, D>>) -> Self::Response {
+        Err(WorkerError::Unsupported { what: "Detach" })
+    }
+}

@@ -5,13 +5,13 @@
 //! the panic message.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::thread::ThreadId;
 
 use futures::future::LocalBoxFuture;
 
 use actix::prelude::*;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use super::{Accepted, Worker, WorkerState};
@@ -35,13 +35,16 @@ pub(super) struct LocalState {
 /// What the request futures share with the proxy.
 struct Shared {
     /// One permit per request allowed in flight.
-    permits: Semaphore,
+    permits: Arc<Semaphore>,
     max_in_flight: usize,
     max_queued: usize,
     /// Requests waiting for a permit.
     queued: AtomicUsize,
     /// Cancelled on `Close`: waiting requests resolve `Closed` at once.
     closed: CancellationToken,
+    /// Set by the first request that finds the actor dead: the panic
+    /// message every request in flight reports.
+    crash: OnceLock<Option<String>>,
 }
 
 impl LocalState {
@@ -51,11 +54,12 @@ impl LocalState {
             arbiter: Some(link.arbiter),
             thread: link.thread,
             shared: Arc::new(Shared {
-                permits: Semaphore::new(options.max_in_flight),
+                permits: Arc::new(Semaphore::new(options.max_in_flight)),
                 max_in_flight: options.max_in_flight,
                 max_queued: options.max_queued,
                 queued: AtomicUsize::new(0),
                 closed: CancellationToken::new(),
+                crash: OnceLock::new(),
             }),
         }
     }
@@ -109,24 +113,35 @@ impl LocalState {
         };
         let shared = self.shared.clone();
         let thread = self.thread;
+        // Take the slot (or the place in the queue) now, so that `Status`
+        // counts this request from the moment the proxy accepted it.
+        let slot = match shared.permits.clone().try_acquire_owned() {
+            Ok(permit) => Slot::InFlight(permit),
+            Err(_) => {
+                if shared.queued.fetch_add(1, Ordering::Relaxed) >= shared.max_queued {
+                    shared.queued.fetch_sub(1, Ordering::Relaxed);
+                    let error = WorkerError::Overloaded {
+                        limit: shared.max_queued,
+                    };
+                    return Box::pin(std::future::ready(Err(error)));
+                }
+                Slot::Queued
+            }
+        };
         Box::pin(async move {
             let outcome = async {
-                let _permit = shared.acquire().await?;
+                let _permit = match slot {
+                    Slot::InFlight(permit) => permit,
+                    Slot::Queued => {
+                        let permit = shared.permits.clone().acquire_owned().await;
+                        shared.queued.fetch_sub(1, Ordering::Relaxed);
+                        permit.map_err(|_| WorkerError::Closed)?
+                    }
+                };
                 match recipient.send(message).await {
                     Ok(outcome) => outcome,
                     Err(_) if shared.closed.is_cancelled() => Err(WorkerError::Closed),
-                    Err(_) => {
-                        // The actor is gone: its handler panicked.
-                        let message = panic::take_message(thread);
-                        proxy.do_send(LocalCrash {
-                            message: message.clone(),
-                        });
-                        Err(WorkerError::Crashed {
-                            reason: CrashReason::Panic,
-                            message,
-                            attempt: 1,
-                        })
-                    }
+                    Err(_) => Err(shared.crashed(thread, &proxy)),
                 }
             };
             tokio::select! {
@@ -140,21 +155,39 @@ impl LocalState {
     }
 }
 
+/// Where a request waits to be handed to the worker.
+enum Slot {
+    InFlight(OwnedSemaphorePermit),
+    Queued,
+}
+
 impl Shared {
-    /// A slot in flight, waiting in the bounded queue if all are taken.
-    async fn acquire(&self) -> Result<tokio::sync::SemaphorePermit<'_>, WorkerError> {
-        if let Ok(permit) = self.permits.try_acquire() {
-            return Ok(permit);
-        }
-        if self.queued.fetch_add(1, Ordering::Relaxed) >= self.max_queued {
-            self.queued.fetch_sub(1, Ordering::Relaxed);
-            return Err(WorkerError::Overloaded {
-                limit: self.max_queued,
+    /// The actor is gone (its handler panicked): the error every request in
+    /// flight reports. The first to notice tells the proxy, which stops the
+    /// arbiter so that requests still running there resolve too.
+    fn crashed<C: Contract, D: Driver<C>>(
+        &self,
+        thread: ThreadId,
+        proxy: &Addr<Worker<C, D>>,
+    ) -> WorkerError {
+        let mut first = false;
+        let message = self
+            .crash
+            .get_or_init(|| {
+                first = true;
+                panic::take_message(thread)
+            })
+            .clone();
+        if first {
+            proxy.do_send(LocalCrash {
+                message: message.clone(),
             });
         }
-        let permit = self.permits.acquire().await;
-        self.queued.fetch_sub(1, Ordering::Relaxed);
-        permit.map_err(|_| WorkerError::Closed)
+        WorkerError::Crashed {
+            reason: CrashReason::Panic,
+            message,
+            attempt: 1,
+        }
     }
 }
 
@@ -175,8 +208,10 @@ impl<C: Contract, D: Driver<C>> Accepted<C, D> for LocalCrash {
                 reason: CrashReason::Panic,
                 message: self.message,
             };
-            if let super::Link::Local(local) = &mut worker.link {
-                local.stop();
+            if let super::Link::Local(local) = &worker.link {
+                if let Some(arbiter) = &local.arbiter {
+                    arbiter.stop();
+                }
             }
         }
     }

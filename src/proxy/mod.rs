@@ -41,6 +41,9 @@ pub struct Worker<C: Contract, D: Driver<C> = ChildProcess> {
 }
 
 /// How the proxy reaches its worker.
+// One per worker, matched on every request: boxing the big variant would
+// save nothing worth a pointer chase.
+#[allow(clippy::large_enum_variant)]
 enum Link {
     Stream(stream::StreamLink),
     Local(local::LocalState),

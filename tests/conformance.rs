@@ -1,0 +1,234 @@
+//! One suite of behaviour, run against every driver: what a user may rely
+//! on whichever driver carries their worker. A new driver gets the whole
+//! suite with one line in `main`.
+
+mod support;
+
+#[path = "../examples/custom_driver/in_memory.rs"]
+mod in_memory;
+
+use std::future::Future;
+use std::time::Duration;
+
+use futures::future::join_all;
+use in_memory::InMemory;
+use isolated_workers::{
+    ChildProcess, Close, CrashReason, Driver, Status, Thread, Worker, WorkerError, WorkerOptions,
+    WorkerState,
+};
+use libtest_mimic::{Failed, Trial};
+use support::*;
+
+fn main() {
+    enter_workers();
+    let mut trials = suite("child_process", || ChildProcess::current_exe("calc"));
+    trials.extend(suite("thread", || Thread::new(CalcWorker::default)));
+    trials.extend(suite("in_memory", || InMemory::new(CalcWorker::default)));
+    run(trials);
+}
+
+/// Every behaviour test, for the driver `make` builds.
+fn suite<D: Driver<Calc>>(driver: &str, make: fn() -> D) -> Vec<Trial> {
+    vec![
+        case(driver, "round_trip_returns_the_reply", make, round_trip),
+        case(
+            driver,
+            "a_thousand_concurrent_requests_get_their_own_replies",
+            make,
+            thousand_concurrent,
+        ),
+        case(
+            driver,
+            "a_handler_error_arrives_as_a_remote_error",
+            make,
+            remote_error,
+        ),
+        case(
+            driver,
+            "a_slow_request_times_out_and_the_worker_serves_on",
+            make,
+            timeout,
+        ),
+        case(
+            driver,
+            "a_panicking_handler_resolves_requests_in_flight_as_crashed",
+            make,
+            crash,
+        ),
+        case(driver, "sends_after_close_are_closed", make, close),
+        case(
+            driver,
+            "the_in_flight_bound_queues_then_overloads",
+            make,
+            in_flight_bound,
+        ),
+    ]
+}
+
+fn case<D, Fut>(driver: &str, behaviour: &str, make: fn() -> D, test: fn(D) -> Fut) -> Trial
+where
+    D: Driver<Calc>,
+    Fut: Future<Output = Result<(), Failed>> + 'static,
+{
+    actix_test(&format!("{driver}::{behaviour}"), move || test(make()))
+}
+
+async fn round_trip<D: Driver<Calc>>(driver: D) -> Result<(), Failed> {
+    let worker = Worker::<Calc, D>::spawn(driver).await.map_err(fail)?;
+    let pong = worker
+        .send(Ping { text: "hi".into() })
+        .await?
+        .map_err(fail)?;
+    assert_eq!(pong.text, "pong: hi");
+    assert_eq!(worker.send(Increment { by: 2 }).await?.map_err(fail)?, 2);
+    assert_eq!(
+        worker.send(Increment { by: 3 }).await?.map_err(fail)?,
+        5,
+        "state is kept"
+    );
+    worker.send(Close).await?;
+    Ok(())
+}
+
+async fn thousand_concurrent<D: Driver<Calc>>(driver: D) -> Result<(), Failed> {
+    let worker = Worker::<Calc, D>::spawn(driver).await.map_err(fail)?;
+    let requests = (0..1000).map(|i| {
+        worker.send(Ping {
+            text: i.to_string(),
+        })
+    });
+    for (i, reply) in join_all(requests).await.into_iter().enumerate() {
+        assert_eq!(reply?.map_err(fail)?.text, format!("pong: {i}"));
+    }
+    worker.send(Close).await?;
+    Ok(())
+}
+
+async fn remote_error<D: Driver<Calc>>(driver: D) -> Result<(), Failed> {
+    let worker = Worker::<Calc, D>::spawn(driver).await.map_err(fail)?;
+    match worker.send(Divide { a: 1.0, b: 0.0 }).await? {
+        Err(WorkerError::Remote(error)) => {
+            assert_eq!(error.name, "DivideByZero");
+            assert_eq!(error.message, "cannot divide 1 by zero");
+            assert_eq!(error.code, Some(22));
+        }
+        other => return Err(format!("expected a remote error, got {other:?}").into()),
+    }
+    assert_eq!(
+        worker
+            .send(Divide { a: 9.0, b: 3.0 })
+            .await?
+            .map_err(fail)?,
+        3.0
+    );
+    worker.send(Close).await?;
+    Ok(())
+}
+
+async fn timeout<D: Driver<Calc>>(driver: D) -> Result<(), Failed> {
+    let options = WorkerOptions::default().request_timeout(Duration::from_millis(200));
+    let worker = Worker::<Calc, D>::spawn_with(driver, options)
+        .await
+        .map_err(fail)?;
+    match worker.send(Sleep { ms: 30_000 }).await? {
+        Err(WorkerError::Timeout { after, message }) => {
+            assert_eq!(after, Duration::from_millis(200));
+            assert_eq!(message, "Sleep");
+        }
+        other => return Err(format!("expected a timeout, got {other:?}").into()),
+    }
+    let pong = worker
+        .send(Ping {
+            text: "still".into(),
+        })
+        .await?
+        .map_err(fail)?;
+    assert_eq!(pong.text, "pong: still");
+    worker.send(Close).await?;
+    Ok(())
+}
+
+async fn crash<D: Driver<Calc>>(driver: D) -> Result<(), Failed> {
+    let worker = Worker::<Calc, D>::spawn(driver).await.map_err(fail)?;
+    let sleeping = worker.send(Sleep { ms: 30_000 });
+    let exploding = worker.send(Explode {
+        message: "kaboom".into(),
+    });
+    let (sleeping, exploding) = futures::join!(sleeping, exploding);
+    for outcome in [sleeping?.map(|_| ()), exploding?] {
+        match outcome {
+            Err(WorkerError::Crashed {
+                reason, message, ..
+            }) => {
+                let message = message.unwrap_or_default();
+                assert!(
+                    message.contains("kaboom"),
+                    "panic message reported: {message:?}"
+                );
+                assert!(
+                    matches!(reason, CrashReason::Exit(101) | CrashReason::Panic),
+                    "reason: {reason}"
+                );
+            }
+            other => return Err(format!("expected a crash, got {other:?}").into()),
+        }
+    }
+    let later = worker
+        .send(Ping {
+            text: "anyone?".into(),
+        })
+        .await?;
+    assert!(
+        matches!(later, Err(WorkerError::Crashed { .. })),
+        "{later:?}"
+    );
+    let status = worker.send(Status).await?;
+    assert!(
+        matches!(status.state, WorkerState::Crashed { .. }),
+        "{status:?}"
+    );
+    Ok(())
+}
+
+async fn close<D: Driver<Calc>>(driver: D) -> Result<(), Failed> {
+    let worker = Worker::<Calc, D>::spawn(driver).await.map_err(fail)?;
+    let in_flight = worker.send(Sleep { ms: 30_000 });
+    let closing = worker.send(Close);
+    let (in_flight, closed) = futures::join!(in_flight, closing);
+    closed?;
+    assert!(
+        matches!(in_flight?, Err(WorkerError::Closed)),
+        "in flight at close"
+    );
+    let after = worker
+        .send(Ping {
+            text: "late".into(),
+        })
+        .await?;
+    assert!(matches!(after, Err(WorkerError::Closed)), "{after:?}");
+    assert_eq!(worker.send(Status).await?.state, WorkerState::Closed);
+    worker.send(Close).await?; // closing twice is harmless
+    Ok(())
+}
+
+async fn in_flight_bound<D: Driver<Calc>>(driver: D) -> Result<(), Failed> {
+    let options = WorkerOptions::default().max_in_flight(1).max_queued(1);
+    let worker = Worker::<Calc, D>::spawn_with(driver, options)
+        .await
+        .map_err(fail)?;
+    let first = worker.send(Sleep { ms: 200 });
+    let second = worker.send(Sleep { ms: 1 });
+    let third = worker.send(Sleep { ms: 1 });
+    let status = worker.send(Status);
+    let (first, second, third, status) = futures::join!(first, second, third, status);
+    first?.map_err(fail)?;
+    second?.map_err(fail)?;
+    assert!(
+        matches!(third?, Err(WorkerError::Overloaded { limit: 1 })),
+        "the third request found the queue full"
+    );
+    let status = status?;
+    assert_eq!((status.in_flight, status.queued), (1, 1), "{status:?}");
+    worker.send(Close).await?;
+    Ok(())
+}

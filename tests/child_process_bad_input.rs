@@ -1,5 +1,257 @@
+//! Hostile or broken bytes on the worker socket: impostors during the
+//! handshake, a worker that breaks the framing, and a host whose contract
+//! has drifted from the worker's.
+
 mod support;
+
+use std::time::{Duration, Instant};
+
+use isolated_workers::testing::PROTOCOL;
+use isolated_workers::{CrashReason, SpawnError, Worker, WorkerError, WorkerOptions, WorkerState};
+use libtest_mimic::Failed;
+use support::rogue::{calc_hello, Rogue, REPORT_ENV, TRUNCATED_EXIT_CODE};
+use support::*;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+
 fn main() {
-    support::enter_workers();
-    support::run(vec![]);
+    enter_workers();
+    run(vec![
+        actix_test(
+            "impostors_on_the_socket_are_dropped_and_the_real_worker_is_accepted",
+            impostors_on_the_socket_are_dropped_and_the_real_worker_is_accepted,
+        ),
+        actix_test(
+            "a_peer_from_another_process_is_dropped_even_with_the_right_token",
+            a_peer_from_another_process_is_dropped_even_with_the_right_token,
+        ),
+        actix_test(
+            "a_worker_speaking_another_protocol_version_fails_the_handshake",
+            a_worker_speaking_another_protocol_version_fails_the_handshake,
+        ),
+        actix_test(
+            "an_oversized_length_prefix_crashes_the_request_promptly_and_kills_the_worker",
+            an_oversized_length_prefix_crashes_the_request_promptly_and_kills_the_worker,
+        ),
+        actix_test(
+            "an_undecodable_frame_is_a_protocol_error_that_kills_the_worker",
+            an_undecodable_frame_is_a_protocol_error_that_kills_the_worker,
+        ),
+        actix_test(
+            "a_frame_cut_short_by_the_worker_exiting_reports_its_exit_code",
+            a_frame_cut_short_by_the_worker_exiting_reports_its_exit_code,
+        ),
+        actix_test(
+            "a_stray_reply_is_ignored_and_an_undecodable_reply_is_a_codec_error",
+            a_stray_reply_is_ignored_and_an_undecodable_reply_is_a_codec_error,
+        ),
+        actix_test(
+            "a_message_the_worker_lacks_is_answered_unknown_message_and_the_worker_serves_on",
+            a_message_the_worker_lacks_is_answered_unknown_message_and_the_worker_serves_on,
+        ),
+        actix_test(
+            "a_payload_of_the_wrong_type_is_answered_decode_error_and_the_worker_serves_on",
+            a_payload_of_the_wrong_type_is_answered_decode_error_and_the_worker_serves_on,
+        ),
+    ]);
+}
+
+/// Short enough that a request sent to the wrong peer fails the test
+/// quickly instead of hanging it.
+fn impatient() -> WorkerOptions {
+    WorkerOptions::default().request_timeout(Duration::from_secs(10))
+}
+
+async fn spawn_rogue(rogue: Rogue) -> Result<actix::Addr<Worker<Calc>>, Failed> {
+    Worker::<Calc>::spawn_with(rogue.driver(), impatient())
+        .await
+        .map_err(fail)
+}
+
+/// The request is answered by the spawned child itself.
+async fn assert_served_by_the_child(worker: &actix::Addr<Worker<Calc>>) -> Result<(), Failed> {
+    let pong = ask(worker, ping("real?")).await?;
+    assert_eq!(pong.text, "pong: real?");
+    assert_eq!(ask(worker, WhoAmI).await?, pid_of(worker).await?);
+    Ok(())
+}
+
+async fn impostors_on_the_socket_are_dropped_and_the_real_worker_is_accepted() -> Result<(), Failed>
+{
+    // The rogue starts serving only once the host has hung up on every
+    // impostor that spoke; one silent impostor stays connected throughout.
+    let worker = spawn_rogue(Rogue::ImpostorsThenCalc).await?;
+    assert_served_by_the_child(&worker).await?;
+    close(&worker).await
+}
+
+async fn a_peer_from_another_process_is_dropped_even_with_the_right_token() -> Result<(), Failed> {
+    let rendezvous = tempfile::Builder::new()
+        .prefix("leak-report-")
+        .tempdir()
+        .map_err(fail)?;
+    let report = rendezvous.path().join("report.sock");
+    let listener = UnixListener::bind(&report).map_err(fail)?;
+    let driver = Rogue::LeaksThenCalc.driver().env(REPORT_ENV, &report);
+    let (spawned, knocked) = tokio::join!(
+        Worker::<Calc>::spawn_with(driver, impatient()),
+        knock_with_the_leaked_token(listener),
+    );
+    knocked?;
+    let worker = spawned.map_err(fail)?;
+    assert_served_by_the_child(&worker).await?;
+    close(&worker).await
+}
+
+/// Takes the socket path and token the rogue leaks, presents them on the
+/// worker socket from this process, and expects the host to hang up. Only
+/// then hangs up on the rogue, which lets it serve.
+async fn knock_with_the_leaked_token(listener: UnixListener) -> Result<(), Failed> {
+    let (report, _) = listener.accept().await.map_err(fail)?;
+    let mut lines = BufReader::new(report).lines();
+    let socket = lines.next_line().await.map_err(fail)?.ok_or("no socket")?;
+    let token = lines.next_line().await.map_err(fail)?.ok_or("no token")?;
+
+    let mut knock = UnixStream::connect(&socket).await.map_err(fail)?;
+    let hello = calc_hello(&token, PROTOCOL);
+    knock.write_all(&hello).await.map_err(fail)?;
+    let mut answer = Vec::new();
+    match tokio::time::timeout(Duration::from_secs(5), knock.read_to_end(&mut answer)).await {
+        Ok(Ok(0) | Err(_)) => Ok(()),
+        Ok(Ok(n)) => Err(format!("the host sent {n} bytes to a foreign process").into()),
+        Err(_) => Err("the host kept a foreign process's connection open for 5 s".into()),
+    }
+}
+
+async fn a_worker_speaking_another_protocol_version_fails_the_handshake() -> Result<(), Failed> {
+    let err = spawn_error::<Calc>(Rogue::WrongProtocol.driver(), impatient()).await?;
+    let SpawnError::Handshake(why) = &err else {
+        return Err(format!("expected Handshake, got {err:?}").into());
+    };
+    assert!(
+        why.contains(&format!("protocol version {}", PROTOCOL + 1))
+            && why.contains(&format!("the host {PROTOCOL}")),
+        "names both versions: {why}"
+    );
+    Ok(())
+}
+
+/// Sends one request to `rogue`, expecting it to crash the worker; checks
+/// that it resolved within `limit` and the child is gone; returns the reason
+/// and message.
+async fn crash_on_first_request(
+    rogue: Rogue,
+    limit: Duration,
+) -> Result<(CrashReason, Option<String>), Failed> {
+    let worker = spawn_rogue(rogue).await?;
+    let pid = pid_of(&worker).await?;
+    let started = Instant::now();
+    let err = refused(&worker, ping("hi")).await?;
+    let took = started.elapsed();
+    let WorkerError::Crashed {
+        reason, message, ..
+    } = err
+    else {
+        return Err(format!("expected a crash, got {err:?}").into());
+    };
+    assert!(took < limit, "the crash was reported after {took:?}");
+    assert!(!process_exists(pid), "child {pid} is gone");
+    assert!(matches!(
+        status(&worker).await?.state,
+        WorkerState::Crashed { .. }
+    ));
+    close(&worker).await?;
+    Ok((reason, message))
+}
+
+async fn an_oversized_length_prefix_crashes_the_request_promptly_and_kills_the_worker(
+) -> Result<(), Failed> {
+    let (reason, message) =
+        crash_on_first_request(Rogue::OversizedFrame, Duration::from_secs(1)).await?;
+    assert_eq!(reason, CrashReason::Signal(9), "the host killed the worker");
+    let limit = WorkerOptions::default().max_frame_len;
+    let expected = format!(
+        "{} bytes is over the limit of {limit} bytes",
+        0xFFFF_FFF0u32
+    );
+    assert!(
+        message.as_deref().is_some_and(|m| m.contains(&expected)),
+        "{message:?}"
+    );
+    Ok(())
+}
+
+async fn an_undecodable_frame_is_a_protocol_error_that_kills_the_worker() -> Result<(), Failed> {
+    let (reason, message) =
+        crash_on_first_request(Rogue::GarbageFrame, Duration::from_secs(5)).await?;
+    assert_eq!(reason, CrashReason::Signal(9), "the host killed the worker");
+    assert!(
+        message
+            .as_deref()
+            .is_some_and(|m| m.contains("protocol error")),
+        "{message:?}"
+    );
+    Ok(())
+}
+
+async fn a_frame_cut_short_by_the_worker_exiting_reports_its_exit_code() -> Result<(), Failed> {
+    let (reason, _) = crash_on_first_request(Rogue::TruncatedFrame, Duration::from_secs(5)).await?;
+    assert_eq!(reason, CrashReason::Exit(TRUNCATED_EXIT_CODE));
+    Ok(())
+}
+
+async fn a_stray_reply_is_ignored_and_an_undecodable_reply_is_a_codec_error() -> Result<(), Failed>
+{
+    let worker = spawn_rogue(Rogue::StrayAndGarbledReplies).await?;
+    // Had the stray reply been taken for this request, it would succeed.
+    let err = refused(&worker, ping("hi")).await?;
+    assert!(
+        matches!(&err, WorkerError::Codec { what, .. } if what.contains("decode the reply to `Ping`")),
+        "{err:?}"
+    );
+    let after = status(&worker).await?;
+    assert_eq!(after.state, WorkerState::Running);
+    assert_eq!((after.in_flight, after.queued), (0, 0));
+    close(&worker).await
+}
+
+/// A host built against a drifted `Calc`: same name and version, other messages.
+async fn spawn_skewed() -> Result<actix::Addr<Worker<skewed::Calc>>, Failed> {
+    Worker::<skewed::Calc>::spawn_with(calc(), impatient())
+        .await
+        .map_err(fail)
+}
+
+/// The skewed host's request that matches the worker still works.
+async fn assert_skewed_host_still_served(
+    worker: &actix::Addr<Worker<skewed::Calc>>,
+) -> Result<(), Failed> {
+    assert_eq!(ask(worker, skewed::Increment { by: 5 }).await?, 5);
+    assert_eq!(ask(worker, skewed::Increment { by: 2 }).await?, 7);
+    Ok(())
+}
+
+fn assert_remote(err: &WorkerError, name: &str, mentions: &str) {
+    assert!(
+        matches!(err, WorkerError::Remote(r) if r.name == name && r.message.contains(mentions)),
+        "expected a remote {name} mentioning {mentions}, got {err:?}"
+    );
+}
+
+async fn a_message_the_worker_lacks_is_answered_unknown_message_and_the_worker_serves_on(
+) -> Result<(), Failed> {
+    let worker = spawn_skewed().await?;
+    let err = refused(&worker, skewed::Launch {}).await?;
+    assert_remote(&err, "UnknownMessage", "`Launch`");
+    assert_skewed_host_still_served(&worker).await?;
+    close(&worker).await
+}
+
+async fn a_payload_of_the_wrong_type_is_answered_decode_error_and_the_worker_serves_on(
+) -> Result<(), Failed> {
+    let worker = spawn_skewed().await?;
+    let err = refused(&worker, skewed::Ping { text: 42 }).await?;
+    assert_remote(&err, "DecodeError", "`Ping`");
+    assert_skewed_host_still_served(&worker).await?;
+    close(&worker).await
 }

@@ -1,37 +1,122 @@
-//! Requests to a child-process worker: replies, remote errors, many in flight.
+//! Requests to a child-process worker, beyond what the conformance suite
+//! checks for every driver: large payloads, how a panic kills the process,
+//! the pid in `Status`, and requests queued in the proxy.
 
 mod support;
 
-use isolated_workers::{ChildProcess, Close, Worker, WorkerError};
+use std::time::{Duration, Instant};
+
+use futures::future::join_all;
+use isolated_workers::{CrashReason, WorkerError, WorkerOptions, WorkerState};
+use libtest_mimic::Failed;
 use support::*;
 
 fn main() {
     enter_workers();
-    run(vec![actix_test(
-        "round_trip_returns_the_workers_reply",
-        || async {
-            let worker = Worker::<Calc, ChildProcess>::spawn(ChildProcess::current_exe("calc"))
-                .await
-                .map_err(fail)?;
-            let pong = worker
-                .send(Ping { text: "hi".into() })
-                .await
-                .map_err(fail)?
-                .map_err(fail)?;
-            assert_eq!(pong.text, "pong: hi");
-            let pid = worker.send(WhoAmI).await.map_err(fail)?.map_err(fail)?;
-            assert_ne!(pid, std::process::id(), "answered by a separate process");
-            let err = worker
-                .send(Divide { a: 1.0, b: 0.0 })
-                .await
-                .map_err(fail)?
-                .unwrap_err();
-            assert!(
-                matches!(err, WorkerError::Remote(ref r) if r.name == "DivideByZero"),
-                "{err}"
-            );
-            worker.send(Close).await.map_err(fail)?;
-            Ok(())
-        },
-    )]);
+    run(vec![
+        actix_test(
+            "a_one_mebibyte_echo_round_trips_byte_exactly",
+            a_one_mebibyte_echo_round_trips_byte_exactly,
+        ),
+        actix_test(
+            "a_panicking_handler_crashes_every_request_with_exit_101_and_the_panic_text",
+            a_panicking_handler_crashes_every_request_with_exit_101_and_the_panic_text,
+        ),
+        actix_test(
+            "status_reports_the_workers_pid_state_and_requests_in_flight",
+            status_reports_the_workers_pid_state_and_requests_in_flight,
+        ),
+        actix_test(
+            "requests_beyond_max_in_flight_wait_in_the_proxy_and_all_complete",
+            requests_beyond_max_in_flight_wait_in_the_proxy_and_all_complete,
+        ),
+    ]);
+}
+
+async fn a_one_mebibyte_echo_round_trips_byte_exactly() -> Result<(), Failed> {
+    let worker = spawn_calc().await?;
+    // Every byte value, in a pattern that does not repeat every 256 bytes.
+    let data: Vec<u8> = (0u32..1 << 20).map(|i| (i ^ (i >> 8)) as u8).collect();
+    let echoed = ask(&worker, Echo { data: data.clone() }).await?;
+    assert_eq!(echoed.len(), data.len());
+    let first_difference = echoed.iter().zip(&data).position(|(a, b)| a != b);
+    assert_eq!(first_difference, None, "the echo differs");
+    close(&worker).await
+}
+
+async fn a_panicking_handler_crashes_every_request_with_exit_101_and_the_panic_text(
+) -> Result<(), Failed> {
+    const PANIC_TEXT: &str = "kaboom 42";
+    let crashed = |e: &WorkerError| {
+        matches!(e, WorkerError::Crashed { reason: CrashReason::Exit(101), message: Some(m), .. }
+            if m.contains(PANIC_TEXT))
+    };
+    let worker = spawn_calc().await?;
+    let sleeping = enqueue(&worker, Sleep { ms: 10_000 });
+    let explode = Explode {
+        message: PANIC_TEXT.into(),
+    };
+    let err = refused(&worker, explode).await?;
+    assert!(crashed(&err), "the panicking request: {err:?}");
+    let in_flight = expect_error(outcome(sleeping).await?)?;
+    assert!(crashed(&in_flight), "the request in flight: {in_flight:?}");
+    let later = refused(&worker, ping("hello?")).await?;
+    assert!(crashed(&later), "a later request: {later:?}");
+    assert!(
+        matches!(
+            status(&worker).await?.state,
+            WorkerState::Crashed {
+                reason: CrashReason::Exit(101),
+                ..
+            }
+        ),
+        "the status shows the crash"
+    );
+    close(&worker).await
+}
+
+async fn status_reports_the_workers_pid_state_and_requests_in_flight() -> Result<(), Failed> {
+    let worker = spawn_calc().await?;
+    let idle = status(&worker).await?;
+    assert_eq!(idle.pid, Some(ask(&worker, WhoAmI).await?));
+    assert_eq!(idle.state, WorkerState::Running);
+    assert_eq!((idle.in_flight, idle.queued), (0, 0));
+
+    let sleeps: Vec<_> = (0..3)
+        .map(|_| enqueue(&worker, Sleep { ms: 100 }))
+        .collect();
+    let busy = status(&worker).await?;
+    assert_eq!((busy.in_flight, busy.queued), (3, 0));
+    assert_eq!(busy.state, WorkerState::Running);
+
+    for sleep in sleeps {
+        outcome(sleep).await?.map_err(fail)?;
+    }
+    let done = status(&worker).await?;
+    assert_eq!((done.in_flight, done.queued), (0, 0));
+    close(&worker).await
+}
+
+async fn requests_beyond_max_in_flight_wait_in_the_proxy_and_all_complete() -> Result<(), Failed> {
+    const NAP_MS: u64 = 100;
+    let worker = spawn_calc_with(WorkerOptions::default().max_in_flight(2)).await?;
+    let started = Instant::now();
+    let sleeps: Vec<_> = (0..5)
+        .map(|_| enqueue(&worker, Sleep { ms: NAP_MS }))
+        .collect();
+    let busy = status(&worker).await?;
+    assert_eq!((busy.in_flight, busy.queued), (2, 3));
+
+    for sleep in join_all(sleeps).await {
+        sleep.map_err(fail)?.map_err(fail)?;
+    }
+    // Two at a time, five naps take at least three rounds.
+    let took = started.elapsed();
+    assert!(
+        took >= 3 * Duration::from_millis(NAP_MS),
+        "five {NAP_MS} ms naps took only {took:?}: more than two ran at once"
+    );
+    let done = status(&worker).await?;
+    assert_eq!((done.in_flight, done.queued), (0, 0));
+    close(&worker).await
 }

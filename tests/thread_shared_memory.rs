@@ -60,7 +60,10 @@ impl Handler<Note> for RenderWorker {
     type Result = Result<(), WorkerError>;
     fn handle(&mut self, note: Note, _: &mut Context<Self>) -> Self::Result {
         let log = self.log.as_ref().ok_or_else(|| {
-            WorkerError::from(isolated_workers::RemoteError::new("NoLog", "attach a log first"))
+            WorkerError::from(isolated_workers::RemoteError::new(
+                "NoLog",
+                "attach a log first",
+            ))
         })?;
         log.lock().unwrap().push(note.text);
         Ok(())
@@ -81,10 +84,18 @@ async fn local_messages_reach_a_thread_worker_without_a_copy() {
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(seen_at, scene.as_ptr() as usize, "the worker saw the same bytes");
+    assert_eq!(
+        seen_at,
+        scene.as_ptr() as usize,
+        "the worker saw the same bytes"
+    );
 
     let log = Arc::new(Mutex::new(Vec::new()));
-    worker.send(Attach { log: log.clone() }).await.unwrap().unwrap();
+    worker
+        .send(Attach { log: log.clone() })
+        .await
+        .unwrap()
+        .unwrap();
     worker
         .send(Note {
             text: "written by the worker".into(),
@@ -95,5 +106,9 @@ async fn local_messages_reach_a_thread_worker_without_a_copy() {
     assert_eq!(*log.lock().unwrap(), ["written by the worker"]);
 
     worker.send(Close).await.unwrap();
-    assert_eq!(Arc::strong_count(&log), 1, "closing the worker dropped its share");
+    assert_eq!(
+        Arc::strong_count(&log),
+        1,
+        "closing the worker dropped its share"
+    );
 }

@@ -213,11 +213,18 @@ impl ChildProcess {
                     },
                     Err(why) => tracing::warn!("dropped a peer on the worker socket: {why}"),
                 },
-                status = &mut exited => {
-                    let reason = status.map(CrashReason::from_exit_status).unwrap_or(CrashReason::ConnectionLost);
-                    let stderr = process.stderr_tail(Duration::from_secs(1)).await;
-                    return Err(SpawnError::Exited { reason, stderr });
-                }
+                status = &mut exited => match status {
+                    Some(status) => {
+                        let reason = CrashReason::from_exit_status(status);
+                        let stderr = process.stderr_tail(Duration::from_secs(1)).await;
+                        return Err(SpawnError::Exited { reason, stderr });
+                    }
+                    // Still running at the deadline.
+                    None => break SpawnError::Timeout {
+                        after: options.startup_timeout,
+                        stderr: String::new(),
+                    },
+                },
                 _ = tokio::time::sleep_until(deadline) => {
                     break SpawnError::Timeout {
                         after: options.startup_timeout,

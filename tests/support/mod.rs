@@ -1,17 +1,30 @@
 //! Shared by the integration tests: a contract with a worker that can be
-//! made to answer, fail, stall, panic or count; the entry that turns the
-//! test binary into that worker when a test spawns it; and a harness that
-//! runs each test in its own actix System under a hang guard.
+//! made to answer, fail, stall, panic or count; a second contract (`Other`)
+//! and a drifted copy of the first ([`skewed`]); workers that misbehave on
+//! the wire ([`rogue`]); the entry that turns the test binary into any of
+//! them when a test spawns it; helpers to spawn, ask and inspect workers;
+//! and a harness that runs each test in its own actix System under a hang
+//! guard.
 //!
 //! Test binaries use `harness = false` (libtest-mimic) so that `main` can
 //! hand over to the worker first, exactly as a user's binary does.
 #![allow(dead_code)]
 
+pub mod rogue;
+pub mod skewed;
+
 use std::future::Future;
+use std::path::PathBuf;
+use std::sync::OnceLock;
 use std::time::Duration;
 
+use actix::dev::{Request, ToEnvelope};
 use actix::prelude::*;
-use isolated_workers::{RemoteError, WorkerError};
+use isolated_workers::testing::SOCKET_ENV;
+use isolated_workers::{
+    ChildProcess, Close, Contract, RemoteError, SpawnError, Status, Worker, WorkerError,
+    WorkerOptions, WorkerStatus,
+};
 use libtest_mimic::{Arguments, Failed, Trial};
 use serde::{Deserialize, Serialize};
 
@@ -21,6 +34,11 @@ pub const HANG_GUARD: Duration = Duration::from_secs(60);
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Ping {
     pub text: String,
+}
+
+/// A Ping with `text`.
+pub fn ping(text: &str) -> Ping {
+    Ping { text: text.into() }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -62,6 +80,10 @@ pub struct Echo {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct WhoAmI;
 
+/// Answers with the path of the socket the worker was told to connect to.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SocketPath;
+
 isolated_workers::contract! {
     /// Everything the tests need a worker to do.
     pub Calc {
@@ -72,6 +94,7 @@ isolated_workers::contract! {
         Explode => (),
         Echo => Vec<u8>,
         WhoAmI => u32,
+        SocketPath => String,
     }
 }
 
@@ -147,10 +170,52 @@ impl Handler<WhoAmI> for CalcWorker {
     }
 }
 
+impl Handler<SocketPath> for CalcWorker {
+    type Result = Result<String, WorkerError>;
+    fn handle(&mut self, _: SocketPath, _: &mut Context<Self>) -> Self::Result {
+        Ok(SOCKET_PATH.get().cloned().unwrap_or_default())
+    }
+}
+
+/// Says hello from a worker of another contract.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Hail;
+
+isolated_workers::contract! {
+    /// A contract no test host expects: for handshake mismatches.
+    pub Other {
+        Hail => String,
+    }
+}
+
+/// The worker serving [`Other`], started as worker `other`.
+#[derive(Debug, Default)]
+pub struct OtherWorker;
+
+impl Actor for OtherWorker {
+    type Context = Context<Self>;
+}
+
+impl Handler<Hail> for OtherWorker {
+    type Result = Result<String, WorkerError>;
+    fn handle(&mut self, _: Hail, _: &mut Context<Self>) -> Self::Result {
+        Ok("hail".into())
+    }
+}
+
+/// The socket path this worker process was given, captured before
+/// `worker_entry` removes it from the environment.
+static SOCKET_PATH: OnceLock<String> = OnceLock::new();
+
 /// Call first in every test binary's `main`: in a spawned worker this
-/// serves and never returns.
+/// serves (or misbehaves, see [`rogue`]) and never returns.
 pub fn enter_workers() {
+    if let Ok(socket) = std::env::var(SOCKET_ENV) {
+        let _ = SOCKET_PATH.set(socket);
+    }
+    rogue::enter();
     isolated_workers::worker_entry::<Calc, _>("calc", CalcWorker::default);
+    isolated_workers::worker_entry::<Other, _>("other", OtherWorker::default);
 }
 
 /// A test that runs `body` inside a fresh actix System, failing if it does
@@ -198,4 +263,119 @@ pub async fn eventually(limit: Duration, mut condition: impl FnMut() -> bool) ->
 /// Turns any error into a test failure with its message.
 pub fn fail(e: impl std::fmt::Display) -> Failed {
     e.to_string().into()
+}
+
+/// A Calc worker: this test binary, re-run as worker `calc`.
+pub fn calc() -> ChildProcess {
+    ChildProcess::current_exe("calc")
+}
+
+/// Spawns a Calc worker with default options.
+pub async fn spawn_calc() -> Result<Addr<Worker<Calc>>, Failed> {
+    spawn_calc_with(WorkerOptions::default()).await
+}
+
+/// Spawns a Calc worker with `options`.
+pub async fn spawn_calc_with(options: WorkerOptions) -> Result<Addr<Worker<Calc>>, Failed> {
+    Worker::<Calc>::spawn_with(calc(), options)
+        .await
+        .map_err(fail)
+}
+
+/// Spawns a worker for contract `C` that is expected to fail to start.
+pub async fn spawn_error<C: Contract>(
+    driver: ChildProcess,
+    options: WorkerOptions,
+) -> Result<SpawnError, Failed> {
+    match Worker::<C>::spawn_with(driver, options).await {
+        Ok(_) => Err("the worker started, but it should not have".into()),
+        Err(e) => Ok(e),
+    }
+}
+
+/// Sends `message` and expects the worker's reply.
+pub async fn ask<A, M, R>(worker: &Addr<A>, message: M) -> Result<R, Failed>
+where
+    A: Handler<M>,
+    A::Context: ToEnvelope<A, M>,
+    M: Message<Result = Result<R, WorkerError>> + Send + 'static,
+    R: Send + 'static,
+{
+    outcome(worker.send(message)).await?.map_err(fail)
+}
+
+/// Sends `message` and expects an error instead of a reply.
+pub async fn refused<A, M, R>(worker: &Addr<A>, message: M) -> Result<WorkerError, Failed>
+where
+    A: Handler<M>,
+    A::Context: ToEnvelope<A, M>,
+    M: Message<Result = Result<R, WorkerError>> + Send + 'static,
+    R: std::fmt::Debug + Send + 'static,
+{
+    expect_error(outcome(worker.send(message)).await?)
+}
+
+/// What a request resolved to, failing the test only if the proxy's
+/// mailbox itself failed.
+pub async fn outcome<A, M, R>(request: Request<A, M>) -> Result<Result<R, WorkerError>, Failed>
+where
+    A: Handler<M>,
+    A::Context: ToEnvelope<A, M>,
+    M: Message<Result = Result<R, WorkerError>> + Send + 'static,
+    R: Send + 'static,
+{
+    request
+        .await
+        .map_err(|e| format!("the proxy's mailbox failed: {e}").into())
+}
+
+/// The error of an outcome that should have been one.
+pub fn expect_error<R: std::fmt::Debug>(
+    outcome: Result<R, WorkerError>,
+) -> Result<WorkerError, Failed> {
+    match outcome {
+        Ok(reply) => Err(format!("expected an error, got the reply {reply:?}").into()),
+        Err(e) => Ok(e),
+    }
+}
+
+/// Puts `message` in the proxy's mailbox now, behind everything enqueued
+/// before it. (`Addr::send` defers a message until its request is polled
+/// once that sender has filled the mailbox; a fresh sender never defers.)
+pub fn enqueue<A, M>(worker: &Addr<A>, message: M) -> Request<A, M>
+where
+    A: Handler<M>,
+    A::Context: ToEnvelope<A, M>,
+    M: Message + Send + 'static,
+    M::Result: Send,
+{
+    worker.clone().send(message)
+}
+
+/// The worker's status.
+pub async fn status<C: Contract>(worker: &Addr<Worker<C>>) -> Result<WorkerStatus, Failed> {
+    worker.send(Status).await.map_err(fail)
+}
+
+/// The pid of a child-process worker, as its proxy reports it.
+pub async fn pid_of<C: Contract>(worker: &Addr<Worker<C>>) -> Result<u32, Failed> {
+    status(worker)
+        .await?
+        .pid
+        .ok_or_else(|| "a child-process worker has a pid".into())
+}
+
+/// The private directory holding a Calc worker's socket.
+pub async fn socket_dir(worker: &Addr<Worker<Calc>>) -> Result<PathBuf, Failed> {
+    let socket = PathBuf::from(ask(worker, SocketPath).await?);
+    let dir = socket.parent().ok_or("the socket path has a parent")?;
+    if !dir.is_dir() {
+        return Err(format!("socket directory {dir:?} should exist while the worker runs").into());
+    }
+    Ok(dir.to_owned())
+}
+
+/// Closes the worker.
+pub async fn close<C: Contract>(worker: &Addr<Worker<C>>) -> Result<(), Failed> {
+    worker.send(Close).await.map_err(fail)
 }

@@ -1,0 +1,257 @@
+//! Worker modes that misbehave on the wire. A rogue reads the socket path
+//! and token from the environment, exactly as a real worker does, and then
+//! talks raw bytes over a `std` Unix stream.
+
+use std::io::{Read, Write};
+use std::net::Shutdown;
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use isolated_workers::testing::{
+    hello_frame, read_frame, reply_frame, NAME_ENV, PROTOCOL, SOCKET_ENV, TOKEN_ENV,
+};
+use isolated_workers::{ChildProcess, Contract, MessagePack, Serializer};
+
+use super::{Calc, Pong};
+
+/// Where [`Rogue::LeaksThenCalc`] hands its socket path and token: the path
+/// of a Unix socket the test listens on.
+pub const REPORT_ENV: &str = "ISOLATED_WORKERS_TEST_REPORT";
+
+/// How [`Rogue::TruncatedFrame`] exits after cutting its frame short.
+pub const TRUNCATED_EXIT_CODE: i32 = 7;
+
+/// What [`Rogue::StrayAndGarbledReplies`] answers to a request never issued.
+pub const STRAY_PONG: &str = "stray";
+
+/// A well-delimited frame (body of 8 bytes, header of 4) whose header is
+/// not MessagePack: 0xc1 is never valid.
+const GARBAGE_FRAME: [u8; 12] = [8, 0, 0, 0, 4, 0, 0, 0, 0xc1, 0xc1, 0xc1, 0xc1];
+
+/// How long a rogue that waits to be killed waits before giving up, so
+/// that a host which never kills it leaves nothing behind for long.
+const LINGER: Duration = Duration::from_secs(30);
+
+/// The ways a worker process can misbehave.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rogue {
+    /// Opens impostor connections first (one silent and left open, one with
+    /// a wrong token, one with garbage, one with a length prefix of
+    /// 0xFFFF_FFFF, one with half a length prefix), waits until the host has
+    /// dropped each one that spoke, then serves Calc.
+    ImpostorsThenCalc,
+    /// Hands its socket path and token to the test (see [`REPORT_ENV`]),
+    /// waits until the test hangs up, then serves Calc.
+    LeaksThenCalc,
+    /// Greets with the right token and contract but protocol `PROTOCOL + 1`.
+    WrongProtocol,
+    /// Greets properly, reads one request, then sends a length prefix of
+    /// 0xFFFF_FFF0 and waits to be killed.
+    OversizedFrame,
+    /// Greets properly, reads one request, then sends a frame with an
+    /// undecodable header and waits to be killed.
+    GarbageFrame,
+    /// Greets properly, reads one request, then writes 10 bytes of a frame
+    /// that claims 100 and exits with [`TRUNCATED_EXIT_CODE`].
+    TruncatedFrame,
+    /// Greets properly, reads one request, answers a request id that was
+    /// never issued (with a good Pong, [`STRAY_PONG`]), then answers the
+    /// real one with a payload that is not its reply type; then waits for
+    /// Shutdown and exits.
+    StrayAndGarbledReplies,
+}
+
+impl Rogue {
+    const ALL: [Rogue; 7] = [
+        Rogue::ImpostorsThenCalc,
+        Rogue::LeaksThenCalc,
+        Rogue::WrongProtocol,
+        Rogue::OversizedFrame,
+        Rogue::GarbageFrame,
+        Rogue::TruncatedFrame,
+        Rogue::StrayAndGarbledReplies,
+    ];
+
+    /// The worker name this mode is started as.
+    pub fn name(self) -> &'static str {
+        match self {
+            Rogue::ImpostorsThenCalc => "rogue-impostors-then-calc",
+            Rogue::LeaksThenCalc => "rogue-leaks-then-calc",
+            Rogue::WrongProtocol => "rogue-wrong-protocol",
+            Rogue::OversizedFrame => "rogue-oversized-frame",
+            Rogue::GarbageFrame => "rogue-garbage-frame",
+            Rogue::TruncatedFrame => "rogue-truncated-frame",
+            Rogue::StrayAndGarbledReplies => "rogue-stray-and-garbled-replies",
+        }
+    }
+
+    /// This test binary, re-run in this mode.
+    pub fn driver(self) -> ChildProcess {
+        ChildProcess::current_exe(self.name())
+    }
+
+    /// Misbehaves as this mode says. Returns only for the modes that go on
+    /// to serve Calc, with the environment set up for `worker_entry`.
+    fn play(self, host: Host) {
+        match self {
+            Rogue::ImpostorsThenCalc => {
+                host.send_impostors();
+                become_calc();
+            }
+            Rogue::LeaksThenCalc => {
+                host.leak();
+                become_calc();
+            }
+            Rogue::WrongProtocol => {
+                let mut stream = host.connect();
+                write(&mut stream, &calc_hello(&host.token, PROTOCOL + 1));
+                linger();
+            }
+            Rogue::OversizedFrame => {
+                let (mut stream, _) = host.first_request();
+                write(&mut stream, &0xFFFF_FFF0u32.to_le_bytes());
+                linger();
+            }
+            Rogue::GarbageFrame => {
+                let (mut stream, _) = host.first_request();
+                write(&mut stream, &GARBAGE_FRAME);
+                linger();
+            }
+            Rogue::TruncatedFrame => {
+                let (mut stream, _) = host.first_request();
+                write(&mut stream, &100u32.to_le_bytes());
+                write(&mut stream, &[0; 10]);
+                std::process::exit(TRUNCATED_EXIT_CODE);
+            }
+            Rogue::StrayAndGarbledReplies => {
+                let (mut stream, id) = host.first_request();
+                // A well-formed reply, were it to the request.
+                let mut stray = BytesMut::new();
+                let pong = Pong {
+                    text: STRAY_PONG.into(),
+                };
+                MessagePack::encode(&pong, &mut stray).expect("a Pong encodes");
+                write(&mut stream, &reply_frame(id + 1000, &stray));
+                // MessagePack 42: a number where the reply is a struct.
+                write(&mut stream, &reply_frame(id, &[0x2a]));
+                serve_shutdown(stream);
+            }
+        }
+    }
+}
+
+/// The Hello a Calc worker sends, sent from this process with `token` and
+/// `protocol`.
+pub fn calc_hello(token: &str, protocol: u32) -> Vec<u8> {
+    hello_frame(
+        token,
+        protocol,
+        Calc::NAME,
+        Calc::VERSION,
+        <MessagePack as Serializer>::NAME,
+    )
+}
+
+/// Plays the rogue this process was started as, if any.
+pub(super) fn enter() {
+    let Ok(name) = std::env::var(NAME_ENV) else {
+        return;
+    };
+    if let Some(rogue) = Rogue::ALL.into_iter().find(|r| r.name() == name) {
+        rogue.play(Host::from_env());
+    }
+}
+
+/// What a worker learns from its environment.
+struct Host {
+    socket: PathBuf,
+    token: String,
+}
+
+impl Host {
+    fn from_env() -> Self {
+        Self {
+            socket: std::env::var_os(SOCKET_ENV)
+                .expect("a spawned worker has a socket path")
+                .into(),
+            token: std::env::var(TOKEN_ENV).expect("a spawned worker has a token"),
+        }
+    }
+
+    fn connect(&self) -> UnixStream {
+        UnixStream::connect(&self.socket).expect("the host listens on the worker socket")
+    }
+
+    /// Completes a good handshake and reads the first request: the
+    /// connection and the request's id.
+    fn first_request(&self) -> (UnixStream, u64) {
+        let mut stream = self.connect();
+        write(&mut stream, &calc_hello(&self.token, PROTOCOL));
+        let (id, header) = read_frame(&mut stream).expect("the host sends a request");
+        let id = id.unwrap_or_else(|| panic!("expected a request, got {header}"));
+        (stream, id)
+    }
+
+    fn send_impostors(&self) {
+        let silent = self.connect();
+        let spoken = [
+            calc_hello("not-the-token", PROTOCOL),
+            GARBAGE_FRAME.to_vec(),
+            u32::MAX.to_le_bytes().to_vec(),
+            vec![0x10, 0x00],
+        ]
+        .map(|bytes| {
+            let mut stream = self.connect();
+            write(&mut stream, &bytes);
+            stream
+        });
+        // The half prefix is all that impostor will ever say.
+        let _ = spoken[3].shutdown(Shutdown::Write);
+        for stream in spoken {
+            wait_for_close(stream);
+        }
+        // Keep the silent one open while the real worker connects and serves.
+        std::mem::forget(silent);
+    }
+
+    fn leak(&self) {
+        let report = std::env::var_os(REPORT_ENV).expect("the test says where to report");
+        let mut stream = UnixStream::connect(report).expect("the test listens for the report");
+        let leaked = format!("{}\n{}\n", self.socket.display(), self.token);
+        write(&mut stream, leaked.as_bytes());
+        wait_for_close(stream);
+    }
+}
+
+/// Lets `worker_entry` take over as the real Calc worker.
+fn become_calc() {
+    std::env::set_var(NAME_ENV, "calc");
+}
+
+fn write(stream: &mut UnixStream, bytes: &[u8]) {
+    stream.write_all(bytes).expect("writing to the host");
+}
+
+/// Blocks until the peer closes the connection.
+fn wait_for_close(mut stream: UnixStream) {
+    let mut buf = [0u8; 256];
+    while let Ok(1..) = stream.read(&mut buf) {}
+}
+
+/// Reads frames until the host asks to shut down (or hangs up), then exits.
+fn serve_shutdown(mut stream: UnixStream) -> ! {
+    while let Ok((_, header)) = read_frame(&mut stream) {
+        if header.contains("Shutdown") {
+            break;
+        }
+    }
+    std::process::exit(0);
+}
+
+/// Waits to be killed by the host.
+fn linger() -> ! {
+    std::thread::sleep(LINGER);
+    std::process::exit(0);
+}

@@ -1,6 +1,9 @@
 //! Options that shape a worker: timeouts and limits.
 
+use std::collections::HashMap;
 use std::time::Duration;
+
+use crate::contract::WorkerMessage;
 
 /// Options for one worker, set with a builder.
 ///
@@ -30,6 +33,8 @@ pub struct WorkerOptions {
     pub max_queued: usize,
     /// Largest frame either side accepts, in bytes. Default 16 MiB.
     pub max_frame_len: usize,
+    /// Request timeouts that differ from `request_timeout`, by wire name.
+    timeouts: HashMap<&'static str, Duration>,
 }
 
 impl Default for WorkerOptions {
@@ -41,6 +46,7 @@ impl Default for WorkerOptions {
             max_in_flight: 1024,
             max_queued: 65_536,
             max_frame_len: 16 * 1024 * 1024,
+            timeouts: HashMap::new(),
         }
     }
 }
@@ -56,6 +62,38 @@ impl WorkerOptions {
     pub fn request_timeout(mut self, timeout: Duration) -> Self {
         self.request_timeout = timeout;
         self
+    }
+
+    /// Gives requests of message type `M` their own timeout.
+    ///
+    /// ```
+    /// # use serde::{Deserialize, Serialize};
+    /// # #[derive(Serialize, Deserialize)] struct Render;
+    /// # #[derive(Serialize, Deserialize)] struct Ping;
+    /// # isolated_workers::contract! { Gfx { Render => (), Ping => () } }
+    /// use std::time::Duration;
+    /// use isolated_workers::WorkerOptions;
+    ///
+    /// let options = WorkerOptions::default()
+    ///     .request_timeout(Duration::from_secs(1))
+    ///     .timeout_for::<Render>(Duration::from_secs(60));
+    /// assert_eq!(options.timeout_of("Render"), Duration::from_secs(60));
+    /// assert_eq!(options.timeout_of("Ping"), Duration::from_secs(1));
+    /// ```
+    pub fn timeout_for<M: WorkerMessage>(mut self, timeout: Duration) -> Self {
+        self.timeouts.insert(M::NAME, timeout);
+        self
+    }
+
+    /// The timeout of requests for the message with wire name `message`.
+    pub fn timeout_of(&self, message: &str) -> Duration {
+        if self.timeouts.is_empty() {
+            return self.request_timeout;
+        }
+        self.timeouts
+            .get(message)
+            .copied()
+            .unwrap_or(self.request_timeout)
     }
 
     /// Sets [`close_grace`](Self::close_grace).

@@ -24,6 +24,7 @@ mod request;
 mod stream;
 
 pub use lifecycle::{Close, Detach, Disconnect, Reconnect, Status, WorkerState, WorkerStatus};
+pub use stream::Reply;
 
 /// The host's proxy for one worker of contract `C`, reached through driver
 /// `D`. An actix actor: `Addr<Worker<C, D>>` accepts exactly the messages of
@@ -96,6 +97,7 @@ impl<C: Contract, D: Driver<C>> Worker<C, D> {
         Ok(Worker::create(move |ctx| {
             let link = match connection.kind {
                 ConnectionKind::Stream(stream) => {
+                    ctx.spawn(stream::Timekeeper::new());
                     Link::Stream(stream::StreamLink::start(stream, &options, ctx))
                 }
                 ConnectionKind::Local(local) => {

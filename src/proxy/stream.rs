@@ -6,23 +6,31 @@
 //! every request still waiting.
 
 use std::any::Any;
-use std::collections::{HashMap, VecDeque};
-use std::time::Duration;
+use std::borrow::Cow;
+use std::cell::RefCell;
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::Poll;
+use std::time::{Duration, Instant};
 
+use actix::dev::{MessageResponse, OneshotSender};
 use actix::io::{FramedWrite, WriteHandler};
 use actix::prelude::*;
 use bytes::{Bytes, BytesMut};
+use futures::future::LocalBoxFuture;
 use tokio::io::AsyncWrite;
-use tokio::sync::oneshot;
 use tokio_util::codec::FramedRead;
 
-use super::{Accepted, Link, Worker, WorkerState};
+use super::{Link, Worker, WorkerState};
 use crate::config::WorkerOptions;
 use crate::contract::{Contract, WorkerMessage};
 use crate::driver::{Driver, ProcessHandle, StreamConnection};
 use crate::error::{CrashReason, WorkerError};
 use crate::wire::envelope::{Header, Hello};
 use crate::wire::frame::{Frame, FrameCodec, FrameError};
+use crate::wire::serializer::CodecError;
 use crate::wire::{Serializer, PROTOCOL_VERSION};
 
 /// How long after the connection ends the proxy waits to learn the child's
@@ -31,6 +39,10 @@ const EXIT_STATUS_WAIT: Duration = Duration::from_millis(500);
 
 /// Header and length prefixes of a request stay well under this.
 const FRAME_OVERHEAD: usize = 256;
+
+/// How often, while requests are pending, the proxy looks for requests
+/// whose caller dropped its future, to tell the worker to cancel them.
+const ABANDONED_SWEEP: Duration = Duration::from_millis(100);
 
 type Writer = FramedWrite<Frame, Box<dyn AsyncWrite + Unpin>, FrameCodec>;
 
@@ -43,21 +55,132 @@ pub(super) struct StreamLink {
     _resources: Vec<Box<dyn Any>>,
     /// Whether the worker's Hello has been checked.
     greeted: bool,
-    pending: HashMap<u64, Pending>,
+    /// Shared with the replies handed to actix, which attach their callers.
+    requests: Rc<RefCell<Requests>>,
     /// Requests waiting for an in-flight slot, oldest first.
     queue: VecDeque<Frame>,
     in_flight: usize,
     next_id: u64,
     /// The message of a `Panicked` frame, reported with the crash.
     last_words: Option<String>,
+    /// Reused for encoding requests, so that large payloads do not cost a
+    /// fresh allocation (and its page faults) each time.
+    scratch: BytesMut,
+    /// When abandoned requests were last looked for.
+    last_sweep: Instant,
 }
 
-/// A request the proxy has accepted and not yet resolved.
+/// The requests the proxy has accepted and not yet resolved.
+#[derive(Default)]
+pub(super) struct Requests {
+    pending: HashMap<u64, Pending>,
+    /// Each pending request's deadline, earliest first.
+    deadlines: BTreeSet<(Instant, u64)>,
+}
+
 struct Pending {
     message: &'static str,
-    reply: oneshot::Sender<Result<Bytes, WorkerError>>,
+    timeout: Duration,
+    deadline: Instant,
+    /// Who waits for the outcome; `None` for `do_send` (nobody waits, but
+    /// the request still runs).
+    caller: Option<Box<dyn Caller>>,
     /// Written to the worker (as opposed to waiting in the queue).
     sent: bool,
+}
+
+/// The caller of one request, with the type knowledge to decode its reply.
+trait Caller {
+    fn resolve(self: Box<Self>, outcome: Result<Bytes, WorkerError>);
+    /// Whether the caller dropped its future, so nobody waits any more.
+    fn gone(&self) -> bool;
+}
+
+struct TypedCaller<M: WorkerMessage> {
+    reply: OneshotSender<Result<M::Reply, WorkerError>>,
+    decode: fn(&[u8]) -> Result<M::Reply, CodecError>,
+}
+
+impl<M: WorkerMessage> Caller for TypedCaller<M> {
+    fn resolve(self: Box<Self>, outcome: Result<Bytes, WorkerError>) {
+        let result = outcome.and_then(|payload| {
+            (self.decode)(&payload).map_err(|e| WorkerError::Codec {
+                what: format!("decode the reply to `{}`", M::NAME),
+                detail: e.0,
+            })
+        });
+        let _ = self.reply.send(result);
+    }
+
+    fn gone(&self) -> bool {
+        self.reply.is_closed()
+    }
+}
+
+/// What the proxy answers a contract message with: an outcome known at
+/// once, a request registered in the link (its caller is attached when
+/// actix hands over the reply channel, and resolved by the proxy itself —
+/// no task per request), or a future (thread workers).
+pub struct Reply<M: WorkerMessage>(ReplyKind<M>);
+
+enum ReplyKind<M: WorkerMessage> {
+    Now(Result<M::Reply, WorkerError>),
+    Registered {
+        requests: Rc<RefCell<Requests>>,
+        id: u64,
+        decode: fn(&[u8]) -> Result<M::Reply, CodecError>,
+    },
+    Later(LocalBoxFuture<'static, Result<M::Reply, WorkerError>>),
+}
+
+impl<M: WorkerMessage> Reply<M> {
+    pub(super) fn now(outcome: Result<M::Reply, WorkerError>) -> Self {
+        Self(ReplyKind::Now(outcome))
+    }
+
+    pub(super) fn later(outcome: LocalBoxFuture<'static, Result<M::Reply, WorkerError>>) -> Self {
+        Self(ReplyKind::Later(outcome))
+    }
+}
+
+impl<M: WorkerMessage> std::fmt::Debug for Reply<M> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reply")
+            .field("message", &M::NAME)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<C, D, M> MessageResponse<Worker<C, D>, M> for Reply<M>
+where
+    C: Contract,
+    D: Driver<C>,
+    M: WorkerMessage,
+{
+    fn handle(self, _: &mut Context<Worker<C, D>>, reply: Option<OneshotSender<M::Result>>) {
+        let Some(reply) = reply else {
+            return; // do_send: nobody waits
+        };
+        match self.0 {
+            ReplyKind::Now(outcome) => {
+                let _ = reply.send(outcome);
+            }
+            ReplyKind::Registered {
+                requests,
+                id,
+                decode,
+            } => {
+                if let Some(pending) = requests.borrow_mut().pending.get_mut(&id) {
+                    pending.caller = Some(Box::new(TypedCaller::<M> { reply, decode }));
+                }
+            }
+            ReplyKind::Later(outcome) => {
+                actix_rt::spawn(async move {
+                    let _ = reply.send(outcome.await);
+                });
+            }
+        }
+    }
 }
 
 impl StreamLink {
@@ -83,11 +206,13 @@ impl StreamLink {
             process: connection.process,
             _resources: connection.resources,
             greeted: connection.greeted,
-            pending: HashMap::new(),
+            requests: Rc::default(),
             queue: VecDeque::new(),
             in_flight: 0,
             next_id: 1,
             last_words: None,
+            scratch: BytesMut::new(),
+            last_sweep: Instant::now(),
         }
     }
 
@@ -100,61 +225,72 @@ impl StreamLink {
     }
 
     pub(super) fn queued(&self) -> usize {
-        self.pending.len() - self.in_flight
+        self.requests.borrow().pending.len() - self.in_flight
     }
 
-    /// Registers and writes (or queues) one request; returns its id and the
-    /// channel its outcome arrives on.
+    /// Registers and writes (or queues) one request; the reply resolves
+    /// once the worker answers, the deadline passes, or the worker fails.
     pub(super) fn submit<M: WorkerMessage, S: Serializer>(
         &mut self,
         message: &M,
         options: &WorkerOptions,
-    ) -> Result<(u64, oneshot::Receiver<Result<Bytes, WorkerError>>), WorkerError> {
+    ) -> Reply<M> {
         let can_send = self.in_flight < options.max_in_flight;
         if !can_send && self.queue.len() >= options.max_queued {
-            return Err(WorkerError::Overloaded {
+            return Reply::now(Err(WorkerError::Overloaded {
                 limit: options.max_queued,
-            });
+            }));
         }
-        let mut payload = BytesMut::new();
-        message
-            .encode::<S>(&mut payload)
-            .map_err(|e| WorkerError::Codec {
+        if let Err(e) = message.encode::<S>(&mut self.scratch) {
+            self.scratch.clear();
+            return Reply::now(Err(WorkerError::Codec {
                 what: format!("encode `{}`", M::NAME),
                 detail: e.0,
-            })?;
+            }));
+        }
+        let payload = self.scratch.split().freeze();
         if payload.len() + FRAME_OVERHEAD > options.max_frame_len {
-            return Err(WorkerError::TooLarge {
+            return Reply::now(Err(WorkerError::TooLarge {
                 message: M::NAME,
                 size: payload.len(),
                 limit: options.max_frame_len,
-            });
+            }));
         }
         let id = self.next_id;
         self.next_id += 1;
-        let frame = Frame {
-            header: Header::Request {
-                id,
-                name: M::NAME.to_owned(),
-            },
-            payload: payload.freeze(),
-        };
-        let (reply, outcome) = oneshot::channel();
-        self.pending.insert(
+        let timeout = options.timeout_of(M::NAME);
+        let deadline = Instant::now() + timeout;
+        let mut requests = self.requests.borrow_mut();
+        requests.pending.insert(
             id,
             Pending {
                 message: M::NAME,
-                reply,
+                timeout,
+                deadline,
+                caller: None,
                 sent: can_send,
             },
         );
+        requests.deadlines.insert((deadline, id));
+        drop(requests);
+        let frame = Frame {
+            header: Header::Request {
+                id,
+                name: Cow::Borrowed(M::NAME),
+            },
+            payload,
+        };
         if can_send {
             self.in_flight += 1;
             self.write(frame);
         } else {
             self.queue.push_back(frame);
         }
-        Ok((id, outcome))
+        Reply(ReplyKind::Registered {
+            requests: self.requests.clone(),
+            id,
+            decode: M::decode_reply::<S>,
+        })
     }
 
     fn write(&mut self, frame: Frame) {
@@ -167,8 +303,11 @@ impl StreamLink {
     pub(super) fn fail_all(&mut self, error: impl Fn() -> WorkerError) {
         self.queue.clear();
         self.in_flight = 0;
-        for (_, pending) in self.pending.drain() {
-            let _ = pending.reply.send(Err(error()));
+        let drained = std::mem::take(&mut *self.requests.borrow_mut());
+        for (_, pending) in drained.pending {
+            if let Some(caller) = pending.caller {
+                caller.resolve(Err(error()));
+            }
         }
     }
 
@@ -181,23 +320,92 @@ impl StreamLink {
             let Header::Request { id, .. } = frame.header else {
                 continue;
             };
-            // Requests abandoned while queued are skipped.
-            if let Some(pending) = self.pending.get_mut(&id) {
+            // Requests that timed out while queued are skipped.
+            if let Some(pending) = self.requests.borrow_mut().pending.get_mut(&id) {
                 pending.sent = true;
-                self.in_flight += 1;
-                self.write(frame);
+            } else {
+                continue;
             }
+            self.in_flight += 1;
+            self.write(frame);
         }
     }
 
     /// Resolves request `id` with `outcome`, freeing its slot.
     fn resolve(&mut self, id: u64, outcome: Result<Bytes, WorkerError>, max_in_flight: usize) {
-        if let Some(pending) = self.pending.remove(&id) {
-            if pending.sent {
-                self.in_flight -= 1;
+        let removed = {
+            let mut requests = self.requests.borrow_mut();
+            let pending = requests.pending.remove(&id);
+            if let Some(pending) = &pending {
+                requests.deadlines.remove(&(pending.deadline, id));
             }
-            let _ = pending.reply.send(outcome);
-            self.pump(max_in_flight);
+            pending
+        };
+        let Some(pending) = removed else {
+            return; // a reply to a request already given up on
+        };
+        if pending.sent {
+            self.in_flight -= 1;
+        }
+        if let Some(caller) = pending.caller {
+            caller.resolve(outcome);
+        }
+        self.pump(max_in_flight);
+    }
+
+    /// When the proxy next needs to look at its requests: the earliest
+    /// deadline, or the next sweep for abandoned requests.
+    fn next_check(&self) -> Option<Instant> {
+        let requests = self.requests.borrow();
+        let earliest = requests.deadlines.first()?.0;
+        Some(earliest.min(self.last_sweep + ABANDONED_SWEEP))
+    }
+
+    /// Times out the requests past their deadline and cancels those whose
+    /// caller went away; the worker is told to cancel each one it has.
+    fn check_requests(&mut self, now: Instant, max_in_flight: usize) {
+        let mut expired = Vec::new();
+        {
+            let requests = self.requests.borrow();
+            for &(deadline, id) in &requests.deadlines {
+                if deadline > now {
+                    break;
+                }
+                expired.push((id, true));
+            }
+            if now >= self.last_sweep + ABANDONED_SWEEP {
+                self.last_sweep = now;
+                let abandoned = requests
+                    .pending
+                    .iter()
+                    .filter(|(_, p)| p.caller.as_ref().is_some_and(|c| c.gone()));
+                expired.extend(abandoned.map(|(id, _)| (*id, false)));
+            }
+        }
+        for (id, timed_out) in expired {
+            let pending = self
+                .requests
+                .borrow()
+                .pending
+                .get(&id)
+                .map(|p| (p.sent, p.message, p.timeout));
+            let Some((sent, message, after)) = pending else {
+                continue;
+            };
+            tracing::debug!(
+                id,
+                message,
+                timed_out,
+                "giving up on a request; cancelling it"
+            );
+            if sent {
+                self.write(Frame::bare(Header::Cancel { id }));
+            }
+            self.resolve(
+                id,
+                Err(WorkerError::Timeout { after, message }),
+                max_in_flight,
+            );
         }
     }
 
@@ -372,34 +580,52 @@ impl<C: Contract, D: Driver<C>> WriteHandler<FrameError> for Worker<C, D> {
     fn finished(&mut self, _: &mut Self::Context) {}
 }
 
-/// Tells the proxy that nobody waits for request `id` any more, so that the
-/// worker is told to cancel it.
-#[derive(Debug, Message)]
-#[rtype(result = "()")]
-pub(super) struct Abandon {
-    pub(super) id: u64,
+/// Wakes the proxy at its requests' deadlines (and periodically while
+/// requests are pending, to find abandoned ones).
+///
+/// One timer per proxy, moved only when a new request's deadline is earlier
+/// than the one it is set for: a timer per request would re-arm the
+/// runtime's clock on every request, which costs a system call each.
+pub(super) struct Timekeeper {
+    sleep: Pin<Box<tokio::time::Sleep>>,
+    armed_for: Option<Instant>,
 }
 
-impl<C: Contract, D: Driver<C>> Accepted<C, D> for Abandon {
-    type Response = ();
+impl Timekeeper {
+    pub(super) fn new() -> Self {
+        Self {
+            sleep: Box::pin(tokio::time::sleep_until(Instant::now().into())),
+            armed_for: None,
+        }
+    }
+}
 
-    fn handle(self, worker: &mut Worker<C, D>, _: &mut Context<Worker<C, D>>) {
+impl<C: Contract, D: Driver<C>> ActorFuture<Worker<C, D>> for Timekeeper {
+    type Output = ();
+
+    fn poll(
+        mut self: Pin<&mut Self>,
+        worker: &mut Worker<C, D>,
+        _: &mut Context<Worker<C, D>>,
+        task: &mut std::task::Context<'_>,
+    ) -> Poll<()> {
         let max_in_flight = worker.options.max_in_flight;
         let Some(link) = worker.stream_link() else {
-            return;
+            return Poll::Ready(());
         };
-        let Some(pending) = link.pending.get(&self.id) else {
-            return;
-        };
-        tracing::debug!(
-            id = self.id,
-            message = pending.message,
-            "request abandoned; cancelling it"
-        );
-        if pending.sent {
-            link.write(Frame::bare(Header::Cancel { id: self.id }));
+        loop {
+            let Some(wanted) = link.next_check() else {
+                return Poll::Pending; // nothing pending: the timer may sleep
+            };
+            if self.armed_for.is_none_or(|armed| wanted < armed) {
+                self.armed_for = Some(wanted);
+                self.sleep.as_mut().reset(wanted.into());
+            }
+            if self.sleep.as_mut().poll(task).is_pending() {
+                return Poll::Pending;
+            }
+            self.armed_for = None;
+            link.check_requests(Instant::now(), max_in_flight);
         }
-        // Nobody listens any more; resolving only frees the slot.
-        link.resolve(self.id, Err(WorkerError::Closed), max_in_flight);
     }
 }

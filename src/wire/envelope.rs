@@ -1,6 +1,8 @@
 //! What a frame says: the [`Header`] of each frame kind, and [`Hello`], the
 //! handshake a worker opens its connection with.
 
+use std::borrow::Cow;
+
 use serde::{Deserialize, Serialize};
 
 use crate::error::RemoteError;
@@ -27,7 +29,7 @@ pub(crate) enum Header {
     /// Worker → host, first frame.
     Hello(Hello),
     /// Host → worker: handle the payload as message `name`; answer with `id`.
-    Request { id: u64, name: String },
+    Request { id: u64, name: Cow<'static, str> },
     /// Worker → host: the payload is the reply to request `id`.
     Reply { id: u64 },
     /// Worker → host: request `id` failed.

@@ -161,12 +161,16 @@ where
             contract_version: C::VERSION,
             serializer: <C::Serializer as Serializer>::NAME.to_owned(),
         })));
+        ctx.spawn(server::Dispatcher);
         server::Server {
             actor,
             routes,
             writer,
             max_frame_len,
             running: Default::default(),
+            cancels: Default::default(),
+            wake_running: None,
+            scratch: Default::default(),
             exit_code: 0,
             ends_process,
         }

@@ -7,11 +7,12 @@ use std::marker::PhantomData;
 
 use actix::dev::ToEnvelope;
 use actix::prelude::*;
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use futures::future::LocalBoxFuture;
 
 use crate::contract::{Contract, WorkerMessage};
 use crate::error::RemoteError;
+use crate::wire::serializer::CodecError;
 use crate::wire::Serializer;
 
 /// A contract that actor `A` can serve: implemented by
@@ -26,11 +27,13 @@ pub trait ServedBy<A: Actor>: Contract {
     fn routes() -> Routes<A, Self::Serializer>;
 }
 
+/// Encodes a reply into the server's buffer.
+pub(crate) type ReplyEncoder = Box<dyn FnOnce(&mut BytesMut) -> Result<(), CodecError>>;
+
 /// What became of one request on the worker.
-#[derive(Debug)]
 pub(crate) enum Outcome {
-    /// The encoded reply.
-    Reply(Bytes),
+    /// The handler's reply, to be encoded where it is written.
+    Reply(ReplyEncoder),
     /// The handler (or decoding) failed.
     Failed(RemoteError),
     /// The actor is gone (it panicked); the worker must report and exit.
@@ -161,16 +164,7 @@ where
     let handled = actor.send(message);
     Box::pin(async move {
         match handled.await {
-            Ok(Ok(reply)) => {
-                let mut out = BytesMut::new();
-                match M::encode_reply::<S>(&reply, &mut out) {
-                    Ok(()) => Outcome::Reply(out.freeze()),
-                    Err(e) => Outcome::Failed(RemoteError::new(
-                        "EncodeError",
-                        format!("could not encode the reply to `{}`: {e}", M::NAME),
-                    )),
-                }
-            }
+            Ok(Ok(reply)) => Outcome::Reply(Box::new(move |out| M::encode_reply::<S>(&reply, out))),
             Ok(Err(error)) => Outcome::Failed(error.into()),
             Err(MailboxError::Closed | MailboxError::Timeout) => Outcome::ActorStopped,
         }

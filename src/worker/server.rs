@@ -4,9 +4,14 @@
 //! reporting a panic.
 
 use std::collections::HashMap;
+use std::pin::Pin;
+use std::task::{Poll, Waker};
 
 use actix::io::{FramedWrite, WriteHandler};
 use actix::prelude::*;
+use bytes::BytesMut;
+use futures::future::{AbortHandle, Abortable, Aborted, LocalBoxFuture};
+use futures::stream::{FuturesUnordered, StreamExt};
 use tokio::io::AsyncWrite;
 
 use super::panic;
@@ -26,36 +31,41 @@ pub(crate) struct Server<A: Actor, S> {
     pub(crate) routes: Routes<A, S>,
     pub(crate) writer: FramedWrite<Frame, Box<dyn AsyncWrite + Unpin>, FrameCodec>,
     pub(crate) max_frame_len: usize,
-    /// Requests being handled, so that a Cancel can drop them.
-    pub(crate) running: HashMap<u64, SpawnHandle>,
+    /// Requests being handled. One set polled as one item of the context,
+    /// so that only the requests whose reply is ready are polled.
+    pub(crate) running: FuturesUnordered<InProgress>,
+    /// How to drop a running request when the host cancels it.
+    pub(crate) cancels: HashMap<u64, AbortHandle>,
+    /// Wakes the context after a request is added to `running`.
+    pub(crate) wake_running: Option<Waker>,
+    /// Reused for encoding replies.
+    pub(crate) scratch: BytesMut,
     pub(crate) exit_code: i32,
     /// Whether stopping serving ends the process (a child worker) or only
     /// this server (a worker served in-process by `serve_io`).
     pub(crate) ends_process: bool,
 }
 
+/// One request being handled: its id and, once done, its outcome.
+pub(crate) type InProgress = LocalBoxFuture<'static, (u64, Result<Outcome, Aborted>)>;
+
 impl<A: Actor, S: Serializer> Server<A, S> {
+    /// Starts handling request `id`.
+    fn start(&mut self, id: u64, handled: LocalBoxFuture<'static, Outcome>) {
+        let (cancel, registration) = AbortHandle::new_pair();
+        let handled = Abortable::new(handled, registration);
+        self.running
+            .push(Box::pin(async move { (id, handled.await) }));
+        self.cancels.insert(id, cancel);
+        if let Some(waker) = &self.wake_running {
+            waker.wake_by_ref();
+        }
+    }
+
     fn finish(&mut self, id: u64, outcome: Outcome, ctx: &mut Context<Self>) {
-        self.running.remove(&id);
+        self.cancels.remove(&id);
         let frame = match outcome {
-            // Header and prefixes stay well under 256 bytes.
-            Outcome::Reply(payload) if payload.len() + 256 > self.max_frame_len => {
-                Frame::bare(Header::Error {
-                    id,
-                    error: RemoteError::new(
-                        "TooLarge",
-                        format!(
-                            "the reply is {} bytes, over the frame limit of {} bytes",
-                            payload.len(),
-                            self.max_frame_len
-                        ),
-                    ),
-                })
-            }
-            Outcome::Reply(payload) => Frame {
-                header: Header::Reply { id },
-                payload,
-            },
+            Outcome::Reply(encode) => self.reply_frame(id, encode),
             Outcome::Failed(error) => Frame::bare(Header::Error { id, error }),
             Outcome::ActorStopped => {
                 let message = panic::take_message(std::thread::current().id())
@@ -67,14 +77,62 @@ impl<A: Actor, S: Serializer> Server<A, S> {
         self.writer.write(frame);
     }
 
+    /// The frame carrying a reply, or an error if it cannot be sent.
+    fn reply_frame(&mut self, id: u64, encode: super::routes::ReplyEncoder) -> Frame {
+        let failure = match encode(&mut self.scratch) {
+            // Header and prefixes stay well under 256 bytes.
+            Ok(()) if self.scratch.len() + 256 > self.max_frame_len => RemoteError::new(
+                "TooLarge",
+                format!(
+                    "the reply is {} bytes, over the frame limit of {} bytes",
+                    self.scratch.len(),
+                    self.max_frame_len
+                ),
+            ),
+            Ok(()) => {
+                return Frame {
+                    header: Header::Reply { id },
+                    payload: self.scratch.split().freeze(),
+                }
+            }
+            Err(e) => RemoteError::new("EncodeError", format!("could not encode the reply: {e}")),
+        };
+        self.scratch.clear();
+        Frame::bare(Header::Error { id, error: failure })
+    }
+
     /// Flushes what is written, then stops the worker with `code`.
-    fn exit(&mut self, code: i32, ctx: &mut Context<Self>) {
+    fn exit(&mut self, code: i32, _: &mut Context<Self>) {
         self.exit_code = code;
         self.writer.close();
         // Nothing more is read; in-flight handlers are dropped.
-        for (_, handle) in self.running.drain() {
-            ctx.cancel_future(handle);
+        self.running.clear();
+        self.cancels.clear();
+    }
+}
+
+/// Polls the running requests and writes each outcome as it arrives.
+pub(crate) struct Dispatcher;
+
+impl<A: Actor, S: Serializer> ActorFuture<Server<A, S>> for Dispatcher {
+    type Output = ();
+
+    fn poll(
+        self: Pin<&mut Self>,
+        server: &mut Server<A, S>,
+        ctx: &mut Context<Server<A, S>>,
+        task: &mut std::task::Context<'_>,
+    ) -> Poll<()> {
+        if server.wake_running.is_none() {
+            server.wake_running = Some(task.waker().clone());
         }
+        while let Poll::Ready(Some((id, outcome))) = server.running.poll_next_unpin(task) {
+            // An aborted request was cancelled by the host: nothing to send.
+            if let Ok(outcome) = outcome {
+                server.finish(id, outcome, ctx);
+            }
+        }
+        Poll::Pending
     }
 }
 
@@ -100,16 +158,11 @@ impl<A: Actor, S: Serializer> StreamHandler<Result<Frame, FrameError>> for Serve
         match frame.header {
             Header::Request { id, name } => {
                 let handled = self.routes.dispatch(&self.actor, &name, &frame.payload);
-                let handle = ctx.spawn(
-                    handled
-                        .into_actor(self)
-                        .map(move |outcome, act, ctx| act.finish(id, outcome, ctx)),
-                );
-                self.running.insert(id, handle);
+                self.start(id, handled);
             }
             Header::Cancel { id } => {
-                if let Some(handle) = self.running.remove(&id) {
-                    ctx.cancel_future(handle);
+                if let Some(cancel) = self.cancels.remove(&id) {
+                    cancel.abort();
                 }
             }
             Header::Shutdown => self.exit(0, ctx),

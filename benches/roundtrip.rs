@@ -1,7 +1,7 @@
-//! What a request to a child-process worker costs, next to the least that any
-//! request/reply between two processes can cost.
+//! What a request to a worker costs, and what starting one costs, each next
+//! to the least that the same work can cost without this crate.
 //!
-//! Every group runs one workload twice:
+//! Every group runs one workload on a floor and on our workers:
 //!
 //! * the floor (`raw_uds`, `raw_uds_coalesced`): this binary re-run as a child
 //!   that echoes bytes over a blocking Unix socket. Per iteration the host
@@ -15,32 +15,63 @@
 //!   doing all its real work: the proxy's mailbox, request ids and
 //!   bookkeeping, MessagePack encoding, framing, the worker's dispatch to a
 //!   plain actix actor, and the reply's way back and decoding.
+//! * `thread`: the same message to a `Worker<_, Thread<_>>` serving the same
+//!   actor on its own arbiter: the proxy's mailbox and bookkeeping, then the
+//!   message moved (not serialized) to the worker's thread and the reply
+//!   moved back.
 //!
 //! The groups:
 //!
 //! * `roundtrip_16b`: one 16-byte request and its 16-byte reply at a time
-//!   (latency).
+//!   (latency). The thread worker has a floor of its own,
+//!   `actix_cross_arbiter`: the same `Echo16` sent with a plain `Addr::send`,
+//!   from the same thread, to the same `Echoer` actor started on another
+//!   `Arbiter`. That is the one hop a thread worker cannot avoid (its actor
+//!   lives on its own arbiter, and the reply must come back), with nothing
+//!   of ours in the way, so everything above it is the proxy's overhead.
 //! * `pipelined_64`: 64 16-byte requests in flight per iteration (throughput
 //!   of small requests). The floor, `raw_uds_coalesced`, writes the 64
 //!   messages in a single write and gets them back in a single write: the best
-//!   any batching could do.
+//!   any batching could do. The thread worker is measured against the same
+//!   floor, which is a debatable comparison (it crosses no process boundary,
+//!   but hands each request over on its own, not 64 in one write): read it as
+//!   "how a thread worker compares to the best possible IPC".
 //! * `roundtrip_1mib`: 1 MiB each way (copying and buffering). The floor's
 //!   child reads the whole MiB before echoing it, as a worker must receive a
 //!   whole request before handling it.
+//! * `spawn_ready`: starting a worker, until its first request could be
+//!   sent. The floor, `raw_spawn_self`, spawns this binary (the same
+//!   executable our child worker runs, so the same exec, loading and
+//!   start-up) with a marker in its environment; that child writes one byte
+//!   to its stdout (a pipe) and exits, and the timing stops when the host has
+//!   read the byte: the least any child process can do to say "I am up".
+//!   `child_process` times `Worker::spawn(ChildProcess::current_exe(..))`
+//!   until it resolves, that is until the worker has connected back and its
+//!   Hello was checked; `thread` times `Worker::spawn(Thread::new(..))`
+//!   until the actor has started on its new arbiter (measured against the
+//!   same process floor, to show what a thread saves). Teardown is not
+//!   timed, on either side: the floor's child is reaped, and each worker is
+//!   sent `Close` (and waited for), outside the measurement.
+//!
+//! Besides the groups, every run prints one line,
+//! `idle_rss/child_process: <n> kB ...`: the resident set (`VmRSS`) of an
+//! idle child-process worker, after one request and a short pause, next to
+//! that of the floor's echo child (the same binary with no runtime at all).
 //!
 //! Results are compared across versions through
 //! `target/criterion/<group>/<id>/new/estimates.json`: keep the ids stable.
+//! `scripts/bench-summary` runs everything briefly and prints each median
+//! against its floor.
 //!
 //! The small-message groups are dominated by wake-ups. Where waking another
 //! CPU is slow (small VMs), a run is fast or slow depending on whether the
-//! scheduler happens to put both processes on one CPU; for numbers that
-//! compare across runs, pin the whole run: `taskset -c 0 cargo bench ...`
-//! (the children inherit the pinning).
+//! scheduler happens to put both processes (or threads) on one CPU; for
+//! numbers that compare across runs, pin the whole run:
+//! `taskset -c 0 cargo bench ...` (the children inherit the pinning).
 //!
-//! `cargo bench --bench roundtrip` takes about a minute;
+//! `cargo bench --bench roundtrip` takes about two minutes;
 //! `cargo bench --bench roundtrip -- --test` runs every benchmark once.
 
-use std::future::Future;
 use std::io::{Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::process::{Child, Command, Stdio};
@@ -48,9 +79,10 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use bytes::Bytes;
-use criterion::{Criterion, Throughput};
+use criterion::measurement::WallTime;
+use criterion::{Bencher, BenchmarkGroup, Criterion, Throughput};
 use futures::future::join_all;
-use isolated_workers::{ChildProcess, Close, Worker, WorkerError};
+use isolated_workers::{ChildProcess, Close, Driver, Status, Thread, Worker, WorkerError};
 use serde::{Deserialize, Serialize};
 
 /// The name this binary runs the benchmark worker under.
@@ -59,11 +91,15 @@ const WORKER: &str = "roundtrip-echo";
 const RAW_ECHO: &str = "ROUNDTRIP_RAW_ECHO";
 /// Length of every message the floor's echo child echoes.
 const RAW_ECHO_LEN: &str = "ROUNDTRIP_RAW_ECHO_LEN";
+/// Set in the `spawn_ready` floor's child, which says it is up and exits.
+const RAW_SPAWN: &str = "ROUNDTRIP_RAW_SPAWN";
 
 const SMALL: usize = 16;
 const PIPELINE_DEPTH: usize = 64;
 const MIB: usize = 1 << 20;
 const SMALL_MESSAGE: [u8; SMALL] = *b"sixteen byte msg";
+/// How long a worker idles before its resident set is read.
+const IDLE: Duration = Duration::from_millis(500);
 
 /// A small request, echoed back as its own reply.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
@@ -109,12 +145,12 @@ impl Handler<EchoBytes> for Echoer {
     }
 }
 
-type Proxy = Addr<Worker<EchoContract, ChildProcess>>;
-
 fn main() {
     // In the worker child this serves requests and never returns.
     isolated_workers::worker_entry::<EchoContract, _>(WORKER, || Echoer);
+    // In the floors' children these do their part and exit.
     serve_raw_echo_if_asked();
+    answer_raw_spawn_if_asked();
 
     let sys = System::new();
     let mut c = Criterion::default()
@@ -123,57 +159,44 @@ fn main() {
         .sample_size(50)
         .configure_from_args();
 
-    let small = Workload {
-        group: "roundtrip_16b",
-        throughput: None,
-        raw_id: "raw_uds",
-        raw_len: SMALL,
-    };
-    bench_workload(&mut c, &sys, small, |worker| {
-        let reply = worker.send(Echo16 {
-            data: SMALL_MESSAGE,
-        });
-        async move { assert_eq!(succeeded(reply.await).data, SMALL_MESSAGE) }
-    });
-
-    let pipelined = Workload {
-        group: "pipelined_64",
-        throughput: Some(Throughput::Elements(PIPELINE_DEPTH as u64)),
-        raw_id: "raw_uds_coalesced",
-        raw_len: PIPELINE_DEPTH * SMALL,
-    };
-    bench_workload(&mut c, &sys, pipelined, |worker| {
-        let replies = join_all((0..PIPELINE_DEPTH).map(|_| {
-            worker.send(Echo16 {
-                data: SMALL_MESSAGE,
-            })
-        }));
-        async move {
-            for reply in replies.await {
-                assert_eq!(succeeded(reply).data, SMALL_MESSAGE);
-            }
-        }
-    });
-
-    // `Bytes` so that each request clones a reference, not the MiB.
-    let big_message = Bytes::from(vec![0xa5; MIB]);
-    let big = Workload {
-        group: "roundtrip_1mib",
-        throughput: Some(Throughput::Bytes(MIB as u64)),
-        raw_id: "raw_uds",
-        raw_len: MIB,
-    };
-    bench_workload(&mut c, &sys, big, |worker| {
-        let reply = worker.send(EchoBytes {
-            data: big_message.clone(),
-        });
-        async move { assert_eq!(succeeded(reply.await).len(), MIB) }
-    });
+    let workloads = [
+        Workload {
+            group: "roundtrip_16b",
+            throughput: None,
+            raw_id: "raw_uds",
+            raw_len: SMALL,
+            load: Load::Single,
+            peers: &[Peer::ChildProcess, Peer::CrossArbiter, Peer::Thread],
+        },
+        Workload {
+            group: "pipelined_64",
+            throughput: Some(Throughput::Elements(PIPELINE_DEPTH as u64)),
+            raw_id: "raw_uds_coalesced",
+            raw_len: PIPELINE_DEPTH * SMALL,
+            load: Load::Pipelined,
+            peers: &[Peer::ChildProcess, Peer::Thread],
+        },
+        Workload {
+            group: "roundtrip_1mib",
+            throughput: Some(Throughput::Bytes(MIB as u64)),
+            raw_id: "raw_uds",
+            raw_len: MIB,
+            // `Bytes` so that each request clones a reference, not the MiB.
+            load: Load::Big(Bytes::from(vec![0xa5; MIB])),
+            peers: &[Peer::ChildProcess],
+        },
+    ];
+    for workload in workloads {
+        bench_workload(&mut c, &sys, workload);
+    }
+    bench_spawn_ready(&mut c, &sys);
+    report_idle_rss(&sys);
 
     c.final_summary();
 }
 
-/// One benchmark group: a workload measured on the floor and on ours.
+/// One request/reply benchmark group: a workload measured on the floor and
+/// on each of its peers.
 struct Workload {
     group: &'static str,
     throughput: Option<Throughput>,
@@ -181,20 +204,61 @@ struct Workload {
     raw_id: &'static str,
     /// Bytes the floor writes, and reads back, per iteration.
     raw_len: usize,
+    /// What one iteration asks of an actix peer.
+    load: Load,
+    /// The actix peers measured after the floor, in this order.
+    peers: &'static [Peer],
 }
 
-/// Benchmarks `workload`: the floor, then `request` (one iteration's
-/// requests, resolving once all are answered) through a child-process
-/// worker. Each peer is started on first use (so a filtered-out benchmark
-/// starts nothing) and stopped when its benchmark is done.
-fn bench_workload<F>(
-    c: &mut Criterion,
-    sys: &SystemRunner,
-    workload: Workload,
-    request: impl Fn(&Proxy) -> F,
-) where
-    F: Future<Output = ()>,
-{
+/// What one iteration asks of an echo actor.
+enum Load {
+    /// One `Echo16`.
+    Single,
+    /// `PIPELINE_DEPTH` `Echo16`s, all sent before any is awaited.
+    Pipelined,
+    /// One `EchoBytes` carrying these bytes.
+    Big(Bytes),
+}
+
+impl Load {
+    /// Sends this iteration's requests to `echoer`; resolves once all are
+    /// answered, checking each answer.
+    async fn request<A: EchoActor>(&self, echoer: &Addr<A>) {
+        let echo16 = || {
+            echoer.send(Echo16 {
+                data: SMALL_MESSAGE,
+            })
+        };
+        match self {
+            Load::Single => assert_eq!(succeeded(echo16().await).data, SMALL_MESSAGE),
+            Load::Pipelined => {
+                for reply in join_all((0..PIPELINE_DEPTH).map(|_| echo16())).await {
+                    assert_eq!(succeeded(reply).data, SMALL_MESSAGE);
+                }
+            }
+            Load::Big(data) => {
+                let reply = echoer.send(EchoBytes { data: data.clone() });
+                assert_eq!(succeeded(reply.await).len(), data.len());
+            }
+        }
+    }
+}
+
+/// The actix peers a workload can be measured on.
+#[derive(Debug, Clone, Copy)]
+enum Peer {
+    /// A `Worker<_, ChildProcess>`.
+    ChildProcess,
+    /// The plain `Echoer` on another arbiter: the thread worker's floor.
+    CrossArbiter,
+    /// A `Worker<_, Thread<Echoer>>`.
+    Thread,
+}
+
+/// Benchmarks `workload`: the floor, then each of its peers. Each peer is
+/// started on first use (so a filtered-out benchmark starts nothing) and
+/// stopped when its benchmark is done.
+fn bench_workload(c: &mut Criterion, sys: &SystemRunner, workload: Workload) {
     let mut group = c.benchmark_group(workload.group);
     if let Some(throughput) = workload.throughput {
         group.throughput(throughput);
@@ -209,26 +273,230 @@ fn bench_workload<F>(
     });
     drop(raw);
 
-    let mut worker = None;
-    group.bench_function("child_process", |b| {
-        let worker = worker.get_or_insert_with(|| {
-            sys.block_on(Worker::spawn(ChildProcess::current_exe(WORKER)))
-                .expect("start the worker")
-        });
+    let load = &workload.load;
+    for peer in workload.peers {
+        match peer {
+            Peer::ChildProcess => bench_peer(&mut group, sys, "child_process", load, || {
+                spawn_worker(sys, ChildProcess::current_exe(WORKER))
+            }),
+            Peer::CrossArbiter => bench_peer(
+                &mut group,
+                sys,
+                "actix_cross_arbiter",
+                load,
+                OtherArbiter::start,
+            ),
+            Peer::Thread => bench_peer(&mut group, sys, "thread", load, || {
+                spawn_worker(sys, Thread::new(|| Echoer))
+            }),
+        }
+    }
+    group.finish();
+}
+
+/// Benchmarks `load` on the peer `start` makes (on first use), then stops
+/// the peer.
+fn bench_peer<P: EchoPeer>(
+    group: &mut BenchmarkGroup<'_, WallTime>,
+    sys: &SystemRunner,
+    id: &str,
+    load: &Load,
+    start: impl Fn() -> P,
+) {
+    let mut peer = None;
+    group.bench_function(id, |b| {
+        let echoer = peer.get_or_insert_with(&start).addr();
         b.iter_custom(|iters| {
             sys.block_on(async {
                 let start = Instant::now();
                 for _ in 0..iters {
-                    request(worker).await;
+                    load.request(echoer).await;
                 }
                 start.elapsed()
             })
         });
     });
-    group.finish();
-    if let Some(worker) = worker {
-        sys.block_on(worker.send(Close)).expect("close the worker");
+    if let Some(peer) = peer {
+        peer.stop(sys);
     }
+}
+
+/// An actor that echoes both messages of the contract, through the same
+/// `Addr::send` whether it is one of our workers or a plain actor.
+trait EchoActor: Actor<Context = Context<Self>> + Handler<Echo16> + Handler<EchoBytes> {}
+
+impl<A> EchoActor for A where A: Actor<Context = Context<A>> + Handler<Echo16> + Handler<EchoBytes> {}
+
+/// A running echo peer: where to send, and how to stop it.
+trait EchoPeer {
+    type Actor: EchoActor;
+
+    fn addr(&self) -> &Addr<Self::Actor>;
+
+    /// Stops the peer and waits until it is gone.
+    fn stop(self, sys: &SystemRunner);
+}
+
+impl<D: Driver<EchoContract>> EchoPeer for Addr<Worker<EchoContract, D>>
+where
+    Worker<EchoContract, D>: EchoActor,
+{
+    type Actor = Worker<EchoContract, D>;
+
+    fn addr(&self) -> &Addr<Self::Actor> {
+        self
+    }
+
+    fn stop(self, sys: &SystemRunner) {
+        sys.block_on(self.send(Close)).expect("close the worker");
+    }
+}
+
+/// The thread worker's floor: the plain worker actor on an arbiter of its
+/// own, addressed with nothing of ours in between.
+struct OtherArbiter {
+    arbiter: Arbiter,
+    echoer: Addr<Echoer>,
+}
+
+impl OtherArbiter {
+    fn start() -> Self {
+        let arbiter = Arbiter::new();
+        let echoer = Echoer::start_in_arbiter(&arbiter.handle(), |_| Echoer);
+        Self { arbiter, echoer }
+    }
+}
+
+impl EchoPeer for OtherArbiter {
+    type Actor = Echoer;
+
+    fn addr(&self) -> &Addr<Echoer> {
+        &self.echoer
+    }
+
+    fn stop(self, _: &SystemRunner) {
+        self.arbiter.stop();
+        self.arbiter.join().expect("join the echo arbiter");
+    }
+}
+
+/// A benchmark worker on `driver`, started and ready.
+fn spawn_worker<D: Driver<EchoContract>>(
+    sys: &SystemRunner,
+    driver: D,
+) -> Addr<Worker<EchoContract, D>> {
+    sys.block_on(Worker::spawn(driver))
+        .expect("start the worker")
+}
+
+/// Benchmarks starting the floor's child and each kind of worker, until it
+/// is ready; stopping each is left out of the timing.
+fn bench_spawn_ready(c: &mut Criterion, sys: &SystemRunner) {
+    let mut group = c.benchmark_group("spawn_ready");
+    group.bench_function("raw_spawn_self", |b| {
+        time_until_ready(b, spawn_self_until_ready, |mut child| {
+            let exited = child.wait().expect("reap the child");
+            assert!(exited.success(), "the child failed: {exited}");
+        });
+    });
+    group.bench_function("child_process", |b| {
+        time_until_ready(
+            b,
+            || spawn_worker(sys, ChildProcess::current_exe(WORKER)),
+            |worker| worker.stop(sys),
+        );
+    });
+    group.bench_function("thread", |b| {
+        time_until_ready(
+            b,
+            || spawn_worker(sys, Thread::new(|| Echoer)),
+            |worker| worker.stop(sys),
+        );
+    });
+    group.finish();
+}
+
+/// Times `iters` calls of `start`; each result is then handed to `stop`,
+/// untimed.
+fn time_until_ready<T>(b: &mut Bencher<'_>, start: impl Fn() -> T, stop: impl Fn(T)) {
+    b.iter_custom(|iters| {
+        let mut ready = Duration::ZERO;
+        for _ in 0..iters {
+            let started = Instant::now();
+            let running = start();
+            ready += started.elapsed();
+            stop(running);
+        }
+        ready
+    });
+}
+
+/// Spawns this binary as the `spawn_ready` floor's child and waits for its
+/// byte. The child is left to be reaped.
+fn spawn_self_until_ready() -> Child {
+    let mut child = Command::new(std::env::current_exe().expect("find the current executable"))
+        .env(RAW_SPAWN, "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start the child");
+    let mut byte = [0];
+    child
+        .stdout
+        .take()
+        .expect("the child's stdout")
+        .read_exact(&mut byte)
+        .expect("read the child's byte");
+    child
+}
+
+/// In the `spawn_ready` floor's child: writes one byte to stdout and exits.
+/// Returns at once in any other process.
+fn answer_raw_spawn_if_asked() {
+    if std::env::var_os(RAW_SPAWN).is_none() {
+        return;
+    }
+    let mut stdout = std::io::stdout();
+    stdout
+        .write_all(b"!")
+        .and_then(|()| stdout.flush())
+        .expect("write to the host");
+    std::process::exit(0);
+}
+
+/// Prints the resident set of an idle child-process worker (after one
+/// request and [`IDLE`]), next to that of the floor's echo child.
+fn report_idle_rss(sys: &SystemRunner) {
+    let worker = spawn_worker(sys, ChildProcess::current_exe(WORKER));
+    let worker_kib = sys.block_on(async {
+        Load::Single.request(&worker).await;
+        let status = worker.send(Status).await.expect("the proxy is gone");
+        tokio::time::sleep(IDLE).await;
+        vm_rss_kib(status.pid.expect("a child-process worker has a pid"))
+    });
+    worker.stop(sys);
+
+    let mut raw = RawEcho::spawn(SMALL);
+    raw.round_trip(&SMALL_MESSAGE, &mut [0; SMALL]);
+    std::thread::sleep(IDLE);
+    let raw_kib = vm_rss_kib(raw.child.id());
+    drop(raw);
+
+    println!(
+        "idle_rss/child_process: {worker_kib} kB VmRSS after one request and {IDLE:?} idle \
+         (target <= 5 MB; the raw echo child of this binary: {raw_kib} kB)"
+    );
+}
+
+/// `VmRSS` of process `pid`, in kB as `/proc` reports it (KiB).
+fn vm_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_else(|e| panic!("read /proc/{pid}/status: {e}"));
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no VmRSS in /proc/{pid}/status"))
 }
 
 /// The reply to a request that must succeed.

@@ -27,41 +27,25 @@ fn main() {
     run(trials);
 }
 
-/// Every behaviour test, for the driver `make` builds.
+/// Every behaviour test, for the driver `make` builds; each test is named
+/// `<driver>::<behaviour>`.
 fn suite<D: Driver<Calc>>(driver: &str, make: fn() -> D) -> Vec<Trial> {
-    vec![
-        case(driver, "round_trip_returns_the_reply", make, round_trip),
-        case(
-            driver,
-            "a_thousand_concurrent_requests_get_their_own_replies",
-            make,
-            thousand_concurrent,
-        ),
-        case(
-            driver,
-            "a_handler_error_arrives_as_a_remote_error",
-            make,
-            remote_error,
-        ),
-        case(
-            driver,
-            "a_slow_request_times_out_and_the_worker_serves_on",
-            make,
-            timeout,
-        ),
-        case(
-            driver,
-            "a_panicking_handler_resolves_requests_in_flight_as_crashed",
-            make,
-            crash,
-        ),
-        case(driver, "sends_after_close_are_closed", make, close),
-        case(
-            driver,
-            "the_in_flight_bound_queues_then_overloads",
-            make,
-            in_flight_bound,
-        ),
+    macro_rules! cases {
+        ($($behaviour:ident),* $(,)?) => {
+            vec![$(case(driver, stringify!($behaviour), make, $behaviour)),*]
+        };
+    }
+    cases![
+        round_trip_returns_the_reply,
+        a_thousand_concurrent_requests_get_their_own_replies,
+        a_handler_error_arrives_as_a_remote_error,
+        a_slow_request_times_out_and_the_worker_serves_on,
+        a_panicking_handler_resolves_requests_in_flight_as_crashed,
+        sends_after_close_are_closed,
+        the_in_flight_bound_queues_then_overloads,
+        a_timed_out_request_stops_running_on_the_worker,
+        a_dropped_request_stops_running_on_the_worker,
+        a_message_type_can_have_its_own_timeout,
     ]
 }
 
@@ -73,7 +57,7 @@ where
     actix_test(&format!("{driver}::{behaviour}"), move || test(make()))
 }
 
-async fn round_trip<D: Driver<Calc>>(driver: D) -> Result<(), Failed> {
+async fn round_trip_returns_the_reply<D: Driver<Calc>>(driver: D) -> Result<(), Failed> {
     let worker = Worker::<Calc, D>::spawn(driver).await.map_err(fail)?;
     let pong = worker
         .send(Ping { text: "hi".into() })
@@ -90,7 +74,9 @@ async fn round_trip<D: Driver<Calc>>(driver: D) -> Result<(), Failed> {
     Ok(())
 }
 
-async fn thousand_concurrent<D: Driver<Calc>>(driver: D) -> Result<(), Failed> {
+async fn a_thousand_concurrent_requests_get_their_own_replies<D: Driver<Calc>>(
+    driver: D,
+) -> Result<(), Failed> {
     let worker = Worker::<Calc, D>::spawn(driver).await.map_err(fail)?;
     let requests = (0..1000).map(|i| {
         worker.send(Ping {
@@ -104,7 +90,9 @@ async fn thousand_concurrent<D: Driver<Calc>>(driver: D) -> Result<(), Failed> {
     Ok(())
 }
 
-async fn remote_error<D: Driver<Calc>>(driver: D) -> Result<(), Failed> {
+async fn a_handler_error_arrives_as_a_remote_error<D: Driver<Calc>>(
+    driver: D,
+) -> Result<(), Failed> {
     let worker = Worker::<Calc, D>::spawn(driver).await.map_err(fail)?;
     match worker.send(Divide { a: 1.0, b: 0.0 }).await? {
         Err(WorkerError::Remote(error)) => {
@@ -125,7 +113,9 @@ async fn remote_error<D: Driver<Calc>>(driver: D) -> Result<(), Failed> {
     Ok(())
 }
 
-async fn timeout<D: Driver<Calc>>(driver: D) -> Result<(), Failed> {
+async fn a_slow_request_times_out_and_the_worker_serves_on<D: Driver<Calc>>(
+    driver: D,
+) -> Result<(), Failed> {
     let options = WorkerOptions::default().request_timeout(Duration::from_millis(200));
     let worker = Worker::<Calc, D>::spawn_with(driver, options)
         .await
@@ -148,7 +138,9 @@ async fn timeout<D: Driver<Calc>>(driver: D) -> Result<(), Failed> {
     Ok(())
 }
 
-async fn crash<D: Driver<Calc>>(driver: D) -> Result<(), Failed> {
+async fn a_panicking_handler_resolves_requests_in_flight_as_crashed<D: Driver<Calc>>(
+    driver: D,
+) -> Result<(), Failed> {
     let worker = Worker::<Calc, D>::spawn(driver).await.map_err(fail)?;
     let sleeping = worker.send(Sleep { ms: 30_000 });
     let exploding = worker.send(Explode {
@@ -190,7 +182,7 @@ async fn crash<D: Driver<Calc>>(driver: D) -> Result<(), Failed> {
     Ok(())
 }
 
-async fn close<D: Driver<Calc>>(driver: D) -> Result<(), Failed> {
+async fn sends_after_close_are_closed<D: Driver<Calc>>(driver: D) -> Result<(), Failed> {
     let worker = Worker::<Calc, D>::spawn(driver).await.map_err(fail)?;
     let in_flight = worker.send(Sleep { ms: 30_000 });
     let closing = worker.send(Close);
@@ -211,7 +203,9 @@ async fn close<D: Driver<Calc>>(driver: D) -> Result<(), Failed> {
     Ok(())
 }
 
-async fn in_flight_bound<D: Driver<Calc>>(driver: D) -> Result<(), Failed> {
+async fn the_in_flight_bound_queues_then_overloads<D: Driver<Calc>>(
+    driver: D,
+) -> Result<(), Failed> {
     let options = WorkerOptions::default().max_in_flight(1).max_queued(1);
     let worker = Worker::<Calc, D>::spawn_with(driver, options)
         .await
@@ -229,6 +223,78 @@ async fn in_flight_bound<D: Driver<Calc>>(driver: D) -> Result<(), Failed> {
     );
     let status = status?;
     assert_eq!((status.in_flight, status.queued), (1, 1), "{status:?}");
+    worker.send(Close).await?;
+    Ok(())
+}
+
+/// Whether the worker's `Spin` counter stands still over a short while
+/// (it moves once a millisecond while a `Spin` runs).
+async fn spinning_stopped(
+    worker: &actix::Addr<Worker<Calc, impl Driver<Calc>>>,
+) -> Result<bool, Failed> {
+    let before = worker.send(Spins).await?.map_err(fail)?;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let after = worker.send(Spins).await?.map_err(fail)?;
+    Ok(before == after)
+}
+
+async fn a_timed_out_request_stops_running_on_the_worker<D: Driver<Calc>>(
+    driver: D,
+) -> Result<(), Failed> {
+    let options = WorkerOptions::default().request_timeout(Duration::from_millis(100));
+    let worker = Worker::<Calc, D>::spawn_with(driver, options)
+        .await
+        .map_err(fail)?;
+    let spun = worker.send(Spin).await?;
+    assert!(matches!(spun, Err(WorkerError::Timeout { .. })), "{spun:?}");
+    assert!(
+        worker.send(Spins).await?.map_err(fail)? > 0,
+        "the work had started"
+    );
+    assert!(
+        spinning_stopped(&worker).await?,
+        "the cancelled handler kept working"
+    );
+    worker.send(Close).await?;
+    Ok(())
+}
+
+async fn a_dropped_request_stops_running_on_the_worker<D: Driver<Calc>>(
+    driver: D,
+) -> Result<(), Failed> {
+    let worker = Worker::<Calc, D>::spawn(driver).await.map_err(fail)?;
+    // The caller gives up on its own (its future is dropped), long before
+    // the worker's 30 s request timeout.
+    let given_up = tokio::time::timeout(Duration::from_millis(50), worker.send(Spin)).await;
+    assert!(given_up.is_err(), "Spin never answers");
+    // Abandoned requests are noticed within a sweep (100 ms).
+    let stopped = async {
+        while !spinning_stopped(&worker).await? {}
+        Ok::<_, Failed>(())
+    };
+    tokio::time::timeout(Duration::from_secs(5), stopped)
+        .await
+        .map_err(|_| "the abandoned handler kept working")??;
+    worker.send(Close).await?;
+    Ok(())
+}
+
+async fn a_message_type_can_have_its_own_timeout<D: Driver<Calc>>(driver: D) -> Result<(), Failed> {
+    let options = WorkerOptions::default().timeout_for::<Sleep>(Duration::from_millis(100));
+    let worker = Worker::<Calc, D>::spawn_with(driver, options)
+        .await
+        .map_err(fail)?;
+    let slept = worker.send(Sleep { ms: 30_000 }).await?;
+    assert!(
+        matches!(slept, Err(WorkerError::Timeout { after, message: "Sleep" }) if after == Duration::from_millis(100)),
+        "{slept:?}"
+    );
+    // Other messages keep the default (30 s): a 300 ms request succeeds.
+    let options_default = worker
+        .send(Ping { text: "ok".into() })
+        .await?
+        .map_err(fail)?;
+    assert_eq!(options_default.text, "pong: ok");
     worker.send(Close).await?;
     Ok(())
 }

@@ -34,6 +34,27 @@ pub use stream::Reply;
 /// Dropping the last `Addr` (or stopping the actix System) stops the worker:
 /// a child process is killed and reaped and its socket directory removed; a
 /// thread worker's arbiter is stopped.
+///
+/// # Timeouts and cancellation
+///
+/// Each request has a deadline: [`WorkerOptions::request_timeout`], or the
+/// one set for its message type with [`WorkerOptions::timeout_for`]. When it
+/// passes, the request resolves [`WorkerError::Timeout`] and the worker is
+/// told to cancel it.
+///
+/// # Cancel safety
+///
+/// Dropping the future of `send` (for example inside
+/// `tokio::time::timeout`) withdraws the request: a thread worker's
+/// request is withdrawn at once; a child process is told to cancel it
+/// within 100 ms. On the worker, cancelling drops the handler's pending
+/// future if the handler answered with
+/// [`Cancellable`](crate::worker::Cancellable); a handler that already
+/// returned, or that answers synchronously, or with a plain actix
+/// `ResponseFuture`, runs to the end (actix gives no way to stop those),
+/// and its reply is discarded. A request sent with `do_send` is never
+/// cancelled. Either way the request is not retried: dropping a `send` is
+/// never the reason a request runs twice.
 pub struct Worker<C: Contract, D: Driver<C> = ChildProcess> {
     options: WorkerOptions,
     state: WorkerState,

@@ -175,8 +175,16 @@ where
                 }
             }
             ReplyKind::Later(outcome) => {
+                let mut reply = reply;
                 actix_rt::spawn(async move {
-                    let _ = reply.send(outcome.await);
+                    tokio::select! {
+                        outcome = outcome => {
+                            let _ = reply.send(outcome);
+                        }
+                        // The caller dropped its future: drop the request,
+                        // which withdraws it from the worker.
+                        () = reply.closed() => {}
+                    }
                 });
             }
         }

@@ -12,6 +12,9 @@ pub(crate) mod frame;
 pub(crate) mod serializer;
 pub(crate) mod stream;
 
+#[cfg(test)]
+mod proptests;
+
 pub(crate) use serializer::Serializer;
 
 /// Version of the frame and envelope format; both sides must agree on it.

@@ -15,10 +15,12 @@ use crate::wire::envelope::{Header, Hello};
 use crate::wire::frame::{Frame, FrameCodec};
 use crate::wire::{Serializer, PROTOCOL_VERSION};
 
+mod cancellable;
 pub(crate) mod panic;
 pub(crate) mod routes;
 mod server;
 
+pub use cancellable::Cancellable;
 pub use routes::{Routes, ServedBy};
 
 /// Runs worker `name` if this process was started as that worker, and

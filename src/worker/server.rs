@@ -181,7 +181,12 @@ impl<A: Actor, S: Serializer> StreamHandler<Result<Frame, FrameError>> for Serve
 
 impl<A: Actor, S: Serializer> WriteHandler<FrameError> for Server<A, S> {
     fn error(&mut self, error: FrameError, _: &mut Self::Context) -> Running {
-        eprintln!("isolated-workers: writing to the host failed: {error}");
+        // A host that went away is how serving normally ends; say nothing.
+        let host_gone = matches!(&error, FrameError::Io(e)
+            if matches!(e.kind(), std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset));
+        if !host_gone {
+            eprintln!("isolated-workers: writing to the host failed: {error}");
+        }
         Running::Stop
     }
 }

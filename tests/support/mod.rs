@@ -15,12 +15,15 @@ pub mod skewed;
 
 use std::future::Future;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::sync::OnceLock;
 use std::time::Duration;
 
 use actix::dev::{Request, ToEnvelope};
 use actix::prelude::*;
 use isolated_workers::testing::SOCKET_ENV;
+use isolated_workers::worker::Cancellable;
 use isolated_workers::{
     ChildProcess, Close, Contract, RemoteError, SpawnError, Status, Worker, WorkerError,
     WorkerOptions, WorkerStatus,
@@ -95,13 +98,25 @@ isolated_workers::contract! {
         Echo => Vec<u8>,
         WhoAmI => u32,
         SocketPath => String,
+        Spin => (),
+        Spins => u64,
     }
 }
+
+/// Counts up, one step per millisecond, until cancelled (a `Cancellable`
+/// handler): shows whether abandoned work stops.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Spin;
+
+/// Answers how far `Spin` handlers have counted.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Spins;
 
 /// The worker actor the tests spawn.
 #[derive(Debug, Default)]
 pub struct CalcWorker {
     counter: u64,
+    spins: Arc<AtomicU64>,
 }
 
 impl Actor for CalcWorker {
@@ -153,6 +168,26 @@ impl Handler<Explode> for CalcWorker {
     type Result = Result<(), WorkerError>;
     fn handle(&mut self, explode: Explode, _: &mut Context<Self>) -> Self::Result {
         panic!("{}", explode.message);
+    }
+}
+
+impl Handler<Spin> for CalcWorker {
+    type Result = Cancellable<Result<(), WorkerError>>;
+    fn handle(&mut self, _: Spin, _: &mut Context<Self>) -> Self::Result {
+        let spins = self.spins.clone();
+        Cancellable::new(async move {
+            loop {
+                spins.fetch_add(1, Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        })
+    }
+}
+
+impl Handler<Spins> for CalcWorker {
+    type Result = Result<u64, WorkerError>;
+    fn handle(&mut self, _: Spins, _: &mut Context<Self>) -> Self::Result {
+        Ok(self.spins.load(Ordering::Relaxed))
     }
 }
 

@@ -1,0 +1,585 @@
+//! Property tests for the wire: the frame codec, the one-frame handshake
+//! decoder and the MessagePack payload serializer, fed generated frames,
+//! mutated encodings and plain noise.
+//!
+//! Under `cargo test` each property runs [`DEFAULT_CASES`] cases from a fixed
+//! seed, so a run is reproducible and fast. `scripts/fuzz-wire` runs the same
+//! properties with many more cases and a fresh seed; `PROPTEST_CASES` and
+//! `PROPTEST_RNG_SEED` set both. No failure-persistence files are written:
+//! proptest prints the shrunk failing input, and the seed reproduces the run.
+
+use bytes::BytesMut;
+use proptest::prelude::*;
+use proptest::sample::Index;
+use proptest::test_runner::RngSeed;
+use serde::{Deserialize, Serialize};
+use tokio_util::codec::{Decoder, Encoder};
+
+use super::envelope::{Header, Hello};
+use super::frame::{decode_one, encode_parts, Frame, FrameCodec, FrameError};
+use super::serializer::{MessagePack, Serializer};
+use crate::error::RemoteError;
+
+/// Cases per property when `PROPTEST_CASES` is not set.
+const DEFAULT_CASES: u32 = 256;
+/// Seed when `PROPTEST_RNG_SEED` is not set.
+const DEFAULT_SEED: u64 = 0x1501_a7ed;
+/// The codec's maximum body length in these tests.
+const LIMIT: usize = 64 * 1024;
+/// Bytes in front of every body: the body length.
+const LENGTH_FIELD: usize = 4;
+/// Capacity a decode call may add beyond the body it was told about (the
+/// codec makes room for the next length field after each frame).
+const SLACK: usize = 64;
+
+/// The configuration of every property here: `PROPTEST_*` variables win
+/// over the defaults above, and nothing is written into the source tree.
+fn config() -> ProptestConfig {
+    let mut config = ProptestConfig::default(); // reads the PROPTEST_* variables
+    if std::env::var_os("PROPTEST_CASES").is_none() {
+        config.cases = DEFAULT_CASES;
+    }
+    if std::env::var_os("PROPTEST_RNG_SEED").is_none() {
+        config.rng_seed = RngSeed::Fixed(DEFAULT_SEED);
+    }
+    config.failure_persistence = None;
+    config
+}
+
+// ---------------------------------------------------------------------------
+// Generators
+// ---------------------------------------------------------------------------
+
+/// Short text of any characters, multi-byte UTF-8 and newlines included.
+fn text() -> impl Strategy<Value = String> {
+    "(?s).{0,24}"
+}
+
+fn remote_error() -> impl Strategy<Value = RemoteError> {
+    (
+        text(),
+        text(),
+        any::<Option<i64>>(),
+        prop::collection::vec(text(), 0..4),
+    )
+        .prop_map(|(name, message, code, causes)| RemoteError {
+            name,
+            message,
+            code,
+            causes,
+        })
+}
+
+fn hello() -> impl Strategy<Value = Hello> {
+    (
+        any::<u32>(),
+        text(),
+        any::<u32>(),
+        text(),
+        any::<u32>(),
+        text(),
+    )
+        .prop_map(
+            |(protocol, token, pid, contract, contract_version, serializer)| Hello {
+                protocol,
+                token,
+                pid,
+                contract,
+                contract_version,
+                serializer,
+            },
+        )
+}
+
+/// Every kind of header, with arbitrary ids and texts.
+fn header() -> impl Strategy<Value = Header> {
+    prop_oneof![
+        hello().prop_map(Header::Hello),
+        (any::<u64>(), text()).prop_map(|(id, name)| Header::Request {
+            id,
+            name: name.into(),
+        }),
+        any::<u64>().prop_map(|id| Header::Reply { id }),
+        (any::<u64>(), remote_error()).prop_map(|(id, error)| Header::Error { id, error }),
+        any::<u64>().prop_map(|id| Header::Cancel { id }),
+        Just(Header::Shutdown),
+        text().prop_map(|message| Header::Panicked { message }),
+    ]
+}
+
+fn payload() -> impl Strategy<Value = Vec<u8>> {
+    prop::collection::vec(any::<u8>(), 0..2048)
+}
+
+/// Any header with any payload (the codec does not care which kinds carry one).
+fn frame() -> impl Strategy<Value = Frame> {
+    (header(), payload()).prop_map(|(header, payload)| Frame {
+        header,
+        payload: payload.into(),
+    })
+}
+
+/// Sizes of the reads a stream arrives in, used in turn until the stream is
+/// used up: mostly a few bytes (to split length fields and headers), sometimes
+/// kilobytes (to deliver several frames at once).
+fn read_sizes() -> impl Strategy<Value = Vec<usize>> {
+    prop::collection::vec(prop_oneof![3 => 1usize..=8, 1 => 1usize..=4096], 1..16)
+}
+
+/// One damage done to an encoding.
+#[derive(Debug, Clone)]
+enum Mutation {
+    /// Overwrite the body length (`header_length: false`) or the header
+    /// length (`true`) of one frame.
+    Length {
+        frame: Index,
+        header_length: bool,
+        value: u32,
+    },
+    /// Overwrite one byte.
+    Byte { at: Index, value: u8 },
+    /// Insert bytes.
+    Insert { at: Index, bytes: Vec<u8> },
+    /// Cut the encoding short.
+    Truncate { at: Index },
+}
+
+fn mutation() -> impl Strategy<Value = Mutation> {
+    let length = prop_oneof![
+        any::<u32>(),
+        0u32..16,
+        (LIMIT as u32 - 4)..=(LIMIT as u32 + 4),
+    ];
+    prop_oneof![
+        (any::<Index>(), any::<bool>(), length).prop_map(|(frame, header_length, value)| {
+            Mutation::Length {
+                frame,
+                header_length,
+                value,
+            }
+        }),
+        (any::<Index>(), any::<u8>()).prop_map(|(at, value)| Mutation::Byte { at, value }),
+        (any::<Index>(), prop::collection::vec(any::<u8>(), 1..8))
+            .prop_map(|(at, bytes)| Mutation::Insert { at, bytes }),
+        any::<Index>().prop_map(|at| Mutation::Truncate { at }),
+    ]
+}
+
+/// Applies `mutations` in order to `bytes`, whose frames (if any) start at
+/// `frame_starts`. A mutation that no longer fits the bytes is skipped.
+fn mutate(mut bytes: Vec<u8>, frame_starts: &[usize], mutations: &[Mutation]) -> Vec<u8> {
+    for m in mutations {
+        match m {
+            Mutation::Length {
+                frame,
+                header_length,
+                value,
+            } => {
+                if frame_starts.is_empty() {
+                    continue;
+                }
+                let at = frame.get(frame_starts) + if *header_length { 4 } else { 0 };
+                if let Some(field) = bytes.get_mut(at..at + 4) {
+                    field.copy_from_slice(&value.to_le_bytes());
+                }
+            }
+            Mutation::Byte { at, value } if !bytes.is_empty() => *at.get_mut(&mut bytes) = *value,
+            Mutation::Byte { .. } => {}
+            Mutation::Insert { at, bytes: new } => {
+                let at = at.index(bytes.len() + 1);
+                bytes.splice(at..at, new.iter().copied());
+            }
+            Mutation::Truncate { at } => bytes.truncate(at.index(bytes.len() + 1)),
+        }
+    }
+    bytes
+}
+
+/// `frames` encoded back to back, and where each one starts.
+fn encode_all(frames: &[Frame]) -> (Vec<u8>, Vec<usize>) {
+    let mut codec = FrameCodec::new(LIMIT);
+    let mut buf = BytesMut::new();
+    let mut starts = Vec::with_capacity(frames.len());
+    for frame in frames {
+        starts.push(buf.len());
+        codec
+            .encode(frame.clone(), &mut buf)
+            .expect("generated frames fit the limit");
+    }
+    (buf.to_vec(), starts)
+}
+
+/// Input for a decoder that must survive anything: plain noise, or valid
+/// frames with a few mutations.
+fn hostile_stream() -> impl Strategy<Value = Vec<u8>> {
+    prop_oneof![
+        prop::collection::vec(any::<u8>(), 0..512),
+        (
+            prop::collection::vec(frame(), 1..4),
+            prop::collection::vec(mutation(), 1..4)
+        )
+            .prop_map(|(frames, mutations)| {
+                let (bytes, starts) = encode_all(&frames);
+                mutate(bytes, &starts, &mutations)
+            }),
+    ]
+}
+
+// ---------------------------------------------------------------------------
+// Driving the decoder
+// ---------------------------------------------------------------------------
+
+/// What a fresh decoder made of a stream delivered in reads of `read_sizes`.
+#[derive(Debug)]
+struct Decoded {
+    frames: Vec<Frame>,
+    /// The error that ended the stream, if one did; nothing was fed after it,
+    /// as a connection is dropped on its first error.
+    error: Option<FrameError>,
+    /// The read buffer's largest capacity, seen after any decode call.
+    peak_capacity: usize,
+    /// The most capacity a single decode call added to the read buffer.
+    max_growth: usize,
+}
+
+impl Decoded {
+    /// The error's variant, for comparing outcomes.
+    fn error_kind(&self) -> Option<&'static str> {
+        self.error.as_ref().map(|e| match e {
+            FrameError::Io(_) => "Io",
+            FrameError::Malformed(_) => "Malformed",
+            FrameError::TooLarge { .. } => "TooLarge",
+        })
+    }
+
+    /// One call of `decode` (or of `decode_eof`, once the connection has
+    /// closed), recorded; true when it produced a frame.
+    fn step(&mut self, codec: &mut FrameCodec, buf: &mut BytesMut, closed: bool) -> bool {
+        let before = buf.capacity();
+        let result = if closed {
+            codec.decode_eof(buf)
+        } else {
+            codec.decode(buf)
+        };
+        self.peak_capacity = self.peak_capacity.max(buf.capacity());
+        self.max_growth = self.max_growth.max(buf.capacity().saturating_sub(before));
+        match result {
+            Ok(Some(frame)) => {
+                self.frames.push(frame);
+                true
+            }
+            Ok(None) => false,
+            Err(e) => {
+                self.error = Some(e);
+                false
+            }
+        }
+    }
+}
+
+/// Feeds `stream` to a `FrameCodec::new(limit)` in reads of `read_sizes`
+/// (cycled), decoding after each read until the decoder wants more. With
+/// `eof`, the connection then closes.
+fn decode_stream(stream: &[u8], read_sizes: &[usize], limit: usize, eof: bool) -> Decoded {
+    let mut codec = FrameCodec::new(limit);
+    let mut buf = BytesMut::new();
+    let mut out = Decoded {
+        frames: Vec::new(),
+        error: None,
+        peak_capacity: 0,
+        max_growth: 0,
+    };
+    let mut sizes = read_sizes.iter().cycle();
+    let mut rest = stream;
+    while !rest.is_empty() && out.error.is_none() {
+        let size = *sizes.next().expect("at least one read size");
+        let (read, tail) = rest.split_at(size.min(rest.len()));
+        rest = tail;
+        buf.extend_from_slice(read);
+        while out.step(&mut codec, &mut buf, false) {}
+    }
+    if eof && out.error.is_none() {
+        while out.step(&mut codec, &mut buf, true) {}
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------
+// MessagePack targets
+// ---------------------------------------------------------------------------
+
+/// A struct with a native byte string, as payloads are advised to declare.
+#[derive(Debug, Serialize, Deserialize)]
+struct Blob {
+    id: u32,
+    #[serde(with = "serde_bytes")]
+    data: Vec<u8>,
+    tags: Vec<String>,
+}
+
+/// A recursive enum with every variant shape.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+enum Tree {
+    Unit,
+    Leaf(i64),
+    Node(Vec<Tree>),
+    Named {
+        name: String,
+        child: Option<Box<Tree>>,
+    },
+}
+
+fn tree() -> impl Strategy<Value = Tree> {
+    let leaf = prop_oneof![Just(Tree::Unit), any::<i64>().prop_map(Tree::Leaf)];
+    leaf.prop_recursive(3, 16, 4, |inner| {
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..4).prop_map(Tree::Node),
+            ("(?s).{0,8}", prop::option::of(inner)).prop_map(|(name, child)| Tree::Named {
+                name,
+                child: child.map(Box::new),
+            }),
+        ]
+    })
+}
+
+fn msgpack<T: Serialize>(value: &T) -> Vec<u8> {
+    let mut out = BytesMut::new();
+    MessagePack::encode(value, &mut out).expect("test values encode");
+    out.to_vec()
+}
+
+/// Input for `MessagePack::decode`: up to 64 bytes of noise, or an encoding
+/// of a value of one of the target types, mutated.
+fn hostile_msgpack() -> impl Strategy<Value = Vec<u8>> {
+    let valid = prop_oneof![
+        prop::collection::vec(any::<u64>(), 0..8).prop_map(|v| msgpack(&v)),
+        text().prop_map(|s| msgpack(&s)),
+        (
+            any::<u32>(),
+            prop::collection::vec(any::<u8>(), 0..16),
+            prop::collection::vec(text(), 0..3)
+        )
+            .prop_map(|(id, data, tags)| msgpack(&Blob { id, data, tags })),
+        tree().prop_map(|t| msgpack(&t)),
+    ];
+    let mutated = (valid, prop::collection::vec(mutation(), 0..4))
+        .prop_map(|(bytes, mutations)| mutate(bytes, &[], &mutations));
+    prop_oneof![prop::collection::vec(any::<u8>(), 0..=64), mutated]
+}
+
+// ---------------------------------------------------------------------------
+// Properties
+// ---------------------------------------------------------------------------
+
+proptest! {
+    #![proptest_config(config())]
+
+    /// Property 1: frames encoded back to back decode to the same frames, in
+    /// order, however the stream is split into reads, and nothing is left over.
+    #[test]
+    fn frames_round_trip_across_any_reads(
+        frames in prop::collection::vec(frame(), 0..6),
+        reads in read_sizes(),
+    ) {
+        let (stream, _) = encode_all(&frames);
+        let decoded = decode_stream(&stream, &reads, LIMIT, true);
+        prop_assert!(decoded.error.is_none(), "{:?}", decoded.error);
+        prop_assert_eq!(decoded.frames, frames);
+    }
+
+    /// Property 1b: `encode_parts` either appends a frame of at most the
+    /// limit that decodes back to its parts, or refuses with `TooLarge` and
+    /// leaves what `dst` held untouched.
+    #[test]
+    fn encoding_fits_the_limit_or_changes_nothing(
+        kept in prop::collection::vec(any::<u8>(), 0..16),
+        header in header(),
+        payload in payload(),
+        limit in 0usize..3072,
+    ) {
+        let mut dst = BytesMut::from(&kept[..]);
+        match encode_parts(&header, &payload, limit, &mut dst) {
+            Ok(()) => {
+                prop_assert_eq!(&dst[..kept.len()], &kept[..]);
+                let frame = decode_one(dst.split_off(kept.len()), limit)
+                    .map_err(|e| TestCaseError::fail(e.to_string()))?;
+                prop_assert_eq!(frame.header, header);
+                prop_assert_eq!(&frame.payload[..], &payload[..]);
+            }
+            Err(FrameError::TooLarge { size, limit: reported }) => {
+                prop_assert_eq!(&dst[..], &kept[..]);
+                prop_assert_eq!(reported, limit);
+                prop_assert!(size > limit);
+            }
+            Err(e) => prop_assert!(false, "unexpected error: {}", e),
+        }
+    }
+
+    /// Property 2: no input panics the decoder: each call returns a frame,
+    /// "need more" or an error, also when the connection then closes; and
+    /// decoded payloads never add up to more than the input.
+    #[test]
+    fn hostile_input_never_panics_the_decoder(
+        stream in hostile_stream(),
+        reads in read_sizes(),
+    ) {
+        let decoded = decode_stream(&stream, &reads, LIMIT, true);
+        let payload_bytes: usize = decoded.frames.iter().map(|f| f.payload.len()).sum();
+        prop_assert!(payload_bytes <= stream.len());
+    }
+
+    /// Property 2b: what a stream decodes to — its frames, and whether and
+    /// with which error it fails — does not depend on how it is split into
+    /// reads.
+    ///
+    /// KNOWN BUG in `FrameCodec::decode` (src/wire/frame.rs), hence ignored;
+    /// see [`known_bug_a_header_length_mid_frame_is_taken_for_a_body_length`]
+    /// for the smallest case. Run it with `-- --include-ignored`.
+    #[test]
+    #[ignore = "known bug in FrameCodec::decode: see known_bug_a_header_length_mid_frame_is_taken_for_a_body_length"]
+    fn the_outcome_does_not_depend_on_reads(
+        stream in hostile_stream(),
+        reads in read_sizes(),
+    ) {
+        let split = decode_stream(&stream, &reads, LIMIT, true);
+        let whole = decode_stream(&stream, &[stream.len().max(1)], LIMIT, true);
+        prop_assert_eq!(&split.frames, &whole.frames);
+        prop_assert_eq!(split.error_kind(), whole.error_kind());
+    }
+
+    /// Property 3a: a body length over the limit, after any number of valid
+    /// frames, is refused with `TooLarge` before any of its body arrives,
+    /// and no buffer was grown towards it: the read buffer stays within twice
+    /// the bytes actually received, and no decode call adds more capacity
+    /// than the largest valid body before it.
+    #[test]
+    fn an_oversized_length_is_refused_before_allocating(
+        before in prop::collection::vec(frame(), 0..3),
+        claimed in (LIMIT as u32 + 1)..=u32::MAX,
+        tail in prop::collection::vec(any::<u8>(), 0..64),
+        reads in read_sizes(),
+    ) {
+        let (mut stream, starts) = encode_all(&before);
+        let largest_body = starts
+            .iter()
+            .zip(starts.iter().skip(1).chain([&stream.len()]))
+            .map(|(start, end)| end - start - LENGTH_FIELD)
+            .max()
+            .unwrap_or(0);
+        stream.extend_from_slice(&claimed.to_le_bytes());
+        stream.extend_from_slice(&tail);
+        let decoded = decode_stream(&stream, &reads, LIMIT, false);
+
+        prop_assert_eq!(&decoded.frames, &before);
+        let refused_as_too_large = matches!(
+            decoded.error,
+            Some(FrameError::TooLarge { size, limit })
+                if size == claimed as usize && limit == LIMIT
+        );
+        prop_assert!(refused_as_too_large, "{:?}", decoded.error);
+        prop_assert!(decoded.peak_capacity <= 2 * stream.len() + SLACK);
+        prop_assert!(decoded.peak_capacity < LIMIT);
+        prop_assert!(
+            decoded.max_growth <= largest_body + LENGTH_FIELD + SLACK,
+            "a decode call grew the buffer by {} bytes", decoded.max_growth
+        );
+    }
+
+    /// Property 3b: while a frame of an allowed length is still arriving,
+    /// the decoder waits, and no decode call grows the read buffer by more
+    /// than the claimed length (plus a small constant): it makes room for
+    /// the announced body, never for the limit.
+    #[test]
+    fn an_unfinished_frame_reserves_at_most_its_length(
+        header in header(),
+        announced in 0usize..(LIMIT - 1024),
+        received in prop::collection::vec(any::<u8>(), 0..512),
+        reads in read_sizes(),
+    ) {
+        // A frame announcing a payload of `announced + received.len() + 1`
+        // bytes, of which only `received` has arrived.
+        let mut head = BytesMut::new();
+        let payload_len = announced + received.len() + 1;
+        encode_parts(&header, &[], LIMIT, &mut head)
+            .map_err(|e| TestCaseError::fail(e.to_string()))?;
+        let body_len = head.len() - LENGTH_FIELD + payload_len;
+        prop_assume!(body_len <= LIMIT);
+        head[..4].copy_from_slice(&(body_len as u32).to_le_bytes());
+        let mut stream = head.to_vec();
+        stream.extend_from_slice(&received);
+
+        let decoded = decode_stream(&stream, &reads, LIMIT, false);
+        prop_assert!(decoded.error.is_none(), "{:?}", decoded.error);
+        prop_assert!(decoded.frames.is_empty());
+        prop_assert!(
+            decoded.max_growth <= body_len + LENGTH_FIELD + SLACK,
+            "a decode call grew the buffer by {} bytes for a body of {}",
+            decoded.max_growth, body_len
+        );
+    }
+
+    /// Property 4a: `decode_one` accepts exactly one whole frame: its
+    /// encoding decodes to it, while any trailing bytes or any truncation
+    /// is an error.
+    #[test]
+    fn decode_one_takes_exactly_one_frame(
+        frame in frame(),
+        trailing in prop::collection::vec(any::<u8>(), 1..64),
+        cut in any::<Index>(),
+    ) {
+        let (encoded, _) = encode_all(std::slice::from_ref(&frame));
+        let decoded = decode_one(BytesMut::from(&encoded[..]), LIMIT)
+            .map_err(|e| TestCaseError::fail(e.to_string()))?;
+        prop_assert_eq!(decoded, frame);
+
+        let mut longer = BytesMut::from(&encoded[..]);
+        longer.extend_from_slice(&trailing);
+        prop_assert!(decode_one(longer, LIMIT).is_err());
+
+        let shorter = BytesMut::from(&encoded[..cut.index(encoded.len())]);
+        prop_assert!(decode_one(shorter, LIMIT).is_err());
+    }
+
+    /// Property 4b: `decode_one` never panics, whatever the peer sends first.
+    #[test]
+    fn decode_one_never_panics(stream in hostile_stream()) {
+        let _ = decode_one(BytesMut::from(&stream[..]), LIMIT);
+    }
+
+    /// Property 5: `MessagePack::decode` never panics on noise or on mutated
+    /// encodings, whatever the target type: a sequence, a string, a struct
+    /// with a byte string, a recursive enum.
+    #[test]
+    fn msgpack_decode_never_panics(bytes in hostile_msgpack()) {
+        let _ = MessagePack::decode::<Vec<u64>>(&bytes);
+        let _ = MessagePack::decode::<String>(&bytes);
+        let _ = MessagePack::decode::<Blob>(&bytes);
+        let _ = MessagePack::decode::<Tree>(&bytes);
+    }
+}
+
+/// KNOWN BUG in `FrameCodec::decode` (src/wire/frame.rs), found by
+/// [`the_outcome_does_not_depend_on_reads`]; ignored until frame.rs is fixed.
+///
+/// The oversize pre-check reads the first four buffered bytes as a body
+/// length on every call, also when the inner `LengthDelimitedCodec` has
+/// already consumed this frame's length and is waiting for the rest of its
+/// body. Those four bytes are then the body's *header length*. So a malformed
+/// frame whose header length is over the limit is refused as
+/// `TooLarge { size: <header length> }` when its body arrives in more than
+/// one read, but as `Malformed` when it arrives whole. Valid streams are not
+/// affected (a valid header length is below the limit), and the connection is
+/// dropped either way; the error, and its message, depend on the reads.
+#[test]
+#[ignore = "known bug in FrameCodec::decode: a header length read mid-frame is taken for a body length"]
+fn known_bug_a_header_length_mid_frame_is_taken_for_a_body_length() {
+    // Body length 4; the body is a header length of LIMIT + 1 and nothing else.
+    let mut stream = 4u32.to_le_bytes().to_vec();
+    stream.extend_from_slice(&(LIMIT as u32 + 1).to_le_bytes());
+
+    let whole = decode_stream(&stream, &[stream.len()], LIMIT, false);
+    assert_eq!(whole.error_kind(), Some("Malformed"));
+    // Read as [4, 0, 0, 0, 1] then [0, 1, 0]: currently TooLarge { size: 65537 }.
+    let split = decode_stream(&stream, &[5, 3], LIMIT, false);
+    assert_eq!(split.error_kind(), Some("Malformed"), "{:?}", split.error);
+}

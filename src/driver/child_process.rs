@@ -13,12 +13,14 @@ use std::io;
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::LocalBoxFuture;
 use futures::stream::{FuturesUnordered, StreamExt};
 use interprocess::local_socket::tokio::{prelude::*, Stream as LocalStream};
 use interprocess::local_socket::{GenericFilePath, ListenerOptions};
+pub use nix::sys::resource::Resource;
 use subtle::ConstantTimeEq;
 use tokio::io::AsyncReadExt;
 
@@ -41,7 +43,12 @@ pub(crate) mod env {
     pub(crate) const NAME: &str = "ISOLATED_WORKERS_NAME";
     /// Largest frame either side accepts.
     pub(crate) const MAX_FRAME: &str = "ISOLATED_WORKERS_MAX_FRAME";
+    /// How long the worker's actor gets to stop when asked, in milliseconds.
+    pub(crate) const GRACE_MS: &str = "ISOLATED_WORKERS_GRACE_MS";
 }
+
+/// Prefix of the private directories worker sockets live in.
+pub(crate) const DIR_PREFIX: &str = "isolated-workers-";
 
 /// Longest Hello frame accepted before the peer is authenticated.
 const MAX_HELLO_LEN: usize = 4096;
@@ -54,13 +61,27 @@ const MAX_HELLO_LEN: usize = 4096;
 /// use isolated_workers::ChildProcess;
 /// let driver = ChildProcess::current_exe("calc").env("RUST_LOG", "debug");
 /// ```
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ChildProcess {
     program: Result<PathBuf, String>,
     args: Vec<OsString>,
     envs: Vec<(OsString, OsString)>,
     clear_env: bool,
     worker_name: String,
+    limits: Vec<(Resource, u64, u64)>,
+    pre_exec: Option<Arc<dyn Fn() -> io::Result<()> + Send + Sync>>,
+}
+
+impl std::fmt::Debug for ChildProcess {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChildProcess")
+            .field("program", &self.program)
+            .field("args", &self.args)
+            .field("worker_name", &self.worker_name)
+            .field("limits", &self.limits)
+            .field("pre_exec", &self.pre_exec.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl ChildProcess {
@@ -83,6 +104,8 @@ impl ChildProcess {
             envs: Vec::new(),
             clear_env: false,
             worker_name,
+            limits: Vec::new(),
+            pre_exec: None,
         }
     }
 
@@ -102,6 +125,29 @@ impl ChildProcess {
     /// sets and what the worker needs to connect back).
     pub fn env_clear(mut self) -> Self {
         self.clear_env = true;
+        self
+    }
+
+    /// Sets a resource limit (`setrlimit`) in the child before it starts,
+    /// e.g. `limit(Resource::RLIMIT_AS, 512 << 20, 512 << 20)` to bound its
+    /// address space, or `RLIMIT_CPU` to bound its CPU seconds.
+    pub fn limit(mut self, resource: Resource, soft: u64, hard: u64) -> Self {
+        self.limits.push((resource, soft, hard));
+        self
+    }
+
+    /// Runs `hook` in the child after `fork` and before `exec`: the place
+    /// to drop privileges, enter namespaces, or apply a seccomp filter.
+    ///
+    /// # Safety
+    /// The hook runs in a forked copy of a multi-threaded process: it must
+    /// only make async-signal-safe calls (no allocation, no locks). See
+    /// [`std::os::unix::process::CommandExt::pre_exec`].
+    pub unsafe fn pre_exec(
+        mut self,
+        hook: impl Fn() -> io::Result<()> + Send + Sync + 'static,
+    ) -> Self {
+        self.pre_exec = Some(Arc::new(hook));
         self
     }
 
@@ -127,7 +173,7 @@ impl ChildProcess {
     ) -> Result<Connection, SpawnError> {
         let deadline = tokio::time::Instant::now() + options.startup_timeout;
         let dir = tempfile::Builder::new()
-            .prefix("isolated-workers-")
+            .prefix(DIR_PREFIX)
             .permissions(std::fs::Permissions::from_mode(0o700))
             .tempdir()
             .map_err(|source| SpawnError::Io {
@@ -143,6 +189,14 @@ impl ChildProcess {
                 what: "socket",
                 source,
             })?;
+        // The directory is already private; the socket is too, so that a
+        // change of the directory's mode does not open it up.
+        std::fs::set_permissions(&socket_path, std::fs::Permissions::from_mode(0o600)).map_err(
+            |source| SpawnError::Io {
+                what: "socket",
+                source,
+            },
+        )?;
         let token = random_token().map_err(|source| SpawnError::Io {
             what: "token",
             source,
@@ -174,9 +228,25 @@ impl ChildProcess {
             .env(env::TOKEN, &token)
             .env(env::NAME, &self.worker_name)
             .env(env::MAX_FRAME, options.max_frame_len.to_string())
+            .env(env::GRACE_MS, options.close_grace.as_millis().to_string())
             .stdin(Stdio::null())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
+        let limits = self.limits.clone();
+        let hook = self.pre_exec.clone();
+        let host = std::process::id();
+        // SAFETY: the closure only makes async-signal-safe system calls
+        // (prctl, getppid, setrlimit) and calls the user's hook, whose own
+        // safety the user vouched for in `ChildProcess::pre_exec`.
+        unsafe {
+            command.pre_exec(move || {
+                in_child_before_exec(host, &limits)?;
+                match &hook {
+                    Some(hook) => hook(),
+                    None => Ok(()),
+                }
+            });
+        }
         let child = command.spawn().map_err(|source| SpawnError::Launch {
             program: program.display().to_string(),
             source,
@@ -333,6 +403,31 @@ async fn read_hello(mut stream: LocalStream) -> Result<(LocalStream, Hello), Str
         Header::Hello(hello) => Ok((stream, hello)),
         other => Err(format!("expected a hello, got {other:?}")),
     }
+}
+
+/// Set-up in the child between `fork` and `exec`: die with the host (on
+/// Linux, a parent-death signal; elsewhere the closed socket tells the
+/// worker) and apply resource limits. Only async-signal-safe calls.
+fn in_child_before_exec(host: u32, limits: &[(Resource, u64, u64)]) -> io::Result<()> {
+    #[cfg(target_os = "linux")]
+    {
+        // SIGTERM, not SIGKILL: the worker then stops like on Close and
+        // removes its socket directory. (The signal follows the thread that
+        // spawned the child, which is the proxy's arbiter thread.)
+        nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM)?;
+        // The host may have died before the line above took effect.
+        if nix::unistd::getppid().as_raw() as u32 != host {
+            return Err(io::Error::other(
+                "the host exited while the worker was starting",
+            ));
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = host;
+    for &(resource, soft, hard) in limits {
+        nix::sys::resource::setrlimit(resource, soft, hard)?;
+    }
+    Ok(())
 }
 
 fn random_token() -> io::Result<String> {

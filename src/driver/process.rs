@@ -58,6 +58,18 @@ impl ProcessHandle {
         self.pid
     }
 
+    /// Asks the child to stop (SIGTERM), unless it has already exited.
+    pub(crate) fn terminate(&self) {
+        if self.exit.borrow().is_none() {
+            if let Ok(pid) = i32::try_from(self.pid) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGTERM,
+                );
+            }
+        }
+    }
+
     /// Sends SIGKILL (once); the watcher reaps the child.
     pub(crate) fn kill(&mut self) {
         if let Some(kill) = self.kill.take() {

@@ -19,9 +19,11 @@ const KILL_WAIT: Duration = Duration::from_secs(5);
 /// Stops the worker. Accepted by every worker.
 ///
 /// Requests still waiting resolve [`WorkerError::Closed`]. A child process
-/// is asked to exit, given
+/// is asked to exit (a Shutdown frame: the worker drops its actor, so the
+/// actor's `stopping`/`stopped` hooks run, and exits), given
 /// [`WorkerOptions::close_grace`](crate::WorkerOptions::close_grace), then
-/// killed; `Close` resolves once it has been reaped and its socket directory
+/// sent SIGTERM and given the grace period again, then killed (SIGKILL);
+/// `Close` resolves once it has been reaped and its socket directory
 /// removed. A thread worker's arbiter is stopped (after the handler running
 /// at that moment returns) and joined. Afterwards every send gives `Closed`.
 #[derive(Debug, Clone, Copy, Default, Message)]
@@ -80,23 +82,20 @@ impl<C: Contract, D: Driver<C>> Accepted<C, D> for Close {
             Link::Stream(link) => {
                 link.fail_all(|| WorkerError::Closed);
                 link.shut_down();
-                let exited = link.exited_within(grace);
-                return Box::pin(exited.into_actor(worker).then(|exited, worker, _| {
-                    let reaped = worker.stream_link().map(|link| {
-                        if !exited {
-                            tracing::debug!(pid = ?link.pid(), "worker ignored shutdown; killing it");
-                            link.kill();
-                        }
-                        link.exited_within(KILL_WAIT)
-                    });
-                    async move {
-                        if let Some(reaped) = reaped {
-                            reaped.await;
-                        }
-                    }
-                    .into_actor(worker)
-                    .map(|(), worker, _| worker.released())
-                }));
+                // Shutdown frame, then SIGTERM, then SIGKILL, each after
+                // the grace period, until the worker has exited.
+                let asked = link.exited_within(grace);
+                return Box::pin(
+                    asked
+                        .into_actor(worker)
+                        .then(move |exited, worker, _| {
+                            escalate(worker, exited, grace, Escalation::Terminate)
+                        })
+                        .then(move |exited, worker, _| {
+                            escalate(worker, exited, KILL_WAIT, Escalation::Kill)
+                        })
+                        .map(|_, worker, _| worker.released()),
+                );
             }
             Link::Local(local) => Box::pin(local.join()),
             Link::Released => Box::pin(std::future::ready(())),
@@ -107,6 +106,41 @@ impl<C: Contract, D: Driver<C>> Accepted<C, D> for Close {
                 .map(|(), worker, _| worker.released()),
         )
     }
+}
+
+/// The next step of closing a worker that has not exited yet.
+#[derive(Debug, Clone, Copy)]
+enum Escalation {
+    Terminate,
+    Kill,
+}
+
+/// Unless the worker has `exited`, takes the next step and waits up to
+/// `wait` for it to exit.
+fn escalate<C: Contract, D: Driver<C>>(
+    worker: &mut Worker<C, D>,
+    exited: bool,
+    wait: Duration,
+    step: Escalation,
+) -> impl ActorFuture<Worker<C, D>, Output = bool> {
+    let waited = match worker.stream_link() {
+        Some(link) if !exited => {
+            tracing::debug!(pid = ?link.pid(), ?step, "worker still running while closing");
+            match step {
+                Escalation::Terminate => link.terminate(),
+                Escalation::Kill => link.kill(),
+            }
+            Some(link.exited_within(wait))
+        }
+        _ => None,
+    };
+    async move {
+        match waited {
+            Some(waited) => waited.await,
+            None => true,
+        }
+    }
+    .into_actor(worker)
 }
 
 impl<C: Contract, D: Driver<C>> Worker<C, D> {

@@ -422,6 +422,13 @@ impl StreamLink {
         self.write(Frame::bare(Header::Shutdown));
     }
 
+    /// Asks the worker process to stop (SIGTERM), if there is one.
+    pub(super) fn terminate(&self) {
+        if let Some(process) = &self.process {
+            process.terminate();
+        }
+    }
+
     /// Kills the worker process, if there is one.
     pub(super) fn kill(&mut self) {
         if let Some(process) = &mut self.process {

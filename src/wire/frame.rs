@@ -3,7 +3,7 @@
 //! copying the payload.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use tokio_util::codec::{Decoder, Encoder, LengthDelimitedCodec};
+use tokio_util::codec::{Decoder, Encoder};
 
 use super::envelope::Header;
 
@@ -28,26 +28,20 @@ impl Frame {
 const PREFIX_LEN: usize = 8;
 
 /// Encodes and decodes [`Frame`]s. The length prefix is checked against the
-/// maximum before any buffer grows to hold the body
-/// (`tokio_util`'s `LengthDelimitedCodec` does the bounded read).
+/// maximum before any buffer grows to hold the body.
+///
+/// Written by hand rather than on `tokio_util`'s `LengthDelimitedCodec`:
+/// that codec consumes the prefix before the body arrives, so a check of
+/// the prefix cannot tell a new frame from the middle of one.
 #[derive(Debug)]
 pub(crate) struct FrameCodec {
-    lengths: LengthDelimitedCodec,
     max_frame_len: usize,
 }
 
 impl FrameCodec {
     /// A codec that accepts bodies of at most `max_frame_len` bytes.
     pub(crate) fn new(max_frame_len: usize) -> Self {
-        let lengths = LengthDelimitedCodec::builder()
-            .length_field_type::<u32>()
-            .little_endian()
-            .max_frame_length(max_frame_len)
-            .new_codec();
-        Self {
-            lengths,
-            max_frame_len,
-        }
+        Self { max_frame_len }
     }
 }
 
@@ -67,19 +61,28 @@ impl Decoder for FrameCodec {
     type Error = FrameError;
 
     fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, FrameError> {
-        if src.len() >= 4 {
-            let claimed = u32::from_le_bytes([src[0], src[1], src[2], src[3]]) as usize;
-            if claimed > self.max_frame_len {
-                return Err(FrameError::TooLarge {
-                    size: claimed,
-                    limit: self.max_frame_len,
-                });
-            }
-        }
-        let Some(body) = self.lengths.decode(src)? else {
+        // The length prefix stays in the buffer until the whole frame has
+        // arrived, so it is read (and checked) at the start of every frame
+        // and never mistaken for bytes inside one.
+        let Some(prefix) = src.get(..4) else {
             return Ok(None);
         };
-        parse_body(body.freeze()).map(Some)
+        let body_len = u32::from_le_bytes([prefix[0], prefix[1], prefix[2], prefix[3]]) as usize;
+        if body_len > self.max_frame_len {
+            return Err(FrameError::TooLarge {
+                size: body_len,
+                limit: self.max_frame_len,
+            });
+        }
+        let frame_len = 4 + body_len;
+        if src.len() < frame_len {
+            // Room for the rest of this frame, and no more.
+            src.reserve(frame_len - src.len());
+            return Ok(None);
+        }
+        let mut frame = src.split_to(frame_len);
+        frame.advance(4);
+        parse_body(frame.freeze()).map(Some)
     }
 }
 

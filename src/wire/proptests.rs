@@ -449,13 +449,11 @@ proptest! {
         prop_assert_eq!(split.error.is_some(), whole.error.is_some());
     }
 
-    /// Property 2c: nor does the kind of error a stream fails with.
-    ///
-    /// KNOWN BUG in `FrameCodec::decode` (src/wire/frame.rs), hence ignored;
-    /// see [`known_bug_a_header_length_mid_frame_is_taken_for_a_body_length`]
-    /// for the smallest case. Run it with `-- --include-ignored`.
+    /// Property 2c: nor does the kind of error a stream fails with. (It
+    /// found a decoder that took a header length read mid-frame for a body
+    /// length; see
+    /// [`regression_a_header_length_mid_frame_is_not_taken_for_a_body_length`].)
     #[test]
-    #[ignore = "known bug in FrameCodec::decode: see known_bug_a_header_length_mid_frame_is_taken_for_a_body_length"]
     fn the_error_does_not_depend_on_reads(
         stream in hostile_stream(),
         reads in read_sizes(),
@@ -575,21 +573,14 @@ proptest! {
     }
 }
 
-/// KNOWN BUG in `FrameCodec::decode` (src/wire/frame.rs), found by
-/// [`the_error_does_not_depend_on_reads`]; ignored until frame.rs is fixed.
-///
-/// The oversize pre-check reads the first four buffered bytes as a body
-/// length on every call, also when the inner `LengthDelimitedCodec` has
-/// already consumed this frame's length and is waiting for the rest of its
-/// body. Those four bytes are then the body's *header length*. So a malformed
-/// frame whose header length is over the limit is refused as
-/// `TooLarge { size: <header length> }` when its body arrives in more than
-/// one read, but as `Malformed` when it arrives whole. Valid streams are not
-/// affected (a valid header length is below the limit), and the connection is
-/// dropped either way; the error, and its message, depend on the reads.
+/// Regression, found by [`the_error_does_not_depend_on_reads`]: the
+/// decoder's oversize check once read the first four buffered bytes as a
+/// body length on every call, also in the middle of a frame, where they are
+/// the body's header length. A malformed frame whose header length is over
+/// the limit was then refused as `TooLarge` when its body arrived in pieces,
+/// but as `Malformed` when it arrived whole.
 #[test]
-#[ignore = "known bug in FrameCodec::decode: a header length read mid-frame is taken for a body length"]
-fn known_bug_a_header_length_mid_frame_is_taken_for_a_body_length() {
+fn regression_a_header_length_mid_frame_is_not_taken_for_a_body_length() {
     // Body length 4; the body is a header length of LIMIT + 1 and nothing else.
     let mut stream = 4u32.to_le_bytes().to_vec();
     stream.extend_from_slice(&(LIMIT as u32 + 1).to_le_bytes());

@@ -3,6 +3,7 @@
 //! actor, dispatching each request by its wire name.
 
 use std::ffi::OsStr;
+use std::time::Duration;
 
 use actix::prelude::*;
 use interprocess::local_socket::tokio::{prelude::*, Stream as LocalStream};
@@ -67,18 +68,25 @@ where
     }
     let socket = std::env::var_os(env::SOCKET).unwrap_or_default();
     let token = std::env::var(env::TOKEN).unwrap_or_default();
-    let max_frame_len = std::env::var(env::MAX_FRAME)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(crate::WorkerOptions::default().max_frame_len);
+    let defaults = crate::WorkerOptions::default();
+    let max_frame_len =
+        env_number(env::MAX_FRAME).unwrap_or(defaults.max_frame_len as u64) as usize;
+    let grace = env_number(env::GRACE_MS).map_or(defaults.close_grace, Duration::from_millis);
     // Nothing the worker starts (code it runs, workers it spawns) inherits
     // the secret or mistakes itself for this worker.
-    for key in [env::NAME, env::SOCKET, env::TOKEN, env::MAX_FRAME] {
+    for key in [
+        env::NAME,
+        env::SOCKET,
+        env::TOKEN,
+        env::MAX_FRAME,
+        env::GRACE_MS,
+    ] {
         std::env::remove_var(key);
     }
     panic::install_hook();
     let routes = C::routes();
     let system = System::new();
+    let socket_path = std::path::PathBuf::from(&socket);
     let served = system.block_on(async move {
         let stream = socket
             .to_fs_name::<GenericFilePath>()
@@ -90,7 +98,7 @@ where
             writer: Box::new(writer),
             token,
             max_frame_len,
-            ends_process: true,
+            process: Some(grace),
         };
         start_server::<C, A>(served, routes, factory());
         Ok::<_, std::io::Error>(())
@@ -100,7 +108,29 @@ where
         std::process::exit(1);
     }
     let code = system.run_with_code().unwrap_or(1);
+    remove_socket_directory(&socket_path);
     std::process::exit(code);
+}
+
+fn env_number(key: &str) -> Option<u64> {
+    std::env::var(key).ok()?.parse().ok()
+}
+
+/// Removes the private directory holding the worker's socket, so that a
+/// worker whose host died leaves nothing behind. (A living host removes it
+/// too; whichever comes second finds nothing to do.) Only a directory of
+/// the shape the host makes is touched.
+fn remove_socket_directory(socket: &std::path::Path) {
+    let Some(dir) = socket.parent() else {
+        return;
+    };
+    let ours = dir
+        .file_name()
+        .and_then(OsStr::to_str)
+        .is_some_and(|name| name.starts_with(crate::driver::child_process::DIR_PREFIX));
+    if ours {
+        let _ = std::fs::remove_dir_all(dir);
+    }
 }
 
 /// Serves `actor` for contract `C` over any byte stream, on the current
@@ -123,7 +153,7 @@ where
         writer: Box::new(writer),
         token: String::new(),
         max_frame_len: options.max_frame_len,
-        ends_process: false,
+        process: None,
     };
     start_server::<C, A>(served, C::routes(), actor);
 }
@@ -134,7 +164,9 @@ struct Served {
     writer: Box<dyn AsyncWrite + Unpin>,
     token: String,
     max_frame_len: usize,
-    ends_process: bool,
+    /// For a worker process: how long its actor gets to stop when asked.
+    /// `None` for a worker served in-process, whose end stops only itself.
+    process: Option<Duration>,
 }
 
 fn start_server<C, A>(served: Served, routes: Routes<A, C::Serializer>, actor: A)
@@ -142,13 +174,17 @@ where
     C: ServedBy<A>,
     A: Actor<Context = Context<A>>,
 {
-    let actor = actor.start();
+    // Run the actor's context ourselves, to learn when it has stopped (its
+    // `stopped` hook done) or panicked, even while no request is in flight.
+    let actor_context = Context::<A>::new();
+    let actor_addr = actor_context.address();
+    let actor_ended = actix_rt::spawn(actor_context.into_future(actor));
     let Served {
         reader,
         writer,
         token,
         max_frame_len,
-        ends_process,
+        process,
     } = served;
     server::Server::create(move |ctx| {
         ctx.add_stream(FramedRead::new(reader, FrameCodec::new(max_frame_len)));
@@ -164,17 +200,26 @@ where
             serializer: <C::Serializer as Serializer>::NAME.to_owned(),
         })));
         ctx.spawn(server::Dispatcher);
+        ctx.spawn(actix::fut::wrap_future(actor_ended).map(
+            |ended, server: &mut server::Server<A, C::Serializer>, ctx| {
+                server.actor_ended(ended, ctx)
+            },
+        ));
+        if process.is_some() {
+            server::Server::on_terminate_signal(ctx);
+        }
         server::Server {
-            actor,
+            actor: Some(actor_addr),
             routes,
             writer,
             max_frame_len,
             running: Default::default(),
             cancels: Default::default(),
-            wake_running: None,
+            waker: None,
             scratch: Default::default(),
             exit_code: 0,
-            ends_process,
+            process,
+            stopping: false,
         }
     });
 }

@@ -33,8 +33,35 @@ pub struct WorkerOptions {
     pub max_queued: usize,
     /// Largest frame either side accepts, in bytes. Default 16 MiB.
     pub max_frame_len: usize,
+    /// At most this many restarts of a crashed worker within
+    /// [`restart_window`](Self::restart_window); one more and the proxy
+    /// gives up (every request then fails with `WorkerError::GaveUp`).
+    /// Default 5.
+    pub max_restarts: u32,
+    /// See [`max_restarts`](Self::max_restarts). Default 60 s.
+    pub restart_window: Duration,
     /// Request timeouts that differ from `request_timeout`, by wire name.
     timeouts: HashMap<&'static str, Duration>,
+    /// Crash policies that differ from `Reject`, by wire name.
+    policies: HashMap<&'static str, CrashPolicy>,
+}
+
+/// What happens to a request in flight when its worker crashes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum CrashPolicy {
+    /// Resolve it with `WorkerError::Crashed` (the default).
+    #[default]
+    Reject,
+    /// Send it again, to a fresh worker, up to `attempts` more times; the
+    /// last failure is `Crashed` with `attempt` = 1 + `attempts`. For
+    /// requests that are safe to run twice. Workers that move messages
+    /// instead of copying them (the thread driver) cannot retry: the message
+    /// went down with the worker's actor, so there it acts as `Reject`.
+    Retry {
+        /// How many times to try again after the first try.
+        attempts: u32,
+    },
 }
 
 impl Default for WorkerOptions {
@@ -46,7 +73,10 @@ impl Default for WorkerOptions {
             max_in_flight: 1024,
             max_queued: 65_536,
             max_frame_len: 16 * 1024 * 1024,
+            max_restarts: 5,
+            restart_window: Duration::from_secs(60),
             timeouts: HashMap::new(),
+            policies: HashMap::new(),
         }
     }
 }
@@ -94,6 +124,26 @@ impl WorkerOptions {
             .get(message)
             .copied()
             .unwrap_or(self.request_timeout)
+    }
+
+    /// Sets what happens to requests of message type `M` when the worker
+    /// crashes while they are in flight.
+    pub fn on_crash<M: WorkerMessage>(mut self, policy: CrashPolicy) -> Self {
+        self.policies.insert(M::NAME, policy);
+        self
+    }
+
+    /// The crash policy of the message with wire name `message`.
+    pub fn crash_policy_of(&self, message: &str) -> CrashPolicy {
+        self.policies.get(message).copied().unwrap_or_default()
+    }
+
+    /// Sets [`max_restarts`](Self::max_restarts) within
+    /// [`restart_window`](Self::restart_window).
+    pub fn restart_budget(mut self, max_restarts: u32, window: Duration) -> Self {
+        self.max_restarts = max_restarts;
+        self.restart_window = window;
+        self
     }
 
     /// Sets [`close_grace`](Self::close_grace).

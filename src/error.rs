@@ -34,6 +34,18 @@ pub enum WorkerError {
         /// Which attempt this was; 1 for the first try.
         attempt: u32,
     },
+    /// The worker kept crashing: it was restarted as often as
+    /// [`WorkerOptions::max_restarts`](crate::WorkerOptions::max_restarts)
+    /// allows, and the proxy gave up on it.
+    #[error("gave up on the worker after {restarts} restarts within {within:?}; last: {last}")]
+    GaveUp {
+        /// Restarts made within the window.
+        restarts: u32,
+        /// The restart window.
+        within: Duration,
+        /// What went wrong last (a crash or a failed start).
+        last: String,
+    },
     /// The worker was closed; it accepts no more requests.
     #[error("the worker is closed")]
     Closed,

@@ -12,7 +12,7 @@ pub mod worker;
 #[doc(hidden)]
 pub mod testing;
 
-pub use config::WorkerOptions;
+pub use config::{CrashPolicy, WorkerOptions};
 pub use contract::{Contract, InContract, LocalOnly, Portable, WorkerMessage};
 pub use driver::{ChildProcess, Connection, Driver, Thread};
 pub use error::{CrashReason, RemoteError, SpawnError, WorkerError};

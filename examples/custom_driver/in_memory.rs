@@ -6,6 +6,8 @@
 //!
 //! Shared by `examples/custom_driver` and the conformance tests.
 
+use std::sync::Arc;
+
 use actix::prelude::*;
 use futures::future::LocalBoxFuture;
 use isolated_workers::driver::Connection;
@@ -17,14 +19,14 @@ const PIPE_CAPACITY: usize = 256 * 1024;
 
 /// Serves the actor its factory makes over an in-memory stream.
 pub struct InMemory<A> {
-    factory: Box<dyn FnOnce() -> A + Send>,
+    factory: Arc<dyn Fn() -> A + Send + Sync>,
 }
 
 impl<A> InMemory<A> {
-    /// A driver for the actor `factory` makes.
-    pub fn new(factory: impl FnOnce() -> A + Send + 'static) -> Self {
+    /// A driver for the actor `factory` makes (again after each crash).
+    pub fn new(factory: impl Fn() -> A + Send + Sync + 'static) -> Self {
         Self {
-            factory: Box::new(factory),
+            factory: Arc::new(factory),
         }
     }
 }
@@ -35,12 +37,12 @@ where
     A: Actor<Context = Context<A>>,
 {
     fn launch(
-        self,
+        &self,
         options: &WorkerOptions,
     ) -> LocalBoxFuture<'static, Result<Connection, SpawnError>> {
         let (host_end, worker_end) = tokio::io::duplex(PIPE_CAPACITY);
         let arbiter = Arbiter::new();
-        let factory = self.factory;
+        let factory = self.factory.clone();
         let options = options.clone();
         arbiter.spawn_fn(move || serve_io::<C, A, _>(worker_end, factory(), &options));
         // The proxy checks the worker's Hello itself; nothing to

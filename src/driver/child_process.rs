@@ -159,10 +159,10 @@ impl ChildProcess {
 
 impl<C: Contract> Driver<C> for ChildProcess {
     fn launch(
-        self,
+        &self,
         options: &WorkerOptions,
     ) -> LocalBoxFuture<'static, Result<Connection, SpawnError>> {
-        Box::pin(self.spawn_and_handshake::<C>(options.clone()))
+        Box::pin(self.clone().spawn_and_handshake::<C>(options.clone()))
     }
 }
 

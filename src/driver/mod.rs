@@ -52,14 +52,15 @@ pub(crate) use thread::LocalLink;
 ///
 /// A driver's capabilities are the marker traits it implements:
 /// [`CanReconnect`], [`CanDetach`], [`SharesMemory`].
-pub trait Driver<C: Contract>: Sized + 'static {
+pub trait Driver<C: Contract>: Sized + Unpin + 'static {
     /// Starts the worker; resolves once it is ready to serve, within
-    /// [`WorkerOptions::startup_timeout`].
+    /// [`WorkerOptions::startup_timeout`]. Called again to start a fresh
+    /// worker after a crash.
     ///
     /// # Errors
     /// A [`SpawnError`] naming why the worker could not be started.
     fn launch(
-        self,
+        &self,
         options: &WorkerOptions,
     ) -> LocalBoxFuture<'static, Result<Connection, SpawnError>>;
 }

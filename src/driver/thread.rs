@@ -8,6 +8,7 @@
 //! message), but not from an abort, a segfault or a runaway allocation.
 
 use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
 use std::thread::ThreadId;
 
 use actix::prelude::*;
@@ -43,7 +44,7 @@ use crate::worker::routes::{Recipients, ServedBy};
 /// # Ok(()) }
 /// ```
 pub struct Thread<A> {
-    factory: Box<dyn FnOnce() -> A + Send>,
+    factory: Arc<dyn Fn() -> A + Send + Sync>,
 }
 
 impl<A> std::fmt::Debug for Thread<A> {
@@ -55,10 +56,11 @@ impl<A> std::fmt::Debug for Thread<A> {
 }
 
 impl<A: Actor<Context = Context<A>>> Thread<A> {
-    /// A driver that starts the actor `factory` makes, on a new arbiter.
-    pub fn new(factory: impl FnOnce() -> A + Send + 'static) -> Self {
+    /// A driver that starts the actor `factory` makes, on a new arbiter
+    /// (again after each crash).
+    pub fn new(factory: impl Fn() -> A + Send + Sync + 'static) -> Self {
         Self {
-            factory: Box::new(factory),
+            factory: Arc::new(factory),
         }
     }
 }
@@ -85,15 +87,15 @@ where
     A: Actor<Context = Context<A>>,
 {
     fn launch(
-        self,
+        &self,
         options: &WorkerOptions,
     ) -> LocalBoxFuture<'static, Result<Connection, SpawnError>> {
         let startup = options.startup_timeout;
+        let factory = self.factory.clone();
         Box::pin(async move {
             panic::install_hook();
             let arbiter = Arbiter::new();
             let (started_tx, started) = oneshot::channel();
-            let factory = self.factory;
             arbiter.spawn_fn(move || {
                 let thread = std::thread::current().id();
                 let actor = std::panic::catch_unwind(AssertUnwindSafe(|| factory().start()));

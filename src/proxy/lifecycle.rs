@@ -59,12 +59,21 @@ pub enum WorkerState {
     Closing,
     /// Closed: the worker is gone and its resources are released.
     Closed,
-    /// The worker died without being asked to.
+    /// The worker died without being asked to; the next request starts a
+    /// fresh one.
     Crashed {
         /// Exit code, signal, or lost connection.
         reason: CrashReason,
         /// What the worker said before dying, if anything.
         message: Option<String>,
+    },
+    /// The worker crashed more often than the restart budget allows; the
+    /// proxy no longer restarts it and fails every request.
+    GaveUp {
+        /// Restarts made within the restart window.
+        restarts: u32,
+        /// What went wrong last.
+        last: String,
     },
 }
 

@@ -8,15 +8,17 @@
 //! capabilities allow. A message outside that set does not compile, and the
 //! compiler says which worker does not accept which message, and why.
 
+use std::collections::VecDeque;
 use std::marker::PhantomData;
+use std::time::Instant;
 
 use actix::dev::MessageResponse;
 use actix::prelude::*;
 
 use crate::config::WorkerOptions;
 use crate::contract::Contract;
-use crate::driver::{ChildProcess, ConnectionKind, Driver};
-use crate::error::{SpawnError, WorkerError};
+use crate::driver::{ChildProcess, Connection, ConnectionKind, Driver};
+use crate::error::{CrashReason, SpawnError, WorkerError};
 
 mod lifecycle;
 mod local;
@@ -59,6 +61,10 @@ pub struct Worker<C: Contract, D: Driver<C> = ChildProcess> {
     options: WorkerOptions,
     state: WorkerState,
     link: Link,
+    /// Starts a fresh worker after a crash.
+    driver: D,
+    /// When the worker was restarted, within the restart window.
+    restarts: VecDeque<Instant>,
     _contract: PhantomData<fn() -> (C, D)>,
 }
 
@@ -71,6 +77,22 @@ enum Link {
     Local(local::LocalState),
     /// Released after `Close`.
     Released,
+}
+
+impl Link {
+    /// The proxy's side of a freshly started worker.
+    fn start<C: Contract, D: Driver<C>>(
+        connection: Connection,
+        options: &WorkerOptions,
+        ctx: &mut Context<Worker<C, D>>,
+    ) -> Self {
+        match connection.kind {
+            ConnectionKind::Stream(stream) => {
+                Link::Stream(stream::StreamLink::start(stream, options, ctx))
+            }
+            ConnectionKind::Local(local) => Link::Local(local::LocalState::new(local, options)),
+        }
+    }
 }
 
 impl<C: Contract, D: Driver<C>> std::fmt::Debug for Worker<C, D> {
@@ -116,22 +138,81 @@ impl<C: Contract, D: Driver<C>> Worker<C, D> {
     pub async fn spawn_with(driver: D, options: WorkerOptions) -> Result<Addr<Self>, SpawnError> {
         let connection = driver.launch(&options).await?;
         Ok(Worker::create(move |ctx| {
-            let link = match connection.kind {
-                ConnectionKind::Stream(stream) => {
-                    ctx.spawn(stream::Timekeeper::new());
-                    Link::Stream(stream::StreamLink::start(stream, &options, ctx))
-                }
-                ConnectionKind::Local(local) => {
-                    Link::Local(local::LocalState::new(local, &options))
-                }
-            };
+            ctx.spawn(stream::Timekeeper::new());
+            let link = Link::start(connection, &options, ctx);
             Worker {
                 options,
                 state: WorkerState::Running,
                 link,
+                driver,
+                restarts: VecDeque::new(),
                 _contract: PhantomData,
             }
         }))
+    }
+
+    /// Whether the worker is dead and a fresh one may be started for the
+    /// next request.
+    fn needs_respawn(&self) -> bool {
+        matches!(self.state, WorkerState::Crashed { .. })
+    }
+
+    /// Starts a fresh worker in place of a crashed one, then sends it the
+    /// requests to `retry`. The proxy handles no other message meanwhile
+    /// (senders wait in its mailbox), so requests keep their order. Gives
+    /// up, failing everything, once the restart budget is spent.
+    fn respawn(&mut self, ctx: &mut Context<Self>, retry: Vec<stream::Retry>) {
+        let now = Instant::now();
+        let window = self.options.restart_window;
+        self.restarts.retain(|at| now.duration_since(*at) < window);
+        if self.restarts.len() >= self.options.max_restarts as usize {
+            let last = match &self.state {
+                WorkerState::Crashed { reason, message } => match message {
+                    Some(message) => format!("crashed ({reason}): {message}"),
+                    None => format!("crashed ({reason})"),
+                },
+                other => format!("{other:?}"),
+            };
+            tracing::error!(contract = C::NAME, restarts = self.restarts.len(), %last, "worker keeps crashing; giving up");
+            self.state = WorkerState::GaveUp {
+                restarts: self.restarts.len() as u32,
+                last,
+            };
+            let error = self.unavailable().unwrap_or(WorkerError::Closed);
+            for request in retry {
+                request.fail(error.clone());
+            }
+            return;
+        }
+        self.restarts.push_back(now);
+        tracing::info!(
+            contract = C::NAME,
+            restart = self.restarts.len(),
+            "starting a fresh worker"
+        );
+        let launched = self.driver.launch(&self.options);
+        ctx.wait(launched.into_actor(self).map(move |launched, worker, ctx| match launched {
+            Ok(connection) => {
+                worker.link = Link::start(connection, &worker.options, ctx);
+                worker.state = WorkerState::Running;
+                if let Link::Stream(link) = &mut worker.link {
+                    for request in retry {
+                        link.resubmit(request, worker.options.max_in_flight);
+                    }
+                }
+            }
+            Err(error) => {
+                tracing::warn!(contract = C::NAME, %error, "a fresh worker failed to start");
+                worker.state = WorkerState::Crashed {
+                    reason: CrashReason::ConnectionLost,
+                    message: Some(format!("restart failed: {error}")),
+                };
+                let error = worker.unavailable().unwrap_or(WorkerError::Closed);
+                for request in retry {
+                    request.fail(error.clone());
+                }
+            }
+        }));
     }
 
     /// The error a request gets when the worker can no longer take it.
@@ -143,6 +224,11 @@ impl<C: Contract, D: Driver<C>> Worker<C, D> {
                 reason: reason.clone(),
                 message: message.clone(),
                 attempt: 1,
+            }),
+            WorkerState::GaveUp { restarts, last } => Some(WorkerError::GaveUp {
+                restarts: *restarts,
+                within: self.options.restart_window,
+                last: last.clone(),
             }),
         }
     }

@@ -19,6 +19,15 @@ where
     type Response = Reply<M>;
 
     fn handle(self, worker: &mut Worker<C, D>, ctx: &mut Context<Worker<C, D>>) -> Reply<M> {
+        if worker.needs_respawn() {
+            // Start a fresh worker, then handle this message again: it
+            // waits in the mailbox behind the restart.
+            worker.respawn(ctx, Vec::new());
+            let again = ctx.address().send(self);
+            return Reply::later(Box::pin(async move {
+                again.await.unwrap_or(Err(WorkerError::Closed))
+            }));
+        }
         if let Some(error) = worker.unavailable() {
             return Reply::now(Err(error));
         }

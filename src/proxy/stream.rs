@@ -24,7 +24,7 @@ use tokio::io::AsyncWrite;
 use tokio_util::codec::FramedRead;
 
 use super::{Link, Worker, WorkerState};
-use crate::config::WorkerOptions;
+use crate::config::{CrashPolicy, WorkerOptions};
 use crate::contract::{Contract, WorkerMessage};
 use crate::driver::{Driver, ProcessHandle, StreamConnection};
 use crate::error::{CrashReason, WorkerError};
@@ -82,6 +82,10 @@ struct Pending {
     message: &'static str,
     timeout: Duration,
     deadline: Instant,
+    /// Which try this is; 1 for the first.
+    attempt: u32,
+    /// The encoded request, kept while its crash policy may send it again.
+    retry_payload: Option<Bytes>,
     /// Who waits for the outcome; `None` for `do_send` (nobody waits, but
     /// the request still runs).
     caller: Option<Box<dyn Caller>>,
@@ -114,6 +118,26 @@ impl<M: WorkerMessage> Caller for TypedCaller<M> {
 
     fn gone(&self) -> bool {
         self.reply.is_closed()
+    }
+}
+
+/// A request whose worker crashed, to be sent again to a fresh one.
+pub(super) struct Retry {
+    message: &'static str,
+    payload: Bytes,
+    timeout: Duration,
+    /// The first try's deadline: retries do not extend it.
+    deadline: Instant,
+    attempt: u32,
+    caller: Option<Box<dyn Caller>>,
+}
+
+impl Retry {
+    /// Gives up on the request with `error`.
+    pub(super) fn fail(self, error: WorkerError) {
+        if let Some(caller) = self.caller {
+            caller.resolve(Err(error));
+        }
     }
 }
 
@@ -264,41 +288,112 @@ impl StreamLink {
                 limit: options.max_frame_len,
             }));
         }
-        let id = self.next_id;
-        self.next_id += 1;
         let timeout = options.timeout_of(M::NAME);
-        let deadline = Instant::now() + timeout;
-        let mut requests = self.requests.borrow_mut();
-        requests.pending.insert(
-            id,
-            Pending {
-                message: M::NAME,
-                timeout,
-                deadline,
-                caller: None,
-                sent: can_send,
-            },
-        );
-        requests.deadlines.insert((deadline, id));
-        drop(requests);
-        let frame = Frame {
-            header: Header::Request {
-                id,
-                name: Cow::Borrowed(M::NAME),
-            },
-            payload,
+        let retry_payload = match options.crash_policy_of(M::NAME) {
+            CrashPolicy::Retry { attempts } if attempts > 0 => Some(payload.clone()),
+            _ => None,
         };
-        if can_send {
-            self.in_flight += 1;
-            self.write(frame);
-        } else {
-            self.queue.push_back(frame);
-        }
+        let id = self.register(Pending {
+            message: M::NAME,
+            timeout,
+            deadline: Instant::now() + timeout,
+            attempt: 1,
+            retry_payload,
+            caller: None,
+            sent: can_send,
+        });
+        self.send_or_queue(id, M::NAME, payload, can_send);
         Reply(ReplyKind::Registered {
             requests: self.requests.clone(),
             id,
             decode: M::decode_reply::<S>,
         })
+    }
+
+    /// Adds a request to the table under a fresh id.
+    fn register(&mut self, pending: Pending) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        let mut requests = self.requests.borrow_mut();
+        requests.deadlines.insert((pending.deadline, id));
+        requests.pending.insert(id, pending);
+        id
+    }
+
+    fn send_or_queue(&mut self, id: u64, message: &'static str, payload: Bytes, send: bool) {
+        let frame = Frame {
+            header: Header::Request {
+                id,
+                name: Cow::Borrowed(message),
+            },
+            payload,
+        };
+        if send {
+            self.in_flight += 1;
+            self.write(frame);
+        } else {
+            self.queue.push_back(frame);
+        }
+    }
+
+    /// The worker crashed: resolves each request `Crashed`, except those
+    /// its crash policy sends again, which are returned for a fresh worker.
+    pub(super) fn crashed(
+        &mut self,
+        options: &WorkerOptions,
+        reason: &CrashReason,
+        message: &Option<String>,
+    ) -> Vec<Retry> {
+        self.queue.clear();
+        self.in_flight = 0;
+        let drained = std::mem::take(&mut *self.requests.borrow_mut());
+        let mut retries = Vec::new();
+        for (_, pending) in drained.pending {
+            let retry = match options.crash_policy_of(pending.message) {
+                CrashPolicy::Retry { attempts } => pending.attempt <= attempts,
+                CrashPolicy::Reject => false,
+            };
+            match (retry, pending.retry_payload) {
+                (true, Some(payload)) => retries.push(Retry {
+                    message: pending.message,
+                    payload,
+                    timeout: pending.timeout,
+                    deadline: pending.deadline,
+                    attempt: pending.attempt + 1,
+                    caller: pending.caller,
+                }),
+                _ => {
+                    if let Some(caller) = pending.caller {
+                        caller.resolve(Err(WorkerError::Crashed {
+                            reason: reason.clone(),
+                            message: message.clone(),
+                            attempt: pending.attempt,
+                        }));
+                    }
+                }
+            }
+        }
+        retries
+    }
+
+    /// Sends a request again, to this (fresh) worker.
+    pub(super) fn resubmit(&mut self, retry: Retry, max_in_flight: usize) {
+        tracing::debug!(
+            message = retry.message,
+            attempt = retry.attempt,
+            "retrying a request on a fresh worker"
+        );
+        let send = self.in_flight < max_in_flight;
+        let id = self.register(Pending {
+            message: retry.message,
+            timeout: retry.timeout,
+            deadline: retry.deadline,
+            attempt: retry.attempt,
+            retry_payload: Some(retry.payload.clone()),
+            caller: retry.caller,
+            sent: send,
+        });
+        self.send_or_queue(id, retry.message, retry.payload, send);
     }
 
     fn write(&mut self, frame: Frame) {
@@ -466,8 +561,10 @@ impl<C: Contract, D: Driver<C>> Worker<C, D> {
         let Some(link) = self.stream_link() else {
             return;
         };
-        if link.writer.take().is_none() {
-            return; // already handled
+        match link.writer.take() {
+            // Let actix's writer finish (and leave the context) now.
+            Some(mut writer) => writer.close(),
+            None => return, // already handled
         }
         if detail.is_some() {
             // The worker broke the protocol: it cannot be trusted to go on.
@@ -483,7 +580,7 @@ impl<C: Contract, D: Driver<C>> Worker<C, D> {
                 None => None,
             }
         };
-        ctx.wait(waited.into_actor(self).map(move |exit, act, _| {
+        ctx.wait(waited.into_actor(self).map(move |exit, act, ctx| {
             let Link::Stream(link) = &mut act.link else {
                 return;
             };
@@ -499,14 +596,17 @@ impl<C: Contract, D: Driver<C>> Worker<C, D> {
                 None => CrashReason::ConnectionLost,
             };
             let message = detail.or(last_words);
-            link.fail_all(|| WorkerError::Crashed {
-                reason: reason.clone(),
-                message: message.clone(),
-                attempt: 1,
-            });
+            let retries = link.crashed(&act.options, &reason, &message);
             if act.state == WorkerState::Running {
                 tracing::warn!(contract = C::NAME, pid = ?link.pid(), %reason, ?message, "worker crashed");
                 act.state = WorkerState::Crashed { reason, message };
+                if !retries.is_empty() {
+                    return act.respawn(ctx, retries);
+                }
+            }
+            let error = act.unavailable().unwrap_or(WorkerError::Closed);
+            for retry in retries {
+                retry.fail(error.clone());
             }
         }));
     }

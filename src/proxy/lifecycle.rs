@@ -47,6 +47,8 @@ pub struct WorkerStatus {
     pub in_flight: usize,
     /// Requests waiting for an in-flight slot.
     pub queued: usize,
+    /// Fresh workers started after crashes, within the restart window.
+    pub restarts: u32,
 }
 
 /// Where a worker is in its life.
@@ -176,6 +178,7 @@ impl<C: Contract, D: Driver<C>> Accepted<C, D> for Status {
             state: worker.state.clone(),
             in_flight,
             queued,
+            restarts: worker.restarts.len() as u32,
         })
     }
 }

@@ -7,11 +7,12 @@
 
 use std::any::Any;
 use std::borrow::Cow;
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
@@ -20,6 +21,7 @@ use actix::io::{FramedWrite, WriteHandler};
 use actix::prelude::*;
 use bytes::{Bytes, BytesMut};
 use futures::future::LocalBoxFuture;
+use futures::StreamExt;
 use tokio::io::AsyncWrite;
 use tokio_util::codec::FramedRead;
 
@@ -48,6 +50,11 @@ type Writer = FramedWrite<Frame, Box<dyn AsyncWrite + Unpin>, FrameCodec>;
 
 /// The proxy's state for a worker reached over a byte stream.
 pub(super) struct StreamLink {
+    /// Tells this connection's events from those of an earlier one.
+    link: u64,
+    /// Set when the connection is given up: its writer then discards what
+    /// is left instead of failing (and reporting a lost connection again).
+    severed: Rc<Cell<bool>>,
     /// `None` once the connection is gone.
     writer: Option<Writer>,
     process: Option<ProcessHandle>,
@@ -222,18 +229,29 @@ impl StreamLink {
         ctx: &mut Context<A>,
     ) -> Self
     where
-        A: Actor<Context = Context<A>>
-            + StreamHandler<Result<Frame, FrameError>>
-            + WriteHandler<FrameError>,
+        A: Actor<Context = Context<A>> + StreamHandler<Inbound> + WriteHandler<FrameError>,
     {
+        static LINK_IDS: AtomicU64 = AtomicU64::new(0);
+        let link = LINK_IDS.fetch_add(1, Ordering::Relaxed);
         let codec = || FrameCodec::new(options.max_frame_len);
-        ctx.add_stream(FramedRead::new(connection.reader, codec()));
-        let mut writer = FramedWrite::new(connection.writer, codec(), ctx);
+        let frames = FramedRead::new(connection.reader, codec())
+            .map(Some)
+            .chain(futures::stream::once(std::future::ready(None)));
+        ctx.add_stream(frames.map(move |event| Inbound { link, event }));
+        let severed = Rc::new(Cell::new(false));
+        let io = Severable {
+            inner: connection.writer,
+            severed: severed.clone(),
+        };
+        let mut writer =
+            FramedWrite::new(Box::new(io) as Box<dyn AsyncWrite + Unpin>, codec(), ctx);
         // Never pause the actor for a slow reader: the buffer is already
         // bounded by max_in_flight × max_frame_len, and pausing here is how
         // two peers that both write large frames deadlock.
         writer.set_buffer_capacity(0, usize::MAX);
         Self {
+            link,
+            severed,
             writer: Some(writer),
             process: connection.process,
             _resources: connection.resources,
@@ -562,8 +580,12 @@ impl<C: Contract, D: Driver<C>> Worker<C, D> {
             return;
         };
         match link.writer.take() {
-            // Let actix's writer finish (and leave the context) now.
-            Some(mut writer) => writer.close(),
+            Some(mut writer) => {
+                // Let actix's writer finish (and leave the context) now,
+                // without reporting errors of a connection given up.
+                link.severed.set(true);
+                writer.close();
+            }
             None => return, // already handled
         }
         if detail.is_some() {
@@ -640,8 +662,15 @@ impl<C: Contract, D: Driver<C>> Worker<C, D> {
     }
 }
 
-impl<C: Contract, D: Driver<C>> StreamHandler<Result<Frame, FrameError>> for Worker<C, D> {
-    fn handle(&mut self, item: Result<Frame, FrameError>, ctx: &mut Context<Self>) {
+impl<C: Contract, D: Driver<C>> StreamHandler<Inbound> for Worker<C, D> {
+    fn handle(&mut self, Inbound { link, event }: Inbound, ctx: &mut Context<Self>) {
+        let current = matches!(&self.link, Link::Stream(current) if current.link == link);
+        if !current {
+            return; // a connection already given up
+        }
+        let Some(item) = event else {
+            return self.connection_lost(None, ctx);
+        };
         let max_in_flight = self.options.max_in_flight;
         let frame = match item {
             Ok(frame) => frame,
@@ -677,10 +706,9 @@ impl<C: Contract, D: Driver<C>> StreamHandler<Result<Frame, FrameError>> for Wor
         }
     }
 
-    fn finished(&mut self, ctx: &mut Context<Self>) {
-        // The default would stop the actor; a closed or crashed worker keeps
-        // its proxy so that later sends get a clear error.
-        self.connection_lost(None, ctx);
+    fn finished(&mut self, _: &mut Context<Self>) {
+        // The end of a connection arrives as an event (its own `None`); the
+        // default here would stop the actor, which outlives its connections.
     }
 }
 
@@ -693,6 +721,53 @@ impl<C: Contract, D: Driver<C>> WriteHandler<FrameError> for Worker<C, D> {
     }
 
     fn finished(&mut self, _: &mut Self::Context) {}
+}
+
+/// What one connection's reader reports: a frame (or a read error), or,
+/// as `None`, its end; tagged with the connection it came from.
+pub(super) struct Inbound {
+    link: u64,
+    event: Option<Result<Frame, FrameError>>,
+}
+
+/// The writing end of a connection, which can be cut off: once severed,
+/// writes succeed without going anywhere.
+struct Severable {
+    inner: Box<dyn AsyncWrite + Unpin>,
+    severed: Rc<Cell<bool>>,
+}
+
+impl AsyncWrite for Severable {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        task: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        if self.severed.get() {
+            return Poll::Ready(Ok(buf.len()));
+        }
+        Pin::new(&mut self.inner).poll_write(task, buf)
+    }
+
+    fn poll_flush(
+        mut self: Pin<&mut Self>,
+        task: &mut std::task::Context<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        if self.severed.get() {
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_flush(task)
+    }
+
+    fn poll_shutdown(
+        mut self: Pin<&mut Self>,
+        task: &mut std::task::Context<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        if self.severed.get() {
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_shutdown(task)
+    }
 }
 
 /// Wakes the proxy at its requests' deadlines (and periodically while

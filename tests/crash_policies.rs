@@ -1,0 +1,270 @@
+//! What happens to requests when their worker crashes: rejected (the
+//! default) or retried on a fresh worker, and when the proxy stops
+//! restarting a worker that keeps crashing.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use actix::prelude::*;
+use futures::future::join_all;
+use isolated_workers::{
+    ChildProcess, CrashPolicy, CrashReason, Status, Thread, Worker, WorkerError, WorkerOptions,
+    WorkerState,
+};
+use libtest_mimic::Failed;
+use serde::{Deserialize, Serialize};
+use support::{actix_test, enqueue, fail, run};
+
+/// Panics unless the file `marker` exists, creating it first: the first
+/// worker to handle it dies, a fresh one answers (with its pid).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct CrashOnce {
+    marker: PathBuf,
+}
+
+/// Always panics.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct CrashAlways;
+
+/// Answers after `ms` milliseconds, with the worker's pid.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Nap {
+    ms: u64,
+}
+
+isolated_workers::contract! {
+    Flaky {
+        CrashOnce => u32,
+        CrashAlways => (),
+        Nap => u32,
+    }
+}
+
+/// Refuses to start while this file exists: a worker that dies on start-up.
+const START_BLOCKER_ENV: &str = "CRASH_POLICIES_START_BLOCKER";
+
+#[derive(Default)]
+struct FlakyWorker;
+
+impl Actor for FlakyWorker {
+    type Context = Context<Self>;
+}
+
+impl Handler<CrashOnce> for FlakyWorker {
+    type Result = Result<u32, WorkerError>;
+    fn handle(&mut self, crash: CrashOnce, _: &mut Context<Self>) -> Self::Result {
+        if std::fs::metadata(&crash.marker).is_err() {
+            std::fs::write(&crash.marker, b"crashed once").expect("marker written");
+            panic!("first try");
+        }
+        Ok(std::process::id())
+    }
+}
+
+impl Handler<CrashAlways> for FlakyWorker {
+    type Result = Result<(), WorkerError>;
+    fn handle(&mut self, _: CrashAlways, _: &mut Context<Self>) -> Self::Result {
+        panic!("always");
+    }
+}
+
+impl Handler<Nap> for FlakyWorker {
+    type Result = ResponseFuture<Result<u32, WorkerError>>;
+    fn handle(&mut self, nap: Nap, _: &mut Context<Self>) -> Self::Result {
+        Box::pin(async move {
+            tokio::time::sleep(Duration::from_millis(nap.ms)).await;
+            Ok(std::process::id())
+        })
+    }
+}
+
+fn flaky_worker() -> FlakyWorker {
+    if let Some(blocker) = std::env::var_os(START_BLOCKER_ENV) {
+        assert!(
+            std::fs::metadata(blocker).is_err(),
+            "refusing to start: the blocker file exists"
+        );
+    }
+    FlakyWorker
+}
+
+fn main() {
+    isolated_workers::worker_entry::<Flaky, _>("flaky", flaky_worker);
+    run(vec![
+        actix_test(
+            "a_crash_rejects_a_request_after_one_try_by_default",
+            rejects_by_default,
+        ),
+        actix_test(
+            "retry_tries_again_on_a_fresh_worker_which_answers",
+            retry_succeeds,
+        ),
+        actix_test(
+            "retry_gives_up_after_its_attempts_naming_the_last",
+            retry_exhausted,
+        ),
+        actix_test(
+            "a_crash_loop_stops_after_the_restart_budget",
+            crash_loop_gives_up,
+        ),
+        actix_test(
+            "kill_9_with_1000_retried_requests_in_flight_answers_each_once",
+            kill_storm_with_retry,
+        ),
+        actix_test(
+            "a_thread_worker_cannot_retry_a_moved_message",
+            thread_cannot_retry,
+        ),
+    ]);
+}
+
+fn flaky() -> ChildProcess {
+    ChildProcess::current_exe("flaky")
+}
+
+async fn spawn(options: WorkerOptions) -> Result<Addr<Worker<Flaky>>, Failed> {
+    Worker::spawn_with(flaky(), options).await.map_err(fail)
+}
+
+fn temp_dir() -> Result<tempfile::TempDir, Failed> {
+    tempfile::tempdir().map_err(fail)
+}
+
+fn crash_attempt(outcome: &Result<impl std::fmt::Debug, WorkerError>) -> Option<u32> {
+    match outcome {
+        Err(WorkerError::Crashed {
+            attempt,
+            reason: CrashReason::Exit(101) | CrashReason::Panic,
+            ..
+        }) => Some(*attempt),
+        _ => None,
+    }
+}
+
+async fn rejects_by_default() -> Result<(), Failed> {
+    let worker = spawn(WorkerOptions::default()).await?;
+    let dir = temp_dir()?;
+    let outcome = worker
+        .send(CrashOnce {
+            marker: dir.path().join("m"),
+        })
+        .await?;
+    assert_eq!(crash_attempt(&outcome), Some(1), "{outcome:?}");
+    worker.send(isolated_workers::Close).await?;
+    Ok(())
+}
+
+async fn retry_succeeds() -> Result<(), Failed> {
+    let options =
+        WorkerOptions::default().on_crash::<CrashOnce>(CrashPolicy::Retry { attempts: 1 });
+    let worker = spawn(options).await?;
+    let first_pid = worker.send(Status).await?.pid;
+    let dir = temp_dir()?;
+    let pid = worker
+        .send(CrashOnce {
+            marker: dir.path().join("m"),
+        })
+        .await?
+        .map_err(fail)?;
+    assert_ne!(Some(pid), first_pid, "answered by a fresh worker");
+    assert_eq!(worker.send(Status).await?.restarts, 1);
+    worker.send(isolated_workers::Close).await?;
+    Ok(())
+}
+
+async fn retry_exhausted() -> Result<(), Failed> {
+    let options =
+        WorkerOptions::default().on_crash::<CrashAlways>(CrashPolicy::Retry { attempts: 3 });
+    let worker = spawn(options).await?;
+    let outcome = worker.send(CrashAlways).await?;
+    assert_eq!(
+        crash_attempt(&outcome),
+        Some(4),
+        "the first try and 3 retries: {outcome:?}"
+    );
+    assert_eq!(worker.send(Status).await?.restarts, 3);
+    worker.send(isolated_workers::Close).await?;
+    Ok(())
+}
+
+async fn crash_loop_gives_up() -> Result<(), Failed> {
+    let dir = temp_dir()?;
+    let blocker = dir.path().join("blocker");
+    let driver = flaky().env(START_BLOCKER_ENV, &blocker);
+    let options = WorkerOptions::default().restart_budget(2, Duration::from_secs(60));
+    let worker = Worker::<Flaky, _>::spawn_with(driver, options)
+        .await
+        .map_err(fail)?;
+    // From now on no fresh worker can start.
+    std::fs::write(&blocker, b"no more").map_err(fail)?;
+    let crashed = worker.send(CrashAlways).await?;
+    assert_eq!(crash_attempt(&crashed), Some(1), "{crashed:?}");
+    let next = worker.send(Nap { ms: 1 }).await?;
+    match next {
+        Err(WorkerError::GaveUp {
+            restarts: 2,
+            ref last,
+            ..
+        }) => {
+            assert!(last.contains("restart failed"), "{last}");
+        }
+        other => return Err(format!("expected GaveUp after 2 restarts, got {other:?}").into()),
+    }
+    let status = worker.send(Status).await?;
+    assert!(
+        matches!(status.state, WorkerState::GaveUp { restarts: 2, .. }),
+        "{status:?}"
+    );
+    // It stays given up: no endless respawning.
+    assert!(matches!(
+        worker.send(Nap { ms: 1 }).await?,
+        Err(WorkerError::GaveUp { .. })
+    ));
+    worker.send(isolated_workers::Close).await?;
+    remove_if_present(&blocker);
+    Ok(())
+}
+
+fn remove_if_present(path: &Path) {
+    let _ = std::fs::remove_file(path);
+}
+
+async fn kill_storm_with_retry() -> Result<(), Failed> {
+    let options = WorkerOptions::default().on_crash::<Nap>(CrashPolicy::Retry { attempts: 1 });
+    let worker = spawn(options).await?;
+    let pid = worker.send(Status).await?.pid.ok_or("a child has a pid")?;
+    let naps: Vec<_> = (0..1000)
+        .map(|_| enqueue(&worker, Nap { ms: 300 }))
+        .collect();
+    // Every nap is in flight once Status (queued behind them) answers.
+    assert_eq!(worker.send(Status).await?.in_flight, 1000);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .map_err(fail)?;
+    let outcomes = tokio::time::timeout(Duration::from_secs(20), join_all(naps))
+        .await
+        .map_err(|_| "the retried naps did not all finish")?;
+    assert_eq!(outcomes.len(), 1000);
+    for outcome in outcomes {
+        let answered_by = outcome?.map_err(fail)?;
+        assert_ne!(answered_by, pid, "answered by the fresh worker");
+    }
+    worker.send(isolated_workers::Close).await?;
+    Ok(())
+}
+
+async fn thread_cannot_retry() -> Result<(), Failed> {
+    let options =
+        WorkerOptions::default().on_crash::<CrashAlways>(CrashPolicy::Retry { attempts: 3 });
+    let worker = Worker::<Flaky, _>::spawn_with(Thread::new(flaky_worker), options)
+        .await
+        .map_err(fail)?;
+    let outcome = worker.send(CrashAlways).await?;
+    assert_eq!(crash_attempt(&outcome), Some(1), "{outcome:?}");
+    worker.send(isolated_workers::Close).await?;
+    Ok(())
+}

@@ -25,7 +25,11 @@ pub enum WorkerError {
         message: &'static str,
     },
     /// The worker died while the request was in flight (or before it was sent).
-    #[error("the worker crashed ({reason}){}", message.as_deref().map(|m| format!(": {m}")).unwrap_or_default())]
+    #[error(
+        "the worker crashed ({reason}){}{}",
+        if *attempt > 1 { format!(" on attempt {attempt}") } else { String::new() },
+        message.as_deref().map(|m| format!(": {m}")).unwrap_or_default()
+    )]
     Crashed {
         /// Exit code, signal, or lost connection.
         reason: CrashReason,

@@ -14,9 +14,24 @@ use support::*;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 
+/// Set, to a socket path, in a copy of this binary run as `nobody`.
+const CONNECT_AS_NOBODY_ENV: &str = "BAD_INPUT_CONNECT_AS_NOBODY";
+
+/// How the copy run as `nobody` reports: refused as it should be, or not.
+const REFUSED: i32 = 0;
+const CONNECTED: i32 = 3;
+
 fn main() {
+    if let Some(socket) = std::env::var_os(CONNECT_AS_NOBODY_ENV) {
+        let refused = std::os::unix::net::UnixStream::connect(socket).is_err();
+        std::process::exit(if refused { REFUSED } else { CONNECTED });
+    }
     enter_workers();
     run(vec![
+        actix_test(
+            "another_user_cannot_reach_the_worker_socket",
+            another_user_cannot_reach_the_worker_socket,
+        ),
         actix_test(
             "impostors_on_the_socket_are_dropped_and_the_real_worker_is_accepted",
             impostors_on_the_socket_are_dropped_and_the_real_worker_is_accepted,
@@ -54,6 +69,28 @@ fn main() {
             a_payload_of_the_wrong_type_is_answered_decode_error_and_the_worker_serves_on,
         ),
     ]);
+}
+
+async fn another_user_cannot_reach_the_worker_socket() -> Result<(), Failed> {
+    if !nix::unistd::geteuid().is_root() {
+        println!("skipped: only root can run a process as `nobody` here");
+        return Ok(());
+    }
+    let worker = spawn_calc().await?;
+    let socket = ask(&worker, SocketPath).await?;
+    let status = tokio::process::Command::new(std::env::current_exe().map_err(fail)?)
+        .env(CONNECT_AS_NOBODY_ENV, &socket)
+        .uid(65534)
+        .gid(65534)
+        .status()
+        .await
+        .map_err(fail)?;
+    assert_eq!(status.code(), Some(REFUSED), "nobody connected to {socket}");
+    assert_eq!(
+        ask(&worker, ping("still mine")).await?.text,
+        "pong: still mine"
+    );
+    close(&worker).await
 }
 
 /// Short enough that a request sent to the wrong peer fails the test

@@ -14,7 +14,7 @@ pub mod rogue;
 pub mod skewed;
 
 use std::future::Future;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::sync::OnceLock;
@@ -117,10 +117,67 @@ pub struct Spins;
 pub struct CalcWorker {
     counter: u64,
     spins: Arc<AtomicU64>,
+    /// Where `stopped` writes [`stop_marker_text`], if anywhere.
+    stop_marker: Option<PathBuf>,
+    /// Whether actix ran `stopping` first.
+    stopping_ran: bool,
+}
+
+/// The worker name of a Calc worker whose actor, once actix has stopped
+/// it, writes [`stop_marker_text`] to the file named by
+/// [`STOP_MARKER_ENV`]: shows that the actor's shutdown hooks ran.
+pub const CALC_WITH_STOP_HOOK: &str = "calc-with-stop-hook";
+
+/// The file a [`CALC_WITH_STOP_HOOK`] worker writes when its actor stops.
+pub const STOP_MARKER_ENV: &str = "ISOLATED_WORKERS_TEST_STOP_MARKER";
+
+/// What a [`CALC_WITH_STOP_HOOK`] worker writes from `stopped`, its
+/// counter then being `counter`: `stopping` ran, then `stopped`, on the
+/// actor's own state.
+pub fn stop_marker_text(counter: u64) -> String {
+    format!("stopping, then stopped; counter={counter}")
+}
+
+/// A Calc worker whose actor writes [`stop_marker_text`] to `marker` when
+/// it stops.
+pub fn calc_with_stop_hook(marker: &Path) -> ChildProcess {
+    ChildProcess::current_exe(CALC_WITH_STOP_HOOK).env(STOP_MARKER_ENV, marker)
+}
+
+impl CalcWorker {
+    /// A worker that records its stop where [`STOP_MARKER_ENV`] says.
+    fn with_stop_marker_from_env() -> Self {
+        Self {
+            stop_marker: std::env::var_os(STOP_MARKER_ENV).map(PathBuf::from),
+            ..Self::default()
+        }
+    }
 }
 
 impl Actor for CalcWorker {
     type Context = Context<Self>;
+
+    fn stopping(&mut self, _: &mut Context<Self>) -> Running {
+        self.stopping_ran = true;
+        Running::Stop
+    }
+
+    fn stopped(&mut self, _: &mut Context<Self>) {
+        let Some(marker) = &self.stop_marker else {
+            return;
+        };
+        let text = if self.stopping_ran {
+            stop_marker_text(self.counter)
+        } else {
+            format!("stopped without stopping; counter={}", self.counter)
+        };
+        // Written aside and renamed, so that a test never reads half of it.
+        let aside = marker.with_extension("partial");
+        let written = std::fs::write(&aside, text).and_then(|()| std::fs::rename(&aside, marker));
+        if let Err(e) = written {
+            eprintln!("calc worker: could not write the stop marker {marker:?}: {e}");
+        }
+    }
 }
 
 impl Handler<Ping> for CalcWorker {
@@ -242,14 +299,109 @@ impl Handler<Hail> for OtherWorker {
 /// `worker_entry` removes it from the environment.
 static SOCKET_PATH: OnceLock<String> = OnceLock::new();
 
+/// When set, a spawned worker records how its socket and the socket's
+/// directory look before it connects (the listener's socket is gone once
+/// the handshake is done), as [`SocketModes`], to the file this names.
+pub const SOCKET_MODES_ENV: &str = "ISOLATED_WORKERS_TEST_SOCKET_MODES";
+
+/// How a worker found its socket and the socket's directory, before it
+/// connected (see [`SOCKET_MODES_ENV`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SocketModes {
+    pub socket: PathBuf,
+    pub socket_is_socket: bool,
+    /// Permission bits (`mode & 0o7777`).
+    pub socket_mode: u32,
+    pub socket_uid: u32,
+    pub dir_is_dir: bool,
+    pub dir_mode: u32,
+    pub dir_uid: u32,
+}
+
+impl SocketModes {
+    /// Looks at `socket` and its directory.
+    pub fn of(socket: &Path) -> std::io::Result<Self> {
+        use std::os::unix::fs::{FileTypeExt, MetadataExt};
+        let dir = socket.parent().unwrap_or(Path::new("/"));
+        let socket_meta = std::fs::symlink_metadata(socket)?;
+        let dir_meta = std::fs::symlink_metadata(dir)?;
+        Ok(Self {
+            socket: socket.to_owned(),
+            socket_is_socket: socket_meta.file_type().is_socket(),
+            socket_mode: socket_meta.mode() & 0o7777,
+            socket_uid: socket_meta.uid(),
+            dir_is_dir: dir_meta.is_dir(),
+            dir_mode: dir_meta.mode() & 0o7777,
+            dir_uid: dir_meta.uid(),
+        })
+    }
+
+    /// One line: `path is_socket mode uid is_dir mode uid` (modes in octal).
+    fn to_line(&self) -> String {
+        format!(
+            "{} {} {:o} {} {} {:o} {}",
+            self.socket.display(),
+            self.socket_is_socket,
+            self.socket_mode,
+            self.socket_uid,
+            self.dir_is_dir,
+            self.dir_mode,
+            self.dir_uid
+        )
+    }
+
+    /// Reads what a worker recorded at `report`.
+    pub fn read(report: &Path) -> Result<Self, String> {
+        let line = std::fs::read_to_string(report)
+            .map_err(|e| format!("the worker recorded no socket modes at {report:?}: {e}"))?;
+        let fields: Vec<&str> = line.trim_end().rsplitn(7, ' ').collect();
+        let bad = || format!("not a socket-modes line: {line:?}");
+        let [dir_uid, dir_mode, dir_is_dir, socket_uid, socket_mode, socket_is_socket, socket] =
+            fields[..]
+        else {
+            return Err(bad());
+        };
+        let octal = |s: &str| u32::from_str_radix(s, 8).map_err(|_| bad());
+        let number = |s: &str| s.parse::<u32>().map_err(|_| bad());
+        Ok(Self {
+            socket: socket.into(),
+            socket_is_socket: socket_is_socket == "true",
+            socket_mode: octal(socket_mode)?,
+            socket_uid: number(socket_uid)?,
+            dir_is_dir: dir_is_dir == "true",
+            dir_mode: octal(dir_mode)?,
+            dir_uid: number(dir_uid)?,
+        })
+    }
+}
+
+/// Records [`SocketModes`] if the test asked for them.
+fn record_socket_modes(socket: &str) {
+    let Some(report) = std::env::var_os(SOCKET_MODES_ENV) else {
+        return;
+    };
+    let line = match SocketModes::of(Path::new(socket)) {
+        Ok(modes) => modes.to_line(),
+        Err(e) => format!("could not look at {socket:?}: {e}"),
+    };
+    if let Err(e) = std::fs::write(&report, line) {
+        eprintln!("worker: could not record socket modes at {report:?}: {e}");
+    }
+}
+
 /// Call first in every test binary's `main`: in a spawned worker this
 /// serves (or misbehaves, see [`rogue`]) and never returns.
 pub fn enter_workers() {
     if let Ok(socket) = std::env::var(SOCKET_ENV) {
+        record_socket_modes(&socket);
         let _ = SOCKET_PATH.set(socket);
     }
     rogue::enter();
     isolated_workers::worker_entry::<Calc, _>("calc", CalcWorker::default);
+    isolated_workers::worker_entry::<Calc, _>(
+        CALC_WITH_STOP_HOOK,
+        CalcWorker::with_stop_marker_from_env,
+    );
     isolated_workers::worker_entry::<Other, _>("other", OtherWorker::default);
 }
 

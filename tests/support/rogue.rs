@@ -5,8 +5,8 @@
 use std::io::{Read, Write};
 use std::net::Shutdown;
 use std::os::unix::net::UnixStream;
-use std::path::PathBuf;
-use std::time::Duration;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use isolated_workers::testing::{
@@ -19,6 +19,11 @@ use super::{Calc, Pong};
 /// Where [`Rogue::LeaksThenCalc`] hands its socket path and token: the path
 /// of a Unix socket the test listens on.
 pub const REPORT_ENV: &str = "ISOLATED_WORKERS_TEST_REPORT";
+
+/// The file where [`Rogue::IgnoresShutdownAndSigterm`] and
+/// [`Rogue::RecordsShutdownAndSigterm`] log what they see, a line each; read
+/// it with [`RogueLog::read`].
+pub const ROGUE_LOG_ENV: &str = "ISOLATED_WORKERS_TEST_ROGUE_LOG";
 
 /// How [`Rogue::TruncatedFrame`] exits after cutting its frame short.
 pub const TRUNCATED_EXIT_CODE: i32 = 7;
@@ -61,10 +66,18 @@ pub enum Rogue {
     /// real one with a payload that is not its reply type; then waits for
     /// Shutdown and exits.
     StrayAndGarbledReplies,
+    /// Ignores SIGTERM (`SIG_IGN`), logs its socket path (see
+    /// [`ROGUE_LOG_ENV`]), greets properly, then never reads and never
+    /// exits (until [`LINGER`] has passed): only SIGKILL ends it.
+    IgnoresShutdownAndSigterm,
+    /// Blocks SIGTERM and logs each one it receives, logs its socket path,
+    /// greets properly, then reads frames and logs when Shutdown arrives,
+    /// without exiting (until [`LINGER`] has passed): only SIGKILL ends it.
+    RecordsShutdownAndSigterm,
 }
 
 impl Rogue {
-    const ALL: [Rogue; 7] = [
+    const ALL: [Rogue; 9] = [
         Rogue::ImpostorsThenCalc,
         Rogue::LeaksThenCalc,
         Rogue::WrongProtocol,
@@ -72,6 +85,8 @@ impl Rogue {
         Rogue::GarbageFrame,
         Rogue::TruncatedFrame,
         Rogue::StrayAndGarbledReplies,
+        Rogue::IgnoresShutdownAndSigterm,
+        Rogue::RecordsShutdownAndSigterm,
     ];
 
     /// The worker name this mode is started as.
@@ -84,12 +99,20 @@ impl Rogue {
             Rogue::GarbageFrame => "rogue-garbage-frame",
             Rogue::TruncatedFrame => "rogue-truncated-frame",
             Rogue::StrayAndGarbledReplies => "rogue-stray-and-garbled-replies",
+            Rogue::IgnoresShutdownAndSigterm => "rogue-ignores-shutdown-and-sigterm",
+            Rogue::RecordsShutdownAndSigterm => "rogue-records-shutdown-and-sigterm",
         }
     }
 
     /// This test binary, re-run in this mode.
     pub fn driver(self) -> ChildProcess {
         ChildProcess::current_exe(self.name())
+    }
+
+    /// This test binary, re-run in this mode, logging to `log` (see
+    /// [`ROGUE_LOG_ENV`]).
+    pub fn logging_driver(self, log: &Path) -> ChildProcess {
+        self.driver().env(ROGUE_LOG_ENV, log)
     }
 
     /// Misbehaves as this mode says. Returns only for the modes that go on
@@ -138,7 +161,71 @@ impl Rogue {
                 write(&mut stream, &reply_frame(id, &[0x2a]));
                 serve_shutdown(stream);
             }
+            Rogue::IgnoresShutdownAndSigterm => {
+                use nix::sys::signal::{signal, SigHandler, Signal};
+                // SAFETY: no handler runs; the disposition becomes "ignore",
+                // set before this process starts any thread.
+                unsafe { signal(Signal::SIGTERM, SigHandler::SigIgn) }.expect("ignoring SIGTERM");
+                host.log(&format!("socket {}", host.socket.display()));
+                let stream = host.greet();
+                // Never read (Shutdown stays unread), never exit.
+                linger_holding(stream);
+            }
+            Rogue::RecordsShutdownAndSigterm => {
+                use nix::sys::signal::{SigSet, Signal};
+                let started = Instant::now();
+                let sigterm = SigSet::from(Signal::SIGTERM);
+                // Blocked here, and so in the thread spawned below, which
+                // takes each SIGTERM with sigwait instead of dying of it.
+                sigterm.thread_block().expect("blocking SIGTERM");
+                let log = host.log_path();
+                std::thread::spawn(move || loop {
+                    if sigterm.wait().is_ok() {
+                        append(&log, &format!("sigterm {}", started.elapsed().as_millis()));
+                    }
+                });
+                host.log(&format!("socket {}", host.socket.display()));
+                let mut stream = host.greet();
+                while let Ok((_, header)) = read_frame(&mut stream) {
+                    if header.contains("Shutdown") {
+                        host.log(&format!("shutdown {}", started.elapsed().as_millis()));
+                    }
+                }
+                linger_holding(stream);
+            }
         }
+    }
+}
+
+/// What [`Rogue::IgnoresShutdownAndSigterm`] or
+/// [`Rogue::RecordsShutdownAndSigterm`] logged.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct RogueLog {
+    /// The socket it was told to connect to.
+    pub socket: Option<PathBuf>,
+    /// When Shutdown arrived, in ms after the rogue started.
+    pub shutdown_at_ms: Option<u64>,
+    /// When each SIGTERM arrived, in ms after the rogue started.
+    pub sigterms_at_ms: Vec<u64>,
+}
+
+impl RogueLog {
+    /// Reads the log at `path` (empty if there is none).
+    pub fn read(path: &Path) -> Self {
+        let mut log = RogueLog::default();
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        for line in text.lines() {
+            let Some((what, value)) = line.split_once(' ') else {
+                continue;
+            };
+            match what {
+                "socket" => log.socket = Some(value.into()),
+                "shutdown" => log.shutdown_at_ms = value.parse().ok(),
+                "sigterm" => log.sigterms_at_ms.extend(value.parse::<u64>().ok()),
+                _ => {}
+            }
+        }
+        log
     }
 }
 
@@ -182,6 +269,25 @@ impl Host {
 
     fn connect(&self) -> UnixStream {
         UnixStream::connect(&self.socket).expect("the host listens on the worker socket")
+    }
+
+    /// Connects and sends a good Hello.
+    fn greet(&self) -> UnixStream {
+        let mut stream = self.connect();
+        write(&mut stream, &calc_hello(&self.token, PROTOCOL));
+        stream
+    }
+
+    /// Where to log (see [`ROGUE_LOG_ENV`]).
+    fn log_path(&self) -> PathBuf {
+        std::env::var_os(ROGUE_LOG_ENV)
+            .expect("the test says where to log")
+            .into()
+    }
+
+    /// Appends `line` to the log.
+    fn log(&self, line: &str) {
+        append(&self.log_path(), line);
     }
 
     /// Completes a good handshake and reads the first request: the
@@ -248,6 +354,23 @@ fn serve_shutdown(mut stream: UnixStream) -> ! {
         }
     }
     std::process::exit(0);
+}
+
+/// Appends `line` to the file at `path`, in one write.
+fn append(path: &Path, line: &str) {
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .expect("opening the rogue log");
+    file.write_all(format!("{line}\n").as_bytes())
+        .expect("writing the rogue log");
+}
+
+/// Waits to be killed by the host, keeping the connection open.
+fn linger_holding(stream: UnixStream) -> ! {
+    let _open = stream;
+    linger()
 }
 
 /// Waits to be killed by the host.

@@ -1,0 +1,665 @@
+//! How a child-process worker ends: `Close` (Shutdown, then SIGTERM, then
+//! SIGKILL, a grace period apart), SIGTERM from outside, the host's death,
+//! and many spawn/close cycles. Each time the worker's actor is stopped the
+//! actix way where it can be, and nothing is left behind: no process, no
+//! zombie, no socket directory, no file descriptor.
+
+mod support;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use futures::future::join_all;
+use isolated_workers::{CrashReason, Worker, WorkerError, WorkerOptions, WorkerState};
+use libtest_mimic::Failed;
+use nix::sys::signal::{kill, Signal};
+use nix::sys::wait::{waitpid, WaitPidFlag};
+use nix::unistd::Pid;
+use support::rogue::{Rogue, RogueLog};
+use support::*;
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+/// Set (to anything) when this binary is started as a host that spawns
+/// [`HOST_WORKERS`] Calc workers, prints a `pid<TAB>socket directory` line
+/// for each, and waits to be killed.
+const HOST_MODE_ENV: &str = "ISOLATED_WORKERS_TEST_HOST_MODE";
+/// How many workers a host started in [`HOST_MODE_ENV`] spawns.
+const HOST_WORKERS: usize = 2;
+/// How long a host waits to be killed before giving up, so that a test
+/// that never kills it leaves nothing behind for long.
+const HOST_LINGER: Duration = Duration::from_secs(60);
+
+/// Set (to anything) when this binary is started to run the spawn/close
+/// cycles alone in its own process, where its file descriptors, children
+/// and temporary directories are nobody else's.
+const CYCLES_MODE_ENV: &str = "ISOLATED_WORKERS_TEST_CYCLES_MODE";
+/// Spawn/close cycles measured.
+const CYCLES: usize = 200;
+/// Cycles run at once.
+const CYCLES_AT_ONCE: usize = 4;
+/// File descriptors the runtime may open lazily after the warm-up round.
+const FD_SLACK: usize = 2;
+
+fn main() {
+    enter_workers();
+    if std::env::var_os(HOST_MODE_ENV).is_some() {
+        host_mode();
+    }
+    if std::env::var_os(CYCLES_MODE_ENV).is_some() {
+        cycles_mode();
+    }
+    run(vec![
+        actix_test(
+            "close_runs_the_worker_actors_stopping_and_stopped_hooks",
+            close_runs_the_worker_actors_stopping_and_stopped_hooks,
+        ),
+        actix_test(
+            "close_with_a_request_in_flight_still_runs_the_stopped_hook",
+            close_with_a_request_in_flight_still_runs_the_stopped_hook,
+        ),
+        actix_test(
+            "sigterm_from_outside_runs_the_stopped_hook_and_the_worker_exits_with_code_0",
+            sigterm_from_outside_runs_the_stopped_hook_and_the_worker_exits_with_code_0,
+        ),
+        actix_test(
+            "close_ends_a_worker_ignoring_shutdown_and_sigterm_within_two_grace_periods",
+            close_ends_a_worker_ignoring_shutdown_and_sigterm_within_two_grace_periods,
+        ),
+        actix_test(
+            "close_sends_shutdown_then_sigterm_a_grace_period_later_then_sigkill",
+            close_sends_shutdown_then_sigterm_a_grace_period_later_then_sigkill,
+        ),
+        actix_test(
+            "the_worker_socket_is_0600_in_a_0700_directory",
+            the_worker_socket_is_0600_in_a_0700_directory,
+        ),
+        actix_test(
+            "when_the_host_is_killed_its_workers_exit_and_remove_their_socket_directories",
+            when_the_host_is_killed_its_workers_exit_and_remove_their_socket_directories,
+        ),
+        actix_test(
+            "two_hundred_spawn_close_cycles_leave_no_fds_processes_or_directories",
+            two_hundred_spawn_close_cycles_leave_no_fds_processes_or_directories,
+        ),
+        actix_test(
+            "kill_9_with_1000_in_flight_resolves_each_once_as_crashed_within_a_second",
+            kill_9_with_1000_in_flight_resolves_each_once_as_crashed_within_a_second,
+        ),
+    ]);
+}
+
+async fn close_runs_the_worker_actors_stopping_and_stopped_hooks() -> Result<(), Failed> {
+    let scratch = tempfile::tempdir().map_err(fail)?;
+    let marker = scratch.path().join("stopped");
+    // A grace period far longer than the bound below: Close must not have
+    // to wait it out, the worker exits when asked.
+    let options = WorkerOptions::default().close_grace(Duration::from_secs(20));
+    let worker = Worker::<Calc>::spawn_with(calc_with_stop_hook(&marker), options)
+        .await
+        .map_err(fail)?;
+    let pid = pid_of(&worker).await?;
+    let dir = socket_dir(&worker).await?;
+    assert_eq!(ask(&worker, Increment { by: 5 }).await?, 5);
+    assert!(
+        !marker.exists(),
+        "the hook has not run while the worker serves"
+    );
+
+    let started = Instant::now();
+    close(&worker).await?;
+    let took = started.elapsed();
+
+    assert_stop_marker(&marker, 5)?;
+    assert!(
+        took < Duration::from_secs(5),
+        "Close took {took:?}: the worker did not exit when asked"
+    );
+    assert!(
+        !process_exists(pid),
+        "child {pid} is reaped once Close resolves"
+    );
+    assert!(!dir.exists(), "{dir:?} is removed once Close resolves");
+    Ok(())
+}
+
+async fn close_with_a_request_in_flight_still_runs_the_stopped_hook() -> Result<(), Failed> {
+    let scratch = tempfile::tempdir().map_err(fail)?;
+    let marker = scratch.path().join("stopped");
+    let options = WorkerOptions::default().close_grace(Duration::from_secs(20));
+    let worker = Worker::<Calc>::spawn_with(calc_with_stop_hook(&marker), options)
+        .await
+        .map_err(fail)?;
+    assert_eq!(ask(&worker, Increment { by: 3 }).await?, 3);
+    let sleeping = enqueue(&worker, Sleep { ms: 60_000 });
+    // The worker has read the Sleep once it answers what came after it.
+    ask(&worker, ping("behind the sleep")).await?;
+
+    let started = Instant::now();
+    close(&worker).await?;
+    let took = started.elapsed();
+
+    let err = expect_error(outcome(sleeping).await?)?;
+    assert!(matches!(err, WorkerError::Closed), "the sleep: {err:?}");
+    assert_stop_marker(&marker, 3)?;
+    assert!(
+        took < Duration::from_secs(5),
+        "Close took {took:?}: the worker did not exit when asked"
+    );
+    Ok(())
+}
+
+async fn sigterm_from_outside_runs_the_stopped_hook_and_the_worker_exits_with_code_0(
+) -> Result<(), Failed> {
+    let scratch = tempfile::tempdir().map_err(fail)?;
+    let marker = scratch.path().join("stopped");
+    let worker = Worker::<Calc>::spawn(calc_with_stop_hook(&marker))
+        .await
+        .map_err(fail)?;
+    let pid = pid_of(&worker).await?;
+    assert_eq!(ask(&worker, Increment { by: 7 }).await?, 7);
+    let pending = enqueue(&worker, Sleep { ms: 60_000 });
+    ask(&worker, ping("behind the sleep")).await?;
+
+    kill(Pid::from_raw(pid as i32), Signal::SIGTERM).map_err(fail)?;
+    let err = expect_error(outcome(pending).await?)?;
+    let exited_0 = |e: &WorkerError| {
+        matches!(
+            e,
+            WorkerError::Crashed {
+                reason: CrashReason::Exit(0),
+                ..
+            }
+        )
+    };
+    assert!(
+        matches!(err, WorkerError::Crashed { .. }),
+        "the pending request: {err:?}"
+    );
+    assert!(
+        exited_0(&err),
+        "the pending request should see the worker exit with code 0 after SIGTERM: {err:?}"
+    );
+    let reaped = eventually(Duration::from_secs(5), || !process_exists(pid)).await;
+    assert!(reaped, "child {pid} was reaped after it exited");
+    assert_stop_marker(&marker, 7)?;
+    let state = status(&worker).await?.state;
+    assert!(
+        matches!(
+            state,
+            WorkerState::Crashed {
+                reason: CrashReason::Exit(0),
+                ..
+            }
+        ),
+        "the status shows the exit: {state:?}"
+    );
+    // (A later request would go to a fresh worker: not this test's subject.)
+    close(&worker).await
+}
+
+async fn close_ends_a_worker_ignoring_shutdown_and_sigterm_within_two_grace_periods(
+) -> Result<(), Failed> {
+    let scratch = tempfile::tempdir().map_err(fail)?;
+    let log = scratch.path().join("rogue.log");
+    let grace = Duration::from_millis(300);
+    let options = WorkerOptions::default().close_grace(grace);
+    let driver = Rogue::IgnoresShutdownAndSigterm.logging_driver(&log);
+    let worker = Worker::<Calc>::spawn_with(driver, options)
+        .await
+        .map_err(fail)?;
+    let pid = pid_of(&worker).await?;
+    let socket = RogueLog::read(&log)
+        .socket
+        .ok_or("the rogue logged its socket before greeting")?;
+    let dir = socket.parent().ok_or("the socket has a directory")?;
+    assert!(dir.is_dir(), "{dir:?} exists while the worker runs");
+
+    let started = Instant::now();
+    close(&worker).await?;
+    let took = started.elapsed();
+
+    assert!(
+        took < Duration::from_secs(3),
+        "Close took {took:?} with a grace period of {grace:?}"
+    );
+    assert!(
+        !process_exists(pid),
+        "child {pid} is gone, not even a zombie, once Close resolves"
+    );
+    assert!(!dir.exists(), "{dir:?} is removed once Close resolves");
+    assert!(
+        took >= 2 * grace,
+        "Close took {took:?}: a worker ignoring SIGTERM can only be gone by SIGKILL, \
+         which comes two grace periods ({grace:?} each) after Shutdown"
+    );
+    Ok(())
+}
+
+async fn close_sends_shutdown_then_sigterm_a_grace_period_later_then_sigkill() -> Result<(), Failed>
+{
+    let scratch = tempfile::tempdir().map_err(fail)?;
+    let log = scratch.path().join("rogue.log");
+    let grace = Duration::from_millis(300);
+    let options = WorkerOptions::default().close_grace(grace);
+    let driver = Rogue::RecordsShutdownAndSigterm.logging_driver(&log);
+    let worker = Worker::<Calc>::spawn_with(driver, options)
+        .await
+        .map_err(fail)?;
+    let pid = pid_of(&worker).await?;
+
+    let started = Instant::now();
+    close(&worker).await?;
+    let took = started.elapsed();
+
+    assert!(
+        !process_exists(pid),
+        "child {pid} is gone, not even a zombie, once Close resolves"
+    );
+    let seen = RogueLog::read(&log);
+    let shutdown = seen
+        .shutdown_at_ms
+        .ok_or_else(|| format!("the worker was sent no Shutdown frame; it saw {seen:?}"))?;
+    let [sigterm] = seen.sigterms_at_ms[..] else {
+        return Err(format!(
+            "the worker should have been sent SIGTERM once; it saw {seen:?} (Close took {took:?})"
+        )
+        .into());
+    };
+    let between = Duration::from_millis(sigterm.saturating_sub(shutdown));
+    // Timers never fire early, but the rogue reads Shutdown a moment after
+    // the proxy starts its grace period: half of it is a safe lower bound.
+    assert!(
+        between >= grace / 2 && between < grace + Duration::from_secs(1),
+        "SIGTERM came {between:?} after Shutdown, with a grace period of {grace:?}"
+    );
+    assert!(
+        took >= 2 * grace && took < Duration::from_secs(3),
+        "Close took {took:?}: SIGKILL should come a grace period ({grace:?}) after SIGTERM"
+    );
+    Ok(())
+}
+
+async fn the_worker_socket_is_0600_in_a_0700_directory() -> Result<(), Failed> {
+    // The socket exists from before the child starts until the handshake,
+    // the window in which anyone else could connect: the worker looks at
+    // it just before it connects.
+    let scratch = tempfile::tempdir().map_err(fail)?;
+    let report = scratch.path().join("socket-modes");
+    let worker = Worker::<Calc>::spawn(calc().env(SOCKET_MODES_ENV, &report))
+        .await
+        .map_err(fail)?;
+    let socket = PathBuf::from(ask(&worker, SocketPath).await?);
+    close(&worker).await?;
+
+    let seen = SocketModes::read(&report)?;
+    let uid = nix::unistd::geteuid().as_raw();
+    assert_eq!(seen.socket, socket, "the worker looked at its own socket");
+    assert!(seen.socket_is_socket, "{socket:?} is a socket: {seen:?}");
+    assert!(seen.dir_is_dir, "its parent is a directory: {seen:?}");
+    assert_eq!(seen.socket_uid, uid, "{socket:?} is ours: {seen:?}");
+    assert_eq!(seen.dir_uid, uid, "its directory is ours: {seen:?}");
+    assert_eq!(
+        seen.socket_mode, 0o600,
+        "{socket:?} has mode {:o}",
+        seen.socket_mode
+    );
+    assert_eq!(
+        seen.dir_mode, 0o700,
+        "its directory has mode {:o}",
+        seen.dir_mode
+    );
+    Ok(())
+}
+
+async fn when_the_host_is_killed_its_workers_exit_and_remove_their_socket_directories(
+) -> Result<(), Failed> {
+    // The host's workers become our children when it dies (rather than
+    // init's, which may never reap them), so that we can reap them and see
+    // them gone.
+    nix::sys::prctl::set_child_subreaper(true).map_err(fail)?;
+    let exe = std::env::current_exe().map_err(fail)?;
+    let mut host = tokio::process::Command::new(exe)
+        .env(HOST_MODE_ENV, "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(fail)?;
+    let host_pid = host.id().ok_or("the host has a pid")?;
+    let stdout = host.stdout.take().ok_or("the host's stdout is piped")?;
+    let mut lines = BufReader::new(stdout).lines();
+    let mut workers = Leftovers::default();
+    for _ in 0..HOST_WORKERS {
+        let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+            .await
+            .map_err(|_| "the host did not report its workers within 30 s")?
+            .map_err(fail)?
+            .ok_or("the host ended before reporting its workers")?;
+        let (pid, dir) = line
+            .split_once('\t')
+            .ok_or_else(|| format!("not a `pid<TAB>dir` line: {line:?}"))?;
+        let pid: u32 = pid.parse().map_err(fail)?;
+        workers.0.push((pid, PathBuf::from(dir)));
+    }
+    for (pid, dir) in &workers.0 {
+        assert!(process_exists(*pid), "worker {pid} runs");
+        assert!(dir.is_dir(), "{dir:?} exists");
+    }
+
+    kill(Pid::from_raw(host_pid as i32), Signal::SIGKILL).map_err(fail)?;
+    let killed = Instant::now();
+    host.wait().await.map_err(fail)?;
+    let cleaned_up = eventually(Duration::from_secs(2), || {
+        // Reap every one before looking: an orphaned worker is our child now.
+        workers.0.iter().for_each(|(pid, _)| reap(*pid));
+        workers
+            .0
+            .iter()
+            .all(|(pid, dir)| !process_exists(*pid) && !dir.exists())
+    })
+    .await;
+    let took = killed.elapsed();
+    if !cleaned_up {
+        let report: Vec<String> = workers
+            .0
+            .iter()
+            .map(|(pid, dir)| {
+                format!(
+                    "worker {pid}: {}; {dir:?} {}",
+                    process_state(*pid),
+                    if dir.exists() {
+                        "still exists"
+                    } else {
+                        "removed"
+                    }
+                )
+            })
+            .collect();
+        return Err(format!("{took:?} after the host was killed: {}", report.join("; ")).into());
+    }
+    Ok(())
+}
+
+async fn two_hundred_spawn_close_cycles_leave_no_fds_processes_or_directories() -> Result<(), Failed>
+{
+    // Run alone in a process of its own: the file descriptors, children and
+    // temporary directories of tests running alongside would blur the count.
+    // Its temporary directory is private, so any directory left there is
+    // one of its workers'.
+    let tmp = tempfile::tempdir().map_err(fail)?;
+    let exe = std::env::current_exe().map_err(fail)?;
+    let started = Instant::now();
+    let ran = tokio::process::Command::new(exe)
+        .env(CYCLES_MODE_ENV, "1")
+        .env("TMPDIR", tmp.path())
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .output()
+        .await
+        .map_err(fail)?;
+    let took = started.elapsed();
+    let stderr = String::from_utf8_lossy(&ran.stderr);
+    if !ran.status.success() {
+        return Err(format!("the cycles failed ({}): {}", ran.status, stderr.trim_end()).into());
+    }
+    let left = worker_dirs(tmp.path())?;
+    assert!(left.is_empty(), "directories left behind: {left:?}");
+    assert!(
+        took < Duration::from_secs(30),
+        "{CYCLES} cycles took {took:?}"
+    );
+    Ok(())
+}
+
+async fn kill_9_with_1000_in_flight_resolves_each_once_as_crashed_within_a_second(
+) -> Result<(), Failed> {
+    const IN_FLIGHT: usize = 1000;
+    let options = WorkerOptions::default();
+    assert!(options.max_in_flight >= IN_FLIGHT);
+    let worker = spawn_calc_with(options).await?;
+    let pid = pid_of(&worker).await?;
+    let sleeps: Vec<_> = (0..IN_FLIGHT)
+        .map(|_| enqueue(&worker, Sleep { ms: 30_000 }))
+        .collect();
+    // The worker has read every Sleep once it answers what came after them.
+    assert_eq!(ask(&worker, WhoAmI).await?, pid);
+    assert_eq!(status(&worker).await?.in_flight, IN_FLIGHT);
+
+    kill(Pid::from_raw(pid as i32), Signal::SIGKILL).map_err(fail)?;
+    let killed = Instant::now();
+    let outcomes = tokio::time::timeout(Duration::from_secs(10), join_all(sleeps))
+        .await
+        .map_err(|_| "the requests were still unresolved 10 s after the kill")?;
+    let took = killed.elapsed();
+
+    let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+    for outcome in outcomes {
+        let kind = match outcome.map_err(fail)? {
+            Err(WorkerError::Crashed {
+                reason: CrashReason::Signal(9),
+                ..
+            }) => "crashed by SIGKILL".to_owned(),
+            other => format!("{other:?}"),
+        };
+        *counts.entry(kind).or_default() += 1;
+    }
+    let expected = BTreeMap::from([("crashed by SIGKILL".to_owned(), IN_FLIGHT)]);
+    assert_eq!(counts, expected, "each request resolves once, as crashed");
+    assert!(
+        took < Duration::from_secs(1),
+        "resolved {took:?} after the kill"
+    );
+    assert_eq!(status(&worker).await?.in_flight, 0);
+    assert!(!process_exists(pid), "the killed child was reaped");
+    close(&worker).await
+}
+
+/// The stop marker says the actor's `stopping` and `stopped` ran, with its
+/// counter at `counter`.
+fn assert_stop_marker(marker: &Path, counter: u64) -> Result<(), Failed> {
+    match std::fs::read_to_string(marker) {
+        Ok(text) => {
+            assert_eq!(text, stop_marker_text(counter), "the stop marker");
+            Ok(())
+        }
+        Err(e) => Err(format!(
+            "the actor's `stopped` hook did not run: no stop marker at {marker:?} ({e})"
+        )
+        .into()),
+    }
+}
+
+/// Reaps `pid` if it is a child of ours that has exited.
+fn reap(pid: u32) {
+    let _ = waitpid(Pid::from_raw(pid as i32), Some(WaitPidFlag::WNOHANG));
+}
+
+/// What `/proc` says about `pid`: gone, or its state (`Z` for a zombie)
+/// and parent.
+fn process_state(pid: u32) -> String {
+    match stat_fields(pid) {
+        Some((state, ppid)) => format!("still exists (state {state}, parent {ppid})"),
+        None => "gone".into(),
+    }
+}
+
+/// The state and parent pid of process `pid`, from `/proc/<pid>/stat`.
+fn stat_fields(pid: u32) -> Option<(String, u32)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // `pid (name) state ppid ...`; the name may hold anything.
+    let mut fields = stat.rsplit_once(')')?.1.split_whitespace();
+    let state = fields.next()?.to_owned();
+    let ppid = fields.next()?.parse().ok()?;
+    Some((state, ppid))
+}
+
+/// Workers a test saw, killed and removed if they outlive it, so that a
+/// failing test leaves nothing behind either.
+#[derive(Default)]
+struct Leftovers(Vec<(u32, PathBuf)>);
+
+impl Drop for Leftovers {
+    fn drop(&mut self) {
+        for (pid, dir) in &self.0 {
+            reap(*pid);
+            if process_exists(*pid) {
+                let pid = Pid::from_raw(*pid as i32);
+                let _ = kill(pid, Signal::SIGKILL);
+                let _ = waitpid(pid, None);
+            }
+            if dir.exists() {
+                let _ = std::fs::remove_dir_all(dir);
+            }
+        }
+    }
+}
+
+/// The host of the host-death test: spawns its workers, reports them, and
+/// waits to be killed.
+fn host_mode() -> ! {
+    let hosted = actix::System::new().block_on(async {
+        let mut workers = Vec::new();
+        for _ in 0..HOST_WORKERS {
+            let worker = spawn_calc().await?;
+            let pid = pid_of(&worker).await?;
+            let dir = socket_dir(&worker).await?;
+            // Line-buffered: each line reaches the test at once.
+            println!("{pid}\t{}", dir.display());
+            workers.push(worker);
+        }
+        tokio::time::sleep(HOST_LINGER).await;
+        Ok::<_, Failed>(())
+    });
+    if let Err(e) = hosted {
+        eprintln!("host: {}", e.message().unwrap_or("failed"));
+        std::process::exit(1);
+    }
+    std::process::exit(0);
+}
+
+/// The spawn/close cycles, alone in this process: exits 0 if they left
+/// nothing behind, 1 (saying what) otherwise.
+fn cycles_mode() -> ! {
+    let checked = actix::System::new().block_on(async {
+        match tokio::time::timeout(HANG_GUARD, cycles()).await {
+            Ok(checked) => checked,
+            Err(_) => Err(format!("the cycles hung for {HANG_GUARD:?}").into()),
+        }
+    });
+    if let Err(e) = checked {
+        eprintln!("{}", e.message().unwrap_or("failed"));
+        std::process::exit(1);
+    }
+    std::process::exit(0);
+}
+
+async fn cycles() -> Result<(), Failed> {
+    let tmp = std::env::temp_dir();
+    let dirs_before = worker_dirs(&tmp)?;
+    // Warm-up: what the runtime opens once (signal pipes, timers) is open
+    // before counting.
+    cycle_round().await?;
+    let fds_before = open_fds()?;
+    for _ in 0..CYCLES / CYCLES_AT_ONCE {
+        cycle_round().await?;
+    }
+    // A closed worker's proxy lets go of its end of the socket when the
+    // proxy actor itself stops, a moment after its last address is gone.
+    let settled = |fds: &BTreeMap<String, String>| fds.len() <= fds_before.len() + FD_SLACK;
+    eventually(Duration::from_secs(2), || {
+        open_fds().is_ok_and(|fds| settled(&fds))
+    })
+    .await;
+    let fds_after = open_fds()?;
+
+    let mut left = Vec::new();
+    let children = children_of(std::process::id())?;
+    if !children.is_empty() {
+        left.push(format!("child processes: {children:?}"));
+    }
+    if !settled(&fds_after) {
+        let new: Vec<_> = fds_after
+            .iter()
+            .filter(|(fd, _)| !fds_before.contains_key(*fd))
+            .collect();
+        left.push(format!(
+            "{} file descriptors open before the cycles, {} after; new: {new:?}",
+            fds_before.len(),
+            fds_after.len()
+        ));
+    }
+    let dirs_after = worker_dirs(&tmp)?;
+    let dirs: Vec<_> = dirs_after.difference(&dirs_before).collect();
+    if !dirs.is_empty() {
+        left.push(format!("socket directories in {tmp:?}: {dirs:?}"));
+    }
+    if left.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("left behind: {}", left.join("; ")).into())
+    }
+}
+
+/// [`CYCLES_AT_ONCE`] workers spawned, asked once, and closed, at once.
+async fn cycle_round() -> Result<(), Failed> {
+    let cycles = (0..CYCLES_AT_ONCE).map(|i| async move {
+        let worker = spawn_calc().await?;
+        let text = format!("cycle {i}");
+        let pong = ask(&worker, ping(&text)).await?;
+        if pong.text != format!("pong: {text}") {
+            return Err(format!("wrong reply {pong:?}").into());
+        }
+        close(&worker).await
+    });
+    join_all(cycles).await.into_iter().collect()
+}
+
+/// This process's open file descriptors and what each refers to.
+fn open_fds() -> Result<BTreeMap<String, String>, Failed> {
+    let mut fds = BTreeMap::new();
+    for entry in std::fs::read_dir("/proc/self/fd").map_err(fail)? {
+        let entry = entry.map_err(fail)?;
+        let target = std::fs::read_link(entry.path())
+            .map(|t| t.display().to_string())
+            .unwrap_or_else(|_| "?".into());
+        fds.insert(entry.file_name().to_string_lossy().into_owned(), target);
+    }
+    Ok(fds)
+}
+
+/// The processes (zombies included) whose parent is `parent`, each as
+/// `pid (state S)`.
+fn children_of(parent: u32) -> Result<Vec<String>, Failed> {
+    let mut children = Vec::new();
+    for entry in std::fs::read_dir("/proc").map_err(fail)? {
+        let entry = entry.map_err(fail)?;
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        // `None` if gone since the listing: not a child any more.
+        if let Some((state, ppid)) = stat_fields(pid) {
+            if ppid == parent {
+                children.push(format!("{pid} (state {state})"));
+            }
+        }
+    }
+    Ok(children)
+}
+
+/// The worker socket directories (`isolated-workers-*`) in `tmp`.
+fn worker_dirs(tmp: &Path) -> Result<BTreeSet<PathBuf>, Failed> {
+    let mut dirs = BTreeSet::new();
+    for entry in std::fs::read_dir(tmp).map_err(fail)? {
+        let entry = entry.map_err(fail)?;
+        if entry
+            .file_name()
+            .to_string_lossy()
+            .starts_with("isolated-workers-")
+        {
+            dirs.insert(entry.path());
+        }
+    }
+    Ok(dirs)
+}

@@ -20,11 +20,19 @@ const CONNECT_AS_NOBODY_ENV: &str = "BAD_INPUT_CONNECT_AS_NOBODY";
 /// How the copy run as `nobody` reports: refused as it should be, or not.
 const REFUSED: i32 = 0;
 const CONNECTED: i32 = 3;
+const OTHER_ERROR: i32 = 4;
 
 fn main() {
     if let Some(socket) = std::env::var_os(CONNECT_AS_NOBODY_ENV) {
-        let refused = std::os::unix::net::UnixStream::connect(socket).is_err();
-        std::process::exit(if refused { REFUSED } else { CONNECTED });
+        // Refused by permissions, not merely "no such file": the socket is
+        // unlinked once the handshake is done, but the private directory
+        // stays and must not even be searchable by another user.
+        let code = match std::os::unix::net::UnixStream::connect(socket) {
+            Ok(_) => CONNECTED,
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => REFUSED,
+            Err(_) => OTHER_ERROR,
+        };
+        std::process::exit(code);
     }
     enter_workers();
     run(vec![

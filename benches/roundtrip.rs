@@ -69,7 +69,7 @@
 //! numbers that compare across runs, pin the whole run:
 //! `taskset -c 0 cargo bench ...` (the children inherit the pinning).
 //!
-//! `cargo bench --bench roundtrip` takes about two minutes;
+//! `cargo bench --bench roundtrip` takes about a minute and a half;
 //! `cargo bench --bench roundtrip -- --test` runs every benchmark once.
 
 use std::io::{Read, Write};

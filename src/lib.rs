@@ -17,7 +17,8 @@ pub use contract::{Contract, InContract, LocalOnly, Portable, WorkerMessage};
 pub use driver::{ChildProcess, Connection, Driver, Thread};
 pub use error::{CrashReason, RemoteError, SpawnError, WorkerError};
 pub use proxy::{
-    Accepted, Close, Detach, Disconnect, Reconnect, Status, Worker, WorkerState, WorkerStatus,
+    Accepted, Close, Detach, Disconnect, Drain, Reconnect, Status, Worker, WorkerState,
+    WorkerStatus,
 };
 pub use wire::serializer::{CodecError, MessagePack, Serializer};
 pub use worker::{serve_io, worker_entry};

@@ -13,8 +13,8 @@ use std::time::Duration;
 use futures::future::join_all;
 use in_memory::InMemory;
 use isolated_workers::{
-    ChildProcess, Close, CrashReason, Driver, Status, Thread, Worker, WorkerError, WorkerOptions,
-    WorkerState,
+    ChildProcess, Close, CrashReason, Drain, Driver, Status, Thread, Worker, WorkerError,
+    WorkerOptions, WorkerState,
 };
 use libtest_mimic::{Failed, Trial};
 use support::*;
@@ -46,6 +46,8 @@ fn suite<D: Driver<Calc>>(driver: &str, make: fn() -> D) -> Vec<Trial> {
         a_timed_out_request_stops_running_on_the_worker,
         a_dropped_request_stops_running_on_the_worker,
         a_message_type_can_have_its_own_timeout,
+        drain_lets_requests_in_flight_finish_then_closes,
+        drain_fails_what_is_left_at_its_deadline,
     ]
 }
 
@@ -292,5 +294,44 @@ async fn a_message_type_can_have_its_own_timeout<D: Driver<Calc>>(driver: D) -> 
         .map_err(fail)?;
     assert_eq!(options_default.text, "pong: ok");
     worker.send(Close).await?;
+    Ok(())
+}
+
+async fn drain_lets_requests_in_flight_finish_then_closes<D: Driver<Calc>>(
+    driver: D,
+) -> Result<(), Failed> {
+    let worker = Worker::<Calc, D>::spawn(driver).await.map_err(fail)?;
+    let in_flight = worker.send(Sleep { ms: 200 });
+    let draining = worker.send(Drain {
+        within: Duration::from_secs(20),
+    });
+    let late = worker.send(Ping {
+        text: "late".into(),
+    });
+    let (in_flight, drained, late) = futures::join!(in_flight, draining, late);
+    drained?;
+    in_flight?.map_err(fail)?;
+    assert!(
+        matches!(late?, Err(WorkerError::Closed)),
+        "no new requests while draining"
+    );
+    assert_eq!(worker.send(Status).await?.state, WorkerState::Closed);
+    Ok(())
+}
+
+async fn drain_fails_what_is_left_at_its_deadline<D: Driver<Calc>>(
+    driver: D,
+) -> Result<(), Failed> {
+    let worker = Worker::<Calc, D>::spawn(driver).await.map_err(fail)?;
+    let stuck = worker.send(Sleep { ms: 30_000 });
+    let draining = worker.send(Drain {
+        within: Duration::from_millis(200),
+    });
+    let (stuck, drained) = futures::join!(stuck, draining);
+    drained?;
+    assert!(
+        matches!(stuck?, Err(WorkerError::Closed)),
+        "failed at the deadline"
+    );
     Ok(())
 }

@@ -30,6 +30,18 @@ const KILL_WAIT: Duration = Duration::from_secs(5);
 #[rtype(result = "()")]
 pub struct Close;
 
+/// Stops the worker after letting the requests in flight finish: new
+/// requests get [`WorkerError::Closed`] at once; those already accepted
+/// (in flight or queued) may finish for up to `within`; then it closes as
+/// [`Close`] does, failing whatever is still pending. Accepted by every
+/// worker.
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "()")]
+pub struct Drain {
+    /// How long the requests in flight may take to finish.
+    pub within: Duration,
+}
+
 /// Asks for a [`WorkerStatus`].
 #[derive(Debug, Clone, Copy, Default, Message)]
 #[rtype(result = "WorkerStatus")]
@@ -161,6 +173,31 @@ impl<C: Contract, D: Driver<C>> Worker<C, D> {
         self.link = Link::Released;
         self.state = WorkerState::Closed;
         tracing::debug!(contract = C::NAME, "worker closed");
+    }
+}
+
+impl<C: Contract, D: Driver<C>> Accepted<C, D> for Drain {
+    type Response = ResponseActFuture<Worker<C, D>, ()>;
+
+    fn handle(self, worker: &mut Worker<C, D>, _: &mut Context<Worker<C, D>>) -> Self::Response {
+        if worker.state == WorkerState::Closed {
+            return Box::pin(fut::ready(()));
+        }
+        tracing::debug!(contract = C::NAME, within = ?self.within, "draining worker");
+        worker.state = WorkerState::Closing;
+        let drained: LocalBoxFuture<'static, ()> = match &mut worker.link {
+            Link::Stream(link) => Box::pin(link.drained()),
+            Link::Local(local) => Box::pin(local.drained()),
+            Link::Released => Box::pin(std::future::ready(())),
+        };
+        let within = self.within;
+        Box::pin(
+            async move {
+                let _ = tokio::time::timeout(within, drained).await;
+            }
+            .into_actor(worker)
+            .then(|(), worker, ctx| Accepted::<C, D>::handle(Close, worker, ctx)),
+        )
     }
 }
 

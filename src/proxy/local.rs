@@ -72,6 +72,17 @@ impl LocalState {
         self.shared.queued.load(Ordering::Relaxed)
     }
 
+    /// Resolves once no request is in flight or queued: it then holds
+    /// every slot for a moment (queued requests go first, the semaphore
+    /// being fair).
+    pub(super) fn drained(&self) -> impl std::future::Future<Output = ()> + 'static {
+        let permits = self.shared.permits.clone();
+        let all = u32::try_from(self.shared.max_in_flight).unwrap_or(u32::MAX);
+        async move {
+            let _ = permits.acquire_many_owned(all).await;
+        }
+    }
+
     /// Fails waiting requests with `Closed` and stops the worker's arbiter.
     pub(super) fn stop(&mut self) {
         self.shared.closed.cancel();

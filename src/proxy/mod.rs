@@ -25,7 +25,9 @@ mod local;
 mod request;
 mod stream;
 
-pub use lifecycle::{Close, Detach, Disconnect, Reconnect, Status, WorkerState, WorkerStatus};
+pub use lifecycle::{
+    Close, Detach, Disconnect, Drain, Reconnect, Status, WorkerState, WorkerStatus,
+};
 pub use stream::Reply;
 
 /// The host's proxy for one worker of contract `C`, reached through driver

@@ -23,6 +23,7 @@ use bytes::{Bytes, BytesMut};
 use futures::future::LocalBoxFuture;
 use futures::StreamExt;
 use tokio::io::AsyncWrite;
+use tokio::sync::oneshot;
 use tokio_util::codec::FramedRead;
 
 use super::{Link, Worker, WorkerState};
@@ -75,6 +76,8 @@ pub(super) struct StreamLink {
     scratch: BytesMut,
     /// When abandoned requests were last looked for.
     last_sweep: Instant,
+    /// Told when no request is pending any more (see `Drain`).
+    drain_waiters: Vec<oneshot::Sender<()>>,
 }
 
 /// The requests the proxy has accepted and not yet resolved.
@@ -263,6 +266,7 @@ impl StreamLink {
             last_words: None,
             scratch: BytesMut::new(),
             last_sweep: Instant::now(),
+            drain_waiters: Vec::new(),
         }
     }
 
@@ -430,6 +434,26 @@ impl StreamLink {
                 caller.resolve(Err(error()));
             }
         }
+        self.notify_if_drained();
+    }
+
+    /// Resolves once no request is pending (at once if none is).
+    pub(super) fn drained(&mut self) -> impl Future<Output = ()> + 'static {
+        let (told, drained) = oneshot::channel();
+        self.drain_waiters.push(told);
+        self.notify_if_drained();
+        async move {
+            // A dropped sender (the link is gone) counts as drained too.
+            let _ = drained.await;
+        }
+    }
+
+    fn notify_if_drained(&mut self) {
+        if self.requests.borrow().pending.is_empty() {
+            for told in self.drain_waiters.drain(..) {
+                let _ = told.send(());
+            }
+        }
     }
 
     /// Sends queued requests while there is room in flight.
@@ -472,6 +496,7 @@ impl StreamLink {
             caller.resolve(outcome);
         }
         self.pump(max_in_flight);
+        self.notify_if_drained();
     }
 
     /// When the proxy next needs to look at its requests: the earliest

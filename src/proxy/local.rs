@@ -4,15 +4,18 @@
 //! the worker's handler resolves every request in flight as `Crashed` with
 //! the panic message.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::cell::RefCell;
+use std::collections::{BTreeSet, HashMap};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::thread::ThreadId;
+use std::time::Instant;
 
-use futures::future::LocalBoxFuture;
+use futures::future::{AbortHandle, Abortable, Aborted, LocalBoxFuture};
 
 use actix::prelude::*;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tokio_util::sync::CancellationToken;
 
 use super::{Accepted, Worker, WorkerState};
 use crate::config::WorkerOptions;
@@ -30,6 +33,38 @@ pub(super) struct LocalState {
     /// The arbiter's thread, whose panic message reports a crash.
     thread: ThreadId,
     shared: Arc<Shared>,
+    /// The requests in flight, by deadline; shared with their tasks (all on
+    /// the proxy's thread), which remove themselves when done.
+    running: Rc<RefCell<Running>>,
+}
+
+/// Requests in flight to a thread worker, so that one timer per proxy (the
+/// `Timekeeper`) can end those past their deadline, and `Close` all of them.
+#[derive(Default)]
+struct Running {
+    next_id: u64,
+    deadlines: BTreeSet<(Instant, u64)>,
+    aborts: HashMap<u64, (Instant, AbortHandle)>,
+}
+
+impl Running {
+    fn remove(&mut self, id: u64) -> Option<AbortHandle> {
+        let (deadline, abort) = self.aborts.remove(&id)?;
+        self.deadlines.remove(&(deadline, id));
+        Some(abort)
+    }
+}
+
+/// Takes a finished request out of the table, however it finished.
+struct Leave {
+    running: Rc<RefCell<Running>>,
+    id: u64,
+}
+
+impl Drop for Leave {
+    fn drop(&mut self) {
+        self.running.borrow_mut().remove(self.id);
+    }
 }
 
 /// What the request futures share with the proxy.
@@ -40,8 +75,8 @@ struct Shared {
     max_queued: usize,
     /// Requests waiting for a permit.
     queued: AtomicUsize,
-    /// Cancelled on `Close`: waiting requests resolve `Closed` at once.
-    closed: CancellationToken,
+    /// Set on `Close`: requests ended from then on resolve `Closed`.
+    closed: AtomicBool,
     /// Set by the first request that finds the actor dead: the panic
     /// message every request in flight reports.
     crash: OnceLock<Option<String>>,
@@ -58,9 +93,10 @@ impl LocalState {
                 max_in_flight: options.max_in_flight,
                 max_queued: options.max_queued,
                 queued: AtomicUsize::new(0),
-                closed: CancellationToken::new(),
+                closed: AtomicBool::new(false),
                 crash: OnceLock::new(),
             }),
+            running: Rc::default(),
         }
     }
 
@@ -85,9 +121,32 @@ impl LocalState {
 
     /// Fails waiting requests with `Closed` and stops the worker's arbiter.
     pub(super) fn stop(&mut self) {
-        self.shared.closed.cancel();
+        self.shared.closed.store(true, Ordering::Relaxed);
+        self.shared.permits.close();
+        let running = std::mem::take(&mut *self.running.borrow_mut());
+        for (_, abort) in running.aborts.into_values() {
+            abort.abort();
+        }
         if let Some(arbiter) = &self.arbiter {
             arbiter.stop();
+        }
+    }
+
+    /// The earliest deadline of a request in flight.
+    pub(super) fn next_check(&self) -> Option<Instant> {
+        Some(self.running.borrow().deadlines.first()?.0)
+    }
+
+    /// Ends the requests past their deadline; each resolves `Timeout`.
+    pub(super) fn check_requests(&mut self, now: Instant) {
+        let mut running = self.running.borrow_mut();
+        while let Some(&(deadline, id)) = running.deadlines.first() {
+            if deadline > now {
+                break;
+            }
+            if let Some(abort) = running.remove(id) {
+                abort.abort();
+            }
         }
     }
 
@@ -139,7 +198,22 @@ impl LocalState {
                 Slot::Queued
             }
         };
+        let (abort, registration) = AbortHandle::new_pair();
+        let id = {
+            let mut running = self.running.borrow_mut();
+            let id = running.next_id;
+            running.next_id += 1;
+            let deadline = Instant::now() + timeout;
+            running.deadlines.insert((deadline, id));
+            running.aborts.insert(id, (deadline, abort));
+            id
+        };
+        let leave = Leave {
+            running: self.running.clone(),
+            id,
+        };
         Box::pin(async move {
+            let _leave = leave;
             let outcome = async {
                 let _permit = match slot {
                     Slot::InFlight(permit) => permit,
@@ -151,16 +225,18 @@ impl LocalState {
                 };
                 match recipient.send(message).await {
                     Ok(outcome) => outcome,
-                    Err(_) if shared.closed.is_cancelled() => Err(WorkerError::Closed),
+                    Err(_) if shared.closed.load(Ordering::Relaxed) => Err(WorkerError::Closed),
                     Err(_) => Err(shared.crashed(thread, &proxy)),
                 }
             };
-            tokio::select! {
-                outcome = tokio::time::timeout(timeout, outcome) => outcome.unwrap_or(Err(WorkerError::Timeout {
+            // Ended early by the timekeeper (deadline) or by `Close`.
+            match Abortable::new(outcome, registration).await {
+                Ok(outcome) => outcome,
+                Err(Aborted) if shared.closed.load(Ordering::Relaxed) => Err(WorkerError::Closed),
+                Err(Aborted) => Err(WorkerError::Timeout {
                     after: timeout,
                     message: M::NAME,
-                })),
-                _ = shared.closed.cancelled() => Err(WorkerError::Closed),
+                }),
             }
         })
     }

@@ -825,11 +825,13 @@ impl<C: Contract, D: Driver<C>> ActorFuture<Worker<C, D>> for Timekeeper {
         task: &mut std::task::Context<'_>,
     ) -> Poll<()> {
         let max_in_flight = worker.options.max_in_flight;
-        let Some(link) = worker.stream_link() else {
-            return Poll::Ready(());
-        };
         loop {
-            let Some(wanted) = link.next_check() else {
+            let next = match &worker.link {
+                Link::Stream(link) => link.next_check(),
+                Link::Local(local) => local.next_check(),
+                Link::Released => return Poll::Ready(()),
+            };
+            let Some(wanted) = next else {
                 return Poll::Pending; // nothing pending: the timer may sleep
             };
             if self.armed_for.is_none_or(|armed| wanted < armed) {
@@ -840,7 +842,12 @@ impl<C: Contract, D: Driver<C>> ActorFuture<Worker<C, D>> for Timekeeper {
                 return Poll::Pending;
             }
             self.armed_for = None;
-            link.check_requests(Instant::now(), max_in_flight);
+            let now = Instant::now();
+            match &mut worker.link {
+                Link::Stream(link) => link.check_requests(now, max_in_flight),
+                Link::Local(local) => local.check_requests(now),
+                Link::Released => {}
+            }
         }
     }
 }

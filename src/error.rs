@@ -181,6 +181,8 @@ pub enum CrashReason {
     Panic,
     /// The connection broke but the cause could not be learned.
     ConnectionLost,
+    /// The worker's actor stopped by itself (it called `ctx.stop()`).
+    Stopped,
 }
 
 impl fmt::Display for CrashReason {
@@ -193,6 +195,7 @@ impl fmt::Display for CrashReason {
             },
             CrashReason::Panic => f.write_str("panicked"),
             CrashReason::ConnectionLost => f.write_str("connection lost"),
+            CrashReason::Stopped => f.write_str("its actor stopped"),
         }
     }
 }

@@ -48,6 +48,7 @@ fn suite<D: Driver<Calc>>(driver: &str, make: fn() -> D) -> Vec<Trial> {
         a_message_type_can_have_its_own_timeout,
         drain_lets_requests_in_flight_finish_then_closes,
         drain_fails_what_is_left_at_its_deadline,
+        a_crash_while_idle_is_noticed_and_a_fresh_worker_serves_on,
     ]
 }
 
@@ -333,5 +334,37 @@ async fn drain_fails_what_is_left_at_its_deadline<D: Driver<Calc>>(
         matches!(stuck?, Err(WorkerError::Closed)),
         "failed at the deadline"
     );
+    Ok(())
+}
+
+async fn a_crash_while_idle_is_noticed_and_a_fresh_worker_serves_on<D: Driver<Calc>>(
+    driver: D,
+) -> Result<(), Failed> {
+    let worker = Worker::<Calc, D>::spawn(driver).await.map_err(fail)?;
+    worker.send(Increment { by: 5 }).await?.map_err(fail)?;
+    worker
+        .send(ExplodeSoon {
+            message: "bored to death".into(),
+        })
+        .await?
+        .map_err(fail)?;
+    // No request is in flight when it dies; Status must still tell. (No
+    // event reaches the test, so it asks until the state changes.)
+    let crashed = loop {
+        match worker.send(Status).await?.state {
+            WorkerState::Running => tokio::time::sleep(Duration::from_millis(5)).await,
+            other => break other,
+        }
+    };
+    match crashed {
+        WorkerState::Crashed { message, .. } => {
+            let message = message.unwrap_or_default();
+            assert!(message.contains("bored to death"), "{message:?}");
+        }
+        other => return Err(format!("expected Crashed, got {other:?}").into()),
+    }
+    let fresh = worker.send(Increment { by: 1 }).await?.map_err(fail)?;
+    assert_eq!(fresh, 1, "a fresh worker, with fresh state");
+    worker.send(Close).await?;
     Ok(())
 }

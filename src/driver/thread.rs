@@ -71,6 +71,8 @@ pub(crate) struct LocalLink {
     pub(crate) arbiter: Arbiter,
     /// The arbiter's thread, whose panic message reports a crash.
     pub(crate) thread: ThreadId,
+    /// Resolves when the actor's context ends: it stopped, or panicked.
+    pub(crate) ended: tokio::task::JoinHandle<()>,
 }
 
 impl std::fmt::Debug for LocalLink {
@@ -98,14 +100,21 @@ where
             let (started_tx, started) = oneshot::channel();
             arbiter.spawn_fn(move || {
                 let thread = std::thread::current().id();
-                let actor = std::panic::catch_unwind(AssertUnwindSafe(|| factory().start()));
+                let actor = std::panic::catch_unwind(AssertUnwindSafe(|| factory()));
                 let _ = started_tx.send(match actor {
-                    Ok(actor) => Ok((actor, thread)),
+                    Ok(actor) => {
+                        // Run the actor's context as a task of our own, to
+                        // learn when it ends (a panic, even while idle).
+                        let context = Context::new();
+                        let address = context.address();
+                        let ended = actix_rt::spawn(context.into_future(actor));
+                        Ok((address, ended, thread))
+                    }
                     Err(_) => Err(panic::take_message(thread)),
                 });
             });
             let started = tokio::time::timeout(startup, started).await;
-            let (actor, thread) = match started {
+            let (actor, ended, thread) = match started {
                 Ok(Ok(Ok(started))) => started,
                 Ok(Ok(Err(message))) => {
                     arbiter.stop();
@@ -127,6 +136,7 @@ where
                     recipients,
                     arbiter,
                     thread,
+                    ended,
                 }),
             })
         })

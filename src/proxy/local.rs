@@ -10,17 +10,18 @@ use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::thread::ThreadId;
+
 use std::time::Instant;
+use tokio::task::JoinHandle;
 
 use futures::future::{AbortHandle, Abortable, Aborted, LocalBoxFuture};
 
 use actix::prelude::*;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use super::{Accepted, Worker, WorkerState};
 use crate::config::WorkerOptions;
-use crate::contract::{Contract, WorkerMessage};
-use crate::driver::{Driver, LocalLink};
+use crate::contract::WorkerMessage;
+use crate::driver::LocalLink;
 use crate::error::{CrashReason, WorkerError};
 use crate::worker::panic;
 use crate::worker::routes::Recipients;
@@ -83,8 +84,10 @@ struct Shared {
 }
 
 impl LocalState {
-    pub(super) fn new(link: LocalLink, options: &WorkerOptions) -> Self {
-        Self {
+    /// The proxy's state for `link`, and the handle that resolves when the
+    /// worker's actor ends.
+    pub(super) fn new(link: LocalLink, options: &WorkerOptions) -> (Self, JoinHandle<()>) {
+        let state = Self {
             recipients: link.recipients,
             arbiter: Some(link.arbiter),
             thread: link.thread,
@@ -97,7 +100,18 @@ impl LocalState {
                 crash: OnceLock::new(),
             }),
             running: Rc::default(),
-        }
+        };
+        (state, link.ended)
+    }
+
+    /// The thread the worker runs on, which identifies this link.
+    pub(super) fn thread(&self) -> ThreadId {
+        self.thread
+    }
+
+    /// Why the actor died: the panic message of its thread, if it panicked.
+    pub(super) fn crash_message(&self) -> Option<String> {
+        self.shared.crash_message(self.thread)
     }
 
     pub(super) fn in_flight(&self) -> usize {
@@ -123,6 +137,18 @@ impl LocalState {
     pub(super) fn stop(&mut self) {
         self.shared.closed.store(true, Ordering::Relaxed);
         self.shared.permits.close();
+        self.end();
+    }
+
+    /// The worker's actor died: the requests still running resolve
+    /// `Crashed` (with its panic message), and its arbiter is stopped.
+    pub(super) fn crashed(&mut self) {
+        let _ = self.crash_message();
+        self.end();
+    }
+
+    /// Ends every request still running and stops the worker's arbiter.
+    fn end(&mut self) {
         let running = std::mem::take(&mut *self.running.borrow_mut());
         for (_, abort) in running.aborts.into_values() {
             abort.abort();
@@ -163,15 +189,12 @@ impl LocalState {
     }
 
     /// Starts request `message`; the future resolves with its outcome.
-    pub(super) fn request<C, D, M>(
+    pub(super) fn request<M>(
         &self,
         message: M,
         timeout: std::time::Duration,
-        proxy: Addr<Worker<C, D>>,
     ) -> LocalBoxFuture<'static, Result<M::Reply, WorkerError>>
     where
-        C: Contract,
-        D: Driver<C>,
         M: WorkerMessage,
     {
         let Some(recipient) = self.recipients.get::<M>().cloned() else {
@@ -226,13 +249,25 @@ impl LocalState {
                 match recipient.send(message).await {
                     Ok(outcome) => outcome,
                     Err(_) if shared.closed.load(Ordering::Relaxed) => Err(WorkerError::Closed),
-                    Err(_) => Err(shared.crashed(thread, &proxy)),
+                    // The actor is gone: its handler panicked. (The proxy
+                    // learns it from the actor's end, see `Worker::actor_ended`.)
+                    Err(_) => Err(WorkerError::Crashed {
+                        reason: CrashReason::Panic,
+                        message: shared.crash_message(thread),
+                        attempt: 1,
+                    }),
                 }
             };
-            // Ended early by the timekeeper (deadline) or by `Close`.
+            // Ended early by `Close`, by the actor's death, or by the
+            // timekeeper at the deadline.
             match Abortable::new(outcome, registration).await {
                 Ok(outcome) => outcome,
                 Err(Aborted) if shared.closed.load(Ordering::Relaxed) => Err(WorkerError::Closed),
+                Err(Aborted) if shared.crash.get().is_some() => Err(WorkerError::Crashed {
+                    reason: CrashReason::Panic,
+                    message: shared.crash_message(thread),
+                    attempt: 1,
+                }),
                 Err(Aborted) => Err(WorkerError::Timeout {
                     after: timeout,
                     message: M::NAME,
@@ -249,57 +284,11 @@ enum Slot {
 }
 
 impl Shared {
-    /// The actor is gone (its handler panicked): the error every request in
-    /// flight reports. The first to notice tells the proxy, which stops the
-    /// arbiter so that requests still running there resolve too.
-    fn crashed<C: Contract, D: Driver<C>>(
-        &self,
-        thread: ThreadId,
-        proxy: &Addr<Worker<C, D>>,
-    ) -> WorkerError {
-        let mut first = false;
-        let message = self
-            .crash
-            .get_or_init(|| {
-                first = true;
-                panic::take_message(thread)
-            })
-            .clone();
-        if first {
-            proxy.do_send(LocalCrash {
-                message: message.clone(),
-            });
-        }
-        WorkerError::Crashed {
-            reason: CrashReason::Panic,
-            message,
-            attempt: 1,
-        }
-    }
-}
-
-/// The thread worker's actor died; later requests fail at once.
-#[derive(Debug, Message)]
-#[rtype(result = "()")]
-pub(super) struct LocalCrash {
-    message: Option<String>,
-}
-
-impl<C: Contract, D: Driver<C>> Accepted<C, D> for LocalCrash {
-    type Response = ();
-
-    fn handle(self, worker: &mut Worker<C, D>, _: &mut Context<Worker<C, D>>) {
-        if worker.state == WorkerState::Running {
-            tracing::warn!(contract = C::NAME, message = ?self.message, "thread worker panicked");
-            worker.state = WorkerState::Crashed {
-                reason: CrashReason::Panic,
-                message: self.message,
-            };
-            if let super::Link::Local(local) = &worker.link {
-                if let Some(arbiter) = &local.arbiter {
-                    arbiter.stop();
-                }
-            }
-        }
+    /// The panic message of the worker's thread, taken once and shared by
+    /// every request that reports the crash.
+    fn crash_message(&self, thread: ThreadId) -> Option<String> {
+        self.crash
+            .get_or_init(|| panic::take_message(thread))
+            .clone()
     }
 }

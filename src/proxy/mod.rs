@@ -92,7 +92,14 @@ impl Link {
             ConnectionKind::Stream(stream) => {
                 Link::Stream(stream::StreamLink::start(stream, options, ctx))
             }
-            ConnectionKind::Local(local) => Link::Local(local::LocalState::new(local, options)),
+            ConnectionKind::Local(local) => {
+                let (state, ended) = local::LocalState::new(local, options);
+                let thread = state.thread();
+                ctx.spawn(actix::fut::wrap_future(ended).map(
+                    move |ended, worker: &mut Worker<C, D>, _| worker.actor_ended(thread, ended),
+                ));
+                Link::Local(state)
+            }
         }
     }
 }
@@ -215,6 +222,29 @@ impl<C: Contract, D: Driver<C>> Worker<C, D> {
                 }
             }
         }));
+    }
+
+    /// A thread worker's actor ended (the worker on `thread`): unless the
+    /// proxy stopped it, that is a crash, noticed even with no request in
+    /// flight.
+    fn actor_ended(
+        &mut self,
+        thread: std::thread::ThreadId,
+        ended: Result<(), tokio::task::JoinError>,
+    ) {
+        let Link::Local(local) = &mut self.link else {
+            return;
+        };
+        if local.thread() != thread || self.state != WorkerState::Running {
+            return; // an earlier worker's end, or a stop the proxy asked for
+        }
+        let (reason, message) = match ended {
+            Err(e) if e.is_panic() => (CrashReason::Panic, local.crash_message()),
+            _ => (CrashReason::Stopped, None),
+        };
+        tracing::warn!(contract = C::NAME, %reason, ?message, "thread worker died");
+        local.crashed();
+        self.state = WorkerState::Crashed { reason, message };
     }
 
     /// The error a request gets when the worker can no longer take it.

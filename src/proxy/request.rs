@@ -35,7 +35,7 @@ where
             Link::Stream(link) => link.submit::<M, C::Serializer>(&self, &worker.options),
             Link::Local(local) => {
                 let timeout = worker.options.timeout_of(M::NAME);
-                Reply::later(local.request(self, timeout, ctx.address()))
+                Reply::later(local.request(self, timeout))
             }
             Link::Released => Reply::now(Err(WorkerError::Closed)),
         }

@@ -100,7 +100,14 @@ isolated_workers::contract! {
         SocketPath => String,
         Spin => (),
         Spins => u64,
+        ExplodeSoon => (),
     }
+}
+
+/// Answers at once, then panics 20 ms later, with no request in flight.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ExplodeSoon {
+    pub message: String,
 }
 
 /// Counts up, one step per millisecond, until cancelled (a `Cancellable`
@@ -238,6 +245,16 @@ impl Handler<Spin> for CalcWorker {
                 tokio::time::sleep(Duration::from_millis(1)).await;
             }
         })
+    }
+}
+
+impl Handler<ExplodeSoon> for CalcWorker {
+    type Result = Result<(), WorkerError>;
+    fn handle(&mut self, explode: ExplodeSoon, ctx: &mut Context<Self>) -> Self::Result {
+        ctx.run_later(Duration::from_millis(20), move |_, _| {
+            panic!("{}", explode.message)
+        });
+        Ok(())
     }
 }
 

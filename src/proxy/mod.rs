@@ -22,13 +22,15 @@ use crate::error::{CrashReason, SpawnError, WorkerError};
 
 mod lifecycle;
 mod local;
+mod reply;
 mod request;
 mod stream;
+mod timekeeper;
 
 pub use lifecycle::{
     Close, Detach, Disconnect, Drain, Reconnect, Status, WorkerState, WorkerStatus,
 };
-pub use stream::Reply;
+pub use reply::Reply;
 
 /// The host's proxy for one worker of contract `C`, reached through driver
 /// `D`. An actix actor: `Addr<Worker<C, D>>` accepts exactly the messages of
@@ -147,7 +149,7 @@ impl<C: Contract, D: Driver<C>> Worker<C, D> {
     pub async fn spawn_with(driver: D, options: WorkerOptions) -> Result<Addr<Self>, SpawnError> {
         let connection = driver.launch(&options).await?;
         Ok(Worker::create(move |ctx| {
-            ctx.spawn(stream::Timekeeper::new());
+            ctx.spawn(timekeeper::Timekeeper::new());
             let link = Link::start(connection, &options, ctx);
             Worker {
                 options,

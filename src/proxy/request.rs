@@ -4,7 +4,7 @@
 
 use actix::prelude::*;
 
-use super::stream::Reply;
+use super::reply::Reply;
 use super::{Accepted, Link, Worker};
 use crate::contract::{Contract, InContract};
 use crate::driver::{Carries, Driver};

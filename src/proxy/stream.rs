@@ -16,16 +16,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
-use actix::dev::{MessageResponse, OneshotSender};
 use actix::io::{FramedWrite, WriteHandler};
 use actix::prelude::*;
 use bytes::{Bytes, BytesMut};
-use futures::future::LocalBoxFuture;
 use futures::StreamExt;
 use tokio::io::AsyncWrite;
 use tokio::sync::oneshot;
 use tokio_util::codec::FramedRead;
 
+use super::reply::{Caller, Reply};
 use super::{Link, Worker, WorkerState};
 use crate::config::{CrashPolicy, WorkerOptions};
 use crate::contract::{Contract, WorkerMessage};
@@ -33,7 +32,6 @@ use crate::driver::{Driver, ProcessHandle, StreamConnection};
 use crate::error::{CrashReason, WorkerError};
 use crate::wire::envelope::{Header, Hello};
 use crate::wire::frame::{Frame, FrameCodec, FrameError};
-use crate::wire::serializer::CodecError;
 use crate::wire::{Serializer, PROTOCOL_VERSION};
 
 /// How long after the connection ends the proxy waits to learn the child's
@@ -80,6 +78,15 @@ pub(super) struct StreamLink {
     drain_waiters: Vec<oneshot::Sender<()>>,
 }
 
+impl Requests {
+    /// Attaches the caller that waits for request `id`.
+    pub(super) fn attach(&mut self, id: u64, caller: Box<dyn Caller>) {
+        if let Some(pending) = self.pending.get_mut(&id) {
+            pending.caller = Some(caller);
+        }
+    }
+}
+
 /// The requests the proxy has accepted and not yet resolved.
 #[derive(Default)]
 pub(super) struct Requests {
@@ -103,34 +110,6 @@ struct Pending {
     sent: bool,
 }
 
-/// The caller of one request, with the type knowledge to decode its reply.
-trait Caller {
-    fn resolve(self: Box<Self>, outcome: Result<Bytes, WorkerError>);
-    /// Whether the caller dropped its future, so nobody waits any more.
-    fn gone(&self) -> bool;
-}
-
-struct TypedCaller<M: WorkerMessage> {
-    reply: OneshotSender<Result<M::Reply, WorkerError>>,
-    decode: fn(&[u8]) -> Result<M::Reply, CodecError>,
-}
-
-impl<M: WorkerMessage> Caller for TypedCaller<M> {
-    fn resolve(self: Box<Self>, outcome: Result<Bytes, WorkerError>) {
-        let result = outcome.and_then(|payload| {
-            (self.decode)(&payload).map_err(|e| WorkerError::Codec {
-                what: format!("decode the reply to `{}`", M::NAME),
-                detail: e.0,
-            })
-        });
-        let _ = self.reply.send(result);
-    }
-
-    fn gone(&self) -> bool {
-        self.reply.is_closed()
-    }
-}
-
 /// A request whose worker crashed, to be sent again to a fresh one.
 pub(super) struct Retry {
     message: &'static str,
@@ -147,80 +126,6 @@ impl Retry {
     pub(super) fn fail(self, error: WorkerError) {
         if let Some(caller) = self.caller {
             caller.resolve(Err(error));
-        }
-    }
-}
-
-/// What the proxy answers a contract message with: an outcome known at
-/// once, a request registered in the link (its caller is attached when
-/// actix hands over the reply channel, and resolved by the proxy itself —
-/// no task per request), or a future (thread workers).
-pub struct Reply<M: WorkerMessage>(ReplyKind<M>);
-
-enum ReplyKind<M: WorkerMessage> {
-    Now(Result<M::Reply, WorkerError>),
-    Registered {
-        requests: Rc<RefCell<Requests>>,
-        id: u64,
-        decode: fn(&[u8]) -> Result<M::Reply, CodecError>,
-    },
-    Later(LocalBoxFuture<'static, Result<M::Reply, WorkerError>>),
-}
-
-impl<M: WorkerMessage> Reply<M> {
-    pub(super) fn now(outcome: Result<M::Reply, WorkerError>) -> Self {
-        Self(ReplyKind::Now(outcome))
-    }
-
-    pub(super) fn later(outcome: LocalBoxFuture<'static, Result<M::Reply, WorkerError>>) -> Self {
-        Self(ReplyKind::Later(outcome))
-    }
-}
-
-impl<M: WorkerMessage> std::fmt::Debug for Reply<M> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Reply")
-            .field("message", &M::NAME)
-            .finish_non_exhaustive()
-    }
-}
-
-impl<C, D, M> MessageResponse<Worker<C, D>, M> for Reply<M>
-where
-    C: Contract,
-    D: Driver<C>,
-    M: WorkerMessage,
-{
-    fn handle(self, _: &mut Context<Worker<C, D>>, reply: Option<OneshotSender<M::Result>>) {
-        let Some(reply) = reply else {
-            return; // do_send: nobody waits
-        };
-        match self.0 {
-            ReplyKind::Now(outcome) => {
-                let _ = reply.send(outcome);
-            }
-            ReplyKind::Registered {
-                requests,
-                id,
-                decode,
-            } => {
-                if let Some(pending) = requests.borrow_mut().pending.get_mut(&id) {
-                    pending.caller = Some(Box::new(TypedCaller::<M> { reply, decode }));
-                }
-            }
-            ReplyKind::Later(outcome) => {
-                let mut reply = reply;
-                actix_rt::spawn(async move {
-                    tokio::select! {
-                        outcome = outcome => {
-                            let _ = reply.send(outcome);
-                        }
-                        // The caller dropped its future: drop the request,
-                        // which withdraws it from the worker.
-                        () = reply.closed() => {}
-                    }
-                });
-            }
         }
     }
 }
@@ -325,11 +230,7 @@ impl StreamLink {
             sent: can_send,
         });
         self.send_or_queue(id, M::NAME, payload, can_send);
-        Reply(ReplyKind::Registered {
-            requests: self.requests.clone(),
-            id,
-            decode: M::decode_reply::<S>,
-        })
+        Reply::registered(self.requests.clone(), id, M::decode_reply::<S>)
     }
 
     /// Adds a request to the table under a fresh id.
@@ -501,7 +402,7 @@ impl StreamLink {
 
     /// When the proxy next needs to look at its requests: the earliest
     /// deadline, or the next sweep for abandoned requests.
-    fn next_check(&self) -> Option<Instant> {
+    pub(super) fn next_check(&self) -> Option<Instant> {
         let requests = self.requests.borrow();
         let earliest = requests.deadlines.first()?.0;
         Some(earliest.min(self.last_sweep + ABANDONED_SWEEP))
@@ -509,7 +410,7 @@ impl StreamLink {
 
     /// Times out the requests past their deadline and cancels those whose
     /// caller went away; the worker is told to cancel each one it has.
-    fn check_requests(&mut self, now: Instant, max_in_flight: usize) {
+    pub(super) fn check_requests(&mut self, now: Instant, max_in_flight: usize) {
         let mut expired = Vec::new();
         {
             let requests = self.requests.borrow();
@@ -792,62 +693,5 @@ impl AsyncWrite for Severable {
             return Poll::Ready(Ok(()));
         }
         Pin::new(&mut self.inner).poll_shutdown(task)
-    }
-}
-
-/// Wakes the proxy at its requests' deadlines (and periodically while
-/// requests are pending, to find abandoned ones).
-///
-/// One timer per proxy, moved only when a new request's deadline is earlier
-/// than the one it is set for: a timer per request would re-arm the
-/// runtime's clock on every request, which costs a system call each.
-pub(super) struct Timekeeper {
-    sleep: Pin<Box<tokio::time::Sleep>>,
-    armed_for: Option<Instant>,
-}
-
-impl Timekeeper {
-    pub(super) fn new() -> Self {
-        Self {
-            sleep: Box::pin(tokio::time::sleep_until(Instant::now().into())),
-            armed_for: None,
-        }
-    }
-}
-
-impl<C: Contract, D: Driver<C>> ActorFuture<Worker<C, D>> for Timekeeper {
-    type Output = ();
-
-    fn poll(
-        mut self: Pin<&mut Self>,
-        worker: &mut Worker<C, D>,
-        _: &mut Context<Worker<C, D>>,
-        task: &mut std::task::Context<'_>,
-    ) -> Poll<()> {
-        let max_in_flight = worker.options.max_in_flight;
-        loop {
-            let next = match &worker.link {
-                Link::Stream(link) => link.next_check(),
-                Link::Local(local) => local.next_check(),
-                Link::Released => return Poll::Ready(()),
-            };
-            let Some(wanted) = next else {
-                return Poll::Pending; // nothing pending: the timer may sleep
-            };
-            if self.armed_for.is_none_or(|armed| wanted < armed) {
-                self.armed_for = Some(wanted);
-                self.sleep.as_mut().reset(wanted.into());
-            }
-            if self.sleep.as_mut().poll(task).is_pending() {
-                return Poll::Pending;
-            }
-            self.armed_for = None;
-            let now = Instant::now();
-            match &mut worker.link {
-                Link::Stream(link) => link.check_requests(now, max_in_flight),
-                Link::Local(local) => local.check_requests(now),
-                Link::Released => {}
-            }
-        }
     }
 }

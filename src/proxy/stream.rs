@@ -267,11 +267,8 @@ impl StreamLink {
         reason: &CrashReason,
         message: &Option<String>,
     ) -> Vec<Retry> {
-        self.queue.clear();
-        self.in_flight = 0;
-        let drained = std::mem::take(&mut *self.requests.borrow_mut());
         let mut retries = Vec::new();
-        for (_, pending) in drained.pending {
+        for pending in self.take_all() {
             let retry = match options.crash_policy_of(pending.message) {
                 CrashPolicy::Retry { attempts } => pending.attempt <= attempts,
                 CrashPolicy::Reject => false,
@@ -296,6 +293,7 @@ impl StreamLink {
                 }
             }
         }
+        self.notify_if_drained();
         retries
     }
 
@@ -327,15 +325,22 @@ impl StreamLink {
 
     /// Resolves every pending request with `error`.
     pub(super) fn fail_all(&mut self, error: impl Fn() -> WorkerError) {
-        self.queue.clear();
-        self.in_flight = 0;
-        let drained = std::mem::take(&mut *self.requests.borrow_mut());
-        for (_, pending) in drained.pending {
+        for pending in self.take_all() {
             if let Some(caller) = pending.caller {
                 caller.resolve(Err(error()));
             }
         }
         self.notify_if_drained();
+    }
+
+    /// Takes every request out of the table and the queue, for the caller
+    /// to resolve: the worker will answer none of them.
+    fn take_all(&mut self) -> impl Iterator<Item = Pending> {
+        self.queue.clear();
+        self.in_flight = 0;
+        std::mem::take(&mut *self.requests.borrow_mut())
+            .pending
+            .into_values()
     }
 
     /// Resolves once no request is pending (at once if none is).

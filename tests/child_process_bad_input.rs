@@ -14,26 +14,13 @@ use support::*;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 
-/// Set, to a socket path, in a copy of this binary run as `nobody`.
-const CONNECT_AS_NOBODY_ENV: &str = "BAD_INPUT_CONNECT_AS_NOBODY";
-
-/// How the copy run as `nobody` reports: refused as it should be, or not.
+/// How the forked `nobody` process reports: refused by permissions as it
+/// should be, connected, or refused for another reason.
 const REFUSED: i32 = 0;
 const CONNECTED: i32 = 3;
 const OTHER_ERROR: i32 = 4;
 
 fn main() {
-    if let Some(socket) = std::env::var_os(CONNECT_AS_NOBODY_ENV) {
-        // Refused by permissions, not merely "no such file": the socket is
-        // unlinked once the handshake is done, but the private directory
-        // stays and must not even be searchable by another user.
-        let code = match std::os::unix::net::UnixStream::connect(socket) {
-            Ok(_) => CONNECTED,
-            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => REFUSED,
-            Err(_) => OTHER_ERROR,
-        };
-        std::process::exit(code);
-    }
     enter_workers();
     run(vec![
         actix_test(
@@ -85,20 +72,49 @@ async fn another_user_cannot_reach_the_worker_socket() -> Result<(), Failed> {
         return Ok(());
     }
     let worker = spawn_calc().await?;
-    let socket = ask(&worker, SocketPath).await?;
-    let status = tokio::process::Command::new(std::env::current_exe().map_err(fail)?)
-        .env(CONNECT_AS_NOBODY_ENV, &socket)
-        .uid(65534)
-        .gid(65534)
-        .status()
+    let socket = std::path::PathBuf::from(ask(&worker, SocketPath).await?);
+    let code = tokio::task::spawn_blocking(move || connect_as_nobody(&socket))
         .await
-        .map_err(fail)?;
-    assert_eq!(status.code(), Some(REFUSED), "nobody connected to {socket}");
+        .map_err(fail)??;
+    assert_eq!(code, REFUSED, "nobody reached the worker's socket");
     assert_eq!(
         ask(&worker, ping("still mine")).await?.text,
         "pong: still mine"
     );
     close(&worker).await
+}
+
+/// Forks a process that becomes `nobody` and tries to connect to `socket`;
+/// returns how it fared. Forked rather than spawned, so that `nobody` need
+/// not be able to execute this binary (its directory may be private).
+fn connect_as_nobody(socket: &std::path::Path) -> Result<i32, Failed> {
+    use nix::sys::wait::{waitpid, WaitStatus};
+    use nix::unistd::{fork, setgid, setuid, ForkResult, Gid, Uid};
+    // SAFETY: the child only makes system calls (setgid, setuid, socket,
+    // connect) and leaves with `_exit`; it allocates nothing and takes no
+    // lock, as a fork of a multi-threaded process must.
+    match unsafe { fork() }.map_err(fail)? {
+        ForkResult::Child => {
+            let code =
+                if setgid(Gid::from_raw(65534)).is_err() || setuid(Uid::from_raw(65534)).is_err() {
+                    OTHER_ERROR
+                } else {
+                    // Refused by permissions, not merely "no such file": the
+                    // socket is unlinked once the handshake is done, but the
+                    // private directory stays and must not be searchable.
+                    match std::os::unix::net::UnixStream::connect(socket) {
+                        Ok(_) => CONNECTED,
+                        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => REFUSED,
+                        Err(_) => OTHER_ERROR,
+                    }
+                };
+            unsafe { nix::libc::_exit(code) }
+        }
+        ForkResult::Parent { child } => match waitpid(child, None).map_err(fail)? {
+            WaitStatus::Exited(_, code) => Ok(code),
+            other => Err(format!("the nobody process ended as {other:?}").into()),
+        },
+    }
 }
 
 /// Short enough that a request sent to the wrong peer fails the test

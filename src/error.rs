@@ -59,6 +59,13 @@ pub enum WorkerError {
         /// The queue bound that was hit.
         limit: usize,
     },
+    /// The connection to the worker was closed with `Disconnect`; send
+    /// `Reconnect` to restore it.
+    #[error("the worker is disconnected")]
+    Disconnected,
+    /// `Reconnect` could not reach the worker.
+    #[error("could not reconnect to the worker: {0}")]
+    Unreachable(#[source] AttachError),
     /// The worker's driver does not support this operation (yet).
     #[error("`{what}` is not supported by this worker")]
     Unsupported {
@@ -274,6 +281,43 @@ pub enum SpawnError {
         /// The operating system's error.
         source: std::io::Error,
     },
+}
+
+/// Why a host could not attach (or reconnect) to a running worker.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum AttachError {
+    /// The handle is for another contract than the one the host asked for.
+    #[error("the handle is for contract `{found}`, the host expects `{expected}`")]
+    ContractMismatch {
+        /// The host's contract and version, e.g. `calc v1`.
+        expected: String,
+        /// The handle's contract and version.
+        found: String,
+    },
+    /// No worker runs behind the handle (it exited, was killed, or timed
+    /// out idle). Its leftover socket directory, if any, was removed.
+    #[error("worker {pid} is gone: {detail}")]
+    Gone {
+        /// The worker's process id, as the handle says.
+        pid: u32,
+        /// What connecting found.
+        detail: String,
+    },
+    /// The worker refused the token the host presented.
+    #[error("the worker refused the token")]
+    WrongToken,
+    /// Another host is attached to the worker; a worker serves one host at
+    /// a time.
+    #[error("another host is attached to the worker")]
+    Busy,
+    /// The worker answered, but does not speak what the host does
+    /// (protocol, contract or serializer), or is not who the handle says.
+    #[error("handshake failed: {0}")]
+    Handshake(String),
+    /// The worker did not complete the handshake in time.
+    #[error("the worker did not answer within {0:?}")]
+    Timeout(Duration),
 }
 
 fn stderr_tail(stderr: &str) -> String {

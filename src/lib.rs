@@ -14,8 +14,9 @@ pub mod testing;
 
 pub use config::{CrashPolicy, WorkerOptions};
 pub use contract::{Contract, InContract, LocalOnly, Portable, WorkerMessage};
+pub use driver::child_process::DetachedWorker;
 pub use driver::{ChildProcess, Connection, Driver, Thread};
-pub use error::{CrashReason, RemoteError, SpawnError, WorkerError};
+pub use error::{AttachError, CrashReason, RemoteError, SpawnError, WorkerError};
 pub use proxy::{
     Accepted, Close, Detach, Disconnect, Drain, Reconnect, Status, Worker, WorkerState,
     WorkerStatus,

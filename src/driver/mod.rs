@@ -89,6 +89,8 @@ pub(crate) struct StreamConnection {
     /// Whether the driver already checked the worker's Hello; if not, the
     /// proxy expects it as the first frame.
     pub(crate) greeted: bool,
+    /// For a child worker: how to reach the same process again.
+    pub(crate) session: Option<child_process::session::Session>,
 }
 
 impl std::fmt::Debug for StreamConnection {
@@ -96,6 +98,7 @@ impl std::fmt::Debug for StreamConnection {
         f.debug_struct("StreamConnection")
             .field("process", &self.process)
             .field("greeted", &self.greeted)
+            .field("session", &self.session)
             .finish_non_exhaustive()
     }
 }
@@ -125,8 +128,24 @@ impl Connection {
                 process: None,
                 resources: Vec::new(),
                 greeted,
+                session: None,
             }),
         }
+    }
+
+    /// A child worker's connection, after the driver checked its Hello.
+    pub(crate) fn child_stream(
+        stream: interprocess::local_socket::tokio::Stream,
+        process: ProcessHandle,
+        session: child_process::session::Session,
+    ) -> Self {
+        let (reader, writer) = crate::wire::stream::SharedStream::split(stream);
+        let mut connection = Self::halves(Box::new(reader), Box::new(writer), true);
+        if let ConnectionKind::Stream(stream) = &mut connection.kind {
+            stream.process = Some(process);
+            stream.session = Some(session);
+        }
+        connection
     }
 
     /// The worker is this child process: the proxy watches it, reports its
@@ -155,18 +174,23 @@ impl Connection {
 
 /// A driver whose workers can be disconnected from and reconnected to
 /// without losing their state: unlocks `Disconnect` and `Reconnect`.
+///
+/// Sealed: reconnecting needs a worker that listens for its host after
+/// the handshake, which only this crate's [`ChildProcess`] workers do.
 #[diagnostic::on_unimplemented(
     message = "driver `{Self}` cannot disconnect from a worker and reconnect to it",
     note = "`Disconnect` and `Reconnect` need a driver whose worker outlives its connection, such as `ChildProcess`"
 )]
-pub trait CanReconnect {}
+pub trait CanReconnect: sealed::Sealed {}
 
 /// A driver whose workers can outlive the host: unlocks `Detach`.
+///
+/// Sealed, as [`CanReconnect`] is: only [`ChildProcess`] workers can.
 #[diagnostic::on_unimplemented(
     message = "driver `{Self}` cannot detach a worker from the host",
     note = "`Detach` needs a driver whose worker can outlive the host process, such as `ChildProcess`"
 )]
-pub trait CanDetach {}
+pub trait CanDetach: sealed::Sealed {}
 
 /// A driver whose workers share memory with the host: unlocks `#[local]`
 /// messages, which are moved to the worker rather than serialized.
@@ -183,6 +207,12 @@ pub trait Carries<P> {}
 
 impl<D> Carries<Portable> for D {}
 impl<D: SharesMemory> Carries<LocalOnly> for D {}
+
+mod sealed {
+    /// Drivers of this crate whose workers listen for their host again.
+    pub trait Sealed {}
+    impl Sealed for super::ChildProcess {}
+}
 
 impl CanReconnect for ChildProcess {}
 impl CanDetach for ChildProcess {}

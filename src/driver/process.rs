@@ -1,7 +1,9 @@
 //! A spawned child process seen from the host: who watches it until it
 //! exits, how it is killed, and what it last wrote to stderr.
 
+use std::cell::Cell;
 use std::process::ExitStatus;
+use std::rc::Rc;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -12,13 +14,40 @@ use tokio::sync::{oneshot, watch};
 /// How many bytes of a child's stderr are kept for error reports.
 const STDERR_TAIL: usize = 4096;
 
-/// The host's handle on a running child. Dropping it kills the child.
+/// How a watched process ended.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Ended {
+    /// A child of this host: its exit status.
+    Status(ExitStatus),
+    /// A process this host attached to: it is gone, but only its parent
+    /// may read its exit status.
+    Unknown,
+}
+
+impl Ended {
+    pub(crate) fn reason(self) -> crate::error::CrashReason {
+        match self {
+            Ended::Status(status) => crate::error::CrashReason::from_exit_status(status),
+            Ended::Unknown => crate::error::CrashReason::ConnectionLost,
+        }
+    }
+}
+
+/// The host's handle on a worker process. Dropping it kills the process,
+/// unless it was [detached](Self::detach).
 #[derive(Debug)]
 pub(crate) struct ProcessHandle {
     pid: u32,
     kill: Option<oneshot::Sender<()>>,
-    exit: watch::Receiver<Option<ExitStatus>>,
+    /// Whether dropping the handle (or stopping the runtime) kills the
+    /// process; cleared once the worker is detached.
+    armed: Rc<Cell<bool>>,
+    exit: watch::Receiver<Option<Ended>>,
     stderr: StderrTail,
+    /// For a process this host did not spawn: signals go through its pidfd,
+    /// which cannot name another process after a pid is reused.
+    #[cfg(target_os = "linux")]
+    pidfd: Option<Rc<std::os::fd::OwnedFd>>,
 }
 
 impl ProcessHandle {
@@ -30,27 +59,73 @@ impl ProcessHandle {
         if let Some(pipe) = child.stderr.take() {
             actix_rt::spawn(stderr.clone().forward(pipe));
         }
+        let armed = Rc::new(Cell::new(true));
         let (kill, kill_requested) = oneshot::channel::<()>();
         let (exit_tx, exit) = watch::channel(None);
+        // Kills the child if this task is dropped unfinished (the runtime
+        // stops) while the child is still armed; tokio's own kill-on-drop
+        // could not be turned off once the worker is detached.
+        let mut reaper = Reaper {
+            child,
+            armed: armed.clone(),
+            reaped: false,
+        };
         actix_rt::spawn(async move {
-            let status = tokio::select! {
-                status = child.wait() => status,
-                // A kill request, or the handle was dropped.
-                _ = kill_requested => {
-                    let _ = child.start_kill();
-                    child.wait().await
-                }
-            };
+            let status = reaper.wait_or_kill(kill_requested).await;
             if let Ok(status) = status {
-                let _ = exit_tx.send(Some(status));
+                let _ = exit_tx.send(Some(Ended::Status(status)));
             }
         });
         Self {
             pid,
             kill: Some(kill),
+            armed,
             exit,
             stderr,
+            #[cfg(target_os = "linux")]
+            pidfd: None,
         }
+    }
+
+    /// Watches worker process `pid`, which another host spawned: learns of
+    /// its end through a pidfd (Linux; elsewhere, only the connection tells).
+    pub(crate) fn adopt(pid: u32) -> std::io::Result<Self> {
+        let (exit_tx, exit) = watch::channel(None);
+        let (kill, _) = oneshot::channel();
+        #[cfg(target_os = "linux")]
+        let pidfd = {
+            let raw = rustix::process::Pid::from_raw(pid as i32)
+                .ok_or_else(|| std::io::Error::other("pid 0"))?;
+            let fd = rustix::process::pidfd_open(raw, rustix::process::PidfdFlags::empty())?;
+            let fd = Rc::new(fd);
+            // A pidfd becomes readable when its process exits.
+            // SAFETY: the AsyncFd owns an `Rc` of the pidfd, which stays
+            // open and the same descriptor for as long as the AsyncFd lives.
+            let readable = unsafe {
+                tokio::io::unix::AsyncFd::register_with_interest(
+                    fd.clone(),
+                    tokio::io::Interest::READABLE,
+                )
+            }
+            .map_err(|e| e.into_parts().1)?;
+            actix_rt::spawn(async move {
+                if readable.readable().await.is_ok() {
+                    let _ = exit_tx.send(Some(Ended::Unknown));
+                }
+            });
+            fd
+        };
+        #[cfg(not(target_os = "linux"))]
+        drop(exit_tx);
+        Ok(Self {
+            pid,
+            kill: Some(kill),
+            armed: Rc::new(Cell::new(false)),
+            exit,
+            stderr: StderrTail::default(),
+            #[cfg(target_os = "linux")]
+            pidfd: Some(pidfd),
+        })
     }
 
     /// The child's process id.
@@ -58,37 +133,67 @@ impl ProcessHandle {
         self.pid
     }
 
-    /// Asks the child to stop (SIGTERM), unless it has already exited.
-    pub(crate) fn terminate(&self) {
-        if self.exit.borrow().is_none() {
-            if let Ok(pid) = i32::try_from(self.pid) {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid),
-                    nix::sys::signal::Signal::SIGTERM,
-                );
-            }
-        }
+    /// Lets the process outlive this handle and the host.
+    pub(crate) fn detach(&self) {
+        self.armed.set(false);
     }
 
-    /// Sends SIGKILL (once); the watcher reaps the child.
+    /// Asks the process to stop (SIGTERM), unless it has already exited.
+    pub(crate) fn terminate(&self) {
+        self.signal(nix::sys::signal::Signal::SIGTERM);
+    }
+
+    /// Kills the process (SIGKILL, once); the watcher reaps a child.
     pub(crate) fn kill(&mut self) {
         if let Some(kill) = self.kill.take() {
             let _ = kill.send(());
         }
+        if !self.is_child() {
+            self.signal(nix::sys::signal::Signal::SIGKILL);
+        }
     }
 
-    /// A future that resolves with the exit status once the child has been
-    /// reaped, or `None` if it is not reaped within `limit`.
+    fn is_child(&self) -> bool {
+        #[cfg(target_os = "linux")]
+        return self.pidfd.is_none();
+        #[cfg(not(target_os = "linux"))]
+        true
+    }
+
+    fn signal(&self, signal: nix::sys::signal::Signal) {
+        if self.exit.borrow().is_some() {
+            return;
+        }
+        #[cfg(target_os = "linux")]
+        if let Some(pidfd) = &self.pidfd {
+            if let Some(signal) = rustix::process::Signal::from_named_raw(signal as i32) {
+                let _ = rustix::process::pidfd_send_signal(&**pidfd, signal);
+            }
+            return;
+        }
+        if let Ok(pid) = i32::try_from(self.pid) {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal);
+        }
+    }
+
+    /// A future that resolves with how the process ended, or `None` if it
+    /// does not end within `limit`.
     pub(crate) fn exited_within(
         &self,
         limit: Duration,
-    ) -> impl std::future::Future<Output = Option<ExitStatus>> + 'static {
+    ) -> impl std::future::Future<Output = Option<Ended>> + 'static {
+        let ended = self.ended();
+        async move { tokio::time::timeout(limit, ended).await.ok().flatten() }
+    }
+
+    /// A future that resolves with how the process ended, once it has;
+    /// `None` if this host cannot learn it.
+    pub(crate) fn ended(&self) -> impl std::future::Future<Output = Option<Ended>> + 'static {
         let mut exit = self.exit.clone();
         async move {
-            let reaped = exit.wait_for(Option::is_some);
-            match tokio::time::timeout(limit, reaped).await {
-                Ok(Ok(status)) => *status,
-                _ => None,
+            match exit.wait_for(Option::is_some).await {
+                Ok(ended) => *ended,
+                Err(_) => std::future::pending().await,
             }
         }
     }
@@ -97,6 +202,42 @@ impl ProcessHandle {
     /// the pipe to close so that nothing it wrote before dying is missed.
     pub(crate) async fn stderr_tail(&self, limit: Duration) -> String {
         self.stderr.settled(limit).await
+    }
+}
+
+/// Owns a spawned child in its watcher task.
+struct Reaper {
+    child: Child,
+    armed: Rc<Cell<bool>>,
+    reaped: bool,
+}
+
+impl Reaper {
+    /// Waits for the child to exit, killing it first if asked to (or if
+    /// the handle is dropped while the child is armed).
+    async fn wait_or_kill(
+        &mut self,
+        kill_requested: oneshot::Receiver<()>,
+    ) -> std::io::Result<ExitStatus> {
+        let status = tokio::select! {
+            status = self.child.wait() => status,
+            requested = kill_requested => {
+                if requested.is_ok() || self.armed.get() {
+                    let _ = self.child.start_kill();
+                }
+                self.child.wait().await
+            }
+        };
+        self.reaped = true;
+        status
+    }
+}
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        if !self.reaped && self.armed.get() {
+            let _ = self.child.start_kill();
+        }
     }
 }
 

@@ -1,6 +1,5 @@
-//! Lifecycle messages: [`Close`] and [`Status`], accepted by every worker,
-//! and [`Disconnect`], [`Reconnect`] and [`Detach`], accepted only where the
-//! driver has the capability.
+//! Lifecycle messages accepted by every worker: [`Close`], [`Drain`] and
+//! [`Status`]. (Those that need a capability are in `connection`.)
 
 use std::time::Duration;
 
@@ -10,7 +9,7 @@ use futures::future::LocalBoxFuture;
 
 use super::{Accepted, Link, Worker};
 use crate::contract::Contract;
-use crate::driver::{CanDetach, CanReconnect, Driver};
+use crate::driver::Driver;
 use crate::error::{CrashReason, WorkerError};
 
 /// How long to wait for the kernel to reap a worker after SIGKILL.
@@ -61,6 +60,9 @@ pub struct WorkerStatus {
     pub queued: usize,
     /// Fresh workers started after crashes, within the restart window.
     pub restarts: u32,
+    /// Whether the worker outlives the host (see
+    /// [`Detach`](crate::proxy::Detach)).
+    pub detached: bool,
 }
 
 /// Where a worker is in its life.
@@ -69,6 +71,10 @@ pub struct WorkerStatus {
 pub enum WorkerState {
     /// Serving requests.
     Running,
+    /// The connection was closed with [`Disconnect`](crate::proxy::Disconnect);
+    /// the worker runs on, keeping its state, until
+    /// [`Reconnect`](crate::proxy::Reconnect).
+    Disconnected,
     /// `Close` was received; shutting down.
     Closing,
     /// Closed: the worker is gone and its resources are released.
@@ -101,32 +107,36 @@ impl<C: Contract, D: Driver<C>> Accepted<C, D> for Close {
         tracing::debug!(contract = C::NAME, "closing worker");
         worker.state = WorkerState::Closing;
         let grace = worker.options.close_grace;
-        let finished: LocalBoxFuture<'static, ()> = match &mut worker.link {
+        // A Shutdown frame, then SIGTERM, then SIGKILL, each after the
+        // grace period, until the worker has exited.
+        let asked: LocalBoxFuture<'static, bool> = match &mut worker.link {
             Link::Stream(link) => {
                 link.fail_all(|| WorkerError::Closed);
                 link.shut_down();
-                // Shutdown frame, then SIGTERM, then SIGKILL, each after
-                // the grace period, until the worker has exited.
-                let asked = link.exited_within(grace);
-                return Box::pin(
-                    asked
-                        .into_actor(worker)
-                        .then(move |exited, worker, _| {
-                            escalate(worker, exited, grace, Escalation::Terminate)
-                        })
-                        .then(move |exited, worker, _| {
-                            escalate(worker, exited, KILL_WAIT, Escalation::Kill)
-                        })
-                        .map(|_, worker, _| worker.released()),
-                );
+                Box::pin(link.exited_within(grace))
             }
-            Link::Local(local) => Box::pin(local.join()),
-            Link::Released => Box::pin(std::future::ready(())),
+            // No connection to say it on: start with SIGTERM.
+            Link::Parked(_) => Box::pin(std::future::ready(false)),
+            Link::Local(local) => {
+                return Box::pin(
+                    local
+                        .join()
+                        .into_actor(worker)
+                        .map(|(), worker, _| worker.released()),
+                )
+            }
+            Link::Released => Box::pin(std::future::ready(true)),
         };
         Box::pin(
-            finished
+            asked
                 .into_actor(worker)
-                .map(|(), worker, _| worker.released()),
+                .then(move |exited, worker, _| {
+                    escalate(worker, exited, grace, Escalation::Terminate)
+                })
+                .then(move |exited, worker, _| {
+                    escalate(worker, exited, KILL_WAIT, Escalation::Kill)
+                })
+                .map(|_, worker, _| worker.released()),
         )
     }
 }
@@ -146,20 +156,24 @@ fn escalate<C: Contract, D: Driver<C>>(
     wait: Duration,
     step: Escalation,
 ) -> impl ActorFuture<Worker<C, D>, Output = bool> {
-    let waited = match worker.stream_link() {
-        Some(link) if !exited => {
-            tracing::debug!(pid = ?link.pid(), ?step, "worker still running while closing");
+    let waited = match worker.link.process_mut() {
+        Some(process) if !exited => {
+            tracing::debug!(
+                pid = process.pid(),
+                ?step,
+                "worker still running while closing"
+            );
             match step {
-                Escalation::Terminate => link.terminate(),
-                Escalation::Kill => link.kill(),
+                Escalation::Terminate => process.terminate(),
+                Escalation::Kill => process.kill(),
             }
-            Some(link.exited_within(wait))
+            Some(process.exited_within(wait))
         }
         _ => None,
     };
     async move {
         match waited {
-            Some(waited) => waited.await,
+            Some(waited) => waited.await.is_some(),
             None => true,
         }
     }
@@ -170,7 +184,12 @@ impl<C: Contract, D: Driver<C>> Worker<C, D> {
     /// Drops what the worker held (removing a child's socket directory) and
     /// marks it closed.
     fn released(&mut self) {
-        self.link = Link::Released;
+        let link = std::mem::replace(&mut self.link, Link::Released);
+        // A detached worker removes its directory as it exits; if it was
+        // killed, it could not.
+        if let Some(session) = link.session() {
+            session.remove_directory();
+        }
         self.state = WorkerState::Closed;
         tracing::debug!(contract = C::NAME, "worker closed");
     }
@@ -188,7 +207,7 @@ impl<C: Contract, D: Driver<C>> Accepted<C, D> for Drain {
         let drained: LocalBoxFuture<'static, ()> = match &mut worker.link {
             Link::Stream(link) => Box::pin(link.drained()),
             Link::Local(local) => Box::pin(local.drained()),
-            Link::Released => Box::pin(std::future::ready(())),
+            Link::Parked(_) | Link::Released => Box::pin(std::future::ready(())),
         };
         let within = self.within;
         Box::pin(
@@ -207,6 +226,7 @@ impl<C: Contract, D: Driver<C>> Accepted<C, D> for Status {
     fn handle(self, worker: &mut Worker<C, D>, _: &mut Context<Worker<C, D>>) -> Self::Response {
         let (pid, in_flight, queued) = match &worker.link {
             Link::Stream(link) => (link.pid(), link.in_flight(), link.queued()),
+            Link::Parked(parked) => (Some(parked.pid()), 0, 0),
             Link::Local(local) => (None, local.in_flight(), local.queued()),
             Link::Released => (None, 0, 0),
         };
@@ -216,59 +236,7 @@ impl<C: Contract, D: Driver<C>> Accepted<C, D> for Status {
             in_flight,
             queued,
             restarts: worker.restarts.len() as u32,
+            detached: worker.link.session().is_some_and(|s| s.is_detached()),
         })
-    }
-}
-
-/// Drops the connection to a worker that keeps running and keeps its state.
-/// Accepted by workers whose driver [`CanReconnect`].
-///
-/// Not implemented yet: answers [`WorkerError::Unsupported`] and leaves
-/// the connection as it is. (The connection-lifecycle work replaces this.)
-#[derive(Debug, Clone, Copy, Default, Message)]
-#[rtype(result = "Result<(), WorkerError>")]
-pub struct Disconnect;
-
-/// Restores the connection dropped by [`Disconnect`]. Accepted by workers
-/// whose driver [`CanReconnect`].
-///
-/// Not implemented yet: answers [`WorkerError::Unsupported`].
-#[derive(Debug, Clone, Copy, Default, Message)]
-#[rtype(result = "Result<(), WorkerError>")]
-pub struct Reconnect;
-
-/// Lets the worker outlive the host. Accepted by workers whose driver
-/// [`CanDetach`].
-///
-/// Not implemented yet: answers [`WorkerError::Unsupported`].
-#[derive(Debug, Clone, Copy, Default, Message)]
-#[rtype(result = "Result<(), WorkerError>")]
-pub struct Detach;
-
-// Each lifecycle message is accepted only under its capability. Written
-// out rather than by a macro: the compiler quotes these impls when a
-// message is refused, and the bound should read plainly there.
-
-impl<C: Contract, D: Driver<C> + CanReconnect> Accepted<C, D> for Disconnect {
-    type Response = Result<(), WorkerError>;
-
-    fn handle(self, _: &mut Worker<C, D>, _: &mut Context<Worker<C, D>>) -> Self::Response {
-        Err(WorkerError::Unsupported { what: "Disconnect" })
-    }
-}
-
-impl<C: Contract, D: Driver<C> + CanReconnect> Accepted<C, D> for Reconnect {
-    type Response = Result<(), WorkerError>;
-
-    fn handle(self, _: &mut Worker<C, D>, _: &mut Context<Worker<C, D>>) -> Self::Response {
-        Err(WorkerError::Unsupported { what: "Reconnect" })
-    }
-}
-
-impl<C: Contract, D: Driver<C> + CanDetach> Accepted<C, D> for Detach {
-    type Response = Result<(), WorkerError>;
-
-    fn handle(self, _: &mut Worker<C, D>, _: &mut Context<Worker<C, D>>) -> Self::Response {
-        Err(WorkerError::Unsupported { what: "Detach" })
     }
 }

@@ -20,6 +20,7 @@ use crate::contract::Contract;
 use crate::driver::{ChildProcess, Connection, ConnectionKind, Driver};
 use crate::error::{CrashReason, SpawnError, WorkerError};
 
+mod connection;
 mod lifecycle;
 mod local;
 mod reply;
@@ -27,9 +28,8 @@ mod request;
 mod stream;
 mod timekeeper;
 
-pub use lifecycle::{
-    Close, Detach, Disconnect, Drain, Reconnect, Status, WorkerState, WorkerStatus,
-};
+pub use connection::{Detach, Disconnect, Reconnect, DEFAULT_IDLE_TIMEOUT};
+pub use lifecycle::{Close, Drain, Status, WorkerState, WorkerStatus};
 pub use reply::Reply;
 
 /// The host's proxy for one worker of contract `C`, reached through driver
@@ -65,8 +65,9 @@ pub struct Worker<C: Contract, D: Driver<C> = ChildProcess> {
     options: WorkerOptions,
     state: WorkerState,
     link: Link,
-    /// Starts a fresh worker after a crash.
-    driver: D,
+    /// Starts a fresh worker after a crash; `None` for a worker this host
+    /// attached to, which it cannot start again.
+    driver: Option<D>,
     /// When the worker was restarted, within the restart window.
     restarts: VecDeque<Instant>,
     _contract: PhantomData<fn() -> (C, D)>,
@@ -79,6 +80,8 @@ pub struct Worker<C: Contract, D: Driver<C> = ChildProcess> {
 enum Link {
     Stream(stream::StreamLink),
     Local(local::LocalState),
+    /// Disconnected from a worker process that runs on.
+    Parked(connection::Parked),
     /// Released after `Close`.
     Released,
 }
@@ -102,6 +105,26 @@ impl Link {
                 ));
                 Link::Local(state)
             }
+        }
+    }
+}
+
+impl Link {
+    /// The worker process, if the worker is one.
+    fn process_mut(&mut self) -> Option<&mut crate::driver::ProcessHandle> {
+        match self {
+            Link::Stream(link) => link.process_mut(),
+            Link::Parked(parked) => Some(parked.process_mut()),
+            Link::Local(_) | Link::Released => None,
+        }
+    }
+
+    /// How to reach a child worker again, if the worker is one.
+    fn session(&self) -> Option<&crate::driver::child_process::session::Session> {
+        match self {
+            Link::Stream(link) => link.session.as_ref(),
+            Link::Parked(parked) => Some(parked.session()),
+            Link::Local(_) | Link::Released => None,
         }
     }
 }
@@ -148,7 +171,12 @@ impl<C: Contract, D: Driver<C>> Worker<C, D> {
     /// As [`spawn`](Self::spawn).
     pub async fn spawn_with(driver: D, options: WorkerOptions) -> Result<Addr<Self>, SpawnError> {
         let connection = driver.launch(&options).await?;
-        Ok(Worker::create(move |ctx| {
+        Ok(Self::start(connection, options, Some(driver)))
+    }
+
+    /// Starts the proxy of a worker reached through `connection`.
+    fn start(connection: Connection, options: WorkerOptions, driver: Option<D>) -> Addr<Self> {
+        Worker::create(move |ctx| {
             ctx.spawn(timekeeper::Timekeeper::new());
             let link = Link::start(connection, &options, ctx);
             Worker {
@@ -159,13 +187,13 @@ impl<C: Contract, D: Driver<C>> Worker<C, D> {
                 restarts: VecDeque::new(),
                 _contract: PhantomData,
             }
-        }))
+        })
     }
 
     /// Whether the worker is dead and a fresh one may be started for the
     /// next request.
     fn needs_respawn(&self) -> bool {
-        matches!(self.state, WorkerState::Crashed { .. })
+        self.driver.is_some() && matches!(self.state, WorkerState::Crashed { .. })
     }
 
     /// Starts a fresh worker in place of a crashed one, then sends it the
@@ -173,6 +201,14 @@ impl<C: Contract, D: Driver<C>> Worker<C, D> {
     /// (senders wait in its mailbox), so requests keep their order. Gives
     /// up, failing everything, once the restart budget is spent.
     fn respawn(&mut self, ctx: &mut Context<Self>, retry: Vec<stream::Retry>) {
+        if self.driver.is_none() {
+            // An attached worker: this host cannot start another.
+            let error = self.unavailable().unwrap_or(WorkerError::Closed);
+            for request in retry {
+                request.fail(error.clone());
+            }
+            return;
+        }
         let now = Instant::now();
         let window = self.options.restart_window;
         self.restarts.retain(|at| now.duration_since(*at) < window);
@@ -201,7 +237,10 @@ impl<C: Contract, D: Driver<C>> Worker<C, D> {
             restart = self.restarts.len(),
             "starting a fresh worker"
         );
-        let launched = self.driver.launch(&self.options);
+        let Some(driver) = &self.driver else {
+            return;
+        };
+        let launched = driver.launch(&self.options);
         ctx.wait(launched.into_actor(self).map(move |launched, worker, ctx| match launched {
             Ok(connection) => {
                 worker.link = Link::start(connection, &worker.options, ctx);
@@ -254,6 +293,7 @@ impl<C: Contract, D: Driver<C>> Worker<C, D> {
         match &self.state {
             WorkerState::Running => None,
             WorkerState::Closing | WorkerState::Closed => Some(WorkerError::Closed),
+            WorkerState::Disconnected => Some(WorkerError::Disconnected),
             WorkerState::Crashed { reason, message } => Some(WorkerError::Crashed {
                 reason: reason.clone(),
                 message: message.clone(),
@@ -279,10 +319,15 @@ impl<C: Contract, D: Driver<C>> Actor for Worker<C, D> {
         match &mut self.link {
             Link::Stream(link) => {
                 link.fail_all(|| WorkerError::Closed);
-                // Dropping the link kills the child (reaped by its watcher)
-                // and removes its directory.
-                link.kill();
+                // A detached worker parks when the connection drops; any
+                // other is killed (and reaped by its watcher), and its
+                // directory removed with the link.
+                if !link.is_detached() {
+                    link.kill();
+                }
             }
+            // Dropped with the link: killed unless detached.
+            Link::Parked(_) => {}
             Link::Local(local) => local.stop(),
             Link::Released => {}
         }

@@ -37,6 +37,7 @@ where
                 let timeout = worker.options.timeout_of(M::NAME);
                 Reply::later(local.request(self, timeout))
             }
+            Link::Parked(_) => Reply::now(Err(WorkerError::Disconnected)),
             Link::Released => Reply::now(Err(WorkerError::Closed)),
         }
     }

@@ -10,28 +10,26 @@ use std::borrow::Cow;
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::future::Future;
-use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use actix::io::{FramedWrite, WriteHandler};
 use actix::prelude::*;
 use bytes::{Bytes, BytesMut};
-use futures::StreamExt;
 use tokio::io::AsyncWrite;
 use tokio::sync::oneshot;
-use tokio_util::codec::FramedRead;
 
 use super::reply::{Caller, Reply};
 use super::{Link, Worker, WorkerState};
 use crate::config::{CrashPolicy, WorkerOptions};
 use crate::contract::{Contract, WorkerMessage};
+use crate::driver::child_process::session::Session;
 use crate::driver::{Driver, ProcessHandle, StreamConnection};
 use crate::error::{CrashReason, WorkerError};
 use crate::wire::envelope::{Header, Hello};
 use crate::wire::frame::{Frame, FrameCodec, FrameError};
+use crate::wire::stream::{inbound, Inbound, Severable};
 use crate::wire::{Serializer, PROTOCOL_VERSION};
 
 /// How long after the connection ends the proxy waits to learn the child's
@@ -76,6 +74,13 @@ pub(super) struct StreamLink {
     last_sweep: Instant,
     /// Told when no request is pending any more (see `Drain`).
     drain_waiters: Vec<oneshot::Sender<()>>,
+    /// For a child worker: how to reach the same process again.
+    pub(super) session: Option<Session>,
+    /// Told when the worker confirms `Disconnect` or `Detach`; dropped if
+    /// the connection is lost first.
+    pub(super) listening: Option<oneshot::Sender<()>>,
+    /// Set by `Disconnect`: new requests fail at once with `Disconnected`.
+    pub(super) hanging_up: bool,
 }
 
 impl Requests {
@@ -141,18 +146,13 @@ impl StreamLink {
     {
         static LINK_IDS: AtomicU64 = AtomicU64::new(0);
         let link = LINK_IDS.fetch_add(1, Ordering::Relaxed);
-        let codec = || FrameCodec::new(options.max_frame_len);
-        let frames = FramedRead::new(connection.reader, codec())
-            .map(Some)
-            .chain(futures::stream::once(std::future::ready(None)));
-        ctx.add_stream(frames.map(move |event| Inbound { link, event }));
-        let severed = Rc::new(Cell::new(false));
-        let io = Severable {
-            inner: connection.writer,
-            severed: severed.clone(),
-        };
-        let mut writer =
-            FramedWrite::new(Box::new(io) as Box<dyn AsyncWrite + Unpin>, codec(), ctx);
+        ctx.add_stream(inbound(connection.reader, options.max_frame_len, link));
+        let (io, severed) = Severable::new(connection.writer);
+        let mut writer = FramedWrite::new(
+            Box::new(io) as Box<dyn AsyncWrite + Unpin>,
+            FrameCodec::new(options.max_frame_len),
+            ctx,
+        );
         // Never pause the actor for a slow reader: the buffer is already
         // bounded by max_in_flight × max_frame_len, and pausing here is how
         // two peers that both write large frames deadlock.
@@ -172,7 +172,29 @@ impl StreamLink {
             scratch: BytesMut::new(),
             last_sweep: Instant::now(),
             drain_waiters: Vec::new(),
+            session: connection.session,
+            listening: None,
+            hanging_up: false,
         }
+    }
+
+    /// Writes a lifecycle frame; `listening` is told once the worker
+    /// answers `Listening`.
+    pub(super) fn ask_to_listen(&mut self, header: Header) -> oneshot::Receiver<()> {
+        let (told, listening) = oneshot::channel();
+        self.listening = Some(told);
+        self.write(Frame::bare(header));
+        listening
+    }
+
+    /// Closes the connection gracefully, so that the worker sees it end,
+    /// and returns the worker process and session, which outlive it.
+    pub(super) fn hang_up(mut self) -> (Option<ProcessHandle>, Option<Session>) {
+        self.fail_all(|| WorkerError::Disconnected);
+        if let Some(mut writer) = self.writer.take() {
+            writer.close();
+        }
+        (self.process.take(), self.session.take())
     }
 
     pub(super) fn pid(&self) -> Option<u32> {
@@ -194,6 +216,9 @@ impl StreamLink {
         message: &M,
         options: &WorkerOptions,
     ) -> Reply<M> {
+        if self.hanging_up {
+            return Reply::now(Err(WorkerError::Disconnected));
+        }
         let can_send = self.in_flight < options.max_in_flight;
         if !can_send && self.queue.len() >= options.max_queued {
             return Reply::now(Err(WorkerError::Overloaded {
@@ -466,11 +491,13 @@ impl StreamLink {
         self.write(Frame::bare(Header::Shutdown));
     }
 
-    /// Asks the worker process to stop (SIGTERM), if there is one.
-    pub(super) fn terminate(&self) {
-        if let Some(process) = &self.process {
-            process.terminate();
-        }
+    pub(super) fn process_mut(&mut self) -> Option<&mut ProcessHandle> {
+        self.process.as_mut()
+    }
+
+    /// Whether the worker outlives this host.
+    pub(super) fn is_detached(&self) -> bool {
+        self.session.as_ref().is_some_and(Session::is_detached)
     }
 
     /// Kills the worker process, if there is one.
@@ -510,6 +537,7 @@ impl<C: Contract, D: Driver<C>> Worker<C, D> {
         let Some(link) = self.stream_link() else {
             return;
         };
+        link.listening = None;
         match link.writer.take() {
             Some(mut writer) => {
                 // Let actix's writer finish (and leave the context) now,
@@ -539,7 +567,7 @@ impl<C: Contract, D: Driver<C>> Worker<C, D> {
             };
             let last_words = link.last_words.take();
             let reason = match exit {
-                Some(Some(status)) => CrashReason::from_exit_status(status),
+                Some(Some(ended)) => ended.reason(),
                 Some(None) => {
                     // Connection gone, process still there: end it.
                     link.kill();
@@ -630,6 +658,11 @@ impl<C: Contract, D: Driver<C>> StreamHandler<Inbound> for Worker<C, D> {
                 link.resolve(id, Err(WorkerError::Remote(error)), max_in_flight)
             }
             Header::Panicked { message } => link.last_words = Some(message),
+            Header::Listening => {
+                if let Some(told) = link.listening.take() {
+                    let _ = told.send(());
+                }
+            }
             other => {
                 let detail = format!("protocol error: unexpected {other:?} from the worker");
                 self.connection_lost(Some(detail), ctx)
@@ -646,57 +679,14 @@ impl<C: Contract, D: Driver<C>> StreamHandler<Inbound> for Worker<C, D> {
 impl<C: Contract, D: Driver<C>> WriteHandler<FrameError> for Worker<C, D> {
     fn error(&mut self, error: FrameError, ctx: &mut Self::Context) -> Running {
         tracing::debug!("writing to the worker failed: {error}");
-        self.connection_lost(None, ctx);
+        // Handled once actix's writer is done with this call: closing the
+        // writer from inside it would borrow it twice.
+        ctx.spawn(
+            fut::ready(()).map(|(), worker: &mut Self, ctx| worker.connection_lost(None, ctx)),
+        );
         // Stop writing (the actor itself lives on, see `finished`).
         Running::Stop
     }
 
     fn finished(&mut self, _: &mut Self::Context) {}
-}
-
-/// What one connection's reader reports: a frame (or a read error), or,
-/// as `None`, its end; tagged with the connection it came from.
-pub(super) struct Inbound {
-    link: u64,
-    event: Option<Result<Frame, FrameError>>,
-}
-
-/// The writing end of a connection, which can be cut off: once severed,
-/// writes succeed without going anywhere.
-struct Severable {
-    inner: Box<dyn AsyncWrite + Unpin>,
-    severed: Rc<Cell<bool>>,
-}
-
-impl AsyncWrite for Severable {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        task: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        if self.severed.get() {
-            return Poll::Ready(Ok(buf.len()));
-        }
-        Pin::new(&mut self.inner).poll_write(task, buf)
-    }
-
-    fn poll_flush(
-        mut self: Pin<&mut Self>,
-        task: &mut std::task::Context<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        if self.severed.get() {
-            return Poll::Ready(Ok(()));
-        }
-        Pin::new(&mut self.inner).poll_flush(task)
-    }
-
-    fn poll_shutdown(
-        mut self: Pin<&mut Self>,
-        task: &mut std::task::Context<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        if self.severed.get() {
-            return Poll::Ready(Ok(()));
-        }
-        Pin::new(&mut self.inner).poll_shutdown(task)
-    }
 }

@@ -45,6 +45,7 @@ impl<C: Contract, D: Driver<C>> ActorFuture<Worker<C, D>> for Timekeeper {
             let next = match &worker.link {
                 Link::Stream(link) => link.next_check(),
                 Link::Local(local) => local.next_check(),
+                Link::Parked(_) => None,
                 Link::Released => return Poll::Ready(()),
             };
             let Some(wanted) = next else {
@@ -62,7 +63,7 @@ impl<C: Contract, D: Driver<C>> ActorFuture<Worker<C, D>> for Timekeeper {
             match &mut worker.link {
                 Link::Stream(link) => link.check_requests(now, max_in_flight),
                 Link::Local(local) => local.check_requests(now),
-                Link::Released => {}
+                Link::Parked(_) | Link::Released => {}
             }
         }
     }

@@ -7,7 +7,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::RemoteError;
 
-/// The first frame on every connection, sent by the worker.
+/// Who is who on a connection. The worker opens a spawned connection with
+/// it; a host reconnecting or attaching to a running worker opens with it
+/// (as [`Header::Attach`]), and the worker answers with its own.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct Hello {
     /// [`super::PROTOCOL_VERSION`] of the worker.
@@ -21,6 +23,20 @@ pub(crate) struct Hello {
     pub(crate) contract_version: u32,
     /// [`crate::Serializer::NAME`] of the worker's payload format.
     pub(crate) serializer: String,
+}
+
+impl Hello {
+    /// The Hello of this process for contract `C`, presenting `token`.
+    pub(crate) fn ours<C: crate::Contract>(token: String) -> Self {
+        Self {
+            protocol: super::PROTOCOL_VERSION,
+            token,
+            pid: std::process::id(),
+            contract: C::NAME.to_owned(),
+            contract_version: C::VERSION,
+            serializer: <C::Serializer as super::Serializer>::NAME.to_owned(),
+        }
+    }
 }
 
 /// The header of one frame. Request and Reply carry a payload after it.
@@ -40,4 +56,27 @@ pub(crate) enum Header {
     Shutdown,
     /// Worker → host: the worker panicked and is about to exit.
     Panicked { message: String },
+    /// Host → worker, first frame on a connection to a running worker's
+    /// attach socket: the host's credentials and what it expects.
+    Attach(Hello),
+    /// Worker → host: the attach is refused; the connection closes.
+    Refused { why: Refusal },
+    /// Host → worker: the host is about to close this connection and come
+    /// back; keep the actor and wait for it.
+    Disconnect,
+    /// Host → worker: outlive the host. After `idle_timeout_ms` without a
+    /// host attached (if set), stop.
+    Detach { idle_timeout_ms: Option<u64> },
+    /// Worker → host: done (after Disconnect or Detach); the worker now
+    /// accepts attaches on its attach socket.
+    Listening,
+}
+
+/// Why a worker refused an attach.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) enum Refusal {
+    /// The host did not present the worker's token.
+    WrongToken,
+    /// Another host is attached.
+    Busy,
 }

@@ -18,4 +18,4 @@ mod proptests;
 pub(crate) use serializer::Serializer;
 
 /// Version of the frame and envelope format; both sides must agree on it.
-pub(crate) const PROTOCOL_VERSION: u32 = 1;
+pub(crate) const PROTOCOL_VERSION: u32 = 2;

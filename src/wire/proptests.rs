@@ -15,7 +15,7 @@ use proptest::test_runner::RngSeed;
 use serde::{Deserialize, Serialize};
 use tokio_util::codec::{Decoder, Encoder};
 
-use super::envelope::{Header, Hello};
+use super::envelope::{Header, Hello, Refusal};
 use super::frame::{decode_one, encode_parts, Frame, FrameCodec, FrameError};
 use super::serializer::{MessagePack, Serializer};
 use crate::error::RemoteError;
@@ -104,6 +104,12 @@ fn header() -> impl Strategy<Value = Header> {
         any::<u64>().prop_map(|id| Header::Cancel { id }),
         Just(Header::Shutdown),
         text().prop_map(|message| Header::Panicked { message }),
+        hello().prop_map(Header::Attach),
+        prop_oneof![Just(Refusal::WrongToken), Just(Refusal::Busy)]
+            .prop_map(|why| Header::Refused { why }),
+        Just(Header::Disconnect),
+        any::<Option<u64>>().prop_map(|idle_timeout_ms| Header::Detach { idle_timeout_ms }),
+        Just(Header::Listening),
     ]
 }
 

@@ -9,14 +9,14 @@ use actix::prelude::*;
 use interprocess::local_socket::tokio::{prelude::*, Stream as LocalStream};
 use interprocess::local_socket::GenericFilePath;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio_util::codec::FramedRead;
 
 use crate::driver::child_process::env;
-use crate::wire::envelope::{Header, Hello};
-use crate::wire::frame::{Frame, FrameCodec};
-use crate::wire::{Serializer, PROTOCOL_VERSION};
+use crate::driver::child_process::session::remove_socket_directory;
+use crate::wire::envelope::Hello;
 
+mod attach;
 mod cancellable;
+mod detach;
 pub(crate) mod panic;
 pub(crate) mod routes;
 mod server;
@@ -87,6 +87,7 @@ where
     let routes = C::routes();
     let system = System::new();
     let socket_path = std::path::PathBuf::from(&socket);
+    let socket_dir = socket_path.parent().map(std::path::Path::to_owned);
     let served = system.block_on(async move {
         let stream = socket
             .to_fs_name::<GenericFilePath>()
@@ -96,6 +97,7 @@ where
         let served = Served {
             reader: Box::new(reader),
             writer: Box::new(writer),
+            reattach: Some(attach::Reattach::new(token.clone(), &socket_path)),
             token,
             max_frame_len,
             process: Some(grace),
@@ -108,29 +110,17 @@ where
         std::process::exit(1);
     }
     let code = system.run_with_code().unwrap_or(1);
-    remove_socket_directory(&socket_path);
+    // A worker whose host died (or that outlived it) leaves nothing behind;
+    // a living host removes the directory too, whoever comes second finds
+    // nothing to do.
+    if let Some(dir) = socket_dir {
+        remove_socket_directory(&dir);
+    }
     std::process::exit(code);
 }
 
 fn env_number(key: &str) -> Option<u64> {
     std::env::var(key).ok()?.parse().ok()
-}
-
-/// Removes the private directory holding the worker's socket, so that a
-/// worker whose host died leaves nothing behind. (A living host removes it
-/// too; whichever comes second finds nothing to do.) Only a directory of
-/// the shape the host makes is touched.
-fn remove_socket_directory(socket: &std::path::Path) {
-    let Some(dir) = socket.parent() else {
-        return;
-    };
-    let ours = dir
-        .file_name()
-        .and_then(OsStr::to_str)
-        .is_some_and(|name| name.starts_with(crate::driver::child_process::DIR_PREFIX));
-    if ours {
-        let _ = std::fs::remove_dir_all(dir);
-    }
 }
 
 /// Serves `actor` for contract `C` over any byte stream, on the current
@@ -151,6 +141,7 @@ where
     let served = Served {
         reader: Box::new(reader),
         writer: Box::new(writer),
+        reattach: None,
         token: String::new(),
         max_frame_len: options.max_frame_len,
         process: None,
@@ -163,6 +154,8 @@ struct Served {
     reader: Box<dyn AsyncRead + Unpin>,
     writer: Box<dyn AsyncWrite + Unpin>,
     token: String,
+    /// For a worker process: how hosts reach it again.
+    reattach: Option<attach::Reattach>,
     max_frame_len: usize,
     /// For a worker process: how long its actor gets to stop when asked.
     /// `None` for a worker served in-process, whose end stops only itself.
@@ -183,22 +176,11 @@ where
         reader,
         writer,
         token,
+        reattach,
         max_frame_len,
         process,
     } = served;
     server::Server::create(move |ctx| {
-        ctx.add_stream(FramedRead::new(reader, FrameCodec::new(max_frame_len)));
-        let mut writer = actix::io::FramedWrite::new(writer, FrameCodec::new(max_frame_len), ctx);
-        // See the proxy: never pause reading because the host reads slowly.
-        writer.set_buffer_capacity(0, usize::MAX);
-        writer.write(Frame::bare(Header::Hello(Hello {
-            protocol: PROTOCOL_VERSION,
-            token,
-            pid: std::process::id(),
-            contract: C::NAME.to_owned(),
-            contract_version: C::VERSION,
-            serializer: <C::Serializer as Serializer>::NAME.to_owned(),
-        })));
         ctx.spawn(server::Dispatcher);
         ctx.spawn(actix::fut::wrap_future(actor_ended).map(
             |ended, server: &mut server::Server<A, C::Serializer>, ctx| {
@@ -208,10 +190,13 @@ where
         if process.is_some() {
             server::Server::on_terminate_signal(ctx);
         }
-        server::Server {
+        let mut server = server::Server {
             actor: Some(actor_addr),
             routes,
-            writer,
+            host: None,
+            next_link: 0,
+            hello: Hello::ours::<C>(token),
+            reattach,
             max_frame_len,
             running: Default::default(),
             cancels: Default::default(),
@@ -220,6 +205,8 @@ where
             exit_code: 0,
             process,
             stopping: false,
-        }
+        };
+        server.serve(reader, writer, ctx);
+        server
     });
 }

@@ -1,10 +1,15 @@
 //! The worker's end of the connection: an actor that reads requests,
 //! dispatches each to the user's actor concurrently, writes replies, and
 //! stops the worker on Shutdown, on the host's disappearance, or after
-//! reporting a panic.
+//! reporting a panic. A worker process that was told its host will come
+//! back (`Disconnect`), or that outlives its host (`Detach`), parks instead
+//! when the connection ends, keeping its actor, and serves the next host
+//! that attaches.
 
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::pin::Pin;
+use std::rc::Rc;
 use std::task::{Poll, Waker};
 use std::time::Duration;
 
@@ -15,11 +20,13 @@ use futures::future::{AbortHandle, Abortable, Aborted, LocalBoxFuture};
 use futures::stream::{FuturesUnordered, StreamExt};
 use tokio::io::AsyncWrite;
 
+use super::attach::{refuse_busy, NewHost, Reattach};
 use super::panic;
 use super::routes::{Outcome, Routes};
 use crate::error::RemoteError;
-use crate::wire::envelope::Header;
+use crate::wire::envelope::{Header, Hello};
 use crate::wire::frame::{Frame, FrameCodec, FrameError};
+use crate::wire::stream::{inbound, Inbound, Severable, SharedStream};
 use crate::wire::Serializer;
 
 /// Exit code of a worker that reports a panic (Rust's own panic code).
@@ -29,12 +36,22 @@ const PROTOCOL_EXIT_CODE: i32 = 2;
 /// Exit code after a second SIGTERM (128 + 15, as a shell reports it).
 const TERMINATED_EXIT_CODE: i32 = 143;
 
+type Writer = FramedWrite<Frame, Box<dyn AsyncWrite + Unpin>, FrameCodec>;
+
 pub(crate) struct Server<A: Actor, S> {
     /// The user's actor; dropped to make it stop (actix stops an actor once
     /// its last address is gone, running its `stopping`/`stopped` hooks).
     pub(crate) actor: Option<Addr<A>>,
     pub(crate) routes: Routes<A, S>,
-    pub(crate) writer: FramedWrite<Frame, Box<dyn AsyncWrite + Unpin>, FrameCodec>,
+    /// The host being served; `None` while the worker is parked.
+    pub(crate) host: Option<HostLink>,
+    /// The id the next host connection gets.
+    pub(crate) next_link: u64,
+    /// What this worker opens each connection with.
+    pub(crate) hello: Hello,
+    /// For a worker process: how hosts reach it again. `None` for a worker
+    /// served in-process, which serves one connection only.
+    pub(crate) reattach: Option<Reattach>,
     pub(crate) max_frame_len: usize,
     /// Requests being handled. One set polled as one item of the context,
     /// so that only the requests whose reply is ready are polled.
@@ -56,10 +73,163 @@ pub(crate) struct Server<A: Actor, S> {
     pub(crate) stopping: bool,
 }
 
+/// The connection to the host being served.
+pub(crate) struct HostLink {
+    /// Tells this connection's frames from an earlier one's.
+    id: u64,
+    writer: Writer,
+    /// Cuts the writer off when the connection is given up, so that what
+    /// is left in it is dropped instead of failing.
+    severed: Rc<Cell<bool>>,
+}
+
 /// One request being handled: its id and, once done, its outcome.
 pub(crate) type InProgress = LocalBoxFuture<'static, (u64, Result<Outcome, Aborted>)>;
 
 impl<A: Actor, S: Serializer> Server<A, S> {
+    /// Serves a host on a new connection, opening with this worker's Hello.
+    pub(crate) fn serve(
+        &mut self,
+        reader: Box<dyn tokio::io::AsyncRead + Unpin>,
+        writer: Box<dyn AsyncWrite + Unpin>,
+        ctx: &mut Context<Self>,
+    ) {
+        let id = self.next_link;
+        self.next_link += 1;
+        ctx.add_stream(inbound(reader, self.max_frame_len, id));
+        let (writer, severed) = Severable::new(writer);
+        let mut writer = FramedWrite::new(
+            Box::new(writer) as Box<dyn AsyncWrite + Unpin>,
+            FrameCodec::new(self.max_frame_len),
+            ctx,
+        );
+        // See the proxy: never pause reading because the host reads slowly.
+        writer.set_buffer_capacity(0, usize::MAX);
+        writer.write(Frame::bare(Header::Hello(self.hello.clone())));
+        self.host = Some(HostLink {
+            id,
+            writer,
+            severed,
+        });
+    }
+
+    fn write(&mut self, frame: Frame) {
+        if let Some(host) = &mut self.host {
+            host.writer.write(frame);
+        }
+    }
+
+    /// Drops every running request: nobody will read its reply.
+    fn drop_requests(&mut self) {
+        self.running.clear();
+        self.cancels.clear();
+    }
+
+    /// The host's connection ended (or broke): park if the host is
+    /// expected back or the worker outlives it, else stop serving.
+    fn connection_ended(&mut self, ctx: &mut Context<Self>) {
+        let parks = self
+            .reattach
+            .as_ref()
+            .is_some_and(|reattach| reattach.parks_on_hangup());
+        if !parks || self.stopping {
+            return self.stop_serving(ctx);
+        }
+        self.hang_up();
+        let Some(reattach) = &mut self.reattach else {
+            return;
+        };
+        reattach.host_will_return = false;
+        if let (true, Some(idle)) = (reattach.detached, reattach.idle_timeout) {
+            reattach.idle_timer = Some(ctx.run_later(idle, |server, ctx| {
+                server.idle_timer_fired(ctx);
+            }));
+        }
+    }
+
+    /// Gives up the current connection, dropping what it had running.
+    fn hang_up(&mut self) {
+        if let Some(host) = self.host.take() {
+            host.severed.set(true);
+            let mut writer = host.writer;
+            writer.close();
+        }
+        self.drop_requests();
+    }
+
+    fn idle_timer_fired(&mut self, ctx: &mut Context<Self>) {
+        if self.host.is_none() {
+            self.stop_serving(ctx);
+        }
+    }
+
+    /// A host presented the token: serve it, unless one is served already.
+    fn attach(&mut self, NewHost(stream): NewHost, ctx: &mut Context<Self>) {
+        if self.stopping {
+            return; // dropping the stream hangs up
+        }
+        let Some(reattach) = &mut self.reattach else {
+            return;
+        };
+        if self.host.is_some() {
+            if !reattach.host_will_return {
+                return refuse_busy(stream);
+            }
+            // The host said it would hang up and come back, and it is back
+            // before its old connection's end was read here.
+            self.hang_up();
+        }
+        let Some(reattach) = &mut self.reattach else {
+            return;
+        };
+        reattach.host_will_return = false;
+        if let Some(timer) = reattach.idle_timer.take() {
+            ctx.cancel_future(timer);
+        }
+        let (reader, writer) = SharedStream::split(stream);
+        self.serve(Box::new(reader), Box::new(writer), ctx);
+    }
+
+    /// `Disconnect` (`detach: false`) or `Detach`: listen for the host's
+    /// return, then say so.
+    fn listen_for_hosts(&mut self, detach: Option<Option<u64>>, ctx: &mut Context<Self>) {
+        let Some(reattach) = &mut self.reattach else {
+            let what = if detach.is_some() {
+                "Detach"
+            } else {
+                "Disconnect"
+            };
+            eprintln!("isolated-workers: `{what}` needs a worker process");
+            return self.exit(PROTOCOL_EXIT_CODE, ctx);
+        };
+        if let Some(idle_timeout_ms) = detach {
+            if let Err(e) = super::detach::leave_host() {
+                eprintln!("isolated-workers: could not detach from the host: {e}");
+                return self.exit(PROTOCOL_EXIT_CODE, ctx);
+            }
+            reattach.detached = true;
+            reattach.idle_timeout = idle_timeout_ms.map(Duration::from_millis);
+        } else {
+            reattach.host_will_return = true;
+            // The host has failed the requests in flight.
+            self.drop_requests();
+        }
+        let Some(reattach) = &mut self.reattach else {
+            return;
+        };
+        match reattach.listen() {
+            Ok(Some(hosts)) => {
+                ctx.add_stream(hosts);
+            }
+            Ok(None) => {}
+            Err(e) => {
+                eprintln!("isolated-workers: could not listen for the host: {e}");
+                return self.exit(PROTOCOL_EXIT_CODE, ctx);
+            }
+        }
+        self.write(Frame::bare(Header::Listening));
+    }
+
     /// Starts handling request `id`.
     fn start(&mut self, id: u64, handled: LocalBoxFuture<'static, Outcome>) {
         let (cancel, registration) = AbortHandle::new_pair();
@@ -78,7 +248,7 @@ impl<A: Actor, S: Serializer> Server<A, S> {
             // The actor is gone; `actor_ended` reports why and exits.
             Outcome::ActorStopped => return,
         };
-        self.writer.write(frame);
+        self.write(frame);
     }
 
     /// The user's actor has stopped: after a panic (report it, exit 101),
@@ -93,7 +263,7 @@ impl<A: Actor, S: Serializer> Server<A, S> {
             Err(e) if e.is_panic() && !self.stopping => {
                 let message = panic::take_message(std::thread::current().id())
                     .unwrap_or_else(|| "the worker's actor panicked".into());
-                self.writer.write(Frame::bare(Header::Panicked { message }));
+                self.write(Frame::bare(Header::Panicked { message }));
                 self.exit(PANIC_EXIT_CODE, ctx);
             }
             _ => self.exit(self.exit_code, ctx),
@@ -108,8 +278,7 @@ impl<A: Actor, S: Serializer> Server<A, S> {
             return;
         }
         self.stopping = true;
-        self.running.clear();
-        self.cancels.clear();
+        self.drop_requests();
         self.actor = None;
         match self.process {
             Some(grace) => {
@@ -160,15 +329,20 @@ impl<A: Actor, S: Serializer> Server<A, S> {
     }
 
     /// Flushes what is written, then stops the worker with `code`.
-    fn exit(&mut self, code: i32, _: &mut Context<Self>) {
+    fn exit(&mut self, code: i32, ctx: &mut Context<Self>) {
         self.exit_code = code;
         self.stopping = true;
         self.actor = None;
-        self.writer.close();
-        self.wake();
         // Nothing more is read; in-flight handlers are dropped.
-        self.running.clear();
-        self.cancels.clear();
+        self.drop_requests();
+        match &mut self.host {
+            // The server stops once the writer has flushed (`finished`).
+            Some(host) => {
+                host.writer.close();
+                self.wake();
+            }
+            None => ctx.stop(),
+        }
     }
 }
 
@@ -222,11 +396,16 @@ impl<A: Actor, S: Serializer> Actor for Server<A, S> {
     }
 }
 
-impl<A: Actor, S: Serializer> StreamHandler<Result<Frame, FrameError>> for Server<A, S> {
-    fn handle(&mut self, item: Result<Frame, FrameError>, ctx: &mut Context<Self>) {
-        let frame = match item {
-            Ok(frame) => frame,
-            Err(e) => {
+impl<A: Actor, S: Serializer> StreamHandler<Inbound> for Server<A, S> {
+    fn handle(&mut self, Inbound { link, event }: Inbound, ctx: &mut Context<Self>) {
+        if self.host.as_ref().map(|host| host.id) != Some(link) {
+            return; // a connection already given up
+        }
+        let frame = match event {
+            Some(Ok(frame)) => frame,
+            // The host closed the connection, or died.
+            None | Some(Err(FrameError::Io(_))) => return self.connection_ended(ctx),
+            Some(Err(e)) => {
                 eprintln!("isolated-workers: bad frame from the host: {e}");
                 return self.exit(PROTOCOL_EXIT_CODE, ctx);
             }
@@ -235,7 +414,7 @@ impl<A: Actor, S: Serializer> StreamHandler<Result<Frame, FrameError>> for Serve
             Header::Request { id, name } => {
                 let Some(actor) = &self.actor else {
                     let error = RemoteError::new("ShuttingDown", "the worker is shutting down");
-                    return self.writer.write(Frame::bare(Header::Error { id, error }));
+                    return self.write(Frame::bare(Header::Error { id, error }));
                 };
                 let handled = self.routes.dispatch(actor, &name, &frame.payload);
                 self.start(id, handled);
@@ -246,6 +425,8 @@ impl<A: Actor, S: Serializer> StreamHandler<Result<Frame, FrameError>> for Serve
                 }
             }
             Header::Shutdown => self.stop_serving(ctx),
+            Header::Disconnect => self.listen_for_hosts(None, ctx),
+            Header::Detach { idle_timeout_ms } => self.listen_for_hosts(Some(idle_timeout_ms), ctx),
             other => {
                 eprintln!("isolated-workers: unexpected frame from the host: {other:?}");
                 self.exit(PROTOCOL_EXIT_CODE, ctx);
@@ -253,20 +434,45 @@ impl<A: Actor, S: Serializer> StreamHandler<Result<Frame, FrameError>> for Serve
         }
     }
 
-    fn finished(&mut self, ctx: &mut Context<Self>) {
-        // The host closed the connection (or died): nobody to serve.
-        self.stop_serving(ctx);
+    fn finished(&mut self, _: &mut Context<Self>) {
+        // Each connection's end arrives as an event (its `None`); the
+        // default here would stop the server, which outlives connections.
     }
 }
 
+impl<A: Actor, S: Serializer> StreamHandler<NewHost> for Server<A, S> {
+    fn handle(&mut self, host: NewHost, ctx: &mut Context<Self>) {
+        self.attach(host, ctx);
+    }
+
+    fn finished(&mut self, _: &mut Context<Self>) {}
+}
+
 impl<A: Actor, S: Serializer> WriteHandler<FrameError> for Server<A, S> {
-    fn error(&mut self, error: FrameError, _: &mut Self::Context) -> Running {
+    fn error(&mut self, error: FrameError, ctx: &mut Self::Context) -> Running {
         // A host that went away is how serving normally ends; say nothing.
         let host_gone = matches!(&error, FrameError::Io(e)
             if matches!(e.kind(), std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset));
         if !host_gone {
             eprintln!("isolated-workers: writing to the host failed: {error}");
         }
+        // Only the current connection's writer can fail: a given-up one is
+        // severed and swallows what is left. Handled once actix's writer
+        // is done with this call, since that touches the writer.
+        let link = self.host.as_ref().map(|host| host.id);
+        ctx.spawn(fut::ready(()).map(move |(), server: &mut Self, ctx| {
+            if server.host.as_ref().map(|host| host.id) == link {
+                server.connection_ended(ctx);
+            }
+        }));
         Running::Stop
+    }
+
+    fn finished(&mut self, ctx: &mut Self::Context) {
+        // A writer closes when the server exits (then stop, its last frames
+        // flushed) or when its connection is given up (then serve on).
+        if self.stopping {
+            ctx.stop();
+        }
     }
 }

@@ -19,7 +19,7 @@ impl Handler<Ping> for CalcWorker {
 fn lifecycle(worker: Addr<Worker<Calc, Thread<CalcWorker>>>) {
     worker.do_send(Disconnect);
     worker.do_send(Reconnect);
-    worker.do_send(Detach);
+    worker.do_send(Detach::default());
 }
 
 fn main() {}

@@ -16,22 +16,23 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub(crate) mod session;
+pub(crate) mod socket;
+
 use futures::future::LocalBoxFuture;
 use futures::stream::{FuturesUnordered, StreamExt};
-use interprocess::local_socket::tokio::{prelude::*, Stream as LocalStream};
-use interprocess::local_socket::{GenericFilePath, ListenerOptions};
+use interprocess::local_socket::traits::tokio::Listener as _;
 pub use nix::sys::resource::Resource;
-use subtle::ConstantTimeEq;
-use tokio::io::AsyncReadExt;
 
 use super::process::ProcessHandle;
 use super::{Connection, Driver};
 use crate::config::WorkerOptions;
 use crate::contract::Contract;
-use crate::error::{CrashReason, SpawnError};
-use crate::wire::envelope::{Header, Hello};
-use crate::wire::stream::SharedStream;
-use crate::wire::{Serializer, PROTOCOL_VERSION};
+use crate::error::SpawnError;
+use crate::wire::envelope::Header;
+pub use session::DetachedWorker;
+use session::Session;
+use socket::{random_token, read_first_frame, Expected, Verdict};
 
 /// Environment variables the host sets for a child worker.
 pub(crate) mod env {
@@ -49,9 +50,6 @@ pub(crate) mod env {
 
 /// Prefix of the private directories worker sockets live in.
 pub(crate) const DIR_PREFIX: &str = "isolated-workers-";
-
-/// Longest Hello frame accepted before the peer is authenticated.
-const MAX_HELLO_LEN: usize = 4096;
 
 /// Runs the worker in a child process: by default the current executable
 /// again, which hands over to the worker in
@@ -181,22 +179,10 @@ impl ChildProcess {
                 source,
             })?;
         let socket_path = dir.path().join("worker.sock");
-        let listener = socket_path
-            .as_os_str()
-            .to_fs_name::<GenericFilePath>()
-            .and_then(|name| ListenerOptions::new().name(name).create_tokio())
-            .map_err(|source| SpawnError::Io {
-                what: "socket",
-                source,
-            })?;
-        // The directory is already private; the socket is too, so that a
-        // change of the directory's mode does not open it up.
-        std::fs::set_permissions(&socket_path, std::fs::Permissions::from_mode(0o600)).map_err(
-            |source| SpawnError::Io {
-                what: "socket",
-                source,
-            },
-        )?;
+        let listener = socket::listen(&socket_path).map_err(|source| SpawnError::Io {
+            what: "socket",
+            source,
+        })?;
         let token = random_token().map_err(|source| SpawnError::Io {
             what: "token",
             source,
@@ -230,8 +216,7 @@ impl ChildProcess {
             .env(env::MAX_FRAME, options.max_frame_len.to_string())
             .env(env::GRACE_MS, options.close_grace.as_millis().to_string())
             .stdin(Stdio::null())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
+            .stderr(Stdio::piped());
         let limits = self.limits.clone();
         let hook = self.pre_exec.clone();
         let host = std::process::id();
@@ -254,38 +239,32 @@ impl ChildProcess {
         let mut process = ProcessHandle::watch(child);
         tracing::debug!(pid = process.pid(), worker = %self.worker_name, "spawned worker");
 
-        let expected = Expected {
-            token,
-            pid: process.pid(),
-            contract: C::NAME,
-            contract_version: C::VERSION,
-            serializer: <C::Serializer as Serializer>::NAME,
-        };
+        let expected = Expected::worker_of::<C>(token, Some(process.pid()));
         let mut handshakes = FuturesUnordered::new();
         let exited = process.exited_within(options.startup_timeout);
         tokio::pin!(exited);
         let failure = loop {
             tokio::select! {
                 accepted = listener.accept() => match accepted {
-                    Ok(stream) => handshakes.push(read_hello(stream)),
+                    Ok(stream) => handshakes.push(read_first_frame(stream)),
                     Err(e) => tracing::debug!("accept failed: {e}"),
                 },
                 Some(greeted) = handshakes.next() => match greeted {
-                    Ok((stream, hello)) => match expected.check(&stream, &hello) {
+                    Ok((stream, Header::Hello(hello))) => match expected.check(&stream, &hello) {
                         Ok(()) => {
                             tracing::debug!(pid = process.pid(), "worker handshake complete");
-                            let (reader, writer) = SharedStream::split(stream);
-                            let connection = Connection::halves(Box::new(reader), Box::new(writer), true);
-                            return Ok(connection.with_process(process).keep(dir));
+                            let session = Session::spawned(dir, expected.token, process.pid());
+                            return Ok(Connection::child_stream(stream, process, session));
                         }
                         Err(Verdict::Impostor(why)) => tracing::warn!("dropped a peer on the worker socket: {why}"),
                         Err(Verdict::Mismatch(why)) => break SpawnError::Handshake(why),
                     },
+                    Ok((_, other)) => tracing::warn!("dropped a peer on the worker socket: it opened with {other:?}"),
                     Err(why) => tracing::warn!("dropped a peer on the worker socket: {why}"),
                 },
                 status = &mut exited => match status {
-                    Some(status) => {
-                        let reason = CrashReason::from_exit_status(status);
+                    Some(ended) => {
+                        let reason = ended.reason();
                         let stderr = process.stderr_tail(Duration::from_secs(1)).await;
                         return Err(SpawnError::Exited { reason, stderr });
                     }
@@ -313,98 +292,6 @@ impl ChildProcess {
     }
 }
 
-/// What a genuine worker's Hello must say.
-struct Expected {
-    token: String,
-    pid: u32,
-    contract: &'static str,
-    contract_version: u32,
-    serializer: &'static str,
-}
-
-enum Verdict {
-    /// Not our worker: drop the connection and keep waiting.
-    Impostor(String),
-    /// Our worker (it knows the token), but it speaks something else.
-    Mismatch(String),
-}
-
-impl Expected {
-    fn check(&self, stream: &LocalStream, hello: &Hello) -> Result<(), Verdict> {
-        let token_ok: bool = hello.token.as_bytes().ct_eq(self.token.as_bytes()).into();
-        if !token_ok {
-            return Err(Verdict::Impostor("wrong token".into()));
-        }
-        if let Ok(creds) = stream.peer_creds() {
-            if let Some(uid) = creds.euid() {
-                let ours = nix::unistd::geteuid().as_raw();
-                if uid != ours {
-                    return Err(Verdict::Impostor(format!(
-                        "peer runs as uid {uid}, not {ours}"
-                    )));
-                }
-            }
-            if let Some(pid) = creds.pid() {
-                if u32::try_from(pid).ok() != Some(self.pid) {
-                    return Err(Verdict::Impostor(format!(
-                        "peer is process {pid}, not the spawned worker {}",
-                        self.pid
-                    )));
-                }
-            }
-        }
-        if hello.protocol != PROTOCOL_VERSION {
-            return Err(Verdict::Mismatch(format!(
-                "the worker speaks protocol version {}, the host {PROTOCOL_VERSION}",
-                hello.protocol
-            )));
-        }
-        if hello.contract != self.contract || hello.contract_version != self.contract_version {
-            return Err(Verdict::Mismatch(format!(
-                "the worker serves contract `{}` v{}, the host expects `{}` v{}",
-                hello.contract, hello.contract_version, self.contract, self.contract_version
-            )));
-        }
-        if hello.serializer != self.serializer {
-            return Err(Verdict::Mismatch(format!(
-                "the worker encodes with `{}`, the host with `{}`",
-                hello.serializer, self.serializer
-            )));
-        }
-        Ok(())
-    }
-}
-
-/// Reads exactly one frame, which must be a Hello of bounded size. Reads
-/// nothing past it, so the stream can be handed on intact.
-async fn read_hello(mut stream: LocalStream) -> Result<(LocalStream, Hello), String> {
-    let mut len = [0u8; 4];
-    stream
-        .read_exact(&mut len)
-        .await
-        .map_err(|e| format!("no hello: {e}"))?;
-    let len = u32::from_le_bytes(len) as usize;
-    if len > MAX_HELLO_LEN {
-        return Err(format!(
-            "hello of {len} bytes is over the limit of {MAX_HELLO_LEN}"
-        ));
-    }
-    let mut body = vec![0u8; len];
-    stream
-        .read_exact(&mut body)
-        .await
-        .map_err(|e| format!("truncated hello: {e}"))?;
-    let mut prefixed = bytes::BytesMut::with_capacity(4 + len);
-    prefixed.extend_from_slice(&(len as u32).to_le_bytes());
-    prefixed.extend_from_slice(&body);
-    let frame = crate::wire::frame::decode_one(prefixed, MAX_HELLO_LEN)
-        .map_err(|e| format!("bad hello: {e}"))?;
-    match frame.header {
-        Header::Hello(hello) => Ok((stream, hello)),
-        other => Err(format!("expected a hello, got {other:?}")),
-    }
-}
-
 /// Set-up in the child between `fork` and `exec`: die with the host (on
 /// Linux, a parent-death signal; elsewhere the closed socket tells the
 /// worker) and apply resource limits. Only async-signal-safe calls.
@@ -428,10 +315,4 @@ fn in_child_before_exec(host: u32, limits: &[(Resource, u64, u64)]) -> io::Resul
         nix::sys::resource::setrlimit(resource, soft, hard)?;
     }
     Ok(())
-}
-
-fn random_token() -> io::Result<String> {
-    let mut bytes = [0u8; 32];
-    getrandom::fill(&mut bytes).map_err(|e| io::Error::other(e.to_string()))?;
-    Ok(hex::encode(bytes))
 }

@@ -135,11 +135,10 @@ impl Connection {
 
     /// A child worker's connection, after the driver checked its Hello.
     pub(crate) fn child_stream(
-        stream: interprocess::local_socket::tokio::Stream,
+        (reader, writer): crate::wire::stream::Halves,
         process: ProcessHandle,
         session: child_process::session::Session,
     ) -> Self {
-        let (reader, writer) = crate::wire::stream::SharedStream::split(stream);
         let mut connection = Self::halves(Box::new(reader), Box::new(writer), true);
         if let ConnectionKind::Stream(stream) = &mut connection.kind {
             stream.process = Some(process);

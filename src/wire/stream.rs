@@ -1,60 +1,39 @@
-//! Connections as an actor sees them: a local-socket stream shared by the
-//! reading and the writing side of one actor (`interprocess` deprecates its
-//! split halves in favour of sharing the stream, since `&Stream` reads and
-//! writes); a reader whose frames are tagged with their connection, and a
+//! Connections as an actor sees them: a connected local socket split into
+//! halves, a reader whose frames are tagged with their connection, and a
 //! writer that can be cut off, for actors that outlive their connections.
 
 use std::cell::Cell;
 use std::io;
+use std::os::fd::OwnedFd;
 use std::pin::Pin;
 use std::rc::Rc;
-use std::task::{Context, Poll};
+use std::task::Poll;
 
 use futures::StreamExt;
-use interprocess::local_socket::tokio::Stream;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use interprocess::local_socket::tokio::Stream as LocalStream;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio_util::codec::FramedRead;
 
 use super::frame::{Frame, FrameCodec, FrameError};
 
-/// One handle on a shared stream; each handle reads and writes.
-#[derive(Debug, Clone)]
-pub(crate) struct SharedStream(Rc<Stream>);
+/// The two halves of a connection.
+pub(crate) type Halves = (OwnedReadHalf, OwnedWriteHalf);
 
-impl SharedStream {
-    /// Two handles on `stream`: one to read from, one to write to.
-    pub(crate) fn split(stream: Stream) -> (Self, Self) {
-        let shared = Self(Rc::new(stream));
-        (shared.clone(), shared)
-    }
-}
-
-impl AsyncRead for SharedStream {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut &*self.0).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for SharedStream {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut &*self.0).poll_write(cx, buf)
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut &*self.0).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut &*self.0).poll_shutdown(cx)
-    }
+/// Turns a connected local socket into tokio's Unix stream, split into
+/// owned halves. (`interprocess` connects, listens and reads peer
+/// credentials; but its stream's `poll_shutdown` does nothing, and a
+/// connection given up must tell the peer it ended, which tokio's write
+/// half does on `shutdown` and on drop.)
+pub(crate) fn split(stream: LocalStream) -> io::Result<Halves> {
+    #[allow(unreachable_patterns)] // one variant on Unix
+    let fd = match stream {
+        LocalStream::UdSocket(stream) => OwnedFd::try_from(stream)?,
+        _ => return Err(io::Error::other("not a Unix domain socket")),
+    };
+    let stream = std::os::unix::net::UnixStream::from(fd);
+    stream.set_nonblocking(true)?;
+    Ok(tokio::net::UnixStream::from_std(stream)?.into_split())
 }
 
 /// What one connection's reader reports: a frame (or a read error), or,

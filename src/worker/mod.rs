@@ -93,7 +93,7 @@ where
             .to_fs_name::<GenericFilePath>()
             .map(|name| LocalStream::connect(name));
         let stream = stream?.await?;
-        let (reader, writer) = crate::wire::stream::SharedStream::split(stream);
+        let (reader, writer) = crate::wire::stream::split(stream)?;
         let served = Served {
             reader: Box::new(reader),
             writer: Box::new(writer),

@@ -26,7 +26,7 @@ use super::routes::{Outcome, Routes};
 use crate::error::RemoteError;
 use crate::wire::envelope::{Header, Hello};
 use crate::wire::frame::{Frame, FrameCodec, FrameError};
-use crate::wire::stream::{inbound, Inbound, Severable, SharedStream};
+use crate::wire::stream::{inbound, split, Inbound, Severable};
 use crate::wire::Serializer;
 
 /// Exit code of a worker that reports a panic (Rust's own panic code).
@@ -186,8 +186,10 @@ impl<A: Actor, S: Serializer> Server<A, S> {
         if let Some(timer) = reattach.idle_timer.take() {
             ctx.cancel_future(timer);
         }
-        let (reader, writer) = SharedStream::split(stream);
-        self.serve(Box::new(reader), Box::new(writer), ctx);
+        match split(stream) {
+            Ok((reader, writer)) => self.serve(Box::new(reader), Box::new(writer), ctx),
+            Err(e) => eprintln!("isolated-workers: could not take over the connection: {e}"),
+        }
     }
 
     /// `Disconnect` (`detach: false`) or `Detach`: listen for the host's

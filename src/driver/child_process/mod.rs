@@ -253,8 +253,9 @@ impl ChildProcess {
                     Ok((stream, Header::Hello(hello))) => match expected.check(&stream, &hello) {
                         Ok(()) => {
                             tracing::debug!(pid = process.pid(), "worker handshake complete");
+                            let halves = crate::wire::stream::split(stream).map_err(|source| SpawnError::Io { what: "socket", source })?;
                             let session = Session::spawned(dir, expected.token, process.pid());
-                            return Ok(Connection::child_stream(stream, process, session));
+                            return Ok(Connection::child_stream(halves, process, session));
                         }
                         Err(Verdict::Impostor(why)) => tracing::warn!("dropped a peer on the worker socket: {why}"),
                         Err(Verdict::Mismatch(why)) => break SpawnError::Handshake(why),

@@ -15,6 +15,7 @@ use super::DIR_PREFIX;
 use crate::contract::Contract;
 use crate::error::AttachError;
 use crate::wire::envelope::{Header, Hello, Refusal};
+use crate::wire::stream::{split, Halves};
 use crate::wire::PROTOCOL_VERSION;
 
 /// The socket a running worker accepts reconnects and attaches on, in its
@@ -114,7 +115,7 @@ impl Session {
     pub(crate) fn reconnect<C: Contract>(
         &self,
         within: Duration,
-    ) -> impl std::future::Future<Output = Result<LocalStream, AttachError>> + 'static {
+    ) -> impl std::future::Future<Output = Result<Halves, AttachError>> + 'static {
         let (socket, token, pid) = (self.socket(), self.token.clone(), self.pid);
         async move { connect::<C>(&socket, &token, pid, within).await }
     }
@@ -196,7 +197,7 @@ impl DetachedWorker {
     pub(crate) async fn connect<C: Contract>(
         &self,
         within: Duration,
-    ) -> Result<(Session, LocalStream), AttachError> {
+    ) -> Result<(Session, Halves), AttachError> {
         if self.contract != C::NAME || self.contract_version != C::VERSION {
             return Err(AttachError::ContractMismatch {
                 expected: format!("{} v{}", C::NAME, C::VERSION),
@@ -222,7 +223,7 @@ async fn connect<C: Contract>(
     token: &str,
     pid: u32,
     within: Duration,
-) -> Result<LocalStream, AttachError> {
+) -> Result<Halves, AttachError> {
     let attempt = async {
         let connected = match socket.as_os_str().to_fs_name::<GenericFilePath>() {
             Ok(name) => LocalStream::connect(name).await,
@@ -240,7 +241,7 @@ async fn connect<C: Contract>(
             Header::Hello(hello) => {
                 let expected = Expected::worker_of::<C>(token.to_owned(), Some(pid));
                 match expected.check(&stream, &hello) {
-                    Ok(()) => Ok(stream),
+                    Ok(()) => split(stream).map_err(|e| AttachError::Handshake(e.to_string())),
                     Err(Verdict::Impostor(why) | Verdict::Mismatch(why)) => {
                         Err(AttachError::Handshake(why))
                     }

@@ -451,6 +451,19 @@ pub fn process_exists(pid: u32) -> bool {
     std::path::Path::new(&format!("/proc/{pid}")).exists()
 }
 
+/// Whether process `pid` runs: it exists and is not a zombie (exited, not
+/// yet reaped by its parent, which for an orphan is an init that may reap
+/// late). Reads the state after the last `)` of `/proc/<pid>/stat`, since
+/// the command name before it may hold anything.
+pub fn running(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| !rest.trim_start().starts_with(['Z', 'X'])),
+        Err(_) => false,
+    }
+}
+
 /// Polls `condition` until it holds or `limit` passes. For conditions the
 /// OS offers no event for (a pid disappearing once reaped).
 pub async fn eventually(limit: Duration, mut condition: impl FnMut() -> bool) -> bool {

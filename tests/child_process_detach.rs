@@ -38,9 +38,6 @@ const HOST_REPORT: Duration = Duration::from_secs(30);
 const IN_PROCESS_DETACH: Detach = Detach {
     idle_timeout: Some(Duration::from_secs(60)),
 };
-/// How long a test waits for a host that just left to be let go by the
-/// worker (see [`attach_when_free`]).
-const FREE_WITHIN: Duration = Duration::from_secs(10);
 
 fn main() {
     enter_workers();
@@ -382,19 +379,12 @@ async fn spawn_detached() -> Result<(Addr<Worker<Calc>>, DetachedWorker), Failed
 }
 
 /// Attaches to the worker behind `handle`, which a host has just let go
-/// of. The worker learns that its host left when it reads the end of that
-/// connection, which no test can wait for: until then it answers `Busy`.
+/// of. The worker may read the end of that host's connection only after
+/// this attach arrives; it waits for it briefly rather than answer `Busy`.
 async fn attach_when_free(handle: &DetachedWorker) -> Result<Addr<Worker<Calc>>, Failed> {
-    let deadline = Instant::now() + FREE_WITHIN;
-    loop {
-        match Worker::<Calc>::attach(handle).await {
-            Ok(worker) => return Ok(worker),
-            Err(AttachError::Busy) if Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-            Err(e) => return Err(format!("attach to worker {}: {e}", handle.pid()).into()),
-        }
-    }
+    Worker::<Calc>::attach(handle)
+        .await
+        .map_err(|e| format!("attach to worker {}: {e}", handle.pid()).into())
 }
 
 /// Closes the worker behind `handle` and checks it is gone, directory and

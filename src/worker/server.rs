@@ -29,6 +29,10 @@ use crate::wire::frame::{Frame, FrameCodec, FrameError};
 use crate::wire::stream::{inbound, split, Inbound, Severable};
 use crate::wire::Serializer;
 
+/// How long an attach finding another host served waits for that host's
+/// connection to end before it is refused as busy.
+const BUSY_RECHECK: Duration = Duration::from_millis(100);
+
 /// Exit code of a worker that reports a panic (Rust's own panic code).
 const PANIC_EXIT_CODE: i32 = 101;
 /// Exit code of a worker whose host broke the protocol.
@@ -173,7 +177,9 @@ impl<A: Actor, S: Serializer> Server<A, S> {
         };
         if self.host.is_some() {
             if !reattach.host_will_return {
-                return refuse_busy(stream);
+                // The host served may have gone already, its end not yet
+                // read here: look again shortly before refusing.
+                return self.attach_unless_busy(NewHost(stream), ctx);
             }
             // The host said it would hang up and come back, and it is back
             // before its old connection's end was read here.
@@ -190,6 +196,16 @@ impl<A: Actor, S: Serializer> Server<A, S> {
             Ok((reader, writer)) => self.serve(Box::new(reader), Box::new(writer), ctx),
             Err(e) => eprintln!("isolated-workers: could not take over the connection: {e}"),
         }
+    }
+
+    fn attach_unless_busy(&mut self, host: NewHost, ctx: &mut Context<Self>) {
+        ctx.run_later(BUSY_RECHECK, move |server, ctx| {
+            if server.host.is_some() {
+                refuse_busy(host.0);
+            } else {
+                server.attach(host, ctx);
+            }
+        });
     }
 
     /// `Disconnect` (`detach: false`) or `Detach`: listen for the host's

@@ -261,13 +261,14 @@ async fn connect<C: Contract>(
         .map_err(|_| AttachError::Timeout(within))?
 }
 
-/// The worker could not be reached. If its process is gone too, its
-/// directory is a leftover (after SIGKILL, say): remove it.
+/// The worker could not be reached. If nothing listens on its socket, or
+/// its process is gone too, its directory is a leftover (after SIGKILL,
+/// say): remove it.
 fn gone(socket: &Path, pid: u32, error: &std::io::Error) -> AttachError {
-    let running = i32::try_from(pid)
-        .ok()
-        .is_some_and(|pid| nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok());
-    if !running {
+    // A refused connection means the socket file is there but its listener
+    // is not: the worker that bound it has exited (it listens until then).
+    let refused = error.kind() == std::io::ErrorKind::ConnectionRefused;
+    if refused || !crate::driver::process::is_running(pid) {
         if let Some(dir) = socket.parent() {
             remove_socket_directory(dir);
         }

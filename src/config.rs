@@ -4,6 +4,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use crate::contract::WorkerMessage;
+use crate::middleware::Middlewares;
 
 /// Options for one worker, set with a builder.
 ///
@@ -44,6 +45,9 @@ pub struct WorkerOptions {
     timeouts: HashMap<&'static str, Duration>,
     /// Crash policies that differ from `Reject`, by wire name.
     policies: HashMap<&'static str, CrashPolicy>,
+    /// The host's middleware (and, for [`serve_io`](crate::serve_io), the
+    /// worker's).
+    pub(crate) middleware: Middlewares,
 }
 
 /// What happens to a request in flight when its worker crashes.
@@ -77,11 +81,19 @@ impl Default for WorkerOptions {
             restart_window: Duration::from_secs(60),
             timeouts: HashMap::new(),
             policies: HashMap::new(),
+            middleware: Middlewares::new(),
         }
     }
 }
 
 impl WorkerOptions {
+    /// The middleware every request and reply of this worker passes on the
+    /// host (see [`middleware`](crate::middleware) for the order).
+    pub fn middleware(mut self, middleware: Middlewares) -> Self {
+        self.middleware = middleware;
+        self
+    }
+
     /// Sets [`startup_timeout`](Self::startup_timeout).
     pub fn startup_timeout(mut self, timeout: Duration) -> Self {
         self.startup_timeout = timeout;

@@ -59,6 +59,9 @@ pub enum WorkerError {
         /// The queue bound that was hit.
         limit: usize,
     },
+    /// A middleware on this host refused the request; it was not sent.
+    #[error("refused by the host's middleware: {0}")]
+    Rejected(RemoteError),
     /// The connection to the worker was closed with `Disconnect`; send
     /// `Reconnect` to restore it.
     #[error("the worker is disconnected")]

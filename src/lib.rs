@@ -5,6 +5,7 @@ pub mod config;
 pub mod contract;
 pub mod driver;
 pub mod error;
+pub mod middleware;
 pub mod proxy;
 pub(crate) mod wire;
 pub mod worker;
@@ -22,7 +23,7 @@ pub use proxy::{
     WorkerStatus,
 };
 pub use wire::serializer::{CodecError, MessagePack, Serializer};
-pub use worker::{serve_io, worker_entry};
+pub use worker::{serve_io, worker_entry, worker_entry_with};
 
 /// The names most programs need: `use isolated_workers::prelude::*;`.
 pub mod prelude {

@@ -18,6 +18,7 @@ use tokio::sync::oneshot;
 use super::{Connection, ConnectionKind, Driver};
 use crate::config::WorkerOptions;
 use crate::error::SpawnError;
+use crate::middleware::Middlewares;
 use crate::worker::panic;
 use crate::worker::routes::{Recipients, ServedBy};
 
@@ -45,6 +46,7 @@ use crate::worker::routes::{Recipients, ServedBy};
 /// ```
 pub struct Thread<A> {
     factory: Arc<dyn Fn() -> A + Send + Sync>,
+    middleware: Middlewares,
 }
 
 impl<A> std::fmt::Debug for Thread<A> {
@@ -61,7 +63,17 @@ impl<A: Actor<Context = Context<A>>> Thread<A> {
     pub fn new(factory: impl Fn() -> A + Send + Sync + 'static) -> Self {
         Self {
             factory: Arc::new(factory),
+            middleware: Middlewares::new(),
         }
+    }
+
+    /// The worker side's middleware (the host's is
+    /// [`WorkerOptions::middleware`]). A thread worker's messages are moved
+    /// to its actor, so this runs as they are handed over and handed back,
+    /// and sees each message as a value.
+    pub fn middleware(mut self, middleware: Middlewares) -> Self {
+        self.middleware = middleware;
+        self
     }
 }
 
@@ -73,6 +85,8 @@ pub(crate) struct LocalLink {
     pub(crate) thread: ThreadId,
     /// Resolves when the actor's context ends: it stopped, or panicked.
     pub(crate) ended: tokio::task::JoinHandle<()>,
+    /// The worker side's middleware.
+    pub(crate) middleware: Middlewares,
 }
 
 impl std::fmt::Debug for LocalLink {
@@ -94,6 +108,7 @@ where
     ) -> LocalBoxFuture<'static, Result<Connection, SpawnError>> {
         let startup = options.startup_timeout;
         let factory = self.factory.clone();
+        let middleware = self.middleware.clone();
         Box::pin(async move {
             panic::install_hook();
             let arbiter = Arbiter::new();
@@ -137,6 +152,7 @@ where
                     arbiter,
                     thread,
                     ended,
+                    middleware,
                 }),
             })
         })

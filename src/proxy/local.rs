@@ -23,6 +23,7 @@ use crate::config::WorkerOptions;
 use crate::contract::WorkerMessage;
 use crate::driver::LocalLink;
 use crate::error::{CrashReason, WorkerError};
+use crate::middleware::{Body, Direction, Middlewares, Passage, Side, Typed};
 use crate::worker::panic;
 use crate::worker::routes::Recipients;
 
@@ -37,6 +38,8 @@ pub(super) struct LocalState {
     /// The requests in flight, by deadline; shared with their tasks (all on
     /// the proxy's thread), which remove themselves when done.
     running: Rc<RefCell<Running>>,
+    /// The worker side's middleware.
+    middleware: Middlewares,
 }
 
 /// Requests in flight to a thread worker, so that one timer per proxy (the
@@ -100,6 +103,7 @@ impl LocalState {
                 crash: OnceLock::new(),
             }),
             running: Rc::default(),
+            middleware: link.middleware,
         };
         (state, link.ended)
     }
@@ -191,12 +195,14 @@ impl LocalState {
     /// Starts request `message`; the future resolves with its outcome.
     pub(super) fn request<M>(
         &self,
-        message: M,
-        timeout: std::time::Duration,
+        mut message: M,
+        options: &WorkerOptions,
+        host_typed: Option<Typed<M>>,
     ) -> LocalBoxFuture<'static, Result<M::Reply, WorkerError>>
     where
         M: WorkerMessage,
     {
+        let timeout = options.timeout_of(M::NAME);
         let Some(recipient) = self.recipients.get::<M>().cloned() else {
             let error = WorkerError::Codec {
                 what: format!("route `{}`", M::NAME),
@@ -235,6 +241,12 @@ impl LocalState {
             running: self.running.clone(),
             id,
         };
+        let hooks = Hooks::new(options, &self.middleware, host_typed, id);
+        if let Some(hooks) = &hooks {
+            if let Err(refused) = hooks.request(&mut message) {
+                return Box::pin(std::future::ready(Err(refused)));
+            }
+        }
         Box::pin(async move {
             let _leave = leave;
             let outcome = async {
@@ -260,7 +272,7 @@ impl LocalState {
             };
             // Ended early by `Close`, by the actor's death, or by the
             // timekeeper at the deadline.
-            match Abortable::new(outcome, registration).await {
+            let mut outcome = match Abortable::new(outcome, registration).await {
                 Ok(outcome) => outcome,
                 Err(Aborted) if shared.closed.load(Ordering::Relaxed) => Err(WorkerError::Closed),
                 Err(Aborted) if shared.crash.get().is_some() => Err(WorkerError::Crashed {
@@ -272,8 +284,139 @@ impl LocalState {
                     after: timeout,
                     message: M::NAME,
                 }),
+            };
+            if let Some(hooks) = &hooks {
+                hooks.back(Stage::Handled, &mut outcome);
             }
+            outcome
         })
+    }
+}
+
+/// The middleware a thread worker's request passes, in order: the host's
+/// untyped, the worker's untyped, the worker's typed (the host's typed
+/// chain ran before, in `request.rs`); its outcome passes them in reverse,
+/// then the host's typed chain.
+struct Hooks<M: WorkerMessage> {
+    host: Middlewares,
+    host_typed: Option<Typed<M>>,
+    worker: Middlewares,
+    worker_typed: Option<Typed<M>>,
+    id: u64,
+    started: Instant,
+}
+
+/// How far a request got through [`Hooks`].
+#[derive(Clone, Copy)]
+enum Stage {
+    /// Refused by the host's untyped middleware at this position.
+    Host(usize),
+    /// Refused by the worker's untyped middleware at this position.
+    Worker(usize),
+    /// Refused by the worker's typed middleware at this position.
+    WorkerTyped(usize),
+    /// Handed to the worker's actor.
+    Handled,
+}
+
+impl<M: WorkerMessage> Hooks<M> {
+    /// The hooks of a request, or `None` if there are none.
+    fn new(
+        options: &WorkerOptions,
+        worker: &Middlewares,
+        host_typed: Option<Typed<M>>,
+        id: u64,
+    ) -> Option<Self> {
+        let worker_typed = worker.for_type::<M>();
+        let any = options.middleware.has_untyped()
+            || worker.has_untyped()
+            || host_typed.is_some()
+            || worker_typed.is_some();
+        any.then(|| Self {
+            host: options.middleware.clone(),
+            host_typed,
+            worker: worker.clone(),
+            worker_typed,
+            id,
+            started: Instant::now(),
+        })
+    }
+
+    /// Passes the request in; on a refusal, passes the refusal back out
+    /// through the middleware it passed, and returns it.
+    fn request(&self, message: &mut M) -> Result<(), WorkerError> {
+        let refused = self
+            .untyped(&self.host, Side::Host, Direction::Outgoing, message)
+            .map_err(|r| (Stage::Host(r.at), WorkerError::Rejected(r.error)))
+            .and_then(|()| {
+                self.untyped(&self.worker, Side::Worker, Direction::Incoming, message)
+                    .map_err(|r| (Stage::Worker(r.at), WorkerError::Remote(r.error)))
+            })
+            .and_then(|()| match &self.worker_typed {
+                Some(typed) => typed
+                    .request(message)
+                    .map_err(|r| (Stage::WorkerTyped(r.at), WorkerError::Remote(r.error))),
+                None => Ok(()),
+            });
+        let Err((stage, error)) = refused else {
+            return Ok(());
+        };
+        let mut outcome = Err(error);
+        self.back(stage, &mut outcome);
+        outcome.map(|_| ())
+    }
+
+    /// An outcome passing a chain.
+    fn outcome(
+        side: Side,
+        direction: Direction,
+        id: u64,
+        outcome: &mut Result<M::Reply, WorkerError>,
+    ) -> Passage<'_> {
+        let body = match outcome {
+            Ok(reply) => Body::Value(reply),
+            Err(error) => Body::Failed(error),
+        };
+        Passage::new(side, direction, M::NAME, id, body)
+    }
+
+    fn untyped(
+        &self,
+        chain: &Middlewares,
+        side: Side,
+        direction: Direction,
+        message: &mut M,
+    ) -> Result<(), crate::middleware::Refused> {
+        let body = Body::Value(message);
+        chain.request(&mut Passage::new(side, direction, M::NAME, self.id, body))
+    }
+
+    /// Passes an outcome back out through the middleware the request
+    /// passed on its way in (up to `stage`).
+    fn back(&self, stage: Stage, outcome: &mut Result<M::Reply, WorkerError>) {
+        if let Some(typed) = &self.worker_typed {
+            match stage {
+                Stage::WorkerTyped(at) => typed.reply_before(at, outcome),
+                Stage::Handled => typed.reply(outcome),
+                Stage::Host(_) | Stage::Worker(_) => {}
+            }
+        }
+        let elapsed = self.started.elapsed();
+        let (worker, host) = (&self.worker, &self.host);
+        let out = |outcome| Self::outcome(Side::Worker, Direction::Outgoing, self.id, outcome);
+        match stage {
+            Stage::Worker(at) => worker.response_before(at, &mut out(outcome).after(elapsed)),
+            Stage::WorkerTyped(_) | Stage::Handled => worker.response(&mut out(outcome).after(elapsed)),
+            Stage::Host(_) => {}
+        }
+        let mut back_in = Self::outcome(Side::Host, Direction::Incoming, self.id, outcome).after(elapsed);
+        match stage {
+            Stage::Host(at) => host.response_before(at, &mut back_in),
+            _ => host.response(&mut back_in),
+        }
+        if let Some(typed) = &self.host_typed {
+            typed.reply(outcome);
+        }
     }
 }
 

@@ -15,7 +15,9 @@ use super::Worker;
 use crate::contract::{Contract, WorkerMessage};
 use crate::driver::Driver;
 use crate::error::WorkerError;
+use crate::middleware::{Body, Direction, Middlewares, Passage, Side, Typed};
 use crate::wire::serializer::CodecError;
+use std::time::Instant;
 
 /// The caller of one request, with the type knowledge to decode its reply.
 pub(super) trait Caller {
@@ -27,16 +29,46 @@ pub(super) trait Caller {
 struct TypedCaller<M: WorkerMessage> {
     reply: OneshotSender<Result<M::Reply, WorkerError>>,
     decode: fn(&[u8]) -> Result<M::Reply, CodecError>,
+    /// The middleware the reply passes on its way back, if any.
+    middleware: Option<Box<Returning<M>>>,
+}
+
+/// What a reply needs to pass the host's middleware on its way back.
+pub(super) struct Returning<M: WorkerMessage> {
+    pub(super) untyped: Middlewares,
+    pub(super) typed: Option<Typed<M>>,
+    pub(super) id: u64,
+    /// When the request passed the chain.
+    pub(super) sent: Instant,
+}
+
+impl<M: WorkerMessage> Returning<M> {
+    /// Passes `outcome` through the untyped middleware, last to first.
+    pub(super) fn untyped(&self, outcome: &mut Result<Bytes, WorkerError>) {
+        let body = match outcome {
+            Ok(payload) => Body::Bytes(payload),
+            Err(error) => Body::Failed(error),
+        };
+        let mut passage = Passage::new(Side::Host, Direction::Incoming, M::NAME, self.id, body)
+            .after(self.sent.elapsed());
+        self.untyped.response(&mut passage);
+    }
 }
 
 impl<M: WorkerMessage> Caller for TypedCaller<M> {
-    fn resolve(self: Box<Self>, outcome: Result<Bytes, WorkerError>) {
-        let result = outcome.and_then(|payload| {
+    fn resolve(self: Box<Self>, mut outcome: Result<Bytes, WorkerError>) {
+        if let Some(middleware) = &self.middleware {
+            middleware.untyped(&mut outcome);
+        }
+        let mut result = outcome.and_then(|payload| {
             (self.decode)(&payload).map_err(|e| WorkerError::Codec {
                 what: format!("decode the reply to `{}`", M::NAME),
                 detail: e.0,
             })
         });
+        if let Some(typed) = self.middleware.as_ref().and_then(|m| m.typed.as_ref()) {
+            typed.reply(&mut result);
+        }
         let _ = self.reply.send(result);
     }
 
@@ -57,6 +89,7 @@ enum ReplyKind<M: WorkerMessage> {
         requests: Rc<RefCell<Requests>>,
         id: u64,
         decode: fn(&[u8]) -> Result<M::Reply, CodecError>,
+        middleware: Option<Box<Returning<M>>>,
     },
     Later(LocalBoxFuture<'static, Result<M::Reply, WorkerError>>),
 }
@@ -70,12 +103,27 @@ impl<M: WorkerMessage> Reply<M> {
         requests: Rc<RefCell<Requests>>,
         id: u64,
         decode: fn(&[u8]) -> Result<M::Reply, CodecError>,
+        middleware: Option<Box<Returning<M>>>,
     ) -> Self {
         Self(ReplyKind::Registered {
             requests,
             id,
             decode,
+            middleware,
         })
+    }
+
+    /// Passes an outcome known at once through `M`'s typed middleware (the
+    /// request passed it; the untyped middleware, if the request reached
+    /// it, has seen the outcome already).
+    pub(super) fn through(self, typed: Option<&Typed<M>>) -> Self {
+        match (self.0, typed) {
+            (ReplyKind::Now(mut outcome), Some(typed)) => {
+                typed.reply(&mut outcome);
+                Self(ReplyKind::Now(outcome))
+            }
+            (kind, _) => Self(kind),
+        }
     }
 
     pub(super) fn later(outcome: LocalBoxFuture<'static, Result<M::Reply, WorkerError>>) -> Self {
@@ -109,10 +157,14 @@ where
                 requests,
                 id,
                 decode,
+                middleware,
             } => {
-                requests
-                    .borrow_mut()
-                    .attach(id, Box::new(TypedCaller::<M> { reply, decode }));
+                let caller = TypedCaller::<M> {
+                    reply,
+                    decode,
+                    middleware,
+                };
+                requests.borrow_mut().attach(id, Box::new(caller));
             }
             ReplyKind::Later(outcome) => {
                 let mut reply = reply;

@@ -20,13 +20,14 @@ use bytes::{Bytes, BytesMut};
 use tokio::io::AsyncWrite;
 use tokio::sync::oneshot;
 
-use super::reply::{Caller, Reply};
+use super::reply::{Caller, Reply, Returning};
 use super::{Link, Worker, WorkerState};
 use crate::config::{CrashPolicy, WorkerOptions};
 use crate::contract::{Contract, WorkerMessage};
 use crate::driver::child_process::session::Session;
 use crate::driver::{Driver, ProcessHandle, StreamConnection};
 use crate::error::{CrashReason, WorkerError};
+use crate::middleware::{Body, Direction, Passage, Side, Typed};
 use crate::wire::envelope::{Header, Hello};
 use crate::wire::frame::{Frame, FrameCodec, FrameError};
 use crate::wire::stream::{inbound, Inbound, Severable};
@@ -215,6 +216,7 @@ impl StreamLink {
         &mut self,
         message: &M,
         options: &WorkerOptions,
+        typed: Option<Typed<M>>,
     ) -> Reply<M> {
         if self.hanging_up {
             return Reply::now(Err(WorkerError::Disconnected));
@@ -232,13 +234,48 @@ impl StreamLink {
                 detail: e.0,
             }));
         }
-        let payload = self.scratch.split().freeze();
+        let mut payload = self.scratch.split().freeze();
+        let middleware = if options.middleware.has_untyped() || typed.is_some() {
+            // The id `register` will give it.
+            let id = self.next_id;
+            let mut passage = Passage::new(
+                Side::Host,
+                Direction::Outgoing,
+                M::NAME,
+                id,
+                Body::Bytes(&mut payload),
+            );
+            if let Err(refused) = options.middleware.request(&mut passage) {
+                let error = WorkerError::Rejected(refused.error);
+                let mut passage = Passage::new(
+                    Side::Host,
+                    Direction::Incoming,
+                    M::NAME,
+                    id,
+                    Body::Failed(&error),
+                );
+                options.middleware.response_before(refused.at, &mut passage);
+                return Reply::now(Err(error));
+            }
+            Some(Box::new(Returning {
+                untyped: options.middleware.clone(),
+                typed,
+                id,
+                sent: Instant::now(),
+            }))
+        } else {
+            None
+        };
         if payload.len() + FRAME_OVERHEAD > options.max_frame_len {
-            return Reply::now(Err(WorkerError::TooLarge {
+            let error = WorkerError::TooLarge {
                 message: M::NAME,
                 size: payload.len(),
                 limit: options.max_frame_len,
-            }));
+            };
+            if let Some(middleware) = &middleware {
+                middleware.untyped(&mut Err(error.clone()));
+            }
+            return Reply::now(Err(error));
         }
         let timeout = options.timeout_of(M::NAME);
         let retry_payload = match options.crash_policy_of(M::NAME) {
@@ -255,7 +292,7 @@ impl StreamLink {
             sent: can_send,
         });
         self.send_or_queue(id, M::NAME, payload, can_send);
-        Reply::registered(self.requests.clone(), id, M::decode_reply::<S>)
+        Reply::registered(self.requests.clone(), id, M::decode_reply::<S>, middleware)
     }
 
     /// Adds a request to the table under a fresh id.

@@ -12,6 +12,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::driver::child_process::env;
 use crate::driver::child_process::session::remove_socket_directory;
+use crate::middleware::Middlewares;
 use crate::wire::envelope::Hello;
 
 mod attach;
@@ -63,6 +64,43 @@ where
     C: ServedBy<A>,
     A: Actor<Context = Context<A>>,
 {
+    worker_entry_with::<C, A>(name, factory, Middlewares::new());
+}
+
+/// [`worker_entry`] with the worker side's [middleware](crate::middleware):
+/// every request the worker receives, and its reply, passes `middleware`.
+///
+/// ```no_run
+/// # use actix::prelude::*;
+/// # use serde::{Deserialize, Serialize};
+/// # use isolated_workers::WorkerError;
+/// # #[derive(Serialize, Deserialize)] struct Ping;
+/// # isolated_workers::contract! { Calc { Ping => () } }
+/// # #[derive(Default)] struct CalcWorker;
+/// # impl Actor for CalcWorker { type Context = Context<Self>; }
+/// # impl Handler<Ping> for CalcWorker { type Result = Result<(), WorkerError>;
+/// #     fn handle(&mut self, _: Ping, _: &mut Context<Self>) -> Self::Result { Ok(()) } }
+/// use isolated_workers::middleware::{Middleware, Middlewares, Passage};
+///
+/// struct LogIn;
+/// impl Middleware for LogIn {
+///     fn on_request(&self, request: &mut Passage<'_>) -> Result<(), isolated_workers::RemoteError> {
+///         eprintln!("[WORKER IN] {} #{}", request.name(), request.id());
+///         Ok(())
+///     }
+/// }
+///
+/// fn main() {
+///     let middleware = Middlewares::new().layer(LogIn);
+///     isolated_workers::worker::worker_entry_with::<Calc, _>("calc", CalcWorker::default, middleware);
+///     // ... the host's own code ...
+/// }
+/// ```
+pub fn worker_entry_with<C, A>(name: &str, factory: impl FnOnce() -> A, middleware: Middlewares)
+where
+    C: ServedBy<A>,
+    A: Actor<Context = Context<A>>,
+{
     if std::env::var_os(env::NAME).as_deref() != Some(OsStr::new(name)) {
         return;
     }
@@ -98,6 +136,7 @@ where
             reader: Box::new(reader),
             writer: Box::new(writer),
             reattach: Some(attach::Reattach::new(token.clone(), &socket_path)),
+            middleware,
             token,
             max_frame_len,
             process: Some(grace),
@@ -130,6 +169,9 @@ fn env_number(key: &str) -> Option<u64> {
 /// in the actor is reported to the host, which resolves its requests
 /// `Crashed`.
 ///
+/// The worker side's middleware is `options`'
+/// [`middleware`](crate::WorkerOptions::middleware).
+///
 /// Must be called inside an actix System.
 pub fn serve_io<C, A, T>(io: T, actor: A, options: &crate::WorkerOptions)
 where
@@ -142,6 +184,7 @@ where
         reader: Box::new(reader),
         writer: Box::new(writer),
         reattach: None,
+        middleware: options.middleware.clone(),
         token: String::new(),
         max_frame_len: options.max_frame_len,
         process: None,
@@ -156,6 +199,7 @@ struct Served {
     token: String,
     /// For a worker process: how hosts reach it again.
     reattach: Option<attach::Reattach>,
+    middleware: Middlewares,
     max_frame_len: usize,
     /// For a worker process: how long its actor gets to stop when asked.
     /// `None` for a worker served in-process, whose end stops only itself.
@@ -177,6 +221,7 @@ where
         writer,
         token,
         reattach,
+        middleware,
         max_frame_len,
         process,
     } = served;
@@ -198,6 +243,7 @@ where
             hello: Hello::ours::<C>(token),
             reattach,
             max_frame_len,
+            middleware,
             running: Default::default(),
             cancels: Default::default(),
             waker: None,

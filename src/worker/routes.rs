@@ -11,7 +11,8 @@ use bytes::BytesMut;
 use futures::future::LocalBoxFuture;
 
 use crate::contract::{Contract, WorkerMessage};
-use crate::error::RemoteError;
+use crate::error::{RemoteError, WorkerError};
+use crate::middleware::Middlewares;
 use crate::wire::serializer::CodecError;
 use crate::wire::Serializer;
 
@@ -40,7 +41,7 @@ pub(crate) enum Outcome {
     ActorStopped,
 }
 
-type Route<A> = fn(&Addr<A>, &[u8]) -> LocalBoxFuture<'static, Outcome>;
+type Route<A> = fn(&Addr<A>, &[u8], &Middlewares) -> LocalBoxFuture<'static, Outcome>;
 
 /// Makes a `Recipient<M>` (boxed as `Any`) for one message type `M`.
 type RecipientMaker<A> = fn(&Addr<A>) -> Box<dyn Any + Send>;
@@ -118,9 +119,10 @@ impl<A: Actor, S: Serializer> Routes<A, S> {
         actor: &Addr<A>,
         name: &str,
         payload: &[u8],
+        middleware: &Middlewares,
     ) -> LocalBoxFuture<'static, Outcome> {
         match self.by_name.get(name) {
-            Some(route) => route(actor, payload),
+            Some(route) => route(actor, payload, middleware),
             None => Box::pin(std::future::ready(Outcome::Failed(RemoteError::new(
                 "UnknownMessage",
                 format!("this worker does not handle a message named `{name}`"),
@@ -145,14 +147,18 @@ impl Recipients {
     }
 }
 
-fn route<A, M, S>(actor: &Addr<A>, payload: &[u8]) -> LocalBoxFuture<'static, Outcome>
+fn route<A, M, S>(
+    actor: &Addr<A>,
+    payload: &[u8],
+    middleware: &Middlewares,
+) -> LocalBoxFuture<'static, Outcome>
 where
     A: Handler<M>,
     A::Context: ToEnvelope<A, M>,
     M: WorkerMessage,
     S: Serializer,
 {
-    let message: M = match M::decode::<S>(payload) {
+    let mut message: M = match M::decode::<S>(payload) {
         Ok(message) => message,
         Err(e) => {
             return Box::pin(std::future::ready(Outcome::Failed(RemoteError::new(
@@ -161,12 +167,32 @@ where
             ))))
         }
     };
+    let typed = middleware.for_type::<M>();
+    if let Some(typed) = &typed {
+        if let Err(refused) = typed.request(&mut message) {
+            let mut outcome = Err(WorkerError::Remote(refused.error));
+            typed.reply_before(refused.at, &mut outcome);
+            return Box::pin(std::future::ready(Outcome::of::<M, S>(outcome)));
+        }
+    }
     let handled = actor.send(message);
     Box::pin(async move {
-        match handled.await {
-            Ok(Ok(reply)) => Outcome::Reply(Box::new(move |out| M::encode_reply::<S>(&reply, out))),
-            Ok(Err(error)) => Outcome::Failed(error.into()),
-            Err(MailboxError::Closed | MailboxError::Timeout) => Outcome::ActorStopped,
+        let Ok(mut outcome) = handled.await else {
+            return Outcome::ActorStopped;
+        };
+        if let Some(typed) = &typed {
+            typed.reply(&mut outcome);
         }
+        Outcome::of::<M, S>(outcome)
     })
+}
+
+impl Outcome {
+    /// The outcome of a handled request of message `M`.
+    fn of<M: WorkerMessage, S: Serializer>(outcome: Result<M::Reply, WorkerError>) -> Self {
+        match outcome {
+            Ok(reply) => Outcome::Reply(Box::new(move |out| M::encode_reply::<S>(&reply, out))),
+            Err(error) => Outcome::Failed(error.into()),
+        }
+    }
 }

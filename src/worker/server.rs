@@ -23,7 +23,8 @@ use tokio::io::AsyncWrite;
 use super::attach::{refuse_busy, NewHost, Reattach};
 use super::panic;
 use super::routes::{Outcome, Routes};
-use crate::error::RemoteError;
+use crate::error::{RemoteError, WorkerError};
+use crate::middleware::{Body, Direction, Middlewares, Passage, Side};
 use crate::wire::envelope::{Header, Hello};
 use crate::wire::frame::{Frame, FrameCodec, FrameError};
 use crate::wire::stream::{inbound, split, Inbound, Severable};
@@ -57,6 +58,8 @@ pub(crate) struct Server<A: Actor, S> {
     /// served in-process, which serves one connection only.
     pub(crate) reattach: Option<Reattach>,
     pub(crate) max_frame_len: usize,
+    /// The worker side's middleware.
+    pub(crate) middleware: Middlewares,
     /// Requests being handled. One set polled as one item of the context,
     /// so that only the requests whose reply is ready are polled.
     pub(crate) running: FuturesUnordered<InProgress>,
@@ -88,7 +91,15 @@ pub(crate) struct HostLink {
 }
 
 /// One request being handled: its id and, once done, its outcome.
-pub(crate) type InProgress = LocalBoxFuture<'static, (u64, Result<Outcome, Aborted>)>;
+pub(crate) type InProgress =
+    LocalBoxFuture<'static, (u64, Option<Traced>, Result<Outcome, Aborted>)>;
+
+/// A request that passed the worker's untyped middleware, whose reply
+/// passes it again.
+pub(crate) struct Traced {
+    name: std::borrow::Cow<'static, str>,
+    started: std::time::Instant,
+}
 
 impl<A: Actor, S: Serializer> Server<A, S> {
     /// Serves a host on a new connection, opening with this worker's Hello.
@@ -249,23 +260,70 @@ impl<A: Actor, S: Serializer> Server<A, S> {
     }
 
     /// Starts handling request `id`.
-    fn start(&mut self, id: u64, handled: LocalBoxFuture<'static, Outcome>) {
+    fn start(
+        &mut self,
+        id: u64,
+        traced: Option<Traced>,
+        handled: LocalBoxFuture<'static, Outcome>,
+    ) {
         let (cancel, registration) = AbortHandle::new_pair();
         let handled = Abortable::new(handled, registration);
         self.running
-            .push(Box::pin(async move { (id, handled.await) }));
+            .push(Box::pin(async move { (id, traced, handled.await) }));
         self.cancels.insert(id, cancel);
         self.wake();
     }
 
-    fn finish(&mut self, id: u64, outcome: Outcome) {
+    /// Starts request `id` for message `name`, after the untyped middleware
+    /// (which may refuse it).
+    fn request(&mut self, id: u64, name: std::borrow::Cow<'static, str>, mut payload: bytes::Bytes) {
+        let Some(actor) = &self.actor else {
+            let error = RemoteError::new("ShuttingDown", "the worker is shutting down");
+            return self.write(Frame::bare(Header::Error { id, error }));
+        };
+        let traced = if self.middleware.has_untyped() {
+            let body = Body::Bytes(&mut payload);
+            let mut passage = Passage::new(Side::Worker, Direction::Incoming, &name, id, body);
+            if let Err(refused) = self.middleware.request(&mut passage) {
+                let failed = WorkerError::Remote(refused.error.clone());
+                let body = Body::Failed(&failed);
+                let mut passage = Passage::new(Side::Worker, Direction::Outgoing, &name, id, body);
+                self.middleware.response_before(refused.at, &mut passage);
+                let error = refused.error;
+                return self.write(Frame::bare(Header::Error { id, error }));
+            }
+            Some(Traced {
+                name: name.clone(),
+                started: std::time::Instant::now(),
+            })
+        } else {
+            None
+        };
+        let handled = self.routes.dispatch(actor, &name, &payload, &self.middleware);
+        self.start(id, traced, handled);
+    }
+
+    fn finish(&mut self, id: u64, traced: Option<Traced>, outcome: Outcome) {
         self.cancels.remove(&id);
-        let frame = match outcome {
+        let mut frame = match outcome {
             Outcome::Reply(encode) => self.reply_frame(id, encode),
             Outcome::Failed(error) => Frame::bare(Header::Error { id, error }),
             // The actor is gone; `actor_ended` reports why and exits.
             Outcome::ActorStopped => return,
         };
+        if let Some(traced) = traced {
+            let failed;
+            let body = match &frame.header {
+                Header::Error { error, .. } => {
+                    failed = WorkerError::Remote(error.clone());
+                    Body::Failed(&failed)
+                }
+                _ => Body::Bytes(&mut frame.payload),
+            };
+            let mut passage = Passage::new(Side::Worker, Direction::Outgoing, &traced.name, id, body)
+                .after(traced.started.elapsed());
+            self.middleware.response(&mut passage);
+        }
         self.write(frame);
     }
 
@@ -394,10 +452,10 @@ impl<A: Actor, S: Serializer> ActorFuture<Server<A, S>> for Dispatcher {
         if server.waker.is_none() {
             server.waker = Some(task.waker().clone());
         }
-        while let Poll::Ready(Some((id, outcome))) = server.running.poll_next_unpin(task) {
+        while let Poll::Ready(Some((id, traced, outcome))) = server.running.poll_next_unpin(task) {
             // An aborted request was cancelled by the host: nothing to send.
             if let Ok(outcome) = outcome {
-                server.finish(id, outcome);
+                server.finish(id, traced, outcome);
             }
         }
         Poll::Pending
@@ -429,14 +487,7 @@ impl<A: Actor, S: Serializer> StreamHandler<Inbound> for Server<A, S> {
             }
         };
         match frame.header {
-            Header::Request { id, name } => {
-                let Some(actor) = &self.actor else {
-                    let error = RemoteError::new("ShuttingDown", "the worker is shutting down");
-                    return self.write(Frame::bare(Header::Error { id, error }));
-                };
-                let handled = self.routes.dispatch(actor, &name, &frame.payload);
-                self.start(id, handled);
-            }
+            Header::Request { id, name } => self.request(id, name, frame.payload),
             Header::Cancel { id } => {
                 if let Some(cancel) = self.cancels.remove(&id) {
                     cancel.abort();

@@ -87,7 +87,10 @@ struct NoDropping;
 
 impl MessageMiddleware<DropTables> for NoDropping {
     fn on_request(&self, _: &mut DropTables) -> Result<(), RemoteError> {
-        Err(RemoteError::new("Forbidden", "this host does not drop tables"))
+        Err(RemoteError::new(
+            "Forbidden",
+            "this host does not drop tables",
+        ))
     }
 }
 
@@ -159,7 +162,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // The worker saw the ping come in and its pong go out, and the
         // Trail request come in (its reply leaves after it answered), but
         // never DropTables.
-        let expected_worker = ["[WORKER IN] ping #1", "[WORKER OUT] pong #1", "[WORKER IN] Trail #2"];
+        let expected_worker = [
+            "[WORKER IN] ping #1",
+            "[WORKER OUT] pong #1",
+            "[WORKER IN] Trail #2",
+        ];
         if worker_saw != expected_worker {
             return Err(format!("the worker's middleware saw {worker_saw:?}").into());
         }

@@ -27,6 +27,10 @@ fn main() {
             status_reports_the_workers_pid_state_and_requests_in_flight,
         ),
         actix_test(
+            "status_counts_requests_by_message_crashes_restarts_and_bytes",
+            status_counts_requests_by_message_crashes_restarts_and_bytes,
+        ),
+        actix_test(
             "requests_beyond_max_in_flight_wait_in_the_proxy_and_all_complete",
             requests_beyond_max_in_flight_wait_in_the_proxy_and_all_complete,
         ),
@@ -97,6 +101,56 @@ async fn status_reports_the_workers_pid_state_and_requests_in_flight() -> Result
     }
     let done = status(&worker).await?;
     assert_eq!((done.in_flight, done.queued), (0, 0));
+    close(&worker).await
+}
+
+async fn status_counts_requests_by_message_crashes_restarts_and_bytes() -> Result<(), Failed> {
+    let worker = spawn_calc().await?;
+    for _ in 0..3 {
+        ask(&worker, Increment { by: 1 }).await?;
+    }
+    refused(&worker, Divide { a: 1.0, b: 0.0 }).await?;
+    let before_crash = status(&worker).await?;
+    let counts = |status: &isolated_workers::WorkerStatus, name: &str| {
+        let c = status
+            .counters
+            .by_message
+            .get(name)
+            .copied()
+            .unwrap_or_default();
+        (c.sent, c.answered, c.failed)
+    };
+    assert_eq!(counts(&before_crash, "Increment"), (3, 3, 0));
+    assert_eq!(counts(&before_crash, "Divide"), (1, 0, 1));
+    assert!(before_crash.counters.bytes_out > 0 && before_crash.counters.bytes_in > 0);
+    assert_eq!(
+        (
+            before_crash.counters.crashes,
+            before_crash.counters.restarts
+        ),
+        (0, 0)
+    );
+    assert!(before_crash.uptime > Duration::ZERO);
+
+    let crash = Instant::now();
+    refused(
+        &worker,
+        Explode {
+            message: "boom".into(),
+        },
+    )
+    .await?;
+    ask(&worker, Increment { by: 1 }).await?; // on a fresh worker
+    let after = status(&worker).await?;
+    assert_eq!(counts(&after, "Explode"), (1, 0, 1));
+    assert_eq!(counts(&after, "Increment"), (4, 4, 0));
+    assert_eq!((after.counters.crashes, after.counters.restarts), (1, 1));
+    assert!(
+        after.uptime <= crash.elapsed(),
+        "uptime {:?} should count from the restart, {:?} ago at most",
+        after.uptime,
+        crash.elapsed()
+    );
     close(&worker).await
 }
 

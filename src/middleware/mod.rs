@@ -89,7 +89,13 @@ pub struct Passage<'a> {
 }
 
 impl<'a> Passage<'a> {
-    pub(crate) fn new(side: Side, direction: Direction, name: &'a str, id: u64, body: Body<'a>) -> Self {
+    pub(crate) fn new(
+        side: Side,
+        direction: Direction,
+        name: &'a str,
+        id: u64,
+        body: Body<'a>,
+    ) -> Self {
         Self {
             side,
             direction,

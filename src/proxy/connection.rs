@@ -279,10 +279,7 @@ impl<C: Contract, D: Driver<C>> Worker<C, D> {
         }
         let reason = ended.map_or(CrashReason::ConnectionLost, Ended::reason);
         tracing::warn!(contract = C::NAME, pid, %reason, "disconnected worker died");
-        self.state = WorkerState::Crashed {
-            reason,
-            message: None,
-        };
+        self.crashed(reason, None);
     }
 
     fn reconnect(&mut self) -> Answer<C, D, ()> {
@@ -319,7 +316,7 @@ impl<C: Contract, D: Driver<C>> Worker<C, D> {
                     }
                     let connection =
                         Connection::child_stream(stream, parked.process, parked.session);
-                    worker.link = Link::start(connection, &worker.options, ctx);
+                    worker.link = Link::start(connection, &worker.options, &worker.tally, ctx);
                     worker.state = WorkerState::Running;
                     tracing::info!(contract = C::NAME, "reconnected to the worker");
                     Ok(())
@@ -327,10 +324,7 @@ impl<C: Contract, D: Driver<C>> Worker<C, D> {
                 Err(Err(ended)) => {
                     let reason = ended.map_or(CrashReason::ConnectionLost, Ended::reason);
                     tracing::warn!(contract = C::NAME, %reason, "the disconnected worker is gone");
-                    worker.state = WorkerState::Crashed {
-                        reason: reason.clone(),
-                        message: None,
-                    };
+                    worker.crashed(reason.clone(), None);
                     Err(WorkerError::Crashed {
                         reason,
                         message: None,

@@ -63,6 +63,11 @@ pub struct WorkerStatus {
     /// Whether the worker outlives the host (see
     /// [`Detach`](crate::proxy::Detach)).
     pub detached: bool,
+    /// How long the current worker has been running (since it was
+    /// spawned, restarted, or attached to).
+    pub uptime: Duration,
+    /// What the proxy has counted.
+    pub counters: super::Counters,
 }
 
 /// Where a worker is in its life.
@@ -237,6 +242,8 @@ impl<C: Contract, D: Driver<C>> Accepted<C, D> for Status {
             queued,
             restarts: worker.restarts.len() as u32,
             detached: worker.link.session().is_some_and(|s| s.is_detached()),
+            uptime: worker.started.elapsed(),
+            counters: worker.tally.borrow().snapshot(),
         })
     }
 }

@@ -19,6 +19,7 @@ use futures::future::{AbortHandle, Abortable, Aborted, LocalBoxFuture};
 use actix::prelude::*;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use super::counters::SharedTally;
 use crate::config::WorkerOptions;
 use crate::contract::WorkerMessage;
 use crate::driver::LocalLink;
@@ -40,6 +41,7 @@ pub(super) struct LocalState {
     running: Rc<RefCell<Running>>,
     /// The worker side's middleware.
     middleware: Middlewares,
+    tally: SharedTally,
 }
 
 /// Requests in flight to a thread worker, so that one timer per proxy (the
@@ -89,7 +91,11 @@ struct Shared {
 impl LocalState {
     /// The proxy's state for `link`, and the handle that resolves when the
     /// worker's actor ends.
-    pub(super) fn new(link: LocalLink, options: &WorkerOptions) -> (Self, JoinHandle<()>) {
+    pub(super) fn new(
+        link: LocalLink,
+        options: &WorkerOptions,
+        tally: SharedTally,
+    ) -> (Self, JoinHandle<()>) {
         let state = Self {
             recipients: link.recipients,
             arbiter: Some(link.arbiter),
@@ -104,6 +110,7 @@ impl LocalState {
             }),
             running: Rc::default(),
             middleware: link.middleware,
+            tally,
         };
         (state, link.ended)
     }
@@ -247,6 +254,8 @@ impl LocalState {
                 return Box::pin(std::future::ready(Err(refused)));
             }
         }
+        self.tally.borrow_mut().sent(M::NAME, 0);
+        let tally = self.tally.clone();
         Box::pin(async move {
             let _leave = leave;
             let outcome = async {
@@ -285,6 +294,7 @@ impl LocalState {
                     message: M::NAME,
                 }),
             };
+            tally.borrow_mut().ended(M::NAME, outcome.is_ok(), 0);
             if let Some(hooks) = &hooks {
                 hooks.back(Stage::Handled, &mut outcome);
             }
@@ -406,10 +416,13 @@ impl<M: WorkerMessage> Hooks<M> {
         let out = |outcome| Self::outcome(Side::Worker, Direction::Outgoing, self.id, outcome);
         match stage {
             Stage::Worker(at) => worker.response_before(at, &mut out(outcome).after(elapsed)),
-            Stage::WorkerTyped(_) | Stage::Handled => worker.response(&mut out(outcome).after(elapsed)),
+            Stage::WorkerTyped(_) | Stage::Handled => {
+                worker.response(&mut out(outcome).after(elapsed))
+            }
             Stage::Host(_) => {}
         }
-        let mut back_in = Self::outcome(Side::Host, Direction::Incoming, self.id, outcome).after(elapsed);
+        let mut back_in =
+            Self::outcome(Side::Host, Direction::Incoming, self.id, outcome).after(elapsed);
         match stage {
             Stage::Host(at) => host.response_before(at, &mut back_in),
             _ => host.response(&mut back_in),

@@ -21,6 +21,7 @@ use crate::driver::{ChildProcess, Connection, ConnectionKind, Driver};
 use crate::error::{CrashReason, SpawnError, WorkerError};
 
 mod connection;
+mod counters;
 mod lifecycle;
 mod local;
 mod reply;
@@ -29,6 +30,7 @@ mod stream;
 mod timekeeper;
 
 pub use connection::{Detach, Disconnect, Reconnect, DEFAULT_IDLE_TIMEOUT};
+pub use counters::{Counters, MessageCounts};
 pub use lifecycle::{Close, Drain, Status, WorkerState, WorkerStatus};
 pub use reply::Reply;
 
@@ -70,6 +72,10 @@ pub struct Worker<C: Contract, D: Driver<C> = ChildProcess> {
     driver: Option<D>,
     /// When the worker was restarted, within the restart window.
     restarts: VecDeque<Instant>,
+    /// What the proxy counts, for `Status`.
+    tally: counters::SharedTally,
+    /// When the current worker started.
+    started: Instant,
     _contract: PhantomData<fn() -> (C, D)>,
 }
 
@@ -91,14 +97,16 @@ impl Link {
     fn start<C: Contract, D: Driver<C>>(
         connection: Connection,
         options: &WorkerOptions,
+        tally: &counters::SharedTally,
         ctx: &mut Context<Worker<C, D>>,
     ) -> Self {
+        let tally = tally.clone();
         match connection.kind {
             ConnectionKind::Stream(stream) => {
-                Link::Stream(stream::StreamLink::start(stream, options, ctx))
+                Link::Stream(stream::StreamLink::start(stream, options, tally, ctx))
             }
             ConnectionKind::Local(local) => {
-                let (state, ended) = local::LocalState::new(local, options);
+                let (state, ended) = local::LocalState::new(local, options, tally);
                 let thread = state.thread();
                 ctx.spawn(actix::fut::wrap_future(ended).map(
                     move |ended, worker: &mut Worker<C, D>, _| worker.actor_ended(thread, ended),
@@ -178,13 +186,16 @@ impl<C: Contract, D: Driver<C>> Worker<C, D> {
     fn start(connection: Connection, options: WorkerOptions, driver: Option<D>) -> Addr<Self> {
         Worker::create(move |ctx| {
             ctx.spawn(timekeeper::Timekeeper::new());
-            let link = Link::start(connection, &options, ctx);
+            let tally = counters::SharedTally::default();
+            let link = Link::start(connection, &options, &tally, ctx);
             Worker {
                 options,
                 state: WorkerState::Running,
                 link,
                 driver,
                 restarts: VecDeque::new(),
+                tally,
+                started: Instant::now(),
                 _contract: PhantomData,
             }
         })
@@ -243,8 +254,10 @@ impl<C: Contract, D: Driver<C>> Worker<C, D> {
         let launched = driver.launch(&self.options);
         ctx.wait(launched.into_actor(self).map(move |launched, worker, ctx| match launched {
             Ok(connection) => {
-                worker.link = Link::start(connection, &worker.options, ctx);
+                worker.link = Link::start(connection, &worker.options, &worker.tally, ctx);
                 worker.state = WorkerState::Running;
+                worker.started = Instant::now();
+                worker.tally.borrow_mut().restarts += 1;
                 if let Link::Stream(link) = &mut worker.link {
                     for request in retry {
                         link.resubmit(request, worker.options.max_in_flight);
@@ -253,10 +266,10 @@ impl<C: Contract, D: Driver<C>> Worker<C, D> {
             }
             Err(error) => {
                 tracing::warn!(contract = C::NAME, %error, "a fresh worker failed to start");
-                worker.state = WorkerState::Crashed {
-                    reason: CrashReason::ConnectionLost,
-                    message: Some(format!("restart failed: {error}")),
-                };
+                worker.crashed(
+                    CrashReason::ConnectionLost,
+                    Some(format!("restart failed: {error}")),
+                );
                 let error = worker.unavailable().unwrap_or(WorkerError::Closed);
                 for request in retry {
                     request.fail(error.clone());
@@ -285,7 +298,13 @@ impl<C: Contract, D: Driver<C>> Worker<C, D> {
         };
         tracing::warn!(contract = C::NAME, %reason, ?message, "thread worker died");
         local.crashed();
+        self.crashed(reason, message);
+    }
+
+    /// The worker died without being asked to.
+    fn crashed(&mut self, reason: CrashReason, message: Option<String>) {
         self.state = WorkerState::Crashed { reason, message };
+        self.tally.borrow_mut().crashes += 1;
     }
 
     /// The error a request gets when the worker can no longer take it.

@@ -20,6 +20,7 @@ use bytes::{Bytes, BytesMut};
 use tokio::io::AsyncWrite;
 use tokio::sync::oneshot;
 
+use super::counters::SharedTally;
 use super::reply::{Caller, Reply, Returning};
 use super::{Link, Worker, WorkerState};
 use crate::config::{CrashPolicy, WorkerOptions};
@@ -82,6 +83,7 @@ pub(super) struct StreamLink {
     pub(super) listening: Option<oneshot::Sender<()>>,
     /// Set by `Disconnect`: new requests fail at once with `Disconnected`.
     pub(super) hanging_up: bool,
+    tally: SharedTally,
 }
 
 impl Requests {
@@ -125,11 +127,13 @@ pub(super) struct Retry {
     deadline: Instant,
     attempt: u32,
     caller: Option<Box<dyn Caller>>,
+    tally: SharedTally,
 }
 
 impl Retry {
     /// Gives up on the request with `error`.
     pub(super) fn fail(self, error: WorkerError) {
+        self.tally.borrow_mut().ended(self.message, false, 0);
         if let Some(caller) = self.caller {
             caller.resolve(Err(error));
         }
@@ -140,6 +144,7 @@ impl StreamLink {
     pub(super) fn start<A>(
         connection: StreamConnection,
         options: &WorkerOptions,
+        tally: SharedTally,
         ctx: &mut Context<A>,
     ) -> Self
     where
@@ -176,6 +181,7 @@ impl StreamLink {
             session: connection.session,
             listening: None,
             hanging_up: false,
+            tally,
         }
     }
 
@@ -291,6 +297,7 @@ impl StreamLink {
             caller: None,
             sent: can_send,
         });
+        self.tally.borrow_mut().sent(M::NAME, payload.len());
         self.send_or_queue(id, M::NAME, payload, can_send);
         Reply::registered(self.requests.clone(), id, M::decode_reply::<S>, middleware)
     }
@@ -343,8 +350,10 @@ impl StreamLink {
                     deadline: pending.deadline,
                     attempt: pending.attempt + 1,
                     caller: pending.caller,
+                    tally: self.tally.clone(),
                 }),
                 _ => {
+                    self.tally.borrow_mut().ended(pending.message, false, 0);
                     if let Some(caller) = pending.caller {
                         caller.resolve(Err(WorkerError::Crashed {
                             reason: reason.clone(),
@@ -367,6 +376,7 @@ impl StreamLink {
             "retrying a request on a fresh worker"
         );
         let send = self.in_flight < max_in_flight;
+        self.tally.borrow_mut().resent(retry.payload.len());
         let id = self.register(Pending {
             message: retry.message,
             timeout: retry.timeout,
@@ -387,7 +397,9 @@ impl StreamLink {
 
     /// Resolves every pending request with `error`.
     pub(super) fn fail_all(&mut self, error: impl Fn() -> WorkerError) {
+        let tally = self.tally.clone();
         for pending in self.take_all() {
+            tally.borrow_mut().ended(pending.message, false, 0);
             if let Some(caller) = pending.caller {
                 caller.resolve(Err(error()));
             }
@@ -460,6 +472,10 @@ impl StreamLink {
         if pending.sent {
             self.in_flight -= 1;
         }
+        let received = outcome.as_ref().map_or(0, Bytes::len);
+        self.tally
+            .borrow_mut()
+            .ended(pending.message, outcome.is_ok(), received);
         if let Some(caller) = pending.caller {
             caller.resolve(outcome);
         }
@@ -617,7 +633,7 @@ impl<C: Contract, D: Driver<C>> Worker<C, D> {
             let retries = link.crashed(&act.options, &reason, &message);
             if act.state == WorkerState::Running {
                 tracing::warn!(contract = C::NAME, pid = ?link.pid(), %reason, ?message, "worker crashed");
-                act.state = WorkerState::Crashed { reason, message };
+                act.crashed(reason, message);
                 if !retries.is_empty() {
                     return act.respawn(ctx, retries);
                 }

@@ -276,7 +276,12 @@ impl<A: Actor, S: Serializer> Server<A, S> {
 
     /// Starts request `id` for message `name`, after the untyped middleware
     /// (which may refuse it).
-    fn request(&mut self, id: u64, name: std::borrow::Cow<'static, str>, mut payload: bytes::Bytes) {
+    fn request(
+        &mut self,
+        id: u64,
+        name: std::borrow::Cow<'static, str>,
+        mut payload: bytes::Bytes,
+    ) {
         let Some(actor) = &self.actor else {
             let error = RemoteError::new("ShuttingDown", "the worker is shutting down");
             return self.write(Frame::bare(Header::Error { id, error }));
@@ -299,7 +304,9 @@ impl<A: Actor, S: Serializer> Server<A, S> {
         } else {
             None
         };
-        let handled = self.routes.dispatch(actor, &name, &payload, &self.middleware);
+        let handled = self
+            .routes
+            .dispatch(actor, &name, &payload, &self.middleware);
         self.start(id, traced, handled);
     }
 
@@ -320,8 +327,9 @@ impl<A: Actor, S: Serializer> Server<A, S> {
                 }
                 _ => Body::Bytes(&mut frame.payload),
             };
-            let mut passage = Passage::new(Side::Worker, Direction::Outgoing, &traced.name, id, body)
-                .after(traced.started.elapsed());
+            let mut passage =
+                Passage::new(Side::Worker, Direction::Outgoing, &traced.name, id, body)
+                    .after(traced.started.elapsed());
             self.middleware.response(&mut passage);
         }
         self.write(frame);

@@ -1,0 +1,90 @@
+//! What a proxy counts while it runs, for [`Status`](super::Status):
+//! requests by message type, crashes, restarts, bytes each way.
+//!
+//! Counting is a few integer additions and one small map lookup by wire
+//! name per request, on the proxy's own thread: cheap enough to leave on
+//! (the roundtrip bench shows no difference).
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap};
+use std::rc::Rc;
+
+/// Requests of one message type, as the proxy counted them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct MessageCounts {
+    /// Requests handed to the worker (a retry is not counted again).
+    pub sent: u64,
+    /// Of those, answered with a reply.
+    pub answered: u64,
+    /// Of those, ended with an error: the handler's, a timeout, a crash,
+    /// a close.
+    pub failed: u64,
+}
+
+/// What the proxy has counted since it started (across restarts).
+///
+/// Requests refused at once, before they reach the worker (`Closed`,
+/// `Overloaded`, `Disconnected`, refused by middleware), are not counted.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Counters {
+    /// By wire name.
+    pub by_message: BTreeMap<&'static str, MessageCounts>,
+    /// Times the worker died without being asked to.
+    pub crashes: u64,
+    /// Fresh workers started after crashes.
+    pub restarts: u64,
+    /// Payload bytes sent to the worker (byte-stream drivers).
+    pub bytes_out: u64,
+    /// Payload bytes received from the worker (byte-stream drivers).
+    pub bytes_in: u64,
+}
+
+/// The counters as the proxy and its links update them.
+#[derive(Debug, Default)]
+pub(super) struct Tally {
+    by_message: HashMap<&'static str, MessageCounts>,
+    pub(super) crashes: u64,
+    pub(super) restarts: u64,
+    bytes_out: u64,
+    bytes_in: u64,
+}
+
+/// One tally, shared by the proxy and its current link.
+pub(super) type SharedTally = Rc<RefCell<Tally>>;
+
+impl Tally {
+    /// A request of `message` was handed to the worker.
+    pub(super) fn sent(&mut self, message: &'static str, bytes: usize) {
+        self.by_message.entry(message).or_default().sent += 1;
+        self.bytes_out += bytes as u64;
+    }
+
+    /// Bytes went out again (a retry).
+    pub(super) fn resent(&mut self, bytes: usize) {
+        self.bytes_out += bytes as u64;
+    }
+
+    /// A request of `message` ended: answered, or not.
+    pub(super) fn ended(&mut self, message: &'static str, answered: bool, bytes_in: usize) {
+        let counts = self.by_message.entry(message).or_default();
+        if answered {
+            counts.answered += 1;
+        } else {
+            counts.failed += 1;
+        }
+        self.bytes_in += bytes_in as u64;
+    }
+
+    /// A snapshot for `Status`.
+    pub(super) fn snapshot(&self) -> Counters {
+        Counters {
+            by_message: self.by_message.iter().map(|(k, v)| (*k, *v)).collect(),
+            crashes: self.crashes,
+            restarts: self.restarts,
+            bytes_out: self.bytes_out,
+            bytes_in: self.bytes_in,
+        }
+    }
+}

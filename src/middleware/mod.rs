@@ -32,9 +32,9 @@
 //! downcast to the message (or reply) type. A failed request's reply is
 //! [`Body::Failed`] with the error.
 //!
-//! Response hooks run for every request someone waits for, however it
-//! ends (reply, error, timeout, crash, close). A request sent with
-//! `do_send` has nobody waiting: only its request hooks run on the host.
+//! Response hooks run for every request that passed the request hooks,
+//! however it ends (reply, error, timeout, crash, close), `do_send` ones
+//! included.
 
 use std::any::{Any, TypeId};
 use std::collections::HashMap;
@@ -132,7 +132,9 @@ impl<'a> Passage<'a> {
     }
 
     /// The request's id, the same for the request and its reply on one
-    /// side (the host's and the worker's ids agree over a byte stream).
+    /// side. Over a byte stream the worker sees the host's id, except for a
+    /// request retried after a crash, which the fresh worker numbers anew
+    /// (the host keeps the first id).
     pub fn id(&self) -> u64 {
         self.id
     }

@@ -210,12 +210,20 @@ impl LocalState {
         M: WorkerMessage,
     {
         let timeout = options.timeout_of(M::NAME);
+        // An outcome known at once still passes the host's typed
+        // middleware, which has seen the request.
+        let at_once = |error| {
+            let mut outcome = Err(error);
+            if let Some(typed) = &host_typed {
+                typed.reply(&mut outcome);
+            }
+            Box::pin(std::future::ready(outcome)) as LocalBoxFuture<'static, _>
+        };
         let Some(recipient) = self.recipients.get::<M>().cloned() else {
-            let error = WorkerError::Codec {
+            return at_once(WorkerError::Codec {
                 what: format!("route `{}`", M::NAME),
                 detail: "the worker's contract has no such message".into(),
-            };
-            return Box::pin(std::future::ready(Err(error)));
+            });
         };
         let shared = self.shared.clone();
         let thread = self.thread;
@@ -226,10 +234,9 @@ impl LocalState {
             Err(_) => {
                 if shared.queued.fetch_add(1, Ordering::Relaxed) >= shared.max_queued {
                     shared.queued.fetch_sub(1, Ordering::Relaxed);
-                    let error = WorkerError::Overloaded {
+                    return at_once(WorkerError::Overloaded {
                         limit: shared.max_queued,
-                    };
-                    return Box::pin(std::future::ready(Err(error)));
+                    });
                 }
                 Slot::Queued
             }
@@ -251,6 +258,9 @@ impl LocalState {
         let hooks = Hooks::new(options, &self.middleware, host_typed, id);
         if let Some(hooks) = &hooks {
             if let Err(refused) = hooks.request(&mut message) {
+                if let Slot::Queued = slot {
+                    shared.queued.fetch_sub(1, Ordering::Relaxed);
+                }
                 return Box::pin(std::future::ready(Err(refused)));
             }
         }

@@ -27,7 +27,8 @@ pub(super) trait Caller {
 }
 
 struct TypedCaller<M: WorkerMessage> {
-    reply: OneshotSender<Result<M::Reply, WorkerError>>,
+    /// `None` for `do_send`: nobody waits, but the middleware sees the end.
+    reply: Option<OneshotSender<Result<M::Reply, WorkerError>>>,
     decode: fn(&[u8]) -> Result<M::Reply, CodecError>,
     /// The middleware the reply passes on its way back, if any.
     middleware: Option<Box<Returning<M>>>,
@@ -69,11 +70,14 @@ impl<M: WorkerMessage> Caller for TypedCaller<M> {
         if let Some(typed) = self.middleware.as_ref().and_then(|m| m.typed.as_ref()) {
             typed.reply(&mut result);
         }
-        let _ = self.reply.send(result);
+        if let Some(reply) = self.reply {
+            let _ = reply.send(result);
+        }
     }
 
     fn gone(&self) -> bool {
-        self.reply.is_closed()
+        // A `do_send` is never abandoned: nobody was waiting to begin with.
+        self.reply.as_ref().is_some_and(OneshotSender::is_closed)
     }
 }
 
@@ -146,12 +150,13 @@ where
     M: WorkerMessage,
 {
     fn handle(self, _: &mut Context<Worker<C, D>>, reply: Option<OneshotSender<M::Result>>) {
-        let Some(reply) = reply else {
-            return; // do_send: nobody waits
-        };
+        // `reply` is `None` for `do_send`: nobody waits, but the request
+        // runs, and the middleware sees how it ends.
         match self.0 {
             ReplyKind::Now(outcome) => {
-                let _ = reply.send(outcome);
+                if let Some(reply) = reply {
+                    let _ = reply.send(outcome);
+                }
             }
             ReplyKind::Registered {
                 requests,
@@ -159,6 +164,9 @@ where
                 decode,
                 middleware,
             } => {
+                if reply.is_none() && middleware.is_none() {
+                    return; // a `do_send` with nothing to tell
+                }
                 let caller = TypedCaller::<M> {
                     reply,
                     decode,
@@ -167,7 +175,10 @@ where
                 requests.borrow_mut().attach(id, Box::new(caller));
             }
             ReplyKind::Later(outcome) => {
-                let mut reply = reply;
+                let Some(mut reply) = reply else {
+                    actix_rt::spawn(outcome);
+                    return;
+                };
                 actix_rt::spawn(async move {
                     tokio::select! {
                         outcome = outcome => {

@@ -252,6 +252,7 @@ impl StreamLink {
                 Body::Bytes(&mut payload),
             );
             if let Err(refused) = options.middleware.request(&mut passage) {
+                self.next_id += 1; // the id was seen: do not give it again
                 let error = WorkerError::Rejected(refused.error);
                 let mut passage = Passage::new(
                     Side::Host,

@@ -22,6 +22,10 @@ pub use proxy::{
     Accepted, Close, Detach, Disconnect, Drain, Reconnect, Status, Worker, WorkerState,
     WorkerStatus,
 };
+#[cfg(feature = "json")]
+pub use wire::serializer::Json;
+#[cfg(feature = "postcard")]
+pub use wire::serializer::Postcard;
 pub use wire::serializer::{CodecError, MessagePack, Serializer};
 pub use worker::{serve_io, worker_entry, worker_entry_with};
 

@@ -1,5 +1,6 @@
 //! Property tests for the wire: the frame codec, the one-frame handshake
-//! decoder and the MessagePack payload serializer, fed generated frames,
+//! decoder and the payload serializers (MessagePack, and JSON and postcard
+//! when their features are on), fed generated frames, generated values,
 //! mutated encodings and plain noise.
 //!
 //! Under `cargo test` each property runs [`DEFAULT_CASES`] cases from a fixed
@@ -17,7 +18,12 @@ use tokio_util::codec::{Decoder, Encoder};
 
 use super::envelope::{Header, Hello, Refusal};
 use super::frame::{decode_one, encode_parts, Frame, FrameCodec, FrameError};
-use super::serializer::{MessagePack, Serializer};
+use super::serializer::tests::allowance;
+#[cfg(feature = "json")]
+use super::serializer::Json;
+#[cfg(feature = "postcard")]
+use super::serializer::Postcard;
+use super::serializer::{alloc_meter, MessagePack, Serializer};
 use crate::error::RemoteError;
 
 /// Cases per property when `PROPTEST_CASES` is not set.
@@ -320,7 +326,7 @@ fn decode_split_and_whole(stream: &[u8], read_sizes: &[usize]) -> (Decoded, Deco
 }
 
 // ---------------------------------------------------------------------------
-// MessagePack targets
+// Payload targets
 // ---------------------------------------------------------------------------
 
 /// A struct with a native byte string, as payloads are advised to declare.
@@ -357,29 +363,140 @@ fn tree() -> impl Strategy<Value = Tree> {
     })
 }
 
-fn msgpack<T: Serialize>(value: &T) -> Vec<u8> {
+/// `value` encoded by `S`.
+fn encoded<S: Serializer, T: Serialize>(value: &T) -> Vec<u8> {
     let mut out = BytesMut::new();
-    MessagePack::encode(value, &mut out).expect("test values encode");
+    S::encode(value, &mut out).expect("test values encode");
     out.to_vec()
 }
 
-/// Input for `MessagePack::decode`: up to 64 bytes of noise, or an encoding
-/// of a value of one of the target types, mutated.
-fn hostile_msgpack() -> impl Strategy<Value = Vec<u8>> {
+/// Input for `S::decode`: up to 64 bytes of noise, or an encoding of a
+/// value of one of the target types, mutated.
+fn hostile_payload<S: Serializer>() -> impl Strategy<Value = Vec<u8>> {
     let valid = prop_oneof![
-        prop::collection::vec(any::<u64>(), 0..8).prop_map(|v| msgpack(&v)),
-        text().prop_map(|s| msgpack(&s)),
+        prop::collection::vec(any::<u64>(), 0..8).prop_map(|v| encoded::<S, _>(&v)),
+        text().prop_map(|s| encoded::<S, _>(&s)),
         (
             any::<u32>(),
             prop::collection::vec(any::<u8>(), 0..16),
             prop::collection::vec(text(), 0..3)
         )
-            .prop_map(|(id, data, tags)| msgpack(&Blob { id, data, tags })),
-        tree().prop_map(|t| msgpack(&t)),
+            .prop_map(|(id, data, tags)| encoded::<S, _>(&Blob { id, data, tags })),
+        tree().prop_map(|t| encoded::<S, _>(&t)),
     ];
     let mutated = (valid, prop::collection::vec(mutation(), 0..4))
         .prop_map(|(bytes, mutations)| mutate(bytes, &[], &mutations));
     prop_oneof![prop::collection::vec(any::<u8>(), 0..=64), mutated]
+}
+
+/// Decodes `bytes` as each target type with `S`: no decode may panic, nor
+/// hold more memory at its peak than [`allowance`] for its input.
+fn decode_hostile<S: Serializer>(bytes: &[u8]) -> Result<(), TestCaseError> {
+    fn check<S: Serializer, T: serde::de::DeserializeOwned>(
+        bytes: &[u8],
+    ) -> Result<(), TestCaseError> {
+        let (decoded, peak) = alloc_meter::peak_during(|| S::decode::<T>(bytes).map(drop));
+        prop_assert!(
+            peak <= allowance(bytes),
+            "{}: decoding {} bytes as {} (outcome {:?}) took {} bytes",
+            S::NAME,
+            bytes.len(),
+            std::any::type_name::<T>(),
+            decoded,
+            peak
+        );
+        Ok(())
+    }
+    check::<S, Vec<u64>>(bytes)?;
+    check::<S, String>(bytes)?;
+    check::<S, Blob>(bytes)?;
+    check::<S, Tree>(bytes)
+}
+
+/// What every serializer must carry exactly: bytes of any value and text of
+/// any characters.
+#[derive(Debug, PartialEq, Serialize, Deserialize)]
+struct Payload {
+    #[serde(with = "serde_bytes")]
+    data: Vec<u8>,
+    text: String,
+    /// The other way to declare a byte string.
+    chunk: bytes::Bytes,
+}
+
+/// Characters encoders are known to trip on: NUL and other controls, JSON's
+/// escapes, the first two-byte character, combining marks (alone and after
+/// a base), zero-width joiner and variation selector, the byte-order mark,
+/// the replacement character, noncharacters, both sides of the surrogate
+/// gap, emoji (four bytes in UTF-8) and the last code point.
+const TRICKY_CHARS: &[char] = &[
+    '\0',
+    '\u{1}',
+    '\u{1f}',
+    '\u{7f}',
+    '"',
+    '\\',
+    '/',
+    '\n',
+    '\r',
+    '\t',
+    '\u{80}',
+    'é',
+    'e',
+    '\u{301}',
+    '\u{308}',
+    '\u{200d}',
+    '\u{fe0f}',
+    '\u{feff}',
+    '\u{fffd}',
+    '\u{fffe}',
+    '\u{ffff}',
+    '\u{d7ff}',
+    '\u{e000}',
+    '😀',
+    '👩',
+    '🏽',
+    '\u{1f1e9}',
+    '\u{10ffff}',
+];
+
+/// Text of up to 64 characters from all of Unicode, one in three of them
+/// from [`TRICKY_CHARS`].
+fn unicode_text() -> impl Strategy<Value = String> {
+    let character = prop_oneof![
+        2 => any::<char>(),
+        1 => prop::sample::select(TRICKY_CHARS),
+    ];
+    prop::collection::vec(character, 0..64).prop_map(|chars| chars.into_iter().collect())
+}
+
+/// Bytes of any values: empty, a few, or up to 4 KiB.
+fn any_bytes() -> impl Strategy<Value = Vec<u8>> {
+    prop_oneof![
+        1 => Just(Vec::new()),
+        3 => prop::collection::vec(any::<u8>(), 1..16),
+        2 => prop::collection::vec(any::<u8>(), 0..=4096),
+    ]
+}
+
+fn payload_value() -> impl Strategy<Value = Payload> {
+    (any_bytes(), unicode_text(), any_bytes()).prop_map(|(data, text, chunk)| Payload {
+        data,
+        text,
+        chunk: chunk.into(),
+    })
+}
+
+/// `payload` encoded and decoded by `S` is `payload`, and the encoding was
+/// appended to what the buffer held.
+fn round_trip<S: Serializer>(payload: &Payload) -> Result<(), TestCaseError> {
+    let mut out = BytesMut::from(&b"kept"[..]);
+    S::encode(payload, &mut out).map_err(|e| TestCaseError::fail(format!("{}: {e}", S::NAME)))?;
+    prop_assert_eq!(&out[..4], b"kept", "{} appends", S::NAME);
+    let back: Payload =
+        S::decode(&out[4..]).map_err(|e| TestCaseError::fail(format!("{}: {e}", S::NAME)))?;
+    prop_assert_eq!(&back, payload, "{} round trip", S::NAME);
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------
@@ -569,13 +686,37 @@ proptest! {
 
     /// Property 5: `MessagePack::decode` never panics on noise or on mutated
     /// encodings, whatever the target type: a sequence, a string, a struct
-    /// with a byte string, a recursive enum.
+    /// with a byte string, a recursive enum; nor does it allocate more than
+    /// a small multiple of its input, whatever lengths the input claims.
     #[test]
-    fn msgpack_decode_never_panics(bytes in hostile_msgpack()) {
-        let _ = MessagePack::decode::<Vec<u64>>(&bytes);
-        let _ = MessagePack::decode::<String>(&bytes);
-        let _ = MessagePack::decode::<Blob>(&bytes);
-        let _ = MessagePack::decode::<Tree>(&bytes);
+    fn msgpack_decode_never_panics(bytes in hostile_payload::<MessagePack>()) {
+        decode_hostile::<MessagePack>(&bytes)?;
+    }
+
+    /// Property 5b: the same for `Json::decode`.
+    #[cfg(feature = "json")]
+    #[test]
+    fn json_decode_never_panics(bytes in hostile_payload::<Json>()) {
+        decode_hostile::<Json>(&bytes)?;
+    }
+
+    /// Property 5c: the same for `Postcard::decode`.
+    #[cfg(feature = "postcard")]
+    #[test]
+    fn postcard_decode_never_panics(bytes in hostile_payload::<Postcard>()) {
+        decode_hostile::<Postcard>(&bytes)?;
+    }
+
+    /// Property 6: every serializer carries any bytes (as `serde_bytes` and
+    /// as `Bytes`, empty to 4 KiB) and any text (multi-byte UTF-8, NUL,
+    /// emoji, combining marks) exactly.
+    #[test]
+    fn every_serializer_round_trips_any_bytes_and_any_text(payload in payload_value()) {
+        round_trip::<MessagePack>(&payload)?;
+        #[cfg(feature = "json")]
+        round_trip::<Json>(&payload)?;
+        #[cfg(feature = "postcard")]
+        round_trip::<Postcard>(&payload)?;
     }
 }
 

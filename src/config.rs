@@ -45,8 +45,7 @@ pub struct WorkerOptions {
     timeouts: HashMap<&'static str, Duration>,
     /// Crash policies that differ from `Reject`, by wire name.
     policies: HashMap<&'static str, CrashPolicy>,
-    /// The host's middleware (and, for [`serve_io`](crate::serve_io), the
-    /// worker's).
+    /// The host's middleware.
     pub(crate) middleware: Middlewares,
 }
 

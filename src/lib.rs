@@ -27,7 +27,7 @@ pub use wire::serializer::Json;
 #[cfg(feature = "postcard")]
 pub use wire::serializer::Postcard;
 pub use wire::serializer::{CodecError, MessagePack, Serializer};
-pub use worker::{serve_io, worker_entry, worker_entry_with};
+pub use worker::{serve_io, serve_io_with, worker_entry, worker_entry_with};
 
 /// The names most programs need: `use isolated_workers::prelude::*;`.
 pub mod prelude {

@@ -49,6 +49,8 @@ fn suite<D: Driver<Calc>>(driver: &str, make: fn() -> D) -> Vec<Trial> {
         drain_lets_requests_in_flight_finish_then_closes,
         drain_fails_what_is_left_at_its_deadline,
         a_crash_while_idle_is_noticed_and_a_fresh_worker_serves_on,
+        status_counts_requests_per_message,
+        host_middleware_sees_each_request_and_its_reply_and_can_refuse,
     ]
 }
 
@@ -366,5 +368,94 @@ async fn a_crash_while_idle_is_noticed_and_a_fresh_worker_serves_on<D: Driver<Ca
     let fresh = worker.send(Increment { by: 1 }).await?.map_err(fail)?;
     assert_eq!(fresh, 1, "a fresh worker, with fresh state");
     worker.send(Close).await?;
+    Ok(())
+}
+
+async fn status_counts_requests_per_message<D: Driver<Calc>>(driver: D) -> Result<(), Failed> {
+    let worker = Worker::<Calc, D>::spawn(driver).await.map_err(fail)?;
+    for _ in 0..2 {
+        worker.send(Increment { by: 1 }).await?.map_err(fail)?;
+    }
+    let divided = worker.send(Divide { a: 1.0, b: 0.0 }).await?;
+    assert!(divided.is_err(), "dividing by zero fails: {divided:?}");
+    let counters = worker.send(Status).await?.counters;
+    let counts = |name: &str| {
+        let c = counters.by_message.get(name).copied().unwrap_or_default();
+        (c.sent, c.answered, c.failed)
+    };
+    assert_eq!(counts("Increment"), (2, 2, 0));
+    assert_eq!(counts("Divide"), (1, 0, 1));
+    assert_eq!(counts("Ping"), (0, 0, 0));
+    assert_eq!((counters.crashes, counters.restarts), (0, 0));
+    worker.send(Close).await?;
+    Ok(())
+}
+
+/// Records what passes it, and refuses `Divide`.
+struct Watch(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
+
+impl isolated_workers::middleware::Middleware for Watch {
+    fn on_request(
+        &self,
+        request: &mut isolated_workers::middleware::Passage<'_>,
+    ) -> Result<(), isolated_workers::RemoteError> {
+        self.record(request);
+        if request.name() == "Divide" {
+            return Err(isolated_workers::RemoteError::new("NoDivision", "not here"));
+        }
+        Ok(())
+    }
+
+    fn on_response(&self, response: &mut isolated_workers::middleware::Passage<'_>) {
+        self.record(response);
+    }
+}
+
+impl Watch {
+    fn record(&self, passage: &mut isolated_workers::middleware::Passage<'_>) {
+        use isolated_workers::middleware::Body;
+        let body = match passage.body() {
+            Body::Bytes(_) | Body::Value(_) => "ok",
+            Body::Failed(_) => "failed",
+        };
+        let line = format!(
+            "{:?} {} #{} {body}",
+            passage.direction(),
+            passage.name(),
+            passage.id()
+        );
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).push(line);
+    }
+}
+
+async fn host_middleware_sees_each_request_and_its_reply_and_can_refuse<D: Driver<Calc>>(
+    driver: D,
+) -> Result<(), Failed> {
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let chain = isolated_workers::middleware::Middlewares::new().layer(Watch(seen.clone()));
+    let options = WorkerOptions::default().middleware(chain);
+    let worker = Worker::<Calc, D>::spawn_with(driver, options)
+        .await
+        .map_err(fail)?;
+    worker.send(Increment { by: 1 }).await?.map_err(fail)?;
+    match worker.send(Divide { a: 1.0, b: 2.0 }).await? {
+        Err(WorkerError::Rejected(refusal)) => assert_eq!(refusal.name, "NoDivision"),
+        other => return Err(format!("Divide should be refused on the host: {other:?}").into()),
+    }
+    assert_eq!(
+        worker.send(Increment { by: 1 }).await?.map_err(fail)?,
+        2,
+        "the refused request never reached the worker"
+    );
+    worker.send(Close).await?;
+    let seen = seen.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let expected = [
+        "Outgoing Increment #1 ok",
+        "Incoming Increment #1 ok",
+        "Outgoing Divide #2 ok",
+        "Outgoing Increment #3 ok",
+        "Incoming Increment #3 ok",
+    ];
+    assert_eq!(seen, expected);
     Ok(())
 }

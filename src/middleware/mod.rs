@@ -7,8 +7,9 @@
 //! collected, in order, in a [`Middlewares`] chain:
 //! [`WorkerOptions::middleware`](crate::WorkerOptions::middleware) on the
 //! host, [`worker_entry_with`](crate::worker::worker_entry_with) on the
-//! worker (and [`Thread::middleware`](crate::Thread::middleware) for thread
-//! workers).
+//! worker ([`Thread::middleware`](crate::Thread::middleware) for thread
+//! workers, [`serve_io_with`](crate::worker::serve_io_with) for the worker
+//! end of a custom stream driver).
 //!
 //! # Order
 //!

@@ -244,8 +244,9 @@ impl LocalState {
         let (abort, registration) = AbortHandle::new_pair();
         let id = {
             let mut running = self.running.borrow_mut();
-            let id = running.next_id;
+            // Numbered from 1, as over a byte stream.
             running.next_id += 1;
+            let id = running.next_id;
             let deadline = Instant::now() + timeout;
             running.deadlines.insert((deadline, id));
             running.aborts.insert(id, (deadline, abort));

@@ -169,12 +169,29 @@ fn env_number(key: &str) -> Option<u64> {
 /// in the actor is reported to the host, which resolves its requests
 /// `Crashed`.
 ///
-/// The worker side's middleware is `options`'
-/// [`middleware`](crate::WorkerOptions::middleware).
+/// Of `options`, only the frame limit applies here (the rest shape the
+/// host's proxy). The worker side runs no middleware; see
+/// [`serve_io_with`].
 ///
 /// Must be called inside an actix System.
 pub fn serve_io<C, A, T>(io: T, actor: A, options: &crate::WorkerOptions)
 where
+    C: ServedBy<A>,
+    A: Actor<Context = Context<A>>,
+    T: AsyncRead + AsyncWrite + Unpin + 'static,
+{
+    serve_io_with::<C, A, T>(io, actor, options, Middlewares::new());
+}
+
+/// [`serve_io`] with the worker side's [middleware](crate::middleware).
+///
+/// Must be called inside an actix System.
+pub fn serve_io_with<C, A, T>(
+    io: T,
+    actor: A,
+    options: &crate::WorkerOptions,
+    middleware: Middlewares,
+) where
     C: ServedBy<A>,
     A: Actor<Context = Context<A>>,
     T: AsyncRead + AsyncWrite + Unpin + 'static,
@@ -184,7 +201,7 @@ where
         reader: Box::new(reader),
         writer: Box::new(writer),
         reattach: None,
-        middleware: options.middleware.clone(),
+        middleware,
         token: String::new(),
         max_frame_len: options.max_frame_len,
         process: None,

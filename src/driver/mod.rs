@@ -151,7 +151,7 @@ impl Connection {
     /// exit status when it dies, and kills and reaps it on `Close` or drop.
     /// (Stream connections only; ignored for others.)
     pub fn child(self, child: tokio::process::Child) -> Self {
-        self.with_process(ProcessHandle::watch(child))
+        self.with_process(ProcessHandle::watch(child, "child"))
     }
 
     pub(crate) fn with_process(mut self, process: ProcessHandle) -> Self {

@@ -73,11 +73,14 @@ pub(crate) struct ProcessHandle {
 impl ProcessHandle {
     /// Starts watching `child`: a task on the current arbiter reaps it when
     /// it exits or when it is killed through this handle.
-    pub(crate) fn watch(mut child: Child) -> Self {
+    /// Its stderr goes on to the host (see [`Output`]), tagged with
+    /// `worker`, the worker's name.
+    pub(crate) fn watch(mut child: Child, worker: &str) -> Self {
         let pid = child.id().unwrap_or_default();
         let stderr = StderrTail::default();
         if let Some(pipe) = child.stderr.take() {
-            actix_rt::spawn(stderr.clone().forward(pipe));
+            let output = Output::new(worker, pid);
+            actix_rt::spawn(stderr.clone().forward(pipe, output));
         }
         let armed = Rc::new(Cell::new(true));
         let (kill, kill_requested) = oneshot::channel::<()>();
@@ -276,16 +279,16 @@ struct TailInner {
 }
 
 impl StderrTail {
-    async fn forward(self, mut pipe: ChildStderr) {
-        use std::io::Write;
+    async fn forward(self, mut pipe: ChildStderr, mut output: Output) {
         let mut chunk = vec![0u8; 4096];
         while let Ok(n @ 1..) = pipe.read(&mut chunk).await {
-            let _ = std::io::stderr().write_all(&chunk[..n]);
+            output.write(&chunk[..n]);
             let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
             inner.bytes.extend_from_slice(&chunk[..n]);
             let excess = inner.bytes.len().saturating_sub(STDERR_TAIL);
             inner.bytes.drain(..excess);
         }
+        output.flush();
         self.inner.lock().unwrap_or_else(|e| e.into_inner()).closed = true;
         self.closed.notify_waiters();
     }
@@ -298,5 +301,65 @@ impl StderrTail {
         }
         let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         String::from_utf8_lossy(&inner.bytes).into_owned()
+    }
+}
+
+/// Where a worker's stderr goes on the host: with a global `tracing`
+/// subscriber set, one event per line (target `isolated_workers::worker`,
+/// level INFO, fields `worker` and `pid`); without one, to the host's own
+/// stderr, byte for byte.
+struct Output {
+    worker: String,
+    pid: u32,
+    /// The start of a line whose end has not arrived yet.
+    partial: Vec<u8>,
+}
+
+/// A line longer than this is passed on in pieces.
+const MAX_LINE: usize = 16 * 1024;
+
+impl Output {
+    fn new(worker: &str, pid: u32) -> Self {
+        Self {
+            worker: worker.to_owned(),
+            pid,
+            partial: Vec::new(),
+        }
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        if !tracing::dispatcher::has_been_set() {
+            use std::io::Write;
+            let _ = std::io::stderr().write_all(bytes);
+            return;
+        }
+        self.partial.extend_from_slice(bytes);
+        while let Some(end) = self.partial.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = self.partial.drain(..=end).collect();
+            self.emit(&line[..end]);
+        }
+        if self.partial.len() > MAX_LINE {
+            let piece = std::mem::take(&mut self.partial);
+            self.emit(&piece);
+        }
+    }
+
+    /// Passes on what is left of an unfinished last line.
+    fn flush(&mut self) {
+        if !self.partial.is_empty() {
+            let rest = std::mem::take(&mut self.partial);
+            self.emit(&rest);
+        }
+    }
+
+    fn emit(&self, line: &[u8]) {
+        let line = String::from_utf8_lossy(line);
+        tracing::info!(
+            target: "isolated_workers::worker",
+            worker = %self.worker,
+            pid = self.pid,
+            "{}",
+            line.trim_end_matches('\r')
+        );
     }
 }

@@ -267,7 +267,8 @@ impl LocalState {
         }
         self.tally.borrow_mut().sent(M::NAME, 0);
         let tally = self.tally.clone();
-        Box::pin(async move {
+        let span = tracing::debug_span!("request", message = M::NAME, id, attempt = 1u32);
+        let request = async move {
             let _leave = leave;
             let outcome = async {
                 let _permit = match slot {
@@ -306,11 +307,16 @@ impl LocalState {
                 }),
             };
             tally.borrow_mut().ended(M::NAME, outcome.is_ok(), 0);
+            match &outcome {
+                Ok(_) => tracing::debug!("answered"),
+                Err(error) => tracing::debug!(%error, "failed"),
+            }
             if let Some(hooks) = &hooks {
                 hooks.back(Stage::Handled, &mut outcome);
             }
             outcome
-        })
+        };
+        Box::pin(tracing::Instrument::instrument(request, span))
     }
 }
 

@@ -14,6 +14,7 @@ use std::time::Instant;
 
 use actix::dev::MessageResponse;
 use actix::prelude::*;
+use tracing::Instrument;
 
 use crate::config::WorkerOptions;
 use crate::contract::Contract;
@@ -178,7 +179,9 @@ impl<C: Contract, D: Driver<C>> Worker<C, D> {
     /// # Errors
     /// As [`spawn`](Self::spawn).
     pub async fn spawn_with(driver: D, options: WorkerOptions) -> Result<Addr<Self>, SpawnError> {
-        let connection = driver.launch(&options).await?;
+        let span = tracing::info_span!("spawn", contract = C::NAME);
+        let connection = driver.launch(&options).instrument(span.clone()).await?;
+        tracing::debug!(parent: &span, "worker ready");
         Ok(Self::start(connection, options, Some(driver)))
     }
 
@@ -251,7 +254,9 @@ impl<C: Contract, D: Driver<C>> Worker<C, D> {
         let Some(driver) = &self.driver else {
             return;
         };
-        let launched = driver.launch(&self.options);
+        let span =
+            tracing::info_span!("respawn", contract = C::NAME, restart = self.restarts.len());
+        let launched = driver.launch(&self.options).instrument(span);
         ctx.wait(launched.into_actor(self).map(move |launched, worker, ctx| match launched {
             Ok(connection) => {
                 worker.link = Link::start(connection, &worker.options, &worker.tally, ctx);

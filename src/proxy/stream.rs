@@ -116,6 +116,9 @@ struct Pending {
     caller: Option<Box<dyn Caller>>,
     /// Written to the worker (as opposed to waiting in the queue).
     sent: bool,
+    /// `request{message, id, attempt}`, at DEBUG: what is logged about the
+    /// request happens in it. (Disabled, it costs nothing.)
+    span: tracing::Span,
 }
 
 /// A request whose worker crashed, to be sent again to a fresh one.
@@ -297,6 +300,7 @@ impl StreamLink {
             retry_payload,
             caller: None,
             sent: can_send,
+            span: tracing::Span::none(),
         });
         self.tally.borrow_mut().sent(M::NAME, payload.len());
         self.send_or_queue(id, M::NAME, payload, can_send);
@@ -304,9 +308,16 @@ impl StreamLink {
     }
 
     /// Adds a request to the table under a fresh id.
-    fn register(&mut self, pending: Pending) -> u64 {
+    fn register(&mut self, mut pending: Pending) -> u64 {
         let id = self.next_id;
         self.next_id += 1;
+        pending.span = tracing::debug_span!(
+            "request",
+            message = pending.message,
+            id,
+            attempt = pending.attempt
+        );
+        tracing::trace!(parent: &pending.span, queued = !pending.sent, "sent");
         let mut requests = self.requests.borrow_mut();
         requests.deadlines.insert((pending.deadline, id));
         requests.pending.insert(id, pending);
@@ -338,7 +349,8 @@ impl StreamLink {
         message: &Option<String>,
     ) -> Vec<Retry> {
         let mut retries = Vec::new();
-        for pending in self.take_all() {
+        for mut pending in self.take_all() {
+            let span = std::mem::replace(&mut pending.span, tracing::Span::none());
             let retry = match options.crash_policy_of(pending.message) {
                 CrashPolicy::Retry { attempts } => pending.attempt <= attempts,
                 CrashPolicy::Reject => false,
@@ -354,6 +366,7 @@ impl StreamLink {
                     tally: self.tally.clone(),
                 }),
                 _ => {
+                    tracing::debug!(parent: &span, %reason, "the worker crashed");
                     self.tally.borrow_mut().ended(pending.message, false, 0);
                     if let Some(caller) = pending.caller {
                         caller.resolve(Err(WorkerError::Crashed {
@@ -386,6 +399,7 @@ impl StreamLink {
             retry_payload: Some(retry.payload.clone()),
             caller: retry.caller,
             sent: send,
+            span: tracing::Span::none(),
         });
         self.send_or_queue(id, retry.message, retry.payload, send);
     }
@@ -401,6 +415,7 @@ impl StreamLink {
         let tally = self.tally.clone();
         for pending in self.take_all() {
             tally.borrow_mut().ended(pending.message, false, 0);
+            tracing::debug!(parent: &pending.span, error = %error(), "failed");
             if let Some(caller) = pending.caller {
                 caller.resolve(Err(error()));
             }
@@ -474,6 +489,10 @@ impl StreamLink {
             self.in_flight -= 1;
         }
         let received = outcome.as_ref().map_or(0, Bytes::len);
+        match &outcome {
+            Ok(_) => tracing::debug!(parent: &pending.span, bytes = received, "answered"),
+            Err(error) => tracing::debug!(parent: &pending.span, %error, "failed"),
+        }
         self.tally
             .borrow_mut()
             .ended(pending.message, outcome.is_ok(), received);
@@ -519,15 +538,14 @@ impl StreamLink {
                 .borrow()
                 .pending
                 .get(&id)
-                .map(|p| (p.sent, p.message, p.timeout));
-            let Some((sent, message, after)) = pending else {
+                .map(|p| (p.sent, p.message, p.timeout, p.span.clone()));
+            let Some((sent, message, after, span)) = pending else {
                 continue;
             };
             tracing::debug!(
-                id,
-                message,
+                parent: &span,
                 timed_out,
-                "giving up on a request; cancelling it"
+                "giving up on the request; cancelling it"
             );
             if sent {
                 self.write(Frame::bare(Header::Cancel { id }));

@@ -236,7 +236,7 @@ impl ChildProcess {
             program: program.display().to_string(),
             source,
         })?;
-        let mut process = ProcessHandle::watch(child);
+        let mut process = ProcessHandle::watch(child, &self.worker_name);
         tracing::debug!(pid = process.pid(), worker = %self.worker_name, "spawned worker");
 
         let expected = Expected::worker_of::<C>(token, Some(process.pid()));

@@ -80,6 +80,15 @@ pub(crate) struct Server<A: Actor, S> {
     pub(crate) stopping: bool,
 }
 
+/// What the host asked when it said it would leave.
+#[derive(Debug, Clone, Copy)]
+enum Leaving {
+    /// It will hang up and come back.
+    Disconnect,
+    /// The worker is to outlive it.
+    Detach { idle_timeout_ms: Option<u64> },
+}
+
 /// The connection to the host being served.
 pub(crate) struct HostLink {
     /// Tells this connection's frames from an earlier one's.
@@ -219,29 +228,26 @@ impl<A: Actor, S: Serializer> Server<A, S> {
         });
     }
 
-    /// `Disconnect` (`detach: false`) or `Detach`: listen for the host's
-    /// return, then say so.
-    fn listen_for_hosts(&mut self, detach: Option<Option<u64>>, ctx: &mut Context<Self>) {
+    /// `Disconnect` or `Detach`: listen for the host's return, then say so.
+    fn listen_for_hosts(&mut self, asked: Leaving, ctx: &mut Context<Self>) {
         let Some(reattach) = &mut self.reattach else {
-            let what = if detach.is_some() {
-                "Detach"
-            } else {
-                "Disconnect"
-            };
-            eprintln!("isolated-workers: `{what}` needs a worker process");
+            eprintln!("isolated-workers: `{asked:?}` needs a worker process");
             return self.exit(PROTOCOL_EXIT_CODE, ctx);
         };
-        if let Some(idle_timeout_ms) = detach {
-            if let Err(e) = super::detach::leave_host() {
-                eprintln!("isolated-workers: could not detach from the host: {e}");
-                return self.exit(PROTOCOL_EXIT_CODE, ctx);
+        match asked {
+            Leaving::Detach { idle_timeout_ms } => {
+                if let Err(e) = super::detach::leave_host() {
+                    eprintln!("isolated-workers: could not detach from the host: {e}");
+                    return self.exit(PROTOCOL_EXIT_CODE, ctx);
+                }
+                reattach.detached = true;
+                reattach.idle_timeout = idle_timeout_ms.map(Duration::from_millis);
             }
-            reattach.detached = true;
-            reattach.idle_timeout = idle_timeout_ms.map(Duration::from_millis);
-        } else {
-            reattach.host_will_return = true;
-            // The host has failed the requests in flight.
-            self.drop_requests();
+            Leaving::Disconnect => {
+                reattach.host_will_return = true;
+                // The host has failed the requests in flight.
+                self.drop_requests();
+            }
         }
         let Some(reattach) = &mut self.reattach else {
             return;
@@ -502,8 +508,10 @@ impl<A: Actor, S: Serializer> StreamHandler<Inbound> for Server<A, S> {
                 }
             }
             Header::Shutdown => self.stop_serving(ctx),
-            Header::Disconnect => self.listen_for_hosts(None, ctx),
-            Header::Detach { idle_timeout_ms } => self.listen_for_hosts(Some(idle_timeout_ms), ctx),
+            Header::Disconnect => self.listen_for_hosts(Leaving::Disconnect, ctx),
+            Header::Detach { idle_timeout_ms } => {
+                self.listen_for_hosts(Leaving::Detach { idle_timeout_ms }, ctx)
+            }
             other => {
                 eprintln!("isolated-workers: unexpected frame from the host: {other:?}");
                 self.exit(PROTOCOL_EXIT_CODE, ctx);

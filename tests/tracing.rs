@@ -1,6 +1,8 @@
 //! What a host's `tracing` subscriber sees: a span for each spawn and each
-//! request (wire name, id, attempt), and the worker's stderr, one event per
-//! line, tagged with the worker's name and pid.
+//! request (wire name, id, attempt), the worker's own `tracing` events
+//! (inside the host's span of the request they were emitted for), and the
+//! worker's stderr, one event per line, tagged with the worker's name and
+//! pid.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -121,8 +123,30 @@ impl<S: tracing::Subscriber + for<'a> LookupSpan<'a>> Layer<S> for Recorder {
     }
 }
 
+/// Worker-side middleware that logs each request it takes in.
+struct LogIn;
+
+impl isolated_workers::middleware::Middleware for LogIn {
+    fn on_request(
+        &self,
+        request: &mut isolated_workers::middleware::Passage<'_>,
+    ) -> Result<(), isolated_workers::RemoteError> {
+        tracing::info!(
+            id = request.id(),
+            "worker middleware saw {}",
+            request.name()
+        );
+        Ok(())
+    }
+}
+
 fn main() {
-    isolated_workers::worker_entry::<Speaker, _>("speaker", SpeakerWorker::default);
+    let worker_side = isolated_workers::middleware::Middlewares::new().layer(LogIn);
+    isolated_workers::worker_entry_with::<Speaker, _>(
+        "speaker",
+        SpeakerWorker::default,
+        worker_side,
+    );
     let recorder = Recorder::default();
     tracing::subscriber::set_global_default(tracing_subscriber::registry().with(recorder.clone()))
         .expect("the first subscriber of this test binary");
@@ -136,6 +160,11 @@ fn main() {
             "each_spawn_and_request_has_a_span_with_its_name_id_and_attempt",
             &recorder,
             each_spawn_and_request_has_a_span_with_its_name_id_and_attempt,
+        ),
+        test(
+            "a_workers_own_events_arrive_in_the_hosts_span_of_their_request",
+            &recorder,
+            a_workers_own_events_arrive_in_the_hosts_span_of_their_request,
         ),
         test(
             "a_thread_workers_requests_have_spans_too",
@@ -244,6 +273,47 @@ async fn a_thread_workers_requests_have_spans_too(recorder: Recorder) -> Result<
             .any(|s| s.name == "request" && s.field("message") == Some("Say")),
         "a request span for the thread worker: {:?}",
         &spans[before..]
+    );
+    Ok(())
+}
+
+async fn a_workers_own_events_arrive_in_the_hosts_span_of_their_request(
+    recorder: Recorder,
+) -> Result<(), Failed> {
+    let worker = Worker::<Speaker>::spawn(ChildProcess::current_exe("speaker")).await?;
+    let pid = worker
+        .send(isolated_workers::Status)
+        .await?
+        .pid
+        .ok_or("a pid")?;
+    let before = recorder.spans.lock().unwrap().len();
+    worker
+        .send(Say {
+            text: "in a span".into(),
+        })
+        .await??;
+    let seen = wait_for(&recorder, |e| {
+        e.name.starts_with("worker middleware saw Say")
+            && e.field("pid") == Some(pid.to_string().as_str())
+    })
+    .await
+    .ok_or("the worker's event never reached the subscriber")?;
+    worker.send(Close).await?;
+    assert_eq!(seen.target, "isolated_workers::worker");
+    assert_eq!(
+        seen.scope.first().map(String::as_str),
+        Some("request"),
+        "logged in the host's request span: {seen:?}"
+    );
+    let host_request = recorder.spans.lock().unwrap()[before..]
+        .iter()
+        .find(|s| s.name == "request")
+        .cloned()
+        .ok_or("the host's request span")?;
+    assert!(
+        seen.name
+            .contains(&format!("id={}", host_request.field("id").unwrap_or("?"))),
+        "the worker saw the host's id: {seen:?} vs {host_request:?}"
     );
     Ok(())
 }

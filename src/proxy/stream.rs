@@ -567,6 +567,15 @@ impl StreamLink {
         self.process.as_mut()
     }
 
+    /// The span of request `id`, while it is pending.
+    fn span_of(&self, id: u64) -> Option<tracing::Span> {
+        let requests = self.requests.borrow();
+        requests
+            .pending
+            .get(&id)
+            .map(|pending| pending.span.clone())
+    }
+
     /// Whether the worker outlives this host.
     pub(super) fn is_detached(&self) -> bool {
         self.session.as_ref().is_some_and(Session::is_detached)
@@ -730,6 +739,16 @@ impl<C: Contract, D: Driver<C>> StreamHandler<Inbound> for Worker<C, D> {
                 link.resolve(id, Err(WorkerError::Remote(error)), max_in_flight)
             }
             Header::Panicked { message } => link.last_words = Some(message),
+            Header::Log {
+                request,
+                level,
+                target,
+                message,
+            } => {
+                let span = request.and_then(|id| link.span_of(id));
+                let pid = link.pid();
+                forwarded(span.as_ref(), level, pid, &target, &message);
+            }
             Header::Listening => {
                 if let Some(told) = link.listening.take() {
                     let _ = told.send(());
@@ -761,4 +780,35 @@ impl<C: Contract, D: Driver<C>> WriteHandler<FrameError> for Worker<C, D> {
     }
 
     fn finished(&mut self, _: &mut Self::Context) {}
+}
+
+/// Logs a `tracing` event the worker forwarded, in the span of the request
+/// it was emitted for (if that request is still pending here).
+fn forwarded(
+    span: Option<&tracing::Span>,
+    level: u8,
+    pid: Option<u32>,
+    target: &str,
+    message: &str,
+) {
+    let parent = span.and_then(tracing::Span::id);
+    macro_rules! at {
+        ($level:expr) => {
+            tracing::event!(
+                target: "isolated_workers::worker",
+                parent: parent.clone(),
+                $level,
+                pid,
+                worker_target = target,
+                "{message}"
+            )
+        };
+    }
+    match level {
+        1 => at!(tracing::Level::ERROR),
+        2 => at!(tracing::Level::WARN),
+        3 => at!(tracing::Level::INFO),
+        4 => at!(tracing::Level::DEBUG),
+        _ => at!(tracing::Level::TRACE),
+    }
 }

@@ -70,6 +70,15 @@ pub(crate) enum Header {
     /// Worker → host: done (after Disconnect or Detach); the worker now
     /// accepts attaches on its attach socket.
     Listening,
+    /// Worker → host: a `tracing` event of the worker, emitted while it
+    /// worked on request `request`, if any.
+    Log {
+        request: Option<u64>,
+        /// 1 (ERROR) to 5 (TRACE).
+        level: u8,
+        target: String,
+        message: String,
+    },
 }
 
 /// Why a worker refused an attach.

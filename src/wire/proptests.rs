@@ -116,6 +116,16 @@ fn header() -> impl Strategy<Value = Header> {
         Just(Header::Disconnect),
         any::<Option<u64>>().prop_map(|idle_timeout_ms| Header::Detach { idle_timeout_ms }),
         Just(Header::Listening),
+        (any::<Option<u64>>(), 1u8..=5, text(), text()).prop_map(
+            |(request, level, target, message)| {
+                Header::Log {
+                    request,
+                    level,
+                    target,
+                    message,
+                }
+            }
+        ),
     ]
 }
 

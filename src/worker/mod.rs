@@ -18,6 +18,7 @@ use crate::wire::envelope::Hello;
 mod attach;
 mod cancellable;
 mod detach;
+mod forward;
 pub(crate) mod panic;
 pub(crate) mod routes;
 mod server;
@@ -110,6 +111,9 @@ where
     let max_frame_len =
         env_number(env::MAX_FRAME).unwrap_or(defaults.max_frame_len as u64) as usize;
     let grace = env_number(env::GRACE_MS).map_or(defaults.close_grace, Duration::from_millis);
+    let records = std::env::var(env::TRACE)
+        .ok()
+        .and_then(|level| forward::install(&level));
     // Nothing the worker starts (code it runs, workers it spawns) inherits
     // the secret or mistakes itself for this worker.
     for key in [
@@ -118,6 +122,7 @@ where
         env::TOKEN,
         env::MAX_FRAME,
         env::GRACE_MS,
+        env::TRACE,
     ] {
         std::env::remove_var(key);
     }
@@ -136,6 +141,7 @@ where
             reader: Box::new(reader),
             writer: Box::new(writer),
             reattach: Some(attach::Reattach::new(token.clone(), &socket_path)),
+            records,
             middleware,
             token,
             max_frame_len,
@@ -201,6 +207,7 @@ pub fn serve_io_with<C, A, T>(
         reader: Box::new(reader),
         writer: Box::new(writer),
         reattach: None,
+        records: None,
         middleware,
         token: String::new(),
         max_frame_len: options.max_frame_len,
@@ -216,6 +223,8 @@ struct Served {
     token: String,
     /// For a worker process: how hosts reach it again.
     reattach: Option<attach::Reattach>,
+    /// The worker's `tracing` events, to forward, if the host wants them.
+    records: Option<tokio::sync::mpsc::Receiver<forward::Record>>,
     middleware: Middlewares,
     max_frame_len: usize,
     /// For a worker process: how long its actor gets to stop when asked.
@@ -238,11 +247,18 @@ where
         writer,
         token,
         reattach,
+        records,
         middleware,
         max_frame_len,
         process,
     } = served;
     server::Server::create(move |ctx| {
+        let records = records.map(|records| std::rc::Rc::new(std::cell::RefCell::new(records)));
+        if let Some(records) = records.clone() {
+            ctx.add_stream(futures::stream::poll_fn(move |task| {
+                records.borrow_mut().poll_recv(task)
+            }));
+        }
         ctx.spawn(server::Dispatcher);
         ctx.spawn(actix::fut::wrap_future(actor_ended).map(
             |ended, server: &mut server::Server<A, C::Serializer>, ctx| {
@@ -259,6 +275,7 @@ where
             next_link: 0,
             hello: Hello::ours::<C>(token),
             reattach,
+            records,
             max_frame_len,
             middleware,
             running: Default::default(),

@@ -21,6 +21,7 @@ use futures::stream::{FuturesUnordered, StreamExt};
 use tokio::io::AsyncWrite;
 
 use super::attach::{refuse_busy, NewHost, Reattach};
+use super::forward::Record;
 use super::panic;
 use super::routes::{Outcome, Routes};
 use crate::error::{RemoteError, WorkerError};
@@ -29,6 +30,7 @@ use crate::wire::envelope::{Header, Hello};
 use crate::wire::frame::{Frame, FrameCodec, FrameError};
 use crate::wire::stream::{inbound, split, Inbound, Severable};
 use crate::wire::Serializer;
+use tokio::sync::mpsc;
 
 /// How long an attach finding another host served waits for that host's
 /// connection to end before it is refused as busy.
@@ -60,6 +62,8 @@ pub(crate) struct Server<A: Actor, S> {
     pub(crate) max_frame_len: usize,
     /// The worker side's middleware.
     pub(crate) middleware: Middlewares,
+    /// The worker's `tracing` events to forward, if the host wants them.
+    pub(crate) records: Option<Rc<std::cell::RefCell<mpsc::Receiver<Record>>>>,
     /// Requests being handled. One set polled as one item of the context,
     /// so that only the requests whose reply is ready are polled.
     pub(crate) running: FuturesUnordered<InProgress>,
@@ -138,9 +142,17 @@ impl<A: Actor, S: Serializer> Server<A, S> {
     }
 
     fn write(&mut self, frame: Frame) {
-        if let Some(host) = &mut self.host {
-            host.writer.write(frame);
+        let Some(host) = &mut self.host else {
+            return;
+        };
+        // Forwarded events first: one logged while a request was taken in
+        // then reaches the host while the request is still pending there.
+        if let Some(records) = &self.records {
+            while let Ok(record) = records.borrow_mut().try_recv() {
+                host.writer.write(record.into_frame());
+            }
         }
+        host.writer.write(frame);
     }
 
     /// Drops every running request: nobody will read its reply.
@@ -292,6 +304,10 @@ impl<A: Actor, S: Serializer> Server<A, S> {
             let error = RemoteError::new("ShuttingDown", "the worker is shutting down");
             return self.write(Frame::bare(Header::Error { id, error }));
         };
+        // What the worker logs while it takes the request in (middleware,
+        // decoding) is forwarded with the request's id.
+        let span = tracing::debug_span!("request", id);
+        let _in_request = span.enter();
         let traced = if self.middleware.has_untyped() {
             let body = Body::Bytes(&mut payload);
             let mut passage = Passage::new(Side::Worker, Direction::Incoming, &name, id, body);
@@ -313,7 +329,8 @@ impl<A: Actor, S: Serializer> Server<A, S> {
         let handled = self
             .routes
             .dispatch(actor, &name, &payload, &self.middleware);
-        self.start(id, traced, handled);
+        let handled = tracing::Instrument::instrument(handled, span.clone());
+        self.start(id, traced, Box::pin(handled));
     }
 
     fn finish(&mut self, id: u64, traced: Option<Traced>, outcome: Outcome) {
@@ -325,6 +342,8 @@ impl<A: Actor, S: Serializer> Server<A, S> {
             Outcome::ActorStopped => return,
         };
         if let Some(traced) = traced {
+            let span = tracing::debug_span!("request", id);
+            let _in_request = span.enter();
             let failed;
             let body = match &frame.header {
                 Header::Error { error, .. } => {
@@ -523,6 +542,15 @@ impl<A: Actor, S: Serializer> StreamHandler<Inbound> for Server<A, S> {
         // Each connection's end arrives as an event (its `None`); the
         // default here would stop the server, which outlives connections.
     }
+}
+
+impl<A: Actor, S: Serializer> StreamHandler<Record> for Server<A, S> {
+    fn handle(&mut self, record: Record, _: &mut Context<Self>) {
+        // Without a host, nobody to tell: dropped.
+        self.write(record.into_frame());
+    }
+
+    fn finished(&mut self, _: &mut Context<Self>) {}
 }
 
 impl<A: Actor, S: Serializer> StreamHandler<NewHost> for Server<A, S> {

@@ -46,6 +46,9 @@ pub(crate) mod env {
     pub(crate) const MAX_FRAME: &str = "ISOLATED_WORKERS_MAX_FRAME";
     /// How long the worker's actor gets to stop when asked, in milliseconds.
     pub(crate) const GRACE_MS: &str = "ISOLATED_WORKERS_GRACE_MS";
+    /// The most verbose level of `tracing` event the host wants forwarded
+    /// (unset: none).
+    pub(crate) const TRACE: &str = "ISOLATED_WORKERS_TRACE";
 }
 
 /// Prefix of the private directories worker sockets live in.
@@ -215,6 +218,7 @@ impl ChildProcess {
             .env(env::NAME, &self.worker_name)
             .env(env::MAX_FRAME, options.max_frame_len.to_string())
             .env(env::GRACE_MS, options.close_grace.as_millis().to_string())
+            .envs(forwarded_tracing().map(|level| (env::TRACE, level)))
             .stdin(Stdio::null())
             .stderr(Stdio::piped());
         let limits = self.limits.clone();
@@ -316,4 +320,14 @@ fn in_child_before_exec(host: u32, limits: &[(Resource, u64, u64)]) -> io::Resul
         nix::sys::resource::setrlimit(resource, soft, hard)?;
     }
     Ok(())
+}
+
+/// The most verbose level the host's global `tracing` subscriber wants, for
+/// the worker to forward its own events at; `None` without a subscriber.
+fn forwarded_tracing() -> Option<String> {
+    if !tracing::dispatcher::has_been_set() {
+        return None;
+    }
+    let level = tracing::level_filters::LevelFilter::current().into_level()?;
+    Some(level.to_string())
 }

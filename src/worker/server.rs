@@ -329,8 +329,12 @@ impl<A: Actor, S: Serializer> Server<A, S> {
         let handled = self
             .routes
             .dispatch(actor, &name, &payload, &self.middleware);
-        let handled = tracing::Instrument::instrument(handled, span.clone());
-        self.start(id, traced, Box::pin(handled));
+        // (Boxed again only when someone listens.)
+        let handled = match span.is_disabled() {
+            true => handled,
+            false => Box::pin(tracing::Instrument::instrument(handled, span.clone())),
+        };
+        self.start(id, traced, handled);
     }
 
     fn finish(&mut self, id: u64, traced: Option<Traced>, outcome: Outcome) {

@@ -8,7 +8,6 @@ mod support;
 
 use std::collections::BTreeSet;
 use std::path::Path;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use actix::Addr;
@@ -109,22 +108,7 @@ async fn a_hundred_disconnect_reconnect_cycles_leave_no_fds_or_sockets_and_keep_
     // Run alone in a process of its own: the file descriptors of tests
     // running alongside would blur the host's count. Its temporary
     // directory is private, so any directory left there is its worker's.
-    let tmp = tempfile::tempdir().map_err(fail)?;
-    let exe = std::env::current_exe().map_err(fail)?;
-    let started = Instant::now();
-    let ran = tokio::process::Command::new(exe)
-        .env(CYCLES_MODE_ENV, "1")
-        .env("TMPDIR", tmp.path())
-        .stdin(Stdio::null())
-        .kill_on_drop(true)
-        .output()
-        .await
-        .map_err(fail)?;
-    let took = started.elapsed();
-    let stderr = String::from_utf8_lossy(&ran.stderr);
-    if !ran.status.success() {
-        return Err(format!("the cycles failed ({}): {}", ran.status, stderr.trim_end()).into());
-    }
+    let Alone { tmp, took } = run_alone(CYCLES_MODE_ENV).await?;
     let left = entries(tmp.path())?;
     assert!(
         left.is_empty(),

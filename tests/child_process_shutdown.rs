@@ -388,22 +388,7 @@ async fn two_hundred_spawn_close_cycles_leave_no_fds_processes_or_directories() 
     // temporary directories of tests running alongside would blur the count.
     // Its temporary directory is private, so any directory left there is
     // one of its workers'.
-    let tmp = tempfile::tempdir().map_err(fail)?;
-    let exe = std::env::current_exe().map_err(fail)?;
-    let started = Instant::now();
-    let ran = tokio::process::Command::new(exe)
-        .env(CYCLES_MODE_ENV, "1")
-        .env("TMPDIR", tmp.path())
-        .stdin(Stdio::null())
-        .kill_on_drop(true)
-        .output()
-        .await
-        .map_err(fail)?;
-    let took = started.elapsed();
-    let stderr = String::from_utf8_lossy(&ran.stderr);
-    if !ran.status.success() {
-        return Err(format!("the cycles failed ({}): {}", ran.status, stderr.trim_end()).into());
-    }
+    let Alone { tmp, took } = run_alone(CYCLES_MODE_ENV).await?;
     let left = worker_dirs(tmp.path())?;
     assert!(left.is_empty(), "directories left behind: {left:?}");
     assert!(

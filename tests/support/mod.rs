@@ -596,3 +596,40 @@ pub async fn socket_dir(worker: &Addr<Worker<Calc>>) -> Result<PathBuf, Failed> 
 pub async fn close<C: Contract>(worker: &Addr<Worker<C>>) -> Result<(), Failed> {
     worker.send(Close).await.map_err(fail)
 }
+
+/// What [`run_alone`] found.
+pub struct Alone {
+    /// The run's private temporary directory: anything left in it is the
+    /// run's.
+    pub tmp: tempfile::TempDir,
+    /// How long the run took.
+    pub took: Duration,
+}
+
+/// Runs this test binary again, alone, with `mode_env` set and a private
+/// `TMPDIR`: for counts (file descriptors, children, directories) that
+/// tests running alongside would blur. Fails if the run fails.
+pub async fn run_alone(mode_env: &str) -> Result<Alone, Failed> {
+    let tmp = tempfile::tempdir().map_err(fail)?;
+    let exe = std::env::current_exe().map_err(fail)?;
+    let started = std::time::Instant::now();
+    let ran = tokio::process::Command::new(exe)
+        .env(mode_env, "1")
+        .env("TMPDIR", tmp.path())
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .output()
+        .await
+        .map_err(fail)?;
+    let took = started.elapsed();
+    if !ran.status.success() {
+        let stderr = String::from_utf8_lossy(&ran.stderr);
+        return Err(format!(
+            "the run alone failed ({}): {}",
+            ran.status,
+            stderr.trim_end()
+        )
+        .into());
+    }
+    Ok(Alone { tmp, took })
+}

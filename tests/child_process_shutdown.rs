@@ -527,17 +527,7 @@ fn host_mode() -> ! {
 /// The spawn/close cycles, alone in this process: exits 0 if they left
 /// nothing behind, 1 (saying what) otherwise.
 fn cycles_mode() -> ! {
-    let checked = actix::System::new().block_on(async {
-        match tokio::time::timeout(HANG_GUARD, cycles()).await {
-            Ok(checked) => checked,
-            Err(_) => Err(format!("the cycles hung for {HANG_GUARD:?}").into()),
-        }
-    });
-    if let Err(e) = checked {
-        eprintln!("{}", e.message().unwrap_or("failed"));
-        std::process::exit(1);
-    }
-    std::process::exit(0);
+    exit_after("the cycles", cycles)
 }
 
 async fn cycles() -> Result<(), Failed> {

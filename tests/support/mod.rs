@@ -633,3 +633,23 @@ pub async fn run_alone(mode_env: &str) -> Result<Alone, Failed> {
     }
     Ok(Alone { tmp, took })
 }
+
+/// The other side of [`run_alone`]: runs `checks` in an actix System,
+/// bounded by [`HANG_GUARD`], and exits 0 if they pass, or 1 saying why.
+pub fn exit_after<F, Fut>(what: &str, checks: F) -> !
+where
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = Result<(), Failed>>,
+{
+    let checked = actix::System::new().block_on(async {
+        match tokio::time::timeout(HANG_GUARD, checks()).await {
+            Ok(checked) => checked,
+            Err(_) => Err(format!("{what} hung for {HANG_GUARD:?}").into()),
+        }
+    });
+    if let Err(e) = checked {
+        eprintln!("{}", e.message().unwrap_or("failed"));
+        std::process::exit(1);
+    }
+    std::process::exit(0);
+}

@@ -3,8 +3,11 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use actix::Recipient;
+
 use crate::contract::WorkerMessage;
 use crate::middleware::Middlewares;
+use crate::proxy::LifecycleEvent;
 
 /// Options for one worker, set with a builder.
 ///
@@ -41,6 +44,18 @@ pub struct WorkerOptions {
     pub max_restarts: u32,
     /// See [`max_restarts`](Self::max_restarts). Default 60 s.
     pub restart_window: Duration,
+    /// How long to wait before the second restart within the restart
+    /// window; each later one waits twice as long as the one before, up to
+    /// [`max_restart_backoff`](Self::max_restart_backoff). The first restart
+    /// is immediate. Default 100 ms.
+    pub restart_backoff: Duration,
+    /// The longest wait before a restart. Default 10 s.
+    pub max_restart_backoff: Duration,
+    /// What a [supervised](crate::Worker::supervise) worker does with
+    /// requests while it restarts. Default [`WhileRestarting::Queue`].
+    pub while_restarting: WhileRestarting,
+    /// Who is told when the worker crashes, restarts or gives up.
+    pub(crate) watchers: Vec<Recipient<LifecycleEvent>>,
     /// Request timeouts that differ from `request_timeout`, by wire name.
     timeouts: HashMap<&'static str, Duration>,
     /// Crash policies that differ from `Reject`, by wire name.
@@ -67,6 +82,22 @@ pub enum CrashPolicy {
     },
 }
 
+/// What a [supervised](crate::Worker::supervise) worker does with the
+/// requests sent while a fresh worker is starting after a crash.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum WhileRestarting {
+    /// They wait in the proxy's actix mailbox and go to the fresh worker
+    /// once it is up. The mailbox is bounded the actix way: `send` waits for
+    /// room (the capacity is actix's default, 16), `try_send` fails when it
+    /// is full; `do_send` does not wait.
+    #[default]
+    Queue,
+    /// They resolve at once with the crash that caused the restart
+    /// ([`WorkerError::Crashed`](crate::WorkerError::Crashed)).
+    Reject,
+}
+
 impl Default for WorkerOptions {
     fn default() -> Self {
         Self {
@@ -78,6 +109,10 @@ impl Default for WorkerOptions {
             max_frame_len: 16 * 1024 * 1024,
             max_restarts: 5,
             restart_window: Duration::from_secs(60),
+            restart_backoff: Duration::from_millis(100),
+            max_restart_backoff: Duration::from_secs(10),
+            while_restarting: WhileRestarting::Queue,
+            watchers: Vec::new(),
             timeouts: HashMap::new(),
             policies: HashMap::new(),
             middleware: Middlewares::new(),
@@ -154,6 +189,53 @@ impl WorkerOptions {
     pub fn restart_budget(mut self, max_restarts: u32, window: Duration) -> Self {
         self.max_restarts = max_restarts;
         self.restart_window = window;
+        self
+    }
+
+    /// Sets [`restart_backoff`](Self::restart_backoff) and
+    /// [`max_restart_backoff`](Self::max_restart_backoff).
+    pub fn restart_backoff(mut self, first: Duration, max: Duration) -> Self {
+        self.restart_backoff = first;
+        self.max_restart_backoff = max.max(first);
+        self
+    }
+
+    /// How long to wait before the `restart`-th restart within the restart
+    /// window (counting from 1): nothing before the first, then
+    /// [`restart_backoff`](Self::restart_backoff), doubling, capped at
+    /// [`max_restart_backoff`](Self::max_restart_backoff).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use isolated_workers::WorkerOptions;
+    ///
+    /// let options = WorkerOptions::default()
+    ///     .restart_backoff(Duration::from_millis(100), Duration::from_millis(300));
+    /// let waits: Vec<_> = (1..=4).map(|n| options.backoff_before(n).as_millis()).collect();
+    /// assert_eq!(waits, [0, 100, 200, 300]);
+    /// ```
+    pub fn backoff_before(&self, restart: u32) -> Duration {
+        if restart <= 1 {
+            return Duration::ZERO;
+        }
+        let doublings = (restart - 2).min(31);
+        self.restart_backoff
+            .saturating_mul(1 << doublings)
+            .min(self.max_restart_backoff)
+    }
+
+    /// Sets [`while_restarting`](Self::while_restarting).
+    pub fn while_restarting(mut self, policy: WhileRestarting) -> Self {
+        self.while_restarting = policy;
+        self
+    }
+
+    /// Tells `watcher` each time the worker crashes, restarts or gives up
+    /// (see [`LifecycleEvent`]). Unlike sending
+    /// [`Watch`](crate::proxy::Watch) after the spawn, this cannot miss an
+    /// event. A watcher whose actor has stopped is forgotten.
+    pub fn watched_by(mut self, watcher: Recipient<LifecycleEvent>) -> Self {
+        self.watchers.push(watcher);
         self
     }
 

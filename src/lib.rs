@@ -13,14 +13,14 @@ pub mod worker;
 #[doc(hidden)]
 pub mod testing;
 
-pub use config::{CrashPolicy, WorkerOptions};
+pub use config::{CrashPolicy, WhileRestarting, WorkerOptions};
 pub use contract::{Contract, InContract, LocalOnly, Portable, WorkerMessage};
 pub use driver::child_process::DetachedWorker;
 pub use driver::{ChildProcess, Connection, Driver, Thread};
 pub use error::{AttachError, CrashReason, RemoteError, SpawnError, WorkerError};
 pub use proxy::{
-    Accepted, Close, Detach, Disconnect, Drain, Reconnect, Status, Worker, WorkerState,
-    WorkerStatus,
+    Accepted, Close, Detach, Disconnect, Drain, LifecycleEvent, Reconnect, Status, Watch, Worker,
+    WorkerId, WorkerState, WorkerStatus,
 };
 #[cfg(feature = "json")]
 pub use wire::serializer::Json;

@@ -50,6 +50,8 @@ pub struct Status;
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct WorkerStatus {
+    /// Which proxy this is (as named in its [`LifecycleEvent`](super::LifecycleEvent)s).
+    pub id: super::WorkerId,
     /// The worker's process id (child-process workers).
     pub pid: Option<u32>,
     /// Where the worker is in its life.
@@ -84,8 +86,9 @@ pub enum WorkerState {
     Closing,
     /// Closed: the worker is gone and its resources are released.
     Closed,
-    /// The worker died without being asked to; the next request starts a
-    /// fresh one.
+    /// The worker died without being asked to. A fresh one is started at
+    /// once if the worker is [supervised](crate::Worker::supervise), else
+    /// by the next request.
     Crashed {
         /// Exit code, signal, or lost connection.
         reason: CrashReason,
@@ -236,6 +239,7 @@ impl<C: Contract, D: Driver<C>> Accepted<C, D> for Status {
             Link::Released => (None, 0, 0),
         };
         MessageResult(WorkerStatus {
+            id: worker.id,
             pid,
             state: worker.state.clone(),
             in_flight,

@@ -27,6 +27,7 @@ mod lifecycle;
 mod local;
 mod reply;
 mod request;
+mod restart;
 mod stream;
 mod timekeeper;
 
@@ -34,6 +35,7 @@ pub use connection::{Detach, Disconnect, Reconnect, DEFAULT_IDLE_TIMEOUT};
 pub use counters::{Counters, MessageCounts};
 pub use lifecycle::{Close, Drain, Status, WorkerState, WorkerStatus};
 pub use reply::Reply;
+pub use restart::{LifecycleEvent, Watch, WorkerId};
 
 /// The host's proxy for one worker of contract `C`, reached through driver
 /// `D`. An actix actor: `Addr<Worker<C, D>>` accepts exactly the messages of
@@ -77,6 +79,19 @@ pub struct Worker<C: Contract, D: Driver<C> = ChildProcess> {
     tally: counters::SharedTally,
     /// When the current worker started.
     started: Instant,
+    /// Names this proxy in events and status.
+    id: WorkerId,
+    /// Who is told of crashes, restarts and giving up.
+    watchers: Vec<Recipient<LifecycleEvent>>,
+    /// Started with [`Worker::supervise`]: restarts at once after a crash.
+    supervised: bool,
+    /// A fresh worker is being launched.
+    restarting: bool,
+    /// Set by `Supervised::restarting`: launch a fresh worker, after this
+    /// backoff, once actix has restarted the proxy.
+    restart_after: Option<std::time::Duration>,
+    /// Requests to retry on the fresh worker of a supervised restart.
+    carried: Vec<stream::Retry>,
     _contract: PhantomData<fn() -> (C, D)>,
 }
 
@@ -110,7 +125,9 @@ impl Link {
                 let (state, ended) = local::LocalState::new(local, options, tally);
                 let thread = state.thread();
                 ctx.spawn(actix::fut::wrap_future(ended).map(
-                    move |ended, worker: &mut Worker<C, D>, _| worker.actor_ended(thread, ended),
+                    move |ended, worker: &mut Worker<C, D>, ctx| {
+                        worker.actor_ended(thread, ended, ctx)
+                    },
                 ));
                 Link::Local(state)
             }
@@ -187,100 +204,34 @@ impl<C: Contract, D: Driver<C>> Worker<C, D> {
 
     /// Starts the proxy of a worker reached through `connection`.
     fn start(connection: Connection, options: WorkerOptions, driver: Option<D>) -> Addr<Self> {
-        Worker::create(move |ctx| {
-            ctx.spawn(timekeeper::Timekeeper::new());
-            let tally = counters::SharedTally::default();
-            let link = Link::start(connection, &options, &tally, ctx);
-            Worker {
-                options,
-                state: WorkerState::Running,
-                link,
-                driver,
-                restarts: VecDeque::new(),
-                tally,
-                started: Instant::now(),
-                _contract: PhantomData,
-            }
-        })
+        Worker::create(move |ctx| Self::new(connection, options, driver, ctx))
     }
 
-    /// Whether the worker is dead and a fresh one may be started for the
-    /// next request.
-    fn needs_respawn(&self) -> bool {
-        self.driver.is_some() && matches!(self.state, WorkerState::Crashed { .. })
-    }
-
-    /// Starts a fresh worker in place of a crashed one, then sends it the
-    /// requests to `retry`. The proxy handles no other message meanwhile
-    /// (senders wait in its mailbox), so requests keep their order. Gives
-    /// up, failing everything, once the restart budget is spent.
-    fn respawn(&mut self, ctx: &mut Context<Self>, retry: Vec<stream::Retry>) {
-        if self.driver.is_none() {
-            // An attached worker: this host cannot start another.
-            let error = self.unavailable().unwrap_or(WorkerError::Closed);
-            for request in retry {
-                request.fail(error.clone());
-            }
-            return;
+    /// The proxy of a worker reached through `connection`, in `ctx`.
+    fn new(
+        connection: Connection,
+        options: WorkerOptions,
+        driver: Option<D>,
+        ctx: &mut Context<Self>,
+    ) -> Self {
+        let tally = counters::SharedTally::default();
+        let link = Link::start(connection, &options, &tally, ctx);
+        Worker {
+            watchers: options.watchers.clone(),
+            options,
+            state: WorkerState::Running,
+            link,
+            driver,
+            restarts: VecDeque::new(),
+            tally,
+            started: Instant::now(),
+            id: WorkerId::next(),
+            supervised: false,
+            restarting: false,
+            restart_after: None,
+            carried: Vec::new(),
+            _contract: PhantomData,
         }
-        let now = Instant::now();
-        let window = self.options.restart_window;
-        self.restarts.retain(|at| now.duration_since(*at) < window);
-        if self.restarts.len() >= self.options.max_restarts as usize {
-            let last = match &self.state {
-                WorkerState::Crashed { reason, message } => match message {
-                    Some(message) => format!("crashed ({reason}): {message}"),
-                    None => format!("crashed ({reason})"),
-                },
-                other => format!("{other:?}"),
-            };
-            tracing::error!(contract = C::NAME, restarts = self.restarts.len(), %last, "worker keeps crashing; giving up");
-            self.state = WorkerState::GaveUp {
-                restarts: self.restarts.len() as u32,
-                last,
-            };
-            let error = self.unavailable().unwrap_or(WorkerError::Closed);
-            for request in retry {
-                request.fail(error.clone());
-            }
-            return;
-        }
-        self.restarts.push_back(now);
-        tracing::info!(
-            contract = C::NAME,
-            restart = self.restarts.len(),
-            "starting a fresh worker"
-        );
-        let Some(driver) = &self.driver else {
-            return;
-        };
-        let span =
-            tracing::info_span!("respawn", contract = C::NAME, restart = self.restarts.len());
-        let launched = driver.launch(&self.options).instrument(span);
-        ctx.wait(launched.into_actor(self).map(move |launched, worker, ctx| match launched {
-            Ok(connection) => {
-                worker.link = Link::start(connection, &worker.options, &worker.tally, ctx);
-                worker.state = WorkerState::Running;
-                worker.started = Instant::now();
-                worker.tally.borrow_mut().restarts += 1;
-                if let Link::Stream(link) = &mut worker.link {
-                    for request in retry {
-                        link.resubmit(request, worker.options.max_in_flight);
-                    }
-                }
-            }
-            Err(error) => {
-                tracing::warn!(contract = C::NAME, %error, "a fresh worker failed to start");
-                worker.crashed(
-                    CrashReason::ConnectionLost,
-                    Some(format!("restart failed: {error}")),
-                );
-                let error = worker.unavailable().unwrap_or(WorkerError::Closed);
-                for request in retry {
-                    request.fail(error.clone());
-                }
-            }
-        }));
     }
 
     /// A thread worker's actor ended (the worker on `thread`): unless the
@@ -290,6 +241,7 @@ impl<C: Contract, D: Driver<C>> Worker<C, D> {
         &mut self,
         thread: std::thread::ThreadId,
         ended: Result<(), tokio::task::JoinError>,
+        ctx: &mut Context<Self>,
     ) {
         let Link::Local(local) = &mut self.link else {
             return;
@@ -304,10 +256,16 @@ impl<C: Contract, D: Driver<C>> Worker<C, D> {
         tracing::warn!(contract = C::NAME, %reason, ?message, "thread worker died");
         local.crashed();
         self.crashed(reason, message);
+        self.after_crash(ctx, Vec::new());
     }
 
     /// The worker died without being asked to.
     fn crashed(&mut self, reason: CrashReason, message: Option<String>) {
+        self.tell(LifecycleEvent::Crashed {
+            worker: self.id,
+            reason: reason.clone(),
+            message: message.clone(),
+        });
         self.state = WorkerState::Crashed { reason, message };
         self.tally.borrow_mut().crashes += 1;
     }
@@ -336,10 +294,13 @@ impl<C: Contract, D: Driver<C>> Actor for Worker<C, D> {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.spawn(timekeeper::Timekeeper::new());
         ctx.spawn(StopWhenUnreferenced);
+        self.resume_after_restart(ctx);
     }
 
-    fn stopped(&mut self, _: &mut Self::Context) {
+    fn stopped(&mut self, ctx: &mut Self::Context) {
+        self.drop_carried(ctx);
         match &mut self.link {
             Link::Stream(link) => {
                 link.fail_all(|| WorkerError::Closed);

@@ -662,9 +662,7 @@ impl<C: Contract, D: Driver<C>> Worker<C, D> {
             if act.state == WorkerState::Running {
                 tracing::warn!(contract = C::NAME, pid = ?link.pid(), %reason, ?message, "worker crashed");
                 act.crashed(reason, message);
-                if !retries.is_empty() {
-                    return act.respawn(ctx, retries);
-                }
+                return act.after_crash(ctx, retries);
             }
             let error = act.unavailable().unwrap_or(WorkerError::Closed);
             for retry in retries {

@@ -1,0 +1,330 @@
+//! Restarting crashed workers: lazily, when the next request needs one, or
+//! at once under actix's [`Supervisor`]; the restart budget and its backoff;
+//! and the [`LifecycleEvent`]s watchers are told.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use actix::prelude::*;
+use tracing::Instrument;
+
+use super::{stream, Accepted, Link, Worker};
+use crate::config::{WhileRestarting, WorkerOptions};
+use crate::contract::Contract;
+use crate::driver::Driver;
+use crate::error::{CrashReason, SpawnError, WorkerError};
+
+/// Names one worker proxy for the life of the process: the `worker` of its
+/// [`LifecycleEvent`]s and of its [`WorkerStatus`](super::WorkerStatus).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct WorkerId(u64);
+
+impl WorkerId {
+    /// A name no other proxy in this process has.
+    pub(super) fn next() -> Self {
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        WorkerId(NEXT.fetch_add(1, Ordering::Relaxed))
+    }
+}
+
+impl std::fmt::Display for WorkerId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "worker#{}", self.0)
+    }
+}
+
+/// What happened to a worker, told to its watchers (see [`Watch`] and
+/// [`WorkerOptions::watched_by`]).
+#[derive(Debug, Clone, PartialEq, Eq, Message)]
+#[rtype(result = "()")]
+#[non_exhaustive]
+pub enum LifecycleEvent {
+    /// The worker died without being asked to. A restart follows: at once
+    /// for a [supervised](Worker::supervise) worker, else with the next
+    /// request.
+    Crashed {
+        /// Which worker.
+        worker: WorkerId,
+        /// Exit code, signal, or lost connection.
+        reason: CrashReason,
+        /// What the worker said before dying, if anything.
+        message: Option<String>,
+    },
+    /// A fresh worker is up in place of a crashed one.
+    Restarted {
+        /// Which worker.
+        worker: WorkerId,
+        /// Restarts within the restart window, this one included.
+        restarts: u32,
+    },
+    /// The restart budget is spent: the worker stays down and every request
+    /// fails with [`WorkerError::GaveUp`].
+    GaveUp {
+        /// Which worker.
+        worker: WorkerId,
+        /// Restarts made within the restart window.
+        restarts: u32,
+        /// What went wrong last.
+        last: String,
+    },
+}
+
+impl LifecycleEvent {
+    /// The worker it happened to.
+    pub fn worker(&self) -> WorkerId {
+        match self {
+            LifecycleEvent::Crashed { worker, .. }
+            | LifecycleEvent::Restarted { worker, .. }
+            | LifecycleEvent::GaveUp { worker, .. } => *worker,
+        }
+    }
+}
+
+/// Subscribes a recipient to a worker's [`LifecycleEvent`]s. Accepted by
+/// every worker. To miss none, even those of the first moments, pass the
+/// watcher in the options instead ([`WorkerOptions::watched_by`]).
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct Watch(pub Recipient<LifecycleEvent>);
+
+impl<C: Contract, D: Driver<C>> Accepted<C, D> for Watch {
+    type Response = ();
+
+    fn handle(self, worker: &mut Worker<C, D>, _: &mut Context<Worker<C, D>>) {
+        worker.watchers.push(self.0);
+    }
+}
+
+impl<C: Contract, D: Driver<C>> Worker<C, D> {
+    /// Starts a worker under actix's [`Supervisor`]: when the worker dies,
+    /// the proxy stops, and actix restarts it ([`Supervised::restarting`]),
+    /// bringing up a fresh worker at once with the same driver and options.
+    /// The `Addr` stays valid throughout. Requests sent during the restart
+    /// wait for the fresh worker or fail at once, as
+    /// [`WorkerOptions::while_restarting`] says; requests in flight at the
+    /// crash follow their [`CrashPolicy`](crate::CrashPolicy).
+    ///
+    /// Restarts follow the restart budget
+    /// ([`WorkerOptions::restart_budget`]), each after its backoff
+    /// ([`WorkerOptions::backoff_before`]). Once the budget is spent the
+    /// proxy gives up: it stays, answering every request
+    /// [`WorkerError::GaveUp`], and tells its watchers
+    /// [`LifecycleEvent::GaveUp`].
+    ///
+    /// A worker started with [`spawn`](Self::spawn) restarts too, but only
+    /// when the next request needs it.
+    ///
+    /// # Errors
+    /// [`SpawnError`] when the first worker does not start: a worker that
+    /// cannot start is not retried.
+    ///
+    /// # Examples
+    /// ```no_run
+    /// # use serde::{Deserialize, Serialize};
+    /// # #[derive(Serialize, Deserialize)] struct Ping;
+    /// # isolated_workers::contract! { Calc { Ping => () } }
+    /// use std::time::Duration;
+    /// use isolated_workers::{ChildProcess, Worker, WorkerOptions};
+    /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    /// let options = WorkerOptions::default().restart_budget(3, Duration::from_secs(10));
+    /// let worker =
+    ///     Worker::<Calc, _>::supervise(ChildProcess::current_exe("calc"), options).await?;
+    /// worker.send(Ping).await??;
+    /// # Ok(()) }
+    /// ```
+    pub async fn supervise(driver: D, options: WorkerOptions) -> Result<Addr<Self>, SpawnError> {
+        let span = tracing::info_span!("spawn", contract = C::NAME);
+        let connection = driver.launch(&options).instrument(span.clone()).await?;
+        tracing::debug!(parent: &span, "supervised worker ready");
+        Ok(Supervisor::start(move |ctx| {
+            let mut worker = Self::new(connection, options, Some(driver), ctx);
+            worker.supervised = true;
+            worker
+        }))
+    }
+
+    /// Whether the worker is dead and the next request should start a
+    /// fresh one.
+    pub(super) fn needs_respawn(&self) -> bool {
+        self.driver.is_some()
+            && !self.restarting
+            && matches!(self.state, super::WorkerState::Crashed { .. })
+    }
+
+    /// The worker died: a supervised proxy stops so that actix restarts it,
+    /// carrying the requests to `retry` over; any other restarts only if
+    /// some request is to be retried (else with the next request).
+    pub(super) fn after_crash(&mut self, ctx: &mut Context<Self>, retry: Vec<stream::Retry>) {
+        if self.supervised {
+            self.carried = retry;
+            ctx.stop();
+        } else if !retry.is_empty() {
+            self.respawn(ctx, retry);
+        }
+    }
+
+    /// Starts a fresh worker in place of a crashed one, then sends it the
+    /// requests to `retry`. The proxy handles no other message meanwhile
+    /// (senders wait in its mailbox), so requests keep their order. Gives
+    /// up, failing everything, once the restart budget is spent.
+    pub(super) fn respawn(&mut self, ctx: &mut Context<Self>, retry: Vec<stream::Retry>) {
+        if self.driver.is_none() {
+            // An attached worker: this host cannot start another.
+            return self.fail_retries(retry);
+        }
+        match self.spend_restart() {
+            Some(backoff) => self.launch_fresh(ctx, retry, backoff, WhileRestarting::Queue),
+            None => self.fail_retries(retry),
+        }
+    }
+
+    /// Counts a restart against the budget and answers how long to wait
+    /// before it; `None` once the budget is spent, when the proxy has given
+    /// up.
+    fn spend_restart(&mut self) -> Option<std::time::Duration> {
+        let now = Instant::now();
+        let window = self.options.restart_window;
+        self.restarts.retain(|at| now.duration_since(*at) < window);
+        let restarts = self.restarts.len() as u32;
+        if restarts >= self.options.max_restarts {
+            let last = match &self.state {
+                super::WorkerState::Crashed { reason, message } => match message {
+                    Some(message) => format!("crashed ({reason}): {message}"),
+                    None => format!("crashed ({reason})"),
+                },
+                other => format!("{other:?}"),
+            };
+            tracing::error!(contract = C::NAME, restarts, %last, "worker keeps crashing; giving up");
+            self.tell(LifecycleEvent::GaveUp {
+                worker: self.id,
+                restarts,
+                last: last.clone(),
+            });
+            self.state = super::WorkerState::GaveUp { restarts, last };
+            return None;
+        }
+        self.restarts.push_back(now);
+        Some(self.options.backoff_before(restarts + 1))
+    }
+
+    /// Launches a fresh worker after `backoff`, installs it and resubmits
+    /// `retry` to it. Under [`WhileRestarting::Queue`] the proxy's mailbox
+    /// waits meanwhile.
+    fn launch_fresh(
+        &mut self,
+        ctx: &mut Context<Self>,
+        retry: Vec<stream::Retry>,
+        backoff: std::time::Duration,
+        meanwhile: WhileRestarting,
+    ) {
+        let Some(driver) = &self.driver else {
+            return self.fail_retries(retry);
+        };
+        let restart = self.restarts.len() as u32;
+        tracing::info!(
+            contract = C::NAME,
+            restart,
+            ?backoff,
+            "starting a fresh worker"
+        );
+        let span = tracing::info_span!("respawn", contract = C::NAME, restart);
+        let launched = driver.launch(&self.options);
+        let launched = async move {
+            tokio::time::sleep(backoff).await;
+            launched.await
+        }
+        .instrument(span);
+        self.restarting = true;
+        let installed = launched.into_actor(self).map(move |launched, worker, ctx| {
+            worker.restarting = false;
+            match launched {
+                Ok(connection) => {
+                    worker.link = Link::start(connection, &worker.options, &worker.tally, ctx);
+                    worker.state = super::WorkerState::Running;
+                    worker.started = Instant::now();
+                    worker.tally.borrow_mut().restarts += 1;
+                    worker.tell(LifecycleEvent::Restarted {
+                        worker: worker.id,
+                        restarts: restart,
+                    });
+                    if let Link::Stream(link) = &mut worker.link {
+                        for request in retry {
+                            link.resubmit(request, worker.options.max_in_flight);
+                        }
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(contract = C::NAME, %error, "a fresh worker failed to start");
+                    worker.crashed(
+                        CrashReason::ConnectionLost,
+                        Some(format!("restart failed: {error}")),
+                    );
+                    if worker.supervised {
+                        worker.after_crash(ctx, retry);
+                    } else {
+                        worker.fail_retries(retry);
+                    }
+                }
+            }
+        });
+        match meanwhile {
+            WhileRestarting::Queue => ctx.wait(installed),
+            WhileRestarting::Reject => {
+                ctx.spawn(installed);
+            }
+        }
+    }
+
+    /// Resolves requests that will not be retried with the reason.
+    fn fail_retries(&self, retry: Vec<stream::Retry>) {
+        let error = self.unavailable().unwrap_or(WorkerError::Closed);
+        for request in retry {
+            request.fail(error.clone());
+        }
+    }
+
+    /// Tells every watcher still listening about `event`.
+    pub(super) fn tell(&mut self, event: LifecycleEvent) {
+        self.watchers.retain(Recipient::connected);
+        for watcher in &self.watchers {
+            watcher.do_send(event.clone());
+        }
+    }
+}
+
+impl<C: Contract, D: Driver<C>> Supervised for Worker<C, D> {
+    /// The proxy stopped after its worker crashed and actix is restarting
+    /// it: spend a restart, or give up. (`started` then launches the fresh
+    /// worker.)
+    fn restarting(&mut self, _: &mut Context<Self>) {
+        match self.spend_restart() {
+            Some(backoff) => self.restart_after = Some(backoff),
+            None => {
+                let carried = std::mem::take(&mut self.carried);
+                self.fail_retries(carried);
+            }
+        }
+    }
+}
+
+impl<C: Contract, D: Driver<C>> Worker<C, D> {
+    /// Called from `started`: after a supervised restart, launches the
+    /// fresh worker.
+    pub(super) fn resume_after_restart(&mut self, ctx: &mut Context<Self>) {
+        if let Some(backoff) = self.restart_after.take() {
+            let carried = std::mem::take(&mut self.carried);
+            let meanwhile = self.options.while_restarting;
+            self.launch_fresh(ctx, carried, backoff, meanwhile);
+        }
+    }
+
+    /// Called from `stopped`: the requests carried over to a restart that
+    /// will not happen (the proxy stopped for good).
+    pub(super) fn drop_carried(&mut self, ctx: &Context<Self>) {
+        let restarts = self.supervised && ctx.connected();
+        if !restarts {
+            let carried = std::mem::take(&mut self.carried);
+            self.fail_retries(carried);
+        }
+    }
+}

@@ -65,6 +65,10 @@ fn main() {
             crash_loop_gives_up,
         ),
         actix_test(
+            "an_unsupervised_worker_tells_its_watchers_too",
+            unsupervised_worker_tells,
+        ),
+        actix_test(
             "dropping_the_last_address_ends_a_supervised_worker",
             dropped_supervised_worker_ends,
         ),
@@ -321,6 +325,24 @@ async fn crash_loop_gives_up() -> Result<(), Failed> {
         matches!(status.state, WorkerState::GaveUp { restarts: 2, .. }),
         "{status:?}"
     );
+    close(&worker).await
+}
+
+async fn unsupervised_worker_tells() -> Result<(), Failed> {
+    let (watcher, mut events) = recorder();
+    let worker = support::spawn_calc_with(WorkerOptions::default().watched_by(watcher)).await?;
+    let killed = kill_and_wait_for_crash(&worker, &mut events).await?;
+    let status = worker.send(Status).await?;
+    assert!(
+        matches!(status.state, WorkerState::Crashed { .. }),
+        "restarted before a request needed it: {status:?}"
+    );
+    // The next request brings up a fresh worker.
+    assert_ne!(ask(&worker, WhoAmI).await?, killed);
+    assert!(matches!(
+        next_event(&mut events).await?,
+        LifecycleEvent::Restarted { restarts: 1, .. }
+    ));
     close(&worker).await
 }
 

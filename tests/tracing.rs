@@ -22,9 +22,16 @@ struct Say {
     text: String,
 }
 
+/// Logs `text` from an async handler, after an await.
+#[derive(Debug, Serialize, Deserialize)]
+struct SayLater {
+    text: String,
+}
+
 isolated_workers::contract! {
     Speaker {
         Say => usize,
+        SayLater => (),
     }
 }
 
@@ -39,7 +46,19 @@ impl Handler<Say> for SpeakerWorker {
     type Result = Result<usize, WorkerError>;
     fn handle(&mut self, say: Say, _: &mut Context<Self>) -> Self::Result {
         eprintln!("{}", say.text);
+        tracing::info!("handler heard {}", say.text);
         Ok(say.text.len())
+    }
+}
+
+impl Handler<SayLater> for SpeakerWorker {
+    type Result = isolated_workers::worker::Cancellable<Result<(), WorkerError>>;
+    fn handle(&mut self, say: SayLater, _: &mut Context<Self>) -> Self::Result {
+        isolated_workers::worker::Cancellable::new(async move {
+            tokio::task::yield_now().await;
+            tracing::info!("async handler heard {}", say.text);
+            Ok(())
+        })
     }
 }
 
@@ -165,6 +184,11 @@ fn main() {
             "a_workers_own_events_arrive_in_the_hosts_span_of_their_request",
             &recorder,
             a_workers_own_events_arrive_in_the_hosts_span_of_their_request,
+        ),
+        test(
+            "a_handlers_events_arrive_in_the_hosts_span_of_their_request",
+            &recorder,
+            a_handlers_events_arrive_in_the_hosts_span_of_their_request,
         ),
         test(
             "a_thread_workers_requests_have_spans_too",
@@ -315,5 +339,33 @@ async fn a_workers_own_events_arrive_in_the_hosts_span_of_their_request(
             .contains(&format!("id={}", host_request.field("id").unwrap_or("?"))),
         "the worker saw the host's id: {seen:?} vs {host_request:?}"
     );
+    Ok(())
+}
+
+async fn a_handlers_events_arrive_in_the_hosts_span_of_their_request(
+    recorder: Recorder,
+) -> Result<(), Failed> {
+    let worker = Worker::<Speaker>::spawn(ChildProcess::current_exe("speaker")).await?;
+    worker
+        .send(Say {
+            text: "sync".into(),
+        })
+        .await??;
+    worker
+        .send(SayLater {
+            text: "async".into(),
+        })
+        .await??;
+    for line in ["handler heard sync", "async handler heard async"] {
+        let seen = wait_for(&recorder, |e| e.name == line)
+            .await
+            .ok_or_else(|| format!("`{line}` never reached the subscriber"))?;
+        assert_eq!(
+            seen.scope.first().map(String::as_str),
+            Some("request"),
+            "logged in the host's request span: {seen:?}"
+        );
+    }
+    worker.send(Close).await?;
     Ok(())
 }

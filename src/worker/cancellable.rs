@@ -65,7 +65,8 @@ where
     T: 'static,
 {
     fn handle(self, _: &mut A::Context, reply: Option<OneshotSender<T>>) {
-        let work = self.0;
+        // What the work logs belongs to the request it does.
+        let work = tracing::Instrument::instrument(self.0, tracing::Span::current());
         actix_rt::spawn(async move {
             match reply {
                 Some(mut reply) => {

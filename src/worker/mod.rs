@@ -19,6 +19,7 @@ mod attach;
 mod cancellable;
 mod detach;
 mod forward;
+mod inbox;
 pub(crate) mod panic;
 pub(crate) mod routes;
 mod server;
@@ -239,8 +240,8 @@ where
 {
     // Run the actor's context ourselves, to learn when it has stopped (its
     // `stopped` hook done) or panicked, even while no request is in flight.
-    let actor_context = Context::<A>::new();
-    let actor_addr = actor_context.address();
+    let mut actor_context = Context::<A>::new();
+    let inbox = inbox::Inbox::open(&mut actor_context);
     let actor_ended = actix_rt::spawn(actor_context.into_future(actor));
     let Served {
         reader,
@@ -269,7 +270,7 @@ where
             server::Server::on_terminate_signal(ctx);
         }
         let mut server = server::Server {
-            actor: Some(actor_addr),
+            actor: Some(inbox),
             routes,
             host: None,
             next_link: 0,

@@ -5,7 +5,6 @@ use std::any::{Any, TypeId};
 use std::collections::HashMap;
 use std::marker::PhantomData;
 
-use actix::dev::ToEnvelope;
 use actix::prelude::*;
 use bytes::BytesMut;
 use futures::future::LocalBoxFuture;
@@ -15,6 +14,8 @@ use crate::error::{RemoteError, WorkerError};
 use crate::middleware::Middlewares;
 use crate::wire::serializer::CodecError;
 use crate::wire::Serializer;
+
+use super::inbox::Inbox;
 
 /// A contract that actor `A` can serve: implemented by
 /// [`contract!`](crate::contract!) for every actor that handles all of the
@@ -41,7 +42,7 @@ pub(crate) enum Outcome {
     ActorStopped,
 }
 
-type Route<A> = fn(&Addr<A>, &[u8], &Middlewares) -> LocalBoxFuture<'static, Outcome>;
+type Route<A> = fn(&Inbox<A>, &[u8], &Middlewares) -> LocalBoxFuture<'static, Outcome>;
 
 /// Makes a `Recipient<M>` (boxed as `Any`) for one message type `M`.
 type RecipientMaker<A> = fn(&Addr<A>) -> Box<dyn Any + Send>;
@@ -88,8 +89,7 @@ impl<A: Actor, S: Serializer> Routes<A, S> {
     pub fn add<M>(&mut self)
     where
         M: WorkerMessage,
-        A: Handler<M>,
-        A::Context: ToEnvelope<A, M>,
+        A: Handler<M> + Actor<Context = Context<A>>,
     {
         let previous = self.by_name.insert(M::NAME, route::<A, M, S>);
         assert!(
@@ -116,7 +116,7 @@ impl<A: Actor, S: Serializer> Routes<A, S> {
     /// Starts handling a request for message `name`.
     pub(crate) fn dispatch(
         &self,
-        actor: &Addr<A>,
+        actor: &Inbox<A>,
         name: &str,
         payload: &[u8],
         middleware: &Middlewares,
@@ -148,13 +148,12 @@ impl Recipients {
 }
 
 fn route<A, M, S>(
-    actor: &Addr<A>,
+    actor: &Inbox<A>,
     payload: &[u8],
     middleware: &Middlewares,
 ) -> LocalBoxFuture<'static, Outcome>
 where
-    A: Handler<M>,
-    A::Context: ToEnvelope<A, M>,
+    A: Handler<M> + Actor<Context = Context<A>>,
     M: WorkerMessage,
     S: Serializer,
 {
@@ -175,7 +174,7 @@ where
             return Box::pin(std::future::ready(Outcome::of::<M, S>(outcome)));
         }
     }
-    let handled = actor.send(message);
+    let handled = actor.call(message);
     Box::pin(async move {
         let Ok(mut outcome) = handled.await else {
             return Outcome::ActorStopped;

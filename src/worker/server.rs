@@ -48,7 +48,7 @@ type Writer = FramedWrite<Frame, Box<dyn AsyncWrite + Unpin>, FrameCodec>;
 pub(crate) struct Server<A: Actor, S> {
     /// The user's actor; dropped to make it stop (actix stops an actor once
     /// its last address is gone, running its `stopping`/`stopped` hooks).
-    pub(crate) actor: Option<Addr<A>>,
+    pub(crate) actor: Option<super::inbox::Inbox<A>>,
     pub(crate) routes: Routes<A, S>,
     /// The host being served; `None` while the worker is parked.
     pub(crate) host: Option<HostLink>,

@@ -55,8 +55,13 @@ pub(super) struct Tally {
 /// One tally, shared by the proxy and its current link.
 pub(super) type SharedTally = Rc<RefCell<Tally>>;
 
+/// Where one message's counts are in a [`Tally`]: looked up once per
+/// request, when it is sent, and kept with it for when it ends.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Slot(u32);
+
 impl Tally {
-    fn counts(&mut self, message: &'static str) -> &mut MessageCounts {
+    fn slot(&mut self, message: &'static str) -> Slot {
         let found = self
             .by_message
             .iter()
@@ -65,13 +70,32 @@ impl Tally {
             self.by_message.push((message, MessageCounts::default()));
             self.by_message.len() - 1
         });
-        &mut self.by_message[at].1
+        Slot(at as u32)
     }
 
-    /// A request of `message` was handed to the worker.
-    pub(super) fn sent(&mut self, message: &'static str, bytes: usize) {
-        self.counts(message).sent += 1;
+    fn counts(&mut self, message: &'static str) -> &mut MessageCounts {
+        let Slot(at) = self.slot(message);
+        &mut self.by_message[at as usize].1
+    }
+
+    /// A request of `message` was handed to the worker; its counts are at
+    /// the slot returned.
+    pub(super) fn sent(&mut self, message: &'static str, bytes: usize) -> Slot {
+        let slot = self.slot(message);
+        self.by_message[slot.0 as usize].1.sent += 1;
         self.bytes_out += bytes as u64;
+        slot
+    }
+
+    /// A request whose counts are at `slot` ended: answered, or not.
+    pub(super) fn ended_at(&mut self, slot: Slot, answered: bool, bytes_in: usize) {
+        let counts = &mut self.by_message[slot.0 as usize].1;
+        if answered {
+            counts.answered += 1;
+        } else {
+            counts.failed += 1;
+        }
+        self.bytes_in += bytes_in as u64;
     }
 
     /// Bytes went out again (a retry).

@@ -149,6 +149,7 @@ where
     D: Driver<C>,
     M: WorkerMessage,
 {
+    #[inline]
     fn handle(self, _: &mut Context<Worker<C, D>>, reply: Option<OneshotSender<M::Result>>) {
         // `reply` is `None` for `do_send`: nobody waits, but the request
         // runs, and the middleware sees how it ends.

@@ -105,10 +105,11 @@ pub(crate) struct HostLink {
 
 /// One request being handled: its id and, once done, its outcome.
 pub(crate) type InProgress =
-    LocalBoxFuture<'static, (u64, Option<Traced>, Result<Outcome, Aborted>)>;
+    LocalBoxFuture<'static, (u64, Option<Box<Traced>>, Result<Outcome, Aborted>)>;
 
 /// A request that passed the worker's untyped middleware, whose reply
-/// passes it again.
+/// passes it again. (Boxed where it is kept: inline, it made each request's
+/// future too big for the allocator's fast path.)
 pub(crate) struct Traced {
     name: std::borrow::Cow<'static, str>,
     started: std::time::Instant,
@@ -281,7 +282,7 @@ impl<A: Actor, S: Serializer> Server<A, S> {
     fn start(
         &mut self,
         id: u64,
-        traced: Option<Traced>,
+        traced: Option<Box<Traced>>,
         handled: LocalBoxFuture<'static, Outcome>,
     ) {
         let (cancel, registration) = AbortHandle::new_pair();
@@ -319,10 +320,10 @@ impl<A: Actor, S: Serializer> Server<A, S> {
                 let error = refused.error;
                 return self.write(Frame::bare(Header::Error { id, error }));
             }
-            Some(Traced {
+            Some(Box::new(Traced {
                 name: name.clone(),
                 started: std::time::Instant::now(),
-            })
+            }))
         } else {
             None
         };
@@ -337,7 +338,7 @@ impl<A: Actor, S: Serializer> Server<A, S> {
         self.start(id, traced, handled);
     }
 
-    fn finish(&mut self, id: u64, traced: Option<Traced>, outcome: Outcome) {
+    fn finish(&mut self, id: u64, traced: Option<Box<Traced>>, outcome: Outcome) {
         self.cancels.remove(&id);
         let mut frame = match outcome {
             Outcome::Reply(encode) => self.reply_frame(id, encode),

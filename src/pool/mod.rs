@@ -454,10 +454,18 @@ impl<C: Contract, D: Driver<C> + Clone> WorkerPool<C, D> {
                 None => {}
             }
         }
+        // Members that joined while the statuses were gathered are not
+        // listed; they count as still starting.
+        let joined = self.members.iter().filter(|member| {
+            !members
+                .iter()
+                .any(|listed: &MemberReport| listed.id == member.id)
+        });
+        let starting = self.starting + joined.count();
         PoolReport {
             state: self.state,
             members,
-            starting: self.starting,
+            starting,
             queued: self.queue.len(),
             counters: self.counters.clone(),
         }

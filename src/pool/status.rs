@@ -24,7 +24,8 @@ pub struct PoolReport {
     pub state: PoolState,
     /// Its members, oldest first.
     pub members: Vec<MemberReport>,
-    /// Members being started.
+    /// Members being started (and those that joined while this report
+    /// was gathered).
     pub starting: usize,
     /// Requests waiting for a member.
     pub queued: usize,

@@ -8,6 +8,7 @@ pub mod error;
 pub mod middleware;
 pub mod pool;
 pub mod proxy;
+mod unreferenced;
 pub(crate) mod wire;
 pub mod worker;
 

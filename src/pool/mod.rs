@@ -14,6 +14,7 @@ use crate::contract::{Contract, InContract};
 use crate::driver::{Carries, ChildProcess, Driver};
 use crate::error::{CrashReason, SpawnError, WorkerError};
 use crate::proxy::{Close, Status, Worker, WorkerState, WorkerStatus};
+use crate::unreferenced::StopWhenUnreferenced;
 
 mod member;
 mod options;
@@ -476,6 +477,8 @@ impl<C: Contract, D: Driver<C> + Clone> Actor for WorkerPool<C, D> {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
+        // Its timers and requests in flight would otherwise keep it (and
+        // its members) running until the System stops.
         ctx.spawn(StopWhenUnreferenced);
         for index in 0..self.members.len() {
             self.watch_idle(index, ctx);
@@ -487,29 +490,6 @@ impl<C: Contract, D: Driver<C> + Clone> Actor for WorkerPool<C, D> {
         self.state = PoolState::Closed;
         for request in self.queue.drain(..) {
             request.fail(WorkerError::Closed);
-        }
-    }
-}
-
-/// Stops the pool once no `Addr` to it is left, as a worker's proxy does:
-/// its timers and the requests in flight would otherwise keep it (and its
-/// members) running until the System stops.
-struct StopWhenUnreferenced;
-
-impl<A: Actor<Context = Context<A>>> ActorFuture<A> for StopWhenUnreferenced {
-    type Output = ();
-
-    fn poll(
-        self: std::pin::Pin<&mut Self>,
-        _: &mut A,
-        ctx: &mut Context<A>,
-        _: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<()> {
-        if ctx.connected() {
-            std::task::Poll::Pending
-        } else {
-            ctx.stop();
-            std::task::Poll::Ready(())
         }
     }
 }

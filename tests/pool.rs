@@ -109,6 +109,7 @@ fn suite<D: Driver<Calc> + Clone>(driver: &str, make: fn() -> D) -> Vec<Trial> {
         routes_to_the_member_with_fewest_in_flight,
         a_full_queue_refuses_at_once_with_overloaded,
         queued_requests_run_in_order_as_members_free_up,
+        a_request_waiting_in_the_queue_times_out_from_when_it_was_sent,
         grows_to_its_maximum_under_load_and_shrinks_to_its_minimum_when_idle,
         an_empty_pool_starts_a_member_for_its_first_request,
         a_member_that_gives_up_is_replaced,
@@ -285,6 +286,37 @@ async fn queued_requests_run_in_order_as_members_free_up<D: Driver<Calc> + Clone
     assert_eq!((report.queued, report.counters.dispatched), (0, 6));
     pool.send(Close).await?;
     Ok(())
+}
+
+async fn a_request_waiting_in_the_queue_times_out_from_when_it_was_sent<D: Driver<Calc> + Clone>(
+    driver: D,
+) -> Result<(), Failed> {
+    let timeout = Duration::from_millis(200);
+    let member = WorkerOptions::default()
+        .request_timeout(timeout)
+        .timeout_for::<Sleep>(Duration::from_secs(3600));
+    let options = PoolOptions::default().members(1).member_options(member);
+    let pool = pool(driver, options).await?;
+    let busy = enqueue(&pool, Sleep { ms: FOREVER });
+    // The only member stays busy: the ping waits, and times out waiting.
+    let started = Instant::now();
+    let error = refused(&pool, ping("waits")).await?;
+    assert!(
+        matches!(error, WorkerError::Timeout { after, message: "Ping" } if after == timeout),
+        "{error:?}"
+    );
+    assert!(started.elapsed() >= timeout);
+    let report = report_of(&pool).await?;
+    assert_eq!(
+        (
+            report.queued,
+            report.counters.expired,
+            report.counters.dispatched
+        ),
+        (0, 1, 1)
+    );
+    pool.send(Close).await?;
+    all_closed(vec![busy]).await
 }
 
 async fn grows_to_its_maximum_under_load_and_shrinks_to_its_minimum_when_idle<

@@ -5,6 +5,7 @@
 
 use std::collections::VecDeque;
 use std::future::Future;
+use std::time::Instant;
 
 use actix::prelude::*;
 use futures::future::join_all;
@@ -22,7 +23,7 @@ mod request;
 mod status;
 
 use member::Member;
-use request::{Caller, Queued, Request};
+use request::{Caller, Deadline, Queued, Request};
 
 pub use options::PoolOptions;
 pub use request::PoolReply;
@@ -40,7 +41,10 @@ pub use status::{MemberReport, PoolCounters, PoolReport, PoolState, PoolStatus};
 /// - **Queue**: when every member is at that limit, requests wait in the
 ///   pool, first in first out, up to [`PoolOptions::max_queued`]; beyond
 ///   it, a send fails at once with [`WorkerError::Overloaded`]. Nothing
-///   grows without bound.
+///   grows without bound. As with a lone worker, a request's deadline
+///   (its message type's timeout in the members' options) runs from when
+///   the pool accepts it: one still waiting when it passes fails with
+///   [`WorkerError::Timeout`], and one sent late gets only what is left.
 /// - **Size**: the pool starts with [`PoolOptions::min_members`]. While
 ///   requests wait it starts more, up to [`PoolOptions::max_members`]
 ///   (no more at once than the waiting requests need); a member idle for
@@ -104,6 +108,8 @@ pub struct WorkerPool<C: Contract, D: Driver<C> + Clone = ChildProcess> {
     settled: Vec<oneshot::Sender<()>>,
     /// Told when the pool is closed (a second `Close` waits).
     closed: Vec<oneshot::Sender<()>>,
+    /// When the queue is next swept for requests past their deadline.
+    sweep: Option<(Instant, SpawnHandle)>,
 }
 
 impl<C: Contract, D: Driver<C> + Clone> std::fmt::Debug for WorkerPool<C, D> {
@@ -168,6 +174,7 @@ impl<C: Contract, D: Driver<C> + Clone> WorkerPool<C, D> {
                 counters: PoolCounters::default(),
                 settled: Vec::new(),
                 closed: Vec::new(),
+                sweep: None,
             };
             for worker in workers {
                 pool.add(worker);
@@ -206,24 +213,52 @@ impl<C: Contract, D: Driver<C> + Clone> WorkerPool<C, D> {
     /// Sends `request` to member `index`; its caller is resolved, and the
     /// member's count lowered, when the member answers or the caller gives
     /// up.
-    fn dispatch<M>(&mut self, index: usize, request: Request<M>, ctx: &mut Context<Self>)
-    where
+    ///
+    /// A request that `waited` in the queue keeps the deadline it got when
+    /// the pool accepted it: it fails with `Timeout` at once if that has
+    /// passed, and is withdrawn from the member when it passes.
+    fn dispatch<M>(
+        &mut self,
+        index: usize,
+        request: Request<M>,
+        waited: bool,
+        ctx: &mut Context<Self>,
+    ) where
         M: InContract<C>,
         D: Carries<M::Portability>,
     {
+        let Request {
+            message,
+            caller,
+            deadline,
+        } = request;
+        let left = waited.then(|| deadline.at.saturating_duration_since(Instant::now()));
+        if left.is_some_and(|left| left.is_zero()) {
+            self.counters.expired += 1;
+            caller.resolve(Err(Request::<M>::timed_out(&deadline)));
+            return;
+        }
         let member = &mut self.members[index];
         member.took();
         let id = member.id;
         self.counters.dispatched += 1;
-        let Request { message, caller } = request;
         let sent = member.worker.send(message);
         let gone = caller.gone();
         let answered = async move {
+            // Only a request that waited needs a timer of its own: the
+            // member's timeout is the right one for the rest.
+            let expired = async move {
+                match left {
+                    Some(left) => tokio::time::sleep(left).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 // A member whose proxy is gone is as good as closed.
                 outcome = sent => Some(outcome.unwrap_or(Err(WorkerError::Closed))),
                 // Dropping `sent` withdraws the request from the member.
                 () = gone => None,
+                () = expired => Some(Err(Request::<M>::timed_out(&deadline))),
             }
         };
         ctx.spawn(answered.into_actor(self).map(move |outcome, pool, ctx| {
@@ -272,6 +307,43 @@ impl<C: Contract, D: Driver<C> + Clone> WorkerPool<C, D> {
                 continue;
             }
             request.dispatch(self, index, ctx);
+        }
+    }
+
+    /// Makes sure the queue is swept for requests past their deadline by
+    /// `at`: one timer for the whole queue, due at its earliest deadline.
+    fn sweep_by(&mut self, at: Instant, ctx: &mut Context<Self>) {
+        if let Some((due, timer)) = self.sweep {
+            if due <= at {
+                return;
+            }
+            ctx.cancel_future(timer);
+        }
+        let timer = ctx.run_later(at.saturating_duration_since(Instant::now()), |pool, ctx| {
+            pool.sweep = None;
+            pool.sweep_queue(ctx);
+        });
+        self.sweep = Some((at, timer));
+    }
+
+    /// Fails the waiting requests whose deadline has passed, and drops
+    /// those whose caller gave up.
+    fn sweep_queue(&mut self, ctx: &mut Context<Self>) {
+        let now = Instant::now();
+        let mut kept = VecDeque::with_capacity(self.queue.len());
+        for request in self.queue.drain(..) {
+            if request.abandoned() {
+                self.counters.abandoned += 1;
+            } else if request.deadline() <= now {
+                self.counters.expired += 1;
+                request.expire();
+            } else {
+                kept.push_back(request);
+            }
+        }
+        self.queue = kept;
+        if let Some(next) = self.queue.iter().map(|request| request.deadline()).min() {
+            self.sweep_by(next, ctx);
         }
     }
 
@@ -506,10 +578,19 @@ where
         member: usize,
         ctx: &mut Context<WorkerPool<C, D>>,
     ) {
-        pool.dispatch(member, *self, ctx);
+        pool.dispatch(member, *self, true, ctx);
     }
 
     fn fail(self: Box<Self>, error: WorkerError) {
+        self.caller.resolve(Err(error));
+    }
+
+    fn deadline(&self) -> Instant {
+        self.deadline.at
+    }
+
+    fn expire(self: Box<Self>) {
+        let error = Request::<M>::timed_out(&self.deadline);
         self.caller.resolve(Err(error));
     }
 
@@ -545,11 +626,17 @@ where
             }
         }
         let (caller, reply) = Caller::new();
-        let request = Request { message, caller };
+        let deadline = Deadline::after(self.options.member.timeout_of(M::NAME));
+        let request = Request {
+            message,
+            caller,
+            deadline,
+        };
         match free {
-            Some(index) => self.dispatch(index, request, ctx),
+            Some(index) => self.dispatch(index, request, false, ctx),
             None => {
                 self.queue.push_back(Box::new(request));
+                self.sweep_by(deadline.at, ctx);
                 self.grow(ctx);
             }
         }

@@ -7,6 +7,7 @@ use std::cell::RefCell;
 use std::future::Future;
 use std::rc::Rc;
 use std::task::Poll;
+use std::time::{Duration, Instant};
 
 use actix::dev::{MessageResponse, OneshotSender};
 use actix::prelude::*;
@@ -57,6 +58,37 @@ impl<M: WorkerMessage> Caller<M> {
 pub(super) struct Request<M: WorkerMessage> {
     pub(super) message: M,
     pub(super) caller: Caller<M>,
+    pub(super) deadline: Deadline,
+}
+
+impl<M: WorkerMessage> Request<M> {
+    /// The error of a request whose deadline passed.
+    pub(super) fn timed_out(deadline: &Deadline) -> WorkerError {
+        WorkerError::Timeout {
+            after: deadline.after,
+            message: M::NAME,
+        }
+    }
+}
+
+/// When a request times out: its message type's timeout after the pool
+/// accepted it, as a lone worker counts it from when its proxy does.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Deadline {
+    pub(super) at: Instant,
+    /// The timeout it was made from.
+    pub(super) after: Duration,
+}
+
+impl Deadline {
+    pub(super) fn after(timeout: Duration) -> Self {
+        let now = Instant::now();
+        // A timeout too long to add means none.
+        let at = now
+            .checked_add(timeout)
+            .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 24 * 3600));
+        Self { at, after: timeout }
+    }
 }
 
 /// A request waiting in the pool's queue for a member, of any message type.
@@ -71,6 +103,12 @@ pub(super) trait Queued<C: Contract, D: Driver<C> + Clone> {
 
     /// Fails it without sending it.
     fn fail(self: Box<Self>, error: WorkerError);
+
+    /// When it times out.
+    fn deadline(&self) -> Instant;
+
+    /// Fails it with the timeout its deadline passed.
+    fn expire(self: Box<Self>);
 
     /// Whether its caller is gone, so it need not be sent.
     fn abandoned(&self) -> bool;

@@ -88,6 +88,8 @@ pub struct PoolCounters {
     /// Requests whose caller gave up before they were answered (dropped
     /// while queued or in flight).
     pub abandoned: u64,
+    /// Requests that timed out while waiting in the queue.
+    pub expired: u64,
     /// Requests refused because the queue was full.
     pub overloaded: u64,
     /// Members started, those the pool began with included.

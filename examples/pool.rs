@@ -4,8 +4,8 @@
 //! each, checks every answer against a sieve computed here, and exits
 //! non-zero if a job is lost or wrong.
 //!
-//! Run: `cargo run --release --example pool` (a debug build works too,
-//! only slower)
+//! Run: `cargo run --example pool` (with `--release` the jobs are
+//! larger, so that they still take a while)
 
 use std::time::{Duration, Instant};
 

@@ -53,7 +53,9 @@ pub enum WorkerError {
     /// The worker was closed; it accepts no more requests.
     #[error("the worker is closed")]
     Closed,
-    /// Too many requests are already waiting for this worker.
+    /// Too many requests are already waiting for this worker, or for a
+    /// free member of this [`WorkerPool`](crate::WorkerPool): the request
+    /// was refused at once, not queued.
     #[error("the worker is overloaded: {limit} requests are already queued")]
     Overloaded {
         /// The queue bound that was hit.

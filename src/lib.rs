@@ -6,7 +6,9 @@ pub mod contract;
 pub mod driver;
 pub mod error;
 pub mod middleware;
+pub mod pool;
 pub mod proxy;
+mod unreferenced;
 pub(crate) mod wire;
 pub mod worker;
 
@@ -18,6 +20,7 @@ pub use contract::{Contract, InContract, LocalOnly, Portable, WorkerMessage};
 pub use driver::child_process::DetachedWorker;
 pub use driver::{ChildProcess, Connection, Driver, Thread};
 pub use error::{AttachError, CrashReason, RemoteError, SpawnError, WorkerError};
+pub use pool::{PoolOptions, PoolReport, PoolStatus, WorkerPool};
 pub use proxy::{
     Accepted, Close, Detach, Disconnect, Drain, LifecycleEvent, Reconnect, Status, Watch, Worker,
     WorkerId, WorkerState, WorkerStatus,
@@ -32,8 +35,8 @@ pub use worker::{serve_io, serve_io_with, worker_entry, worker_entry_with};
 /// The names most programs need: `use isolated_workers::prelude::*;`.
 pub mod prelude {
     pub use crate::{
-        contract, worker_entry, ChildProcess, Close, RemoteError, SpawnError, Status, Thread,
-        Worker, WorkerError, WorkerOptions,
+        contract, worker_entry, ChildProcess, Close, PoolOptions, RemoteError, SpawnError, Status,
+        Thread, Worker, WorkerError, WorkerOptions, WorkerPool,
     };
 }
 

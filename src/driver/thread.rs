@@ -49,6 +49,17 @@ pub struct Thread<A> {
     middleware: Middlewares,
 }
 
+/// Clones share the factory and the middleware: a [`WorkerPool`](crate::WorkerPool)
+/// starts each of its members from a clone.
+impl<A> Clone for Thread<A> {
+    fn clone(&self) -> Self {
+        Self {
+            factory: self.factory.clone(),
+            middleware: self.middleware.clone(),
+        }
+    }
+}
+
 impl<A> std::fmt::Debug for Thread<A> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Thread")

@@ -1,0 +1,158 @@
+//! One request on its way through the pool: the message, and where its
+//! outcome goes ([`Caller`]); what the pool answers actix with
+//! ([`PoolReply`]); and a request waiting in the queue, whatever its type
+//! ([`Queued`]).
+
+use std::cell::RefCell;
+use std::future::Future;
+use std::rc::Rc;
+use std::task::Poll;
+use std::time::{Duration, Instant};
+
+use actix::dev::{MessageResponse, OneshotSender};
+use actix::prelude::*;
+
+use super::WorkerPool;
+use crate::contract::{Contract, WorkerMessage};
+use crate::driver::Driver;
+use crate::error::WorkerError;
+
+/// The reply channel of one request: actix hands it over just after the
+/// pool accepted the request (see [`PoolReply`]); it stays empty for a
+/// `do_send`, whose outcome nobody waits for.
+pub(super) struct Caller<M: WorkerMessage>(Rc<RefCell<Option<OneshotSender<M::Result>>>>);
+
+impl<M: WorkerMessage> Caller<M> {
+    /// A caller, and the answer that connects it to actix's reply channel.
+    pub(super) fn new() -> (Self, PoolReply<M>) {
+        let slot = Rc::new(RefCell::new(None));
+        (Self(slot.clone()), PoolReply(Kind::Accepted(slot)))
+    }
+
+    /// Whether the caller dropped its future, so nobody waits any more.
+    pub(super) fn abandoned(&self) -> bool {
+        self.0
+            .borrow()
+            .as_ref()
+            .is_some_and(OneshotSender::is_closed)
+    }
+
+    /// Resolves when the caller drops its future (never for a `do_send`).
+    pub(super) fn gone(&self) -> impl Future<Output = ()> + 'static {
+        let slot = self.0.clone();
+        std::future::poll_fn(move |cx| match slot.borrow_mut().as_mut() {
+            Some(reply) => reply.poll_closed(cx),
+            None => Poll::Pending,
+        })
+    }
+
+    /// Hands the caller its outcome.
+    pub(super) fn resolve(self, outcome: M::Result) {
+        if let Some(reply) = self.0.borrow_mut().take() {
+            let _ = reply.send(outcome);
+        }
+    }
+}
+
+/// A contract message the pool accepted, not yet answered.
+pub(super) struct Request<M: WorkerMessage> {
+    pub(super) message: M,
+    pub(super) caller: Caller<M>,
+    pub(super) deadline: Deadline,
+}
+
+impl<M: WorkerMessage> Request<M> {
+    /// The error of a request whose deadline passed.
+    pub(super) fn timed_out(deadline: &Deadline) -> WorkerError {
+        WorkerError::Timeout {
+            after: deadline.after,
+            message: M::NAME,
+        }
+    }
+}
+
+/// When a request times out: its message type's timeout after the pool
+/// accepted it, as a lone worker counts it from when its proxy does.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Deadline {
+    pub(super) at: Instant,
+    /// The timeout it was made from.
+    pub(super) after: Duration,
+}
+
+impl Deadline {
+    pub(super) fn after(timeout: Duration) -> Self {
+        let now = Instant::now();
+        // A timeout too long to add means none.
+        let at = now
+            .checked_add(timeout)
+            .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 24 * 3600));
+        Self { at, after: timeout }
+    }
+}
+
+/// A request waiting in the pool's queue for a member, of any message type.
+pub(super) trait Queued<C: Contract, D: Driver<C> + Clone> {
+    /// Sends it to member `member`.
+    fn dispatch(
+        self: Box<Self>,
+        pool: &mut WorkerPool<C, D>,
+        member: usize,
+        ctx: &mut Context<WorkerPool<C, D>>,
+    );
+
+    /// Fails it without sending it.
+    fn fail(self: Box<Self>, error: WorkerError);
+
+    /// When it times out.
+    fn deadline(&self) -> Instant;
+
+    /// Fails it with the timeout its deadline passed.
+    fn expire(self: Box<Self>);
+
+    /// Whether its caller is gone, so it need not be sent.
+    fn abandoned(&self) -> bool;
+}
+
+/// What the pool answers a contract message with: an outcome known at
+/// once (the pool is closed, or its queue is full), or a request accepted,
+/// whose caller is attached to it when actix hands over the reply channel
+/// and resolved by the pool when a member answers. No task per request.
+pub struct PoolReply<M: WorkerMessage>(Kind<M>);
+
+enum Kind<M: WorkerMessage> {
+    Now(M::Result),
+    Accepted(Rc<RefCell<Option<OneshotSender<M::Result>>>>),
+}
+
+impl<M: WorkerMessage> PoolReply<M> {
+    pub(super) fn now(outcome: Result<M::Reply, WorkerError>) -> Self {
+        Self(Kind::Now(outcome))
+    }
+}
+
+impl<M: WorkerMessage> std::fmt::Debug for PoolReply<M> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PoolReply")
+            .field("message", &M::NAME)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<C, D, M> MessageResponse<WorkerPool<C, D>, M> for PoolReply<M>
+where
+    C: Contract,
+    D: Driver<C> + Clone,
+    M: WorkerMessage,
+{
+    fn handle(self, _: &mut Context<WorkerPool<C, D>>, reply: Option<OneshotSender<M::Result>>) {
+        match self.0 {
+            Kind::Now(outcome) => {
+                if let Some(reply) = reply {
+                    let _ = reply.send(outcome);
+                }
+            }
+            Kind::Accepted(slot) => *slot.borrow_mut() = reply,
+        }
+    }
+}

@@ -1,0 +1,570 @@
+//! `WorkerPool`: routing to the least loaded member, the bounded queue and
+//! `Overloaded`, growing under load and shrinking when idle, members that
+//! crash (killed under load, with retry and with reject) or give up,
+//! cancelled requests, and `Close`. Behaviour that does not depend on the
+//! driver runs on both the thread and the child-process driver; kills need
+//! a process.
+
+mod support;
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use futures::future::join_all;
+use isolated_workers::pool::PoolState;
+use isolated_workers::{
+    ChildProcess, Close, CrashPolicy, CrashReason, Driver, PoolOptions, PoolReport, PoolStatus,
+    Thread, WorkerError, WorkerOptions, WorkerPool, WorkerState,
+};
+use libtest_mimic::{Failed, Trial};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use serde::{Deserialize, Serialize};
+use support::*;
+
+/// How long a condition on a pool's report may take to come true.
+const WAIT: Duration = Duration::from_secs(20);
+
+/// Longer than any test: a request that must stay in flight until the
+/// test closes the pool.
+const FOREVER: u64 = 300_000;
+
+/// A job that takes `ms` milliseconds and answers which job it was and
+/// which worker process did it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Job {
+    id: u32,
+    ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Done {
+    id: u32,
+    pid: u32,
+}
+
+isolated_workers::contract! {
+    /// Jobs whose answers say who did them.
+    Jobs {
+        Job => Done,
+    }
+}
+
+#[derive(Default)]
+struct JobWorker;
+
+impl Actor for JobWorker {
+    type Context = Context<Self>;
+}
+
+impl Handler<Job> for JobWorker {
+    type Result = ResponseFuture<Result<Done, WorkerError>>;
+    fn handle(&mut self, job: Job, _: &mut Context<Self>) -> Self::Result {
+        Box::pin(async move {
+            tokio::time::sleep(Duration::from_millis(job.ms)).await;
+            Ok(Done {
+                id: job.id,
+                pid: std::process::id(),
+            })
+        })
+    }
+}
+
+fn main() {
+    enter_workers();
+    isolated_workers::worker_entry::<Jobs, _>("jobs", JobWorker::default);
+    let mut trials = suite("thread", || Thread::new(CalcWorker::default));
+    trials.extend(suite("child_process", calc));
+    trials.extend([
+        actix_test(
+            "child_process::a_member_killed_under_load_loses_no_job_with_retry",
+            killed_under_load_with_retry,
+        ),
+        actix_test(
+            "child_process::a_member_killed_under_load_reports_its_job_with_reject",
+            killed_under_load_with_reject,
+        ),
+        actix_test(
+            "child_process::close_ends_every_member_process",
+            close_ends_every_member_process,
+        ),
+        actix_test(
+            "child_process::dropping_the_pool_ends_every_member_process",
+            dropping_the_pool_ends_every_member_process,
+        ),
+    ]);
+    run(trials);
+}
+
+/// The tests that hold for any driver, each named `<driver>::<behaviour>`.
+fn suite<D: Driver<Calc> + Clone>(driver: &str, make: fn() -> D) -> Vec<Trial> {
+    macro_rules! cases {
+        ($($behaviour:ident),* $(,)?) => {
+            vec![$(case(driver, stringify!($behaviour), make, $behaviour)),*]
+        };
+    }
+    cases![
+        routes_around_a_busy_member,
+        routes_to_the_member_with_fewest_in_flight,
+        a_full_queue_refuses_at_once_with_overloaded,
+        queued_requests_run_in_order_as_members_free_up,
+        a_request_waiting_in_the_queue_times_out_from_when_it_was_sent,
+        grows_to_its_maximum_under_load_and_shrinks_to_its_minimum_when_idle,
+        an_empty_pool_starts_a_member_for_its_first_request,
+        a_member_that_gives_up_is_replaced,
+        dropped_requests_are_withdrawn_or_never_sent,
+        after_close_every_send_is_closed,
+    ]
+}
+
+fn case<D, Fut>(driver: &str, behaviour: &str, make: fn() -> D, test: fn(D) -> Fut) -> Trial
+where
+    D: Driver<Calc> + Clone,
+    Fut: Future<Output = Result<(), Failed>> + 'static,
+{
+    actix_test(&format!("{driver}::{behaviour}"), move || test(make()))
+}
+
+/// Starts a pool of Calc workers.
+async fn pool<D: Driver<Calc> + Clone>(
+    driver: D,
+    options: PoolOptions,
+) -> Result<Addr<WorkerPool<Calc, D>>, Failed> {
+    WorkerPool::spawn_with(driver, options).await.map_err(fail)
+}
+
+/// The pool's report.
+async fn report_of<C, D>(pool: &Addr<WorkerPool<C, D>>) -> Result<PoolReport, Failed>
+where
+    C: isolated_workers::Contract,
+    D: Driver<C> + Clone,
+{
+    pool.send(PoolStatus).await.map_err(fail)
+}
+
+/// The pool's report once `condition` holds of it, polled: a pool has no
+/// event for "a member was started" or "a member was retired".
+async fn report_when<C, D>(
+    pool: &Addr<WorkerPool<C, D>>,
+    what: &str,
+    condition: impl Fn(&PoolReport) -> bool,
+) -> Result<PoolReport, Failed>
+where
+    C: isolated_workers::Contract,
+    D: Driver<C> + Clone,
+{
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let report = report_of(pool).await?;
+        if condition(&report) {
+            return Ok(report);
+        }
+        if Instant::now() >= deadline {
+            return Err(format!("{what}: not within {WAIT:?}; the pool: {report:#?}").into());
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Checks that each of `requests` resolved `Closed`.
+async fn all_closed<A, M, R>(requests: Vec<actix::dev::Request<A, M>>) -> Result<(), Failed>
+where
+    A: Handler<M>,
+    A::Context: actix::dev::ToEnvelope<A, M>,
+    M: Message<Result = Result<R, WorkerError>> + Send + 'static,
+    R: std::fmt::Debug + Send + 'static,
+{
+    for request in requests {
+        let error = expect_error(outcome(request).await?)?;
+        assert!(matches!(error, WorkerError::Closed), "{error:?}");
+    }
+    Ok(())
+}
+
+/// Each member's requests in flight, oldest member first.
+fn in_flight(report: &PoolReport) -> Vec<usize> {
+    report
+        .members
+        .iter()
+        .map(|member| member.in_flight)
+        .collect()
+}
+
+async fn routes_around_a_busy_member<D: Driver<Calc> + Clone>(driver: D) -> Result<(), Failed> {
+    let pool = pool(driver, PoolOptions::default().members(2)).await?;
+    // On a tie the oldest member is chosen: the first one takes the sleep.
+    let busy = enqueue(&pool, Sleep { ms: FOREVER });
+    let report = report_when(&pool, "the sleep in flight", |r| in_flight(r) == [1, 0]).await?;
+    // Every request now goes to the second member, whose counter counts
+    // them all (a request routed to the busy one would wait for ever).
+    for expected in 1..=3 {
+        assert_eq!(ask(&pool, Increment { by: 1 }).await?, expected);
+    }
+    if let Some(free) = report.members[1].status.pid {
+        assert_eq!(
+            ask(&pool, WhoAmI).await?,
+            free,
+            "answered by the free member"
+        );
+    }
+    assert_eq!(in_flight(&report_of(&pool).await?), [1, 0]);
+    pool.send(Close).await?;
+    all_closed(vec![busy]).await
+}
+
+async fn routes_to_the_member_with_fewest_in_flight<D: Driver<Calc> + Clone>(
+    driver: D,
+) -> Result<(), Failed> {
+    let options = PoolOptions::default()
+        .members(2)
+        .max_in_flight_per_member(4);
+    let pool = pool(driver, options).await?;
+    // Tells the members apart: on a tie the first takes it, so its
+    // counter starts at 10 and the second's at 0.
+    assert_eq!(ask(&pool, Increment { by: 10 }).await?, 10);
+    // 0,0 → first; 1,0 → second; 1,1 → first.
+    let sleeps: Vec<_> = (0..3)
+        .map(|_| enqueue(&pool, Sleep { ms: FOREVER }))
+        .collect();
+    report_when(&pool, "three sleeps in flight", |r| in_flight(r) == [2, 1]).await?;
+    // The second member, with one in flight, takes the next.
+    assert_eq!(ask(&pool, Increment { by: 5 }).await?, 5);
+    assert_eq!(report_of(&pool).await?.counters.dispatched, 5);
+    pool.send(Close).await?;
+    all_closed(sleeps).await
+}
+
+async fn a_full_queue_refuses_at_once_with_overloaded<D: Driver<Calc> + Clone>(
+    driver: D,
+) -> Result<(), Failed> {
+    let options = PoolOptions::default().members(2).max_queued(3);
+    let pool = pool(driver, options).await?;
+    let busy: Vec<_> = (0..2)
+        .map(|_| enqueue(&pool, Sleep { ms: FOREVER }))
+        .collect();
+    let queued: Vec<_> = (0..3)
+        .map(|i| enqueue(&pool, ping(&i.to_string())))
+        .collect();
+    let report = report_of(&pool).await?;
+    assert_eq!((in_flight(&report), report.queued), (vec![1, 1], 3));
+    // Both members busy, the queue full: the next is refused, at once.
+    let started = Instant::now();
+    let error = refused(&pool, ping("one too many")).await?;
+    assert!(
+        matches!(error, WorkerError::Overloaded { limit: 3 }),
+        "{error:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "refused at once"
+    );
+    let report = report_of(&pool).await?;
+    assert_eq!((report.queued, report.counters.overloaded), (3, 1));
+    assert_eq!(report.members.len(), 2, "a full pool does not grow");
+    pool.send(Close).await?;
+    all_closed(busy).await?;
+    all_closed(queued).await
+}
+
+async fn queued_requests_run_in_order_as_members_free_up<D: Driver<Calc> + Clone>(
+    driver: D,
+) -> Result<(), Failed> {
+    let pool = pool(driver, PoolOptions::default().members(1)).await?;
+    let sleep = enqueue(&pool, Sleep { ms: 100 });
+    let increments: Vec<_> = (0..5)
+        .map(|_| enqueue(&pool, Increment { by: 1 }))
+        .collect();
+    outcome(sleep).await?.map_err(fail)?;
+    let counts: Vec<u64> = join_all(increments)
+        .await
+        .into_iter()
+        .map(|answer| answer.map_err(fail)?.map_err(fail))
+        .collect::<Result<_, Failed>>()?;
+    assert_eq!(counts, [1, 2, 3, 4, 5], "first in, first out");
+    let report = report_of(&pool).await?;
+    assert_eq!((report.queued, report.counters.dispatched), (0, 6));
+    pool.send(Close).await?;
+    Ok(())
+}
+
+async fn a_request_waiting_in_the_queue_times_out_from_when_it_was_sent<D: Driver<Calc> + Clone>(
+    driver: D,
+) -> Result<(), Failed> {
+    let timeout = Duration::from_millis(200);
+    let member = WorkerOptions::default()
+        .request_timeout(timeout)
+        .timeout_for::<Sleep>(Duration::from_secs(3600));
+    let options = PoolOptions::default().members(1).member_options(member);
+    let pool = pool(driver, options).await?;
+    let busy = enqueue(&pool, Sleep { ms: FOREVER });
+    // The only member stays busy: the ping waits, and times out waiting.
+    let started = Instant::now();
+    let error = refused(&pool, ping("waits")).await?;
+    assert!(
+        matches!(error, WorkerError::Timeout { after, message: "Ping" } if after == timeout),
+        "{error:?}"
+    );
+    assert!(started.elapsed() >= timeout);
+    let report = report_of(&pool).await?;
+    assert_eq!(
+        (
+            report.queued,
+            report.counters.expired,
+            report.counters.dispatched
+        ),
+        (0, 1, 1)
+    );
+    pool.send(Close).await?;
+    all_closed(vec![busy]).await
+}
+
+async fn grows_to_its_maximum_under_load_and_shrinks_to_its_minimum_when_idle<
+    D: Driver<Calc> + Clone,
+>(
+    driver: D,
+) -> Result<(), Failed> {
+    let options = PoolOptions::default()
+        .min_members(1)
+        .max_members(3)
+        .idle_timeout(Duration::from_millis(200));
+    let pool = pool(driver, options).await?;
+    assert_eq!(report_of(&pool).await?.members.len(), 1);
+    // Six jobs, one at a time per member: two are needed beyond the first,
+    // and no more than that are started, however many wait.
+    let jobs: Vec<_> = (0..6).map(|_| enqueue(&pool, Sleep { ms: 300 })).collect();
+    let report_now = report_of(&pool).await?;
+    assert_eq!(report_now.members.len() + report_now.starting, 3);
+    let grown = report_when(&pool, "three members", |r| r.members.len() == 3).await?;
+    assert_eq!(grown.counters.started, 3);
+    for job in join_all(jobs).await {
+        job.map_err(fail)?.map_err(fail)?;
+    }
+    let shrunk = report_when(&pool, "back to one member", |r| r.members.len() == 1).await?;
+    assert_eq!(shrunk.counters.retired, 2);
+    assert_eq!(shrunk.counters.started, 3, "never more than the maximum");
+    // The one left serves on.
+    assert_eq!(ask(&pool, ping("still")).await?.text, "pong: still");
+    pool.send(Close).await?;
+    Ok(())
+}
+
+async fn an_empty_pool_starts_a_member_for_its_first_request<D: Driver<Calc> + Clone>(
+    driver: D,
+) -> Result<(), Failed> {
+    let options = PoolOptions::default()
+        .min_members(0)
+        .max_members(2)
+        .idle_timeout(Duration::from_millis(50));
+    let pool = pool(driver, options).await?;
+    assert_eq!(report_of(&pool).await?.members.len(), 0);
+    assert_eq!(ask(&pool, ping("first")).await?.text, "pong: first");
+    let emptied = report_when(&pool, "no member left", |r| r.members.is_empty()).await?;
+    assert_eq!((emptied.counters.started, emptied.counters.retired), (1, 1));
+    assert_eq!(ask(&pool, ping("again")).await?.text, "pong: again");
+    pool.send(Close).await?;
+    Ok(())
+}
+
+async fn a_member_that_gives_up_is_replaced<D: Driver<Calc> + Clone>(
+    driver: D,
+) -> Result<(), Failed> {
+    // No restart allowed: the first crash makes the member give up.
+    let member = WorkerOptions::default().restart_budget(0, Duration::from_secs(60));
+    let options = PoolOptions::default().members(1).member_options(member);
+    let pool = pool(driver, options).await?;
+    let first = report_of(&pool).await?.members[0].clone();
+    let error = refused(
+        &pool,
+        Explode {
+            message: "boom".into(),
+        },
+    )
+    .await?;
+    assert!(matches!(error, WorkerError::Crashed { .. }), "{error:?}");
+    // (A thread worker's end may be noticed just after its request failed.)
+    report_when(&pool, "the member crashed", |r| {
+        matches!(r.members[0].status.state, WorkerState::Crashed { .. })
+    })
+    .await?;
+    // The next request finds the member given up...
+    let error = refused(&pool, ping("lost")).await?;
+    assert!(matches!(error, WorkerError::GaveUp { .. }), "{error:?}");
+    // ...which the pool removes and replaces: the next is answered.
+    assert_eq!(ask(&pool, ping("found")).await?.text, "pong: found");
+    let report = report_of(&pool).await?;
+    assert_eq!(report.members.len(), 1);
+    let fresh = &report.members[0];
+    assert_ne!(fresh.id, first.id, "a new member");
+    if let (Some(old), Some(new)) = (first.status.pid, fresh.status.pid) {
+        assert_ne!(old, new, "a new worker process");
+        assert!(eventually(WAIT, || !running(old)).await, "{old} closed");
+    }
+    assert_eq!((report.counters.replaced, report.counters.started), (1, 2));
+    pool.send(Close).await?;
+    Ok(())
+}
+
+async fn dropped_requests_are_withdrawn_or_never_sent<D: Driver<Calc> + Clone>(
+    driver: D,
+) -> Result<(), Failed> {
+    let pool = pool(driver, PoolOptions::default().members(1)).await?;
+    let sleep = enqueue(&pool, Sleep { ms: FOREVER });
+    let dropped = enqueue(&pool, Increment { by: 100 });
+    let kept = enqueue(&pool, Increment { by: 1 });
+    assert_eq!(report_of(&pool).await?.queued, 2);
+    drop(dropped);
+    // Dropping the one in flight frees its member, which then skips the
+    // dropped request and takes the kept one.
+    drop(sleep);
+    assert_eq!(
+        outcome(kept).await?.map_err(fail)?,
+        1,
+        "the dropped one never ran"
+    );
+    let report = report_of(&pool).await?;
+    assert_eq!(
+        (report.counters.abandoned, report.counters.dispatched),
+        (2, 2)
+    );
+    pool.send(Close).await?;
+    Ok(())
+}
+
+async fn after_close_every_send_is_closed<D: Driver<Calc> + Clone>(
+    driver: D,
+) -> Result<(), Failed> {
+    let pool = pool(driver, PoolOptions::default().members(2)).await?;
+    assert_eq!(ask(&pool, ping("before")).await?.text, "pong: before");
+    pool.send(Close).await?;
+    let error = refused(&pool, ping("after")).await?;
+    assert!(matches!(error, WorkerError::Closed), "{error:?}");
+    let report = report_of(&pool).await?;
+    assert_eq!(report.state, PoolState::Closed);
+    assert!(report.members.is_empty(), "{report:#?}");
+    pool.send(Close).await?; // closing twice is harmless
+    Ok(())
+}
+
+/// A pool of two `Jobs` workers with `options` for each; one long job
+/// on the first member and twenty short ones queued behind the second;
+/// the first member's worker killed with SIGKILL while its job runs and
+/// others wait. Answers the long job's outcome, the short ones', and the
+/// pids the pool started with.
+async fn kill_under_load(member: WorkerOptions) -> Result<Killed, Failed> {
+    let options = PoolOptions::default().members(2).member_options(member);
+    let pool = WorkerPool::<Jobs, _>::spawn_with(ChildProcess::current_exe("jobs"), options)
+        .await
+        .map_err(fail)?;
+    let pids = report_of(&pool).await?.pids();
+    let long = enqueue(&pool, Job { id: 0, ms: 2_000 });
+    let short: Vec<_> = (1..=20)
+        .map(|id| enqueue(&pool, Job { id, ms: 30 }))
+        .collect();
+    let loaded = report_when(&pool, "the long job running, others waiting", |r| {
+        in_flight(r) == [1, 1] && r.members[0].status.in_flight == 1 && r.queued > 0
+    })
+    .await?;
+    let victim = loaded.members[0].status.pid.ok_or("a member has a pid")?;
+    kill(Pid::from_raw(victim as i32), Signal::SIGKILL).map_err(fail)?;
+    let long = outcome(long).await?;
+    let mut answers = Vec::new();
+    for request in short {
+        answers.push(outcome(request).await?);
+    }
+    // A member whose worker crashed serves on with a fresh worker.
+    let after = ask(&pool, Job { id: 99, ms: 0 }).await?;
+    assert_eq!(after.id, 99);
+    let report = report_of(&pool).await?;
+    assert_eq!(report.members.len(), 2, "{report:#?}");
+    assert_eq!(report.counters.replaced, 0, "a crash is not giving up");
+    assert_eq!(report.members[0].status.restarts, 1, "{report:#?}");
+    pool.send(Close).await?;
+    Ok(Killed {
+        long,
+        short: answers,
+        pids,
+        victim,
+    })
+}
+
+struct Killed {
+    long: Result<Done, WorkerError>,
+    short: Vec<Result<Done, WorkerError>>,
+    pids: Vec<u32>,
+    victim: u32,
+}
+
+impl Killed {
+    /// Every short job answered, each by its own id.
+    fn short_jobs_all_answered(&self) -> Result<(), Failed> {
+        for (i, answer) in self.short.iter().enumerate() {
+            let done = answer
+                .as_ref()
+                .map_err(|e| format!("short job {}: {e}", i + 1))?;
+            assert_eq!(done.id as usize, i + 1);
+        }
+        Ok(())
+    }
+}
+
+async fn killed_under_load_with_retry() -> Result<(), Failed> {
+    let member = WorkerOptions::default().on_crash::<Job>(CrashPolicy::Retry { attempts: 2 });
+    let killed = kill_under_load(member).await?;
+    killed.short_jobs_all_answered()?;
+    let long = killed.long.map_err(fail)?;
+    assert_eq!(long.id, 0);
+    assert!(
+        !killed.pids.contains(&long.pid),
+        "the long job was retried on a fresh worker: {} not in {:?}",
+        long.pid,
+        killed.pids
+    );
+    assert!(!running(killed.victim));
+    Ok(())
+}
+
+async fn killed_under_load_with_reject() -> Result<(), Failed> {
+    let killed = kill_under_load(WorkerOptions::default()).await?;
+    killed.short_jobs_all_answered()?;
+    match killed.long {
+        Err(WorkerError::Crashed {
+            reason: CrashReason::Signal(9),
+            attempt: 1,
+            ..
+        }) => {}
+        other => return Err(format!("expected the long job killed, got {other:?}").into()),
+    }
+    Ok(())
+}
+
+async fn close_ends_every_member_process() -> Result<(), Failed> {
+    let options = PoolOptions::default().min_members(1).max_members(3);
+    let pool = pool(calc(), options).await?;
+    // Grow to three, each busy.
+    let busy: Vec<_> = (0..3)
+        .map(|_| enqueue(&pool, Sleep { ms: FOREVER }))
+        .collect();
+    let grown = report_when(&pool, "three busy members", |r| in_flight(r) == [1, 1, 1]).await?;
+    let pids = grown.pids();
+    assert_eq!(pids.len(), 3);
+    pool.send(Close).await?;
+    for pid in &pids {
+        assert!(!running(*pid), "member {pid} still runs after Close");
+    }
+    all_closed(busy).await
+}
+
+async fn dropping_the_pool_ends_every_member_process() -> Result<(), Failed> {
+    let pool = pool(calc(), PoolOptions::default().members(2)).await?;
+    let pids = report_of(&pool).await?.pids();
+    assert_eq!(pids.len(), 2);
+    drop(pool);
+    for pid in pids {
+        assert!(
+            eventually(WAIT, || !running(pid)).await,
+            "member {pid} still runs after its pool was dropped"
+        );
+    }
+    Ok(())
+}

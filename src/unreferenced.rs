@@ -9,11 +9,11 @@ use actix::prelude::*;
 /// is left.
 ///
 /// actix keeps an actor alive while its context has streams, timers or
-/// futures registered; an actor that always has some (a pool's idle
-/// timers and requests in flight) would otherwise run until the System
-/// stops. The context polls every registered item when its last address
-/// is dropped, so this sees it at once. (The worker proxy has its own copy,
-/// `proxy::StopWhenUnreferenced`, which this can replace.)
+/// futures registered; an actor that always has some (a proxy's socket
+/// reader and writer, a pool's idle timers and requests in flight) would
+/// otherwise run until the System stops. The context polls every
+/// registered item when its last address is dropped, so this sees it at
+/// once.
 pub(crate) struct StopWhenUnreferenced;
 
 impl<A: Actor<Context = Context<A>>> ActorFuture<A> for StopWhenUnreferenced {

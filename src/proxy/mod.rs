@@ -295,7 +295,7 @@ impl<C: Contract, D: Driver<C>> Actor for Worker<C, D> {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.spawn(timekeeper::Timekeeper::new());
-        ctx.spawn(StopWhenUnreferenced);
+        ctx.spawn(crate::unreferenced::StopWhenUnreferenced);
         self.resume_after_restart(ctx);
     }
 
@@ -317,33 +317,6 @@ impl<C: Contract, D: Driver<C>> Actor for Worker<C, D> {
             Link::Released => {}
         }
         self.link = Link::Released;
-    }
-}
-
-/// Stops the proxy once no `Addr` to it is left.
-///
-/// actix keeps an actor alive while its context has streams or futures
-/// registered, and the proxy's socket reader and writer are exactly that;
-/// without this, dropping the last `Addr` would leave the worker running
-/// until the System stops. The context polls every registered item when
-/// its last address is dropped, so this sees it at once.
-struct StopWhenUnreferenced;
-
-impl<C: Contract, D: Driver<C>> ActorFuture<Worker<C, D>> for StopWhenUnreferenced {
-    type Output = ();
-
-    fn poll(
-        self: std::pin::Pin<&mut Self>,
-        _: &mut Worker<C, D>,
-        ctx: &mut Context<Worker<C, D>>,
-        _: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<()> {
-        if ctx.connected() {
-            std::task::Poll::Pending
-        } else {
-            ctx.stop();
-            std::task::Poll::Ready(())
-        }
     }
 }
 

@@ -23,6 +23,7 @@ use crate::error::{CrashReason, SpawnError, WorkerError};
 
 mod connection;
 mod counters;
+mod events;
 mod lifecycle;
 mod local;
 mod reply;
@@ -32,6 +33,7 @@ mod timekeeper;
 
 pub use connection::{Detach, Disconnect, Reconnect, DEFAULT_IDLE_TIMEOUT};
 pub use counters::{Counters, MessageCounts};
+pub use events::{EventStream, Subscribe, SubscribeStream, WorkerEvent, SUBSCRIBER_CAPACITY};
 pub use lifecycle::{Close, Drain, Status, WorkerState, WorkerStatus};
 pub use reply::Reply;
 
@@ -77,6 +79,8 @@ pub struct Worker<C: Contract, D: Driver<C> = ChildProcess> {
     tally: counters::SharedTally,
     /// When the current worker started.
     started: Instant,
+    /// Who subscribed to the worker's events (they outlive the worker).
+    events: events::Hub<C::Event>,
     _contract: PhantomData<fn() -> (C, D)>,
 }
 
@@ -99,15 +103,20 @@ impl Link {
         connection: Connection,
         options: &WorkerOptions,
         tally: &counters::SharedTally,
+        events: &events::Hub<C::Event>,
         ctx: &mut Context<Worker<C, D>>,
     ) -> Self {
         let tally = tally.clone();
         match connection.kind {
             ConnectionKind::Stream(stream) => {
-                Link::Stream(stream::StreamLink::start(stream, options, tally, ctx))
+                let link = stream::StreamLink::start(stream, options, tally, ctx);
+                events.stream_started(link.id());
+                Link::Stream(link)
             }
-            ConnectionKind::Local(local) => {
-                let (state, ended) = local::LocalState::new(local, options, tally);
+            ConnectionKind::Local(mut local) => {
+                let worker_events = std::mem::replace(&mut local.events, Box::new(()));
+                let (mut state, ended) = local::LocalState::new(local, options, tally);
+                state.before_replies(events::local_started(events, worker_events, ctx));
                 let thread = state.thread();
                 ctx.spawn(actix::fut::wrap_future(ended).map(
                     move |ended, worker: &mut Worker<C, D>, _| worker.actor_ended(thread, ended),
@@ -190,7 +199,8 @@ impl<C: Contract, D: Driver<C>> Worker<C, D> {
         Worker::create(move |ctx| {
             ctx.spawn(timekeeper::Timekeeper::new());
             let tally = counters::SharedTally::default();
-            let link = Link::start(connection, &options, &tally, ctx);
+            let events = events::Hub::default();
+            let link = Link::start(connection, &options, &tally, &events, ctx);
             Worker {
                 options,
                 state: WorkerState::Running,
@@ -199,6 +209,7 @@ impl<C: Contract, D: Driver<C>> Worker<C, D> {
                 restarts: VecDeque::new(),
                 tally,
                 started: Instant::now(),
+                events,
                 _contract: PhantomData,
             }
         })
@@ -259,7 +270,8 @@ impl<C: Contract, D: Driver<C>> Worker<C, D> {
         let launched = driver.launch(&self.options).instrument(span);
         ctx.wait(launched.into_actor(self).map(move |launched, worker, ctx| match launched {
             Ok(connection) => {
-                worker.link = Link::start(connection, &worker.options, &worker.tally, ctx);
+                let (options, tally, events) = (&worker.options, &worker.tally, &worker.events);
+                worker.link = Link::start(connection, options, tally, events, ctx);
                 worker.state = WorkerState::Running;
                 worker.started = Instant::now();
                 worker.tally.borrow_mut().restarts += 1;

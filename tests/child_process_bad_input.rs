@@ -48,6 +48,10 @@ fn main() {
             an_undecodable_frame_is_a_protocol_error_that_kills_the_worker,
         ),
         actix_test(
+            "an_undecodable_event_is_a_protocol_error_that_kills_the_worker",
+            an_undecodable_event_is_a_protocol_error_that_kills_the_worker,
+        ),
+        actix_test(
             "a_frame_cut_short_by_the_worker_exiting_reports_its_exit_code",
             a_frame_cut_short_by_the_worker_exiting_reports_its_exit_code,
         ),
@@ -250,6 +254,19 @@ async fn an_undecodable_frame_is_a_protocol_error_that_kills_the_worker() -> Res
         message
             .as_deref()
             .is_some_and(|m| m.contains("protocol error")),
+        "{message:?}"
+    );
+    Ok(())
+}
+
+async fn an_undecodable_event_is_a_protocol_error_that_kills_the_worker() -> Result<(), Failed> {
+    let (reason, message) =
+        crash_on_first_request(Rogue::GarbledEvent, Duration::from_secs(5)).await?;
+    assert_eq!(reason, CrashReason::Signal(9), "the host killed the worker");
+    assert!(
+        message
+            .as_deref()
+            .is_some_and(|m| m.contains("protocol error: undecodable event")),
         "{message:?}"
     );
     Ok(())

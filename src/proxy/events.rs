@@ -497,6 +497,9 @@ impl<E: Clone + Send + 'static> Hub<E> {
             _ => None,
         };
         if let Some(events) = local {
+            // Handles the worker left behind (in threads of its own) now
+            // get `Closed`.
+            events.borrow_mut().close();
             take_waiting(self, &events);
         }
         let mut hub = self.0.borrow_mut();

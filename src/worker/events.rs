@@ -502,3 +502,64 @@ impl AsyncWrite for Metered {
         Pin::new(&mut self.io).poll_shutdown(task)
     }
 }
+
+#[cfg(test)]
+// `contract!`'s defaults are parenthesized types (one token each); the lint
+// fires only where the macro is expanded inside this crate.
+#[allow(unused_parens)]
+mod tests {
+    use super::*;
+    use serde::{Deserialize, Serialize};
+
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    struct Tick(u32);
+    #[derive(Debug, Serialize, Deserialize)]
+    struct Nothing;
+    #[derive(Debug, Serialize, Deserialize)]
+    struct Hush;
+    crate::contract! { Ticks (events = Tick) { Nothing => () } }
+    crate::contract! { Quiet { Hush => () } }
+
+    #[test]
+    fn the_handle_is_current_only_inside_its_scope_and_for_its_contract() {
+        assert!(Events::<Ticks>::try_current().is_none(), "not in a worker");
+        let (events, mut outbox) = Events::<Ticks>::encoded(1 << 20);
+        let scope = Scope::new(events);
+        scope.enter(|| {
+            let current = Events::<Ticks>::try_current().expect("inside the scope");
+            current.try_emit(Tick(7)).expect("room in the backlog");
+            assert!(Events::<Quiet>::try_current().is_none(), "another contract");
+        });
+        assert!(
+            Events::<Ticks>::try_current().is_none(),
+            "restored after it"
+        );
+        let frame = outbox.take().expect("the event waits in the backlog");
+        assert_eq!(frame.header, Header::Event);
+        let tick: Tick =
+            <crate::MessagePack as Serializer>::decode(&frame.payload).expect("a Tick");
+        assert_eq!(tick, Tick(7));
+    }
+
+    #[test]
+    fn an_event_over_the_frame_limit_is_handed_back() {
+        let (events, _outbox) = Events::<Ticks>::encoded(FRAME_OVERHEAD + 2);
+        match events.try_emit(Tick(u32::MAX)) {
+            Err(EmitError::Codec(back, error)) => {
+                assert_eq!(back, Tick(u32::MAX));
+                assert!(error.0.contains("over the frame limit"), "{error}");
+            }
+            other => panic!("expected a codec error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_closed_host_end_is_closed() {
+        let (events, outbox) = Events::<Ticks>::encoded(1 << 20);
+        drop(outbox);
+        assert!(matches!(
+            events.try_emit(Tick(1)),
+            Err(EmitError::Closed(Tick(1)))
+        ));
+    }
+}

@@ -227,6 +227,18 @@ async fn to_the_end(stream: EventStream<Step>) -> Vec<(Step, u64)> {
     stream.map(|e| (e.event, e.missed)).collect().await
 }
 
+/// Awaits `run`, a 100-step job `job`: its 101 events are all in `events`
+/// by the time its reply resolves, in order.
+async fn all_steps_before_the_reply(
+    events: &mut EventStream<Step>,
+    run: impl Future<Output = Result<Result<u64, WorkerError>, MailboxError>>,
+    job: u32,
+) -> Result<(), Failed> {
+    assert_eq!(run.await?.map_err(fail)?, sum(100));
+    assert_eq!(buffered(events), steps(job, 0, 100));
+    Ok(())
+}
+
 async fn spawn<D: Driver<Jobs>>(driver: D) -> Result<Addr<Worker<Jobs, D>>, Failed> {
     Worker::<Jobs, D>::spawn(driver).await.map_err(fail)
 }
@@ -236,13 +248,8 @@ async fn events_arrive_in_order_and_before_the_reply<D: Driver<Jobs>>(
 ) -> Result<(), Failed> {
     let worker = spawn(driver).await?;
     let mut events = worker.send(SubscribeStream::new()).await?;
-    let done = worker
-        .send(Run { job: 1, steps: 100 })
-        .await?
-        .map_err(fail)?;
-    assert_eq!(done, sum(100));
-    // All 101 were in the stream by the time the reply resolved.
-    assert_eq!(buffered(&mut events), steps(1, 0, 100));
+    let run = worker.send(Run { job: 1, steps: 100 });
+    all_steps_before_the_reply(&mut events, run, 1).await?;
     worker.send(Close).await?;
     assert!(to_the_end(events).await.is_empty(), "nothing after them");
     Ok(())
@@ -277,10 +284,13 @@ async fn ten_thousand_events_arrive_in_order_with_none_lost<D: Driver<Jobs>>(
     Ok(())
 }
 
-/// An actor that keeps what it is sent.
+/// An actor that keeps what it is sent. With a gate, its handler blocks on
+/// the first event until the test opens the gate: a slow subscriber, which
+/// holds every event delivered meanwhile.
 #[derive(Default)]
 struct Collector {
     seen: Vec<(Step, u64)>,
+    gate: Option<std::sync::mpsc::Receiver<()>>,
 }
 
 impl Actor for Collector {
@@ -290,11 +300,14 @@ impl Actor for Collector {
 impl Handler<WorkerEvent<Step>> for Collector {
     type Result = ();
     fn handle(&mut self, event: WorkerEvent<Step>, _: &mut Context<Self>) {
+        if let Some(gate) = self.gate.take() {
+            let _ = gate.recv_timeout(Duration::from_secs(30));
+        }
         self.seen.push((event.event, event.missed));
     }
 }
 
-/// Answers what a [`Collector`] or [`Gate`] has seen so far; queued
+/// Answers what a [`Collector`] has seen so far; queued
 /// behind the events delivered before it.
 struct Seen;
 
@@ -333,12 +346,8 @@ async fn events_emitted_from_a_blocking_thread_arrive_before_the_reply<D: Driver
 ) -> Result<(), Failed> {
     let worker = spawn(driver).await?;
     let mut events = worker.send(SubscribeStream::new()).await?;
-    let done = worker
-        .send(RunBlocking { job: 3, steps: 100 })
-        .await?
-        .map_err(fail)?;
-    assert_eq!(done, sum(100));
-    assert_eq!(buffered(&mut events), steps(3, 0, 100));
+    let run = worker.send(RunBlocking { job: 3, steps: 100 });
+    all_steps_before_the_reply(&mut events, run, 3).await?;
     worker.send(Close).await?;
     Ok(())
 }
@@ -466,43 +475,15 @@ async fn a_slow_stream_misses_events_and_learns_how_many<D: Driver<Jobs>>(
     Ok(())
 }
 
-/// A subscriber whose handler blocks on its first event until the test
-/// opens the gate: it holds every event delivered meanwhile.
-struct Gate {
-    open: Option<std::sync::mpsc::Receiver<()>>,
-    seen: Vec<(Step, u64)>,
-}
-
-impl Actor for Gate {
-    type Context = Context<Self>;
-}
-
-impl Handler<WorkerEvent<Step>> for Gate {
-    type Result = ();
-    fn handle(&mut self, event: WorkerEvent<Step>, _: &mut Context<Self>) {
-        if let Some(open) = self.open.take() {
-            let _ = open.recv_timeout(Duration::from_secs(30));
-        }
-        self.seen.push((event.event, event.missed));
-    }
-}
-
-impl Handler<Seen> for Gate {
-    type Result = MessageResult<Seen>;
-    fn handle(&mut self, _: Seen, _: &mut Context<Self>) -> Self::Result {
-        MessageResult(self.seen.clone())
-    }
-}
-
 async fn a_slow_recipient_misses_events_and_learns_how_many<D: Driver<Jobs>>(
     driver: D,
 ) -> Result<(), Failed> {
     let worker = spawn(driver).await?;
     let (open, gate) = std::sync::mpsc::channel();
     let arbiter = Arbiter::new();
-    let slow = Gate::start_in_arbiter(&arbiter.handle(), move |_| Gate {
-        open: Some(gate),
-        seen: Vec::new(),
+    let slow = Collector::start_in_arbiter(&arbiter.handle(), move |_| Collector {
+        gate: Some(gate),
+        ..Collector::default()
     });
     worker
         .send(Subscribe::new(slow.clone().recipient()).capacity(4))

@@ -224,18 +224,14 @@ impl<C: Contract> Events<C> {
     /// back.
     pub fn try_emit(&self, event: C::Event) -> Result<(), EmitError<C::Event>> {
         use mpsc::error::TrySendError;
-        match &self.sink {
-            Sink::Encoded { frames, .. } => {
-                let payload = match self.encode(&event) {
-                    Ok(payload) => payload,
-                    Err(error) => return Err(EmitError::Codec(event, error)),
-                };
+        match self.prepare(event)? {
+            Outgoing::Encoded(frames, payload, event) => {
                 frames.try_send(payload).map_err(|e| match e {
                     TrySendError::Full(_) => EmitError::Full(event),
                     TrySendError::Closed(_) => EmitError::Closed(event),
                 })
             }
-            Sink::Moved(events) => events.try_send(event).map_err(|e| match e {
+            Outgoing::Moved(events, event) => events.try_send(event).map_err(|e| match e {
                 TrySendError::Full(event) => EmitError::Full(event),
                 TrySendError::Closed(event) => EmitError::Closed(event),
             }),
@@ -251,18 +247,15 @@ impl<C: Contract> Events<C> {
     /// # Cancel safety
     /// Dropped before it resolves, the event is not emitted.
     pub async fn emit(&self, event: C::Event) -> Result<(), EmitError<C::Event>> {
-        match &self.sink {
-            Sink::Encoded { frames, .. } => {
-                let payload = match self.encode(&event) {
-                    Ok(payload) => payload,
-                    Err(error) => return Err(EmitError::Codec(event, error)),
-                };
-                frames
-                    .send(payload)
-                    .await
-                    .map_err(|_| EmitError::Closed(event))
+        match self.prepare(event)? {
+            Outgoing::Encoded(frames, payload, event) => {
+                let sent = frames.send(payload).await;
+                sent.map_err(|_| EmitError::Closed(event))
             }
-            Sink::Moved(events) => events.send(event).await.map_err(|e| EmitError::Closed(e.0)),
+            Outgoing::Moved(events, event) => {
+                let sent = events.send(event).await;
+                sent.map_err(|e| EmitError::Closed(e.0))
+            }
         }
     }
 
@@ -275,30 +268,38 @@ impl<C: Contract> Events<C> {
     /// # Panics
     /// When called from an async task (use [`emit`](Self::emit) there).
     pub fn blocking_emit(&self, event: C::Event) -> Result<(), EmitError<C::Event>> {
-        match &self.sink {
-            Sink::Encoded { frames, .. } => {
-                let payload = match self.encode(&event) {
-                    Ok(payload) => payload,
-                    Err(error) => return Err(EmitError::Codec(event, error)),
-                };
-                frames
-                    .blocking_send(payload)
-                    .map_err(|_| EmitError::Closed(event))
+        match self.prepare(event)? {
+            Outgoing::Encoded(frames, payload, event) => {
+                let sent = frames.blocking_send(payload);
+                sent.map_err(|_| EmitError::Closed(event))
             }
-            Sink::Moved(events) => events
-                .blocking_send(event)
-                .map_err(|e| EmitError::Closed(e.0)),
+            Outgoing::Moved(events, event) => {
+                let sent = events.blocking_send(event);
+                sent.map_err(|e| EmitError::Closed(e.0))
+            }
+        }
+    }
+
+    /// The event as its sink takes it: encoded (with the event kept, to
+    /// hand back if it cannot be sent), or as it is.
+    fn prepare(&self, event: C::Event) -> Result<Outgoing<'_, C::Event>, EmitError<C::Event>> {
+        match &self.sink {
+            Sink::Encoded {
+                frames,
+                max_frame_len,
+            } => match Self::encode(&event, *max_frame_len) {
+                Ok(payload) => Ok(Outgoing::Encoded(frames, payload, event)),
+                Err(error) => Err(EmitError::Codec(event, error)),
+            },
+            Sink::Moved(events) => Ok(Outgoing::Moved(events, event)),
         }
     }
 
     /// The event's payload, checked against the frame limit.
-    fn encode(&self, event: &C::Event) -> Result<Bytes, CodecError> {
-        let Sink::Encoded { max_frame_len, .. } = &self.sink else {
-            return Err(CodecError("a moved event is not encoded".into()));
-        };
+    fn encode(event: &C::Event, max_frame_len: usize) -> Result<Bytes, CodecError> {
         let mut payload = BytesMut::new();
         <C::Serializer as Serializer>::encode(event, &mut payload)?;
-        if payload.len() + FRAME_OVERHEAD > *max_frame_len {
+        if payload.len() + FRAME_OVERHEAD > max_frame_len {
             return Err(CodecError(format!(
                 "the event is {} bytes, over the frame limit of {max_frame_len} bytes",
                 payload.len()
@@ -331,6 +332,12 @@ impl<C: Contract> Events<C> {
             Box::new(waiting),
         )
     }
+}
+
+/// An event ready for its sink.
+enum Outgoing<'a, E> {
+    Encoded(&'a mpsc::Sender<Bytes>, Bytes, E),
+    Moved(&'a mpsc::Sender<E>, E),
 }
 
 thread_local! {

@@ -271,7 +271,6 @@ where
             }));
         }
         ctx.spawn(server::Dispatcher);
-        ctx.spawn(server::EventPump);
         ctx.spawn(actix::fut::wrap_future(actor_ended).map(
             |ended, server: &mut server::Server<A, C::Serializer>, ctx| {
                 server.actor_ended(ended, ctx)

@@ -160,15 +160,12 @@ impl<A: Actor, S: Serializer> Server<A, S> {
     }
 
     /// Writes the events waiting in the backlog while the socket keeps up.
-    fn pump_events(&mut self, task: &mut std::task::Context<'_>) -> Poll<()> {
-        loop {
-            let Some(host) = &mut self.host else {
-                return Poll::Pending; // woken when a host connects
-            };
+    fn pump_events(&mut self, task: &mut std::task::Context<'_>) {
+        // Without a host, woken when one connects.
+        while let Some(host) = &mut self.host {
             match self.outbox.poll_take(task) {
                 Poll::Ready(Some(event)) => host.writer.write(event),
-                Poll::Ready(None) => return Poll::Ready(()),
-                Poll::Pending => return Poll::Pending,
+                Poll::Ready(None) | Poll::Pending => return,
             }
         }
     }
@@ -496,7 +493,8 @@ impl<A: Actor, S: Serializer> StreamHandler<TerminateSignal> for Server<A, S> {
     fn finished(&mut self, _: &mut Context<Self>) {}
 }
 
-/// Polls the running requests and writes each outcome as it arrives.
+/// Polls the running requests and writes each outcome as it arrives, and
+/// the worker's events as they are emitted (while the socket keeps up).
 pub(crate) struct Dispatcher;
 
 impl<A: Actor, S: Serializer> ActorFuture<Server<A, S>> for Dispatcher {
@@ -517,24 +515,8 @@ impl<A: Actor, S: Serializer> ActorFuture<Server<A, S>> for Dispatcher {
                 server.finish(id, traced, outcome);
             }
         }
+        server.pump_events(task);
         Poll::Pending
-    }
-}
-
-/// Writes the worker's events as they are emitted, while the socket keeps
-/// up with what the server writes.
-pub(crate) struct EventPump;
-
-impl<A: Actor, S: Serializer> ActorFuture<Server<A, S>> for EventPump {
-    type Output = ();
-
-    fn poll(
-        self: Pin<&mut Self>,
-        server: &mut Server<A, S>,
-        _: &mut Context<Server<A, S>>,
-        task: &mut std::task::Context<'_>,
-    ) -> Poll<()> {
-        server.pump_events(task)
     }
 }
 

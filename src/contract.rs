@@ -1,8 +1,11 @@
 //! The typed message set that host and worker share: [`Contract`],
-//! [`WorkerMessage`], and the [`contract!`](crate::contract!) macro that
-//! declares them.
+//! [`WorkerMessage`], the contract's event type ([`Contract::Event`],
+//! [`NoEvents`] when none is declared), and the
+//! [`contract!`](crate::contract!) macro that declares them.
 
 use bytes::BytesMut;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 
 use crate::error::WorkerError;
 use crate::wire::serializer::{CodecError, Serializer};
@@ -17,7 +20,27 @@ pub trait Contract: 'static {
     const VERSION: u32;
     /// How payloads are encoded for child-process workers.
     type Serializer: Serializer;
+    /// What the worker can push to the host without being asked (progress,
+    /// log lines, partial results): emitted with
+    /// [`Events`](crate::worker::Events), received by subscribing with
+    /// [`Subscribe`](crate::proxy::Subscribe) or
+    /// [`SubscribeStream`](crate::proxy::SubscribeStream). Declared with
+    /// `(events = MyEvent)`; [`NoEvents`] otherwise.
+    ///
+    /// `Clone` because every subscriber gets its own copy.
+    type Event: Serialize + DeserializeOwned + Clone + Send + 'static;
 }
+
+/// The event type of a contract that declares none: it has no values, so a
+/// worker of such a contract cannot emit an event (it does not compile),
+/// and a subscription to its events never yields one.
+///
+/// An uninhabited type rather than `()`: `()` would let a worker emit
+/// meaningless events by mistake, and a host subscribe to them expecting
+/// something to arrive. An event frame from a worker whose contract
+/// declares none cannot be decoded, so it is refused as a protocol error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum NoEvents {}
 
 /// A message with a stable wire name and one reply type.
 ///
@@ -125,6 +148,29 @@ pub trait InContract<C: Contract>: WorkerMessage {}
 /// The version defaults to 1; the serializer to [`MessagePack`](crate::MessagePack)
 /// (choose another with `(version = 1, serializer = MyFormat)`, naming a
 /// type in scope).
+///
+/// `(events = MyEvent)` declares the events the worker pushes to the host
+/// without a request ([`Contract::Event`]; [`NoEvents`] when not declared):
+/// a serde type that is `Clone + Send + 'static`. A type that is more than
+/// one token (a path, generics) goes in parentheses: `(events = (jobs::Event))`.
+///
+/// ```
+/// use serde::{Deserialize, Serialize};
+///
+/// #[derive(Debug, Serialize, Deserialize)]
+/// pub struct Run { pub steps: u32 }
+/// #[derive(Debug, Clone, Serialize, Deserialize)]
+/// pub enum JobEvent { Progress(u8) }
+///
+/// isolated_workers::contract! {
+///     pub Jobs (events = JobEvent) {
+///         Run => u64,
+///     }
+/// }
+///
+/// fn takes_events(_: <Jobs as isolated_workers::Contract>::Event) {}
+/// takes_events(JobEvent::Progress(50));
+/// ```
 #[macro_export]
 macro_rules! contract {
     (
@@ -142,6 +188,9 @@ macro_rules! contract {
             const VERSION: u32 = $crate::__contract_option!(version, (1) $(, $($option = $value),*)?);
             type Serializer = $crate::__contract_option!(
                 serializer, ($crate::MessagePack) $(, $($option = $value),*)?
+            );
+            type Event = $crate::__contract_option!(
+                events, ($crate::contract::NoEvents) $(, $($option = $value),*)?
             );
         }
 
@@ -255,6 +304,7 @@ macro_rules! __contract_option {
     ($key:ident, $default:tt) => { $default };
     (version, $default:tt, version = $value:tt $(, $($rest:tt)*)?) => { $value };
     (serializer, $default:tt, serializer = $value:tt $(, $($rest:tt)*)?) => { $value };
+    (events, $default:tt, events = $value:tt $(, $($rest:tt)*)?) => { $value };
     ($key:ident, $default:tt, $other:ident = $value:tt $(, $($rest:tt)*)?) => {
         $crate::__contract_option!($key, $default $(, $($rest)*)?)
     };

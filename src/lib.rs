@@ -31,6 +31,10 @@ pub use wire::serializer::Json;
 pub use wire::serializer::Postcard;
 pub use wire::serializer::{CodecError, MessagePack, Serializer};
 pub use worker::{serve_io, serve_io_with, worker_entry, worker_entry_with};
+// Worker → host events.
+pub use contract::NoEvents;
+pub use proxy::{EventStream, Subscribe, SubscribeStream, WorkerEvent};
+pub use worker::{EmitError, Events};
 
 /// The names most programs need: `use isolated_workers::prelude::*;`.
 pub mod prelude {

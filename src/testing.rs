@@ -45,6 +45,11 @@ pub fn reply_frame(id: u64, payload: &[u8]) -> Vec<u8> {
     frame(&Header::Reply { id }, payload)
 }
 
+/// A complete Event frame carrying `payload`.
+pub fn event_frame(payload: &[u8]) -> Vec<u8> {
+    frame(&Header::Event, payload)
+}
+
 fn frame(header: &Header, payload: &[u8]) -> Vec<u8> {
     let mut out = BytesMut::new();
     encode_parts(header, payload, usize::MAX, &mut out).expect("test frames are encodable");

@@ -48,6 +48,10 @@ fn main() {
             an_undecodable_frame_is_a_protocol_error_that_kills_the_worker,
         ),
         actix_test(
+            "an_undecodable_event_is_a_protocol_error_that_kills_the_worker",
+            an_undecodable_event_is_a_protocol_error_that_kills_the_worker,
+        ),
+        actix_test(
             "a_frame_cut_short_by_the_worker_exiting_reports_its_exit_code",
             a_frame_cut_short_by_the_worker_exiting_reports_its_exit_code,
         ),
@@ -242,17 +246,24 @@ async fn an_oversized_length_prefix_crashes_the_request_promptly_and_kills_the_w
     Ok(())
 }
 
-async fn an_undecodable_frame_is_a_protocol_error_that_kills_the_worker() -> Result<(), Failed> {
-    let (reason, message) =
-        crash_on_first_request(Rogue::GarbageFrame, Duration::from_secs(5)).await?;
+/// Sends one request to `rogue`, expecting the host to kill it for a
+/// protocol error whose message says `what`.
+async fn killed_for_a_protocol_error(rogue: Rogue, what: &str) -> Result<(), Failed> {
+    let (reason, message) = crash_on_first_request(rogue, Duration::from_secs(5)).await?;
     assert_eq!(reason, CrashReason::Signal(9), "the host killed the worker");
     assert!(
-        message
-            .as_deref()
-            .is_some_and(|m| m.contains("protocol error")),
+        message.as_deref().is_some_and(|m| m.contains(what)),
         "{message:?}"
     );
     Ok(())
+}
+
+async fn an_undecodable_frame_is_a_protocol_error_that_kills_the_worker() -> Result<(), Failed> {
+    killed_for_a_protocol_error(Rogue::GarbageFrame, "protocol error").await
+}
+
+async fn an_undecodable_event_is_a_protocol_error_that_kills_the_worker() -> Result<(), Failed> {
+    killed_for_a_protocol_error(Rogue::GarbledEvent, "protocol error: undecodable event").await
 }
 
 async fn a_frame_cut_short_by_the_worker_exiting_reports_its_exit_code() -> Result<(), Failed> {

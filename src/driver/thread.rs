@@ -19,6 +19,7 @@ use super::{Connection, ConnectionKind, Driver};
 use crate::config::WorkerOptions;
 use crate::error::SpawnError;
 use crate::middleware::Middlewares;
+use crate::worker::events::{Events, Scope};
 use crate::worker::panic;
 use crate::worker::routes::{Recipients, ServedBy};
 
@@ -98,6 +99,9 @@ pub(crate) struct LocalLink {
     pub(crate) ended: tokio::task::JoinHandle<()>,
     /// The worker side's middleware.
     pub(crate) middleware: Middlewares,
+    /// The worker's events, moved to the proxy: a boxed
+    /// `tokio::sync::mpsc::Receiver<C::Event>`.
+    pub(crate) events: Box<dyn std::any::Any + Send>,
 }
 
 impl std::fmt::Debug for LocalLink {
@@ -124,16 +128,21 @@ where
             panic::install_hook();
             let arbiter = Arbiter::new();
             let (started_tx, started) = oneshot::channel();
+            let (events, events_to_host) = Events::<C>::moved();
             arbiter.spawn_fn(move || {
                 let thread = std::thread::current().id();
-                let actor = std::panic::catch_unwind(AssertUnwindSafe(|| factory()));
+                // The events handle is current while the actor is made and
+                // whenever its context runs.
+                let scope = Scope::new(events);
+                let actor =
+                    std::panic::catch_unwind(AssertUnwindSafe(|| scope.enter(|| factory())));
                 let _ = started_tx.send(match actor {
                     Ok(actor) => {
                         // Run the actor's context as a task of our own, to
                         // learn when it ends (a panic, even while idle).
                         let context = Context::new();
                         let address = context.address();
-                        let ended = actix_rt::spawn(context.into_future(actor));
+                        let ended = actix_rt::spawn(scope.around(context.into_future(actor)));
                         Ok((address, ended, thread))
                     }
                     Err(_) => Err(panic::take_message(thread)),
@@ -164,6 +173,7 @@ where
                     thread,
                     ended,
                     middleware,
+                    events: events_to_host,
                 }),
             })
         })

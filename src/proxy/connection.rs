@@ -316,7 +316,8 @@ impl<C: Contract, D: Driver<C>> Worker<C, D> {
                     }
                     let connection =
                         Connection::child_stream(stream, parked.process, parked.session);
-                    worker.link = Link::start(connection, &worker.options, &worker.tally, ctx);
+                    let (options, tally) = (&worker.options, &worker.tally);
+                    worker.link = Link::start(connection, options, tally, &worker.events, ctx);
                     worker.state = WorkerState::Running;
                     tracing::info!(contract = C::NAME, "reconnected to the worker");
                     Ok(())

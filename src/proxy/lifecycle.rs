@@ -198,6 +198,7 @@ impl<C: Contract, D: Driver<C>> Worker<C, D> {
         if let Some(session) = link.session() {
             session.remove_directory();
         }
+        self.events.released();
         self.state = WorkerState::Closed;
         tracing::debug!(contract = C::NAME, "worker closed");
     }

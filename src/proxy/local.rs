@@ -42,6 +42,10 @@ pub(super) struct LocalState {
     /// The worker side's middleware.
     middleware: Middlewares,
     tally: SharedTally,
+    /// Publishes the worker's events waiting to be published: called
+    /// before a reply is handed on, so that the events emitted before it
+    /// go first.
+    events: Option<Rc<dyn Fn()>>,
 }
 
 /// Requests in flight to a thread worker, so that one timer per proxy (the
@@ -111,8 +115,14 @@ impl LocalState {
             running: Rc::default(),
             middleware: link.middleware,
             tally,
+            events: None,
         };
         (state, link.ended)
+    }
+
+    /// Calls `publish` before handing on each reply (see `events`).
+    pub(super) fn before_replies(&mut self, publish: Option<Rc<dyn Fn()>>) {
+        self.events = publish;
     }
 
     /// The thread the worker runs on, which identifies this link.
@@ -267,6 +277,7 @@ impl LocalState {
         }
         self.tally.borrow_mut().sent(M::NAME, 0);
         let tally = self.tally.clone();
+        let events = self.events.clone();
         let span = tracing::debug_span!("request", message = M::NAME, id, attempt = 1u32);
         let request = async move {
             let _leave = leave;
@@ -306,6 +317,9 @@ impl LocalState {
                     message: M::NAME,
                 }),
             };
+            if let Some(publish) = &events {
+                publish();
+            }
             tally.borrow_mut().ended(M::NAME, outcome.is_ok(), 0);
             match &outcome {
                 Ok(_) => tracing::debug!("answered"),

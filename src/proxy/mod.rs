@@ -23,6 +23,7 @@ use crate::error::{CrashReason, SpawnError, WorkerError};
 
 mod connection;
 mod counters;
+mod events;
 mod lifecycle;
 mod local;
 mod reply;
@@ -33,6 +34,7 @@ mod timekeeper;
 
 pub use connection::{Detach, Disconnect, Reconnect, DEFAULT_IDLE_TIMEOUT};
 pub use counters::{Counters, MessageCounts};
+pub use events::{EventStream, Subscribe, SubscribeStream, WorkerEvent, SUBSCRIBER_CAPACITY};
 pub use lifecycle::{Close, Drain, Status, WorkerState, WorkerStatus};
 pub use reply::Reply;
 pub use restart::{LifecycleEvent, Watch, WorkerId};
@@ -92,6 +94,8 @@ pub struct Worker<C: Contract, D: Driver<C> = ChildProcess> {
     restart_after: Option<std::time::Duration>,
     /// Requests to retry on the fresh worker of a supervised restart.
     carried: Vec<stream::Retry>,
+    /// Who subscribed to the worker's events (they outlive the worker).
+    events: events::Hub<C::Event>,
     _contract: PhantomData<fn() -> (C, D)>,
 }
 
@@ -114,15 +118,20 @@ impl Link {
         connection: Connection,
         options: &WorkerOptions,
         tally: &counters::SharedTally,
+        events: &events::Hub<C::Event>,
         ctx: &mut Context<Worker<C, D>>,
     ) -> Self {
         let tally = tally.clone();
         match connection.kind {
             ConnectionKind::Stream(stream) => {
-                Link::Stream(stream::StreamLink::start(stream, options, tally, ctx))
+                let link = stream::StreamLink::start(stream, options, tally, ctx);
+                events.stream_started(link.id());
+                Link::Stream(link)
             }
-            ConnectionKind::Local(local) => {
-                let (state, ended) = local::LocalState::new(local, options, tally);
+            ConnectionKind::Local(mut local) => {
+                let worker_events = std::mem::replace(&mut local.events, Box::new(()));
+                let (mut state, ended) = local::LocalState::new(local, options, tally);
+                state.before_replies(events::local_started(events, worker_events, ctx));
                 let thread = state.thread();
                 ctx.spawn(actix::fut::wrap_future(ended).map(
                     move |ended, worker: &mut Worker<C, D>, ctx| {
@@ -215,8 +224,10 @@ impl<C: Contract, D: Driver<C>> Worker<C, D> {
         ctx: &mut Context<Self>,
     ) -> Self {
         let tally = counters::SharedTally::default();
-        let link = Link::start(connection, &options, &tally, ctx);
+        let events = events::Hub::default();
+        let link = Link::start(connection, &options, &tally, &events, ctx);
         Worker {
+            events,
             watchers: options.watchers.clone(),
             options,
             state: WorkerState::Running,

@@ -239,7 +239,8 @@ impl<C: Contract, D: Driver<C>> Worker<C, D> {
             worker.restarting = false;
             match launched {
                 Ok(connection) => {
-                    worker.link = Link::start(connection, &worker.options, &worker.tally, ctx);
+                    let (options, tally, events) = (&worker.options, &worker.tally, &worker.events);
+                    worker.link = Link::start(connection, options, tally, events, ctx);
                     worker.state = super::WorkerState::Running;
                     worker.started = Instant::now();
                     worker.tally.borrow_mut().restarts += 1;

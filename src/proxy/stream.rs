@@ -237,6 +237,11 @@ impl StreamLink {
         self.process.as_ref().map(ProcessHandle::pid)
     }
 
+    /// Tells this connection's frames from an earlier one's.
+    pub(super) fn id(&self) -> u64 {
+        self.link
+    }
+
     pub(super) fn in_flight(&self) -> usize {
         self.in_flight
     }
@@ -733,7 +738,11 @@ impl<C: Contract, D: Driver<C>> StreamHandler<Inbound> for Worker<C, D> {
     fn handle(&mut self, Inbound { link, event }: Inbound, ctx: &mut Context<Self>) {
         let current = matches!(&self.link, Link::Stream(current) if current.link == link);
         if !current {
-            return; // a connection already given up
+            // A connection already given up: only its events still count.
+            return self.events.given_up::<C::Serializer>(link, event);
+        }
+        if !matches!(event, Some(Ok(_))) {
+            self.events.read_to_end(link);
         }
         let Some(item) = event else {
             return self.connection_lost(None, ctx);
@@ -766,6 +775,12 @@ impl<C: Contract, D: Driver<C>> StreamHandler<Inbound> for Worker<C, D> {
                 link.resolve(id, Err(WorkerError::Remote(error)), max_in_flight)
             }
             Header::Panicked { message } => link.last_words = Some(message),
+            Header::Event => {
+                if let Err(e) = self.events.received::<C::Serializer>(&frame.payload) {
+                    let detail = format!("protocol error: undecodable event: {e}");
+                    self.connection_lost(Some(detail), ctx);
+                }
+            }
             Header::Log {
                 request,
                 level,

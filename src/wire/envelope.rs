@@ -79,6 +79,10 @@ pub(crate) enum Header {
         target: String,
         message: String,
     },
+    /// Worker → host: the payload is one of the contract's events
+    /// (`Contract::Event`), encoded by the contract's serializer. Written
+    /// before any frame the worker writes after emitting it.
+    Event,
 }
 
 /// Why a worker refused an attach.

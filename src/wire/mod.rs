@@ -18,4 +18,5 @@ mod proptests;
 pub(crate) use serializer::Serializer;
 
 /// Version of the frame and envelope format; both sides must agree on it.
-pub(crate) const PROTOCOL_VERSION: u32 = 2;
+/// 3: worker → host `Event` frames.
+pub(crate) const PROTOCOL_VERSION: u32 = 3;

@@ -114,6 +114,7 @@ fn header() -> impl Strategy<Value = Header> {
         prop_oneof![Just(Refusal::WrongToken), Just(Refusal::Busy)]
             .prop_map(|why| Header::Refused { why }),
         Just(Header::Disconnect),
+        Just(Header::Event),
         any::<Option<u64>>().prop_map(|idle_timeout_ms| Header::Detach { idle_timeout_ms }),
         Just(Header::Listening),
         (any::<Option<u64>>(), 1u8..=5, text(), text()).prop_map(

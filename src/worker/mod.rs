@@ -18,6 +18,7 @@ use crate::wire::envelope::Hello;
 mod attach;
 mod cancellable;
 mod detach;
+pub(crate) mod events;
 mod forward;
 mod inbox;
 pub(crate) mod panic;
@@ -25,6 +26,7 @@ pub(crate) mod routes;
 mod server;
 
 pub use cancellable::Cancellable;
+pub use events::{EmitError, Events, EVENT_BACKLOG};
 pub use routes::{Routes, ServedBy};
 
 /// Runs worker `name` if this process was started as that worker, and
@@ -148,7 +150,7 @@ where
             max_frame_len,
             process: Some(grace),
         };
-        start_server::<C, A>(served, routes, factory());
+        start_server::<C, A>(served, routes, factory);
         Ok::<_, std::io::Error>(())
     });
     if let Err(e) = served {
@@ -175,6 +177,10 @@ fn env_number(key: &str) -> Option<u64> {
 /// Serving ends when the host closes the stream or sends `Close`; a panic
 /// in the actor is reported to the host, which resolves its requests
 /// `Crashed`.
+///
+/// The actor is made before this is called, so [`Events::current`] is
+/// available from its `started` hook and its handlers, not while it is
+/// made.
 ///
 /// Of `options`, only the frame limit applies here (the rest shape the
 /// host's proxy). The worker side runs no middleware; see
@@ -214,7 +220,7 @@ pub fn serve_io_with<C, A, T>(
         max_frame_len: options.max_frame_len,
         process: None,
     };
-    start_server::<C, A>(served, C::routes(), actor);
+    start_server::<C, A>(served, C::routes(), move || actor);
 }
 
 /// A connection to serve, and how.
@@ -233,16 +239,21 @@ struct Served {
     process: Option<Duration>,
 }
 
-fn start_server<C, A>(served: Served, routes: Routes<A, C::Serializer>, actor: A)
+fn start_server<C, A>(served: Served, routes: Routes<A, C::Serializer>, factory: impl FnOnce() -> A)
 where
     C: ServedBy<A>,
     A: Actor<Context = Context<A>>,
 {
+    // The actor's events handle is current while it is made and whenever
+    // its context runs (its hooks, its handlers).
+    let (events, outbox) = events::Events::<C>::encoded(served.max_frame_len);
+    let scope = events::Scope::new(events);
+    let actor = scope.enter(factory);
     // Run the actor's context ourselves, to learn when it has stopped (its
     // `stopped` hook done) or panicked, even while no request is in flight.
     let mut actor_context = Context::<A>::new();
     let inbox = inbox::Inbox::open(&mut actor_context);
-    let actor_ended = actix_rt::spawn(actor_context.into_future(actor));
+    let actor_ended = actix_rt::spawn(scope.around(actor_context.into_future(actor)));
     let Served {
         reader,
         writer,
@@ -277,6 +288,7 @@ where
             hello: Hello::ours::<C>(token),
             reattach,
             records,
+            outbox,
             max_frame_len,
             middleware,
             running: Default::default(),

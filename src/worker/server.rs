@@ -21,13 +21,14 @@ use futures::stream::{FuturesUnordered, StreamExt};
 use tokio::io::AsyncWrite;
 
 use super::attach::{refuse_busy, NewHost, Reattach};
+use super::events::{MeteredCodec, Outbox};
 use super::forward::Record;
 use super::panic;
 use super::routes::{Outcome, Routes};
 use crate::error::{RemoteError, WorkerError};
 use crate::middleware::{Body, Direction, Middlewares, Passage, Side};
 use crate::wire::envelope::{Header, Hello};
-use crate::wire::frame::{Frame, FrameCodec, FrameError};
+use crate::wire::frame::{Frame, FrameError};
 use crate::wire::stream::{inbound, split, Inbound, Severable};
 use crate::wire::Serializer;
 use tokio::sync::mpsc;
@@ -43,7 +44,7 @@ const PROTOCOL_EXIT_CODE: i32 = 2;
 /// Exit code after a second SIGTERM (128 + 15, as a shell reports it).
 const TERMINATED_EXIT_CODE: i32 = 143;
 
-type Writer = FramedWrite<Frame, Box<dyn AsyncWrite + Unpin>, FrameCodec>;
+type Writer = FramedWrite<Frame, Box<dyn AsyncWrite + Unpin>, MeteredCodec>;
 
 pub(crate) struct Server<A: Actor, S> {
     /// The user's actor; dropped to make it stop (actix stops an actor once
@@ -64,6 +65,8 @@ pub(crate) struct Server<A: Actor, S> {
     pub(crate) middleware: Middlewares,
     /// The worker's `tracing` events to forward, if the host wants them.
     pub(crate) records: Option<Rc<std::cell::RefCell<mpsc::Receiver<Record>>>>,
+    /// The events the worker emitted, waiting to be written.
+    pub(crate) outbox: Outbox,
     /// Requests being handled. One set polled as one item of the context,
     /// so that only the requests whose reply is ready are polled.
     pub(crate) running: FuturesUnordered<InProgress>,
@@ -127,11 +130,8 @@ impl<A: Actor, S: Serializer> Server<A, S> {
         self.next_link += 1;
         ctx.add_stream(inbound(reader, self.max_frame_len, id));
         let (writer, severed) = Severable::new(writer);
-        let mut writer = FramedWrite::new(
-            Box::new(writer) as Box<dyn AsyncWrite + Unpin>,
-            FrameCodec::new(self.max_frame_len),
-            ctx,
-        );
+        let (writer, codec) = self.outbox.metered(Box::new(writer), self.max_frame_len);
+        let mut writer = FramedWrite::new(writer, codec, ctx);
         // See the proxy: never pause reading because the host reads slowly.
         writer.set_buffer_capacity(0, usize::MAX);
         writer.write(Frame::bare(Header::Hello(self.hello.clone())));
@@ -153,7 +153,22 @@ impl<A: Actor, S: Serializer> Server<A, S> {
                 host.writer.write(record.into_frame());
             }
         }
+        // Events too: one emitted before a reply arrives before the reply.
+        while let Some(event) = self.outbox.take() {
+            host.writer.write(event);
+        }
         host.writer.write(frame);
+    }
+
+    /// Writes the events waiting in the backlog while the socket keeps up.
+    fn pump_events(&mut self, task: &mut std::task::Context<'_>) {
+        // Without a host, woken when one connects.
+        while let Some(host) = &mut self.host {
+            match self.outbox.poll_take(task) {
+                Poll::Ready(Some(event)) => host.writer.write(event),
+                Poll::Ready(None) | Poll::Pending => return,
+            }
+        }
     }
 
     /// Drops every running request: nobody will read its reply.
@@ -452,6 +467,10 @@ impl<A: Actor, S: Serializer> Server<A, S> {
         match &mut self.host {
             // The server stops once the writer has flushed (`finished`).
             Some(host) => {
+                // What the actor emitted up to its end goes out first.
+                while let Some(event) = self.outbox.take() {
+                    host.writer.write(event);
+                }
                 host.writer.close();
                 self.wake();
             }
@@ -475,7 +494,8 @@ impl<A: Actor, S: Serializer> StreamHandler<TerminateSignal> for Server<A, S> {
     fn finished(&mut self, _: &mut Context<Self>) {}
 }
 
-/// Polls the running requests and writes each outcome as it arrives.
+/// Polls the running requests and writes each outcome as it arrives, and
+/// the worker's events as they are emitted (while the socket keeps up).
 pub(crate) struct Dispatcher;
 
 impl<A: Actor, S: Serializer> ActorFuture<Server<A, S>> for Dispatcher {
@@ -496,6 +516,7 @@ impl<A: Actor, S: Serializer> ActorFuture<Server<A, S>> for Dispatcher {
                 server.finish(id, traced, outcome);
             }
         }
+        server.pump_events(task);
         Poll::Pending
     }
 }

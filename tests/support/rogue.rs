@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use isolated_workers::testing::{
-    hello_frame, read_frame, reply_frame, NAME_ENV, PROTOCOL, SOCKET_ENV, TOKEN_ENV,
+    event_frame, hello_frame, read_frame, reply_frame, NAME_ENV, PROTOCOL, SOCKET_ENV, TOKEN_ENV,
 };
 use isolated_workers::{ChildProcess, Contract, MessagePack, Serializer};
 
@@ -58,6 +58,10 @@ pub enum Rogue {
     /// Greets properly, reads one request, then sends a frame with an
     /// undecodable header and waits to be killed.
     GarbageFrame,
+    /// Greets properly, reads one request, then sends an Event frame whose
+    /// payload is no event of Calc (which declares none), and waits to be
+    /// killed.
+    GarbledEvent,
     /// Greets properly, reads one request, then writes 10 bytes of a frame
     /// that claims 100 and exits with [`TRUNCATED_EXIT_CODE`].
     TruncatedFrame,
@@ -77,12 +81,13 @@ pub enum Rogue {
 }
 
 impl Rogue {
-    const ALL: [Rogue; 9] = [
+    const ALL: [Rogue; 10] = [
         Rogue::ImpostorsThenCalc,
         Rogue::LeaksThenCalc,
         Rogue::WrongProtocol,
         Rogue::OversizedFrame,
         Rogue::GarbageFrame,
+        Rogue::GarbledEvent,
         Rogue::TruncatedFrame,
         Rogue::StrayAndGarbledReplies,
         Rogue::IgnoresShutdownAndSigterm,
@@ -97,6 +102,7 @@ impl Rogue {
             Rogue::WrongProtocol => "rogue-wrong-protocol",
             Rogue::OversizedFrame => "rogue-oversized-frame",
             Rogue::GarbageFrame => "rogue-garbage-frame",
+            Rogue::GarbledEvent => "rogue-garbled-event",
             Rogue::TruncatedFrame => "rogue-truncated-frame",
             Rogue::StrayAndGarbledReplies => "rogue-stray-and-garbled-replies",
             Rogue::IgnoresShutdownAndSigterm => "rogue-ignores-shutdown-and-sigterm",
@@ -140,6 +146,12 @@ impl Rogue {
             Rogue::GarbageFrame => {
                 let (mut stream, _) = host.first_request();
                 write(&mut stream, &GARBAGE_FRAME);
+                linger();
+            }
+            Rogue::GarbledEvent => {
+                let (mut stream, _) = host.first_request();
+                // MessagePack 42: a number, and Calc has no events at all.
+                write(&mut stream, &event_frame(&[0x2a]));
                 linger();
             }
             Rogue::TruncatedFrame => {

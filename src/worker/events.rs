@@ -426,6 +426,17 @@ impl Outbox {
         (io, codec)
     }
 
+    /// Whether the socket has taken enough of what was written to write
+    /// more; if not, `task` is woken when it has.
+    pub(crate) fn has_room(&mut self, task: &mut std::task::Context<'_>) -> bool {
+        self.pump = Some(task.waker().clone());
+        if self.meter.behind.get() >= WRITE_AHEAD {
+            self.meter.waker.set(Some(task.waker().clone()));
+            return false;
+        }
+        true
+    }
+
     /// An event waiting in the backlog, as a frame, if there is one.
     pub(crate) fn take(&mut self) -> Option<Frame> {
         self.waiting.try_recv().ok().map(event_frame)
@@ -434,9 +445,7 @@ impl Outbox {
     /// The next event to write, once the socket has room for it.
     /// `Ready(None)` once no handle is left to emit more.
     pub(crate) fn poll_take(&mut self, task: &mut std::task::Context<'_>) -> Poll<Option<Frame>> {
-        self.pump = Some(task.waker().clone());
-        if self.meter.behind.get() >= WRITE_AHEAD {
-            self.meter.waker.set(Some(task.waker().clone()));
+        if !self.has_room(task) {
             return Poll::Pending;
         }
         self.waiting

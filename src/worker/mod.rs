@@ -265,12 +265,6 @@ where
         process,
     } = served;
     server::Server::create(move |ctx| {
-        let records = records.map(|records| std::rc::Rc::new(std::cell::RefCell::new(records)));
-        if let Some(records) = records.clone() {
-            ctx.add_stream(futures::stream::poll_fn(move |task| {
-                records.borrow_mut().poll_recv(task)
-            }));
-        }
         ctx.spawn(server::Dispatcher);
         ctx.spawn(actix::fut::wrap_future(actor_ended).map(
             |ended, server: &mut server::Server<A, C::Serializer>, ctx| {

@@ -64,7 +64,7 @@ pub(crate) struct Server<A: Actor, S> {
     /// The worker side's middleware.
     pub(crate) middleware: Middlewares,
     /// The worker's `tracing` events to forward, if the host wants them.
-    pub(crate) records: Option<Rc<std::cell::RefCell<mpsc::Receiver<Record>>>>,
+    pub(crate) records: Option<mpsc::Receiver<Record>>,
     /// The events the worker emitted, waiting to be written.
     pub(crate) outbox: Outbox,
     /// Requests being handled. One set polled as one item of the context,
@@ -148,8 +148,8 @@ impl<A: Actor, S: Serializer> Server<A, S> {
         };
         // Forwarded events first: one logged while a request was taken in
         // then reaches the host while the request is still pending there.
-        if let Some(records) = &self.records {
-            while let Ok(record) = records.borrow_mut().try_recv() {
+        if let Some(records) = &mut self.records {
+            while let Ok(record) = records.try_recv() {
                 host.writer.write(record.into_frame());
             }
         }
@@ -160,10 +160,21 @@ impl<A: Actor, S: Serializer> Server<A, S> {
         host.writer.write(frame);
     }
 
-    /// Writes the events waiting in the backlog while the socket keeps up.
-    fn pump_events(&mut self, task: &mut std::task::Context<'_>) {
+    /// Writes the forwarded `tracing` records and the events waiting in
+    /// their backlogs while the socket keeps up: a host that reads slowly
+    /// leaves them in their bounded backlogs, not in the writer's buffer.
+    fn pump_unasked(&mut self, task: &mut std::task::Context<'_>) {
         // Without a host, woken when one connects.
         while let Some(host) = &mut self.host {
+            if !self.outbox.has_room(task) {
+                return;
+            }
+            if let Some(records) = &mut self.records {
+                if let Poll::Ready(Some(record)) = records.poll_recv(task) {
+                    host.writer.write(record.into_frame());
+                    continue;
+                }
+            }
             match self.outbox.poll_take(task) {
                 Poll::Ready(Some(event)) => host.writer.write(event),
                 Poll::Ready(None) | Poll::Pending => return,
@@ -516,7 +527,7 @@ impl<A: Actor, S: Serializer> ActorFuture<Server<A, S>> for Dispatcher {
                 server.finish(id, traced, outcome);
             }
         }
-        server.pump_events(task);
+        server.pump_unasked(task);
         Poll::Pending
     }
 }
@@ -568,15 +579,6 @@ impl<A: Actor, S: Serializer> StreamHandler<Inbound> for Server<A, S> {
         // Each connection's end arrives as an event (its `None`); the
         // default here would stop the server, which outlives connections.
     }
-}
-
-impl<A: Actor, S: Serializer> StreamHandler<Record> for Server<A, S> {
-    fn handle(&mut self, record: Record, _: &mut Context<Self>) {
-        // Without a host, nobody to tell: dropped.
-        self.write(record.into_frame());
-    }
-
-    fn finished(&mut self, _: &mut Context<Self>) {}
 }
 
 impl<A: Actor, S: Serializer> StreamHandler<NewHost> for Server<A, S> {

@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use actix::Recipient;
+use actix::{Recipient, WeakRecipient};
 
 use crate::contract::WorkerMessage;
 use crate::middleware::Middlewares;
@@ -55,7 +55,7 @@ pub struct WorkerOptions {
     /// requests while it restarts. Default [`WhileRestarting::Queue`].
     pub while_restarting: WhileRestarting,
     /// Who is told when the worker crashes, restarts or gives up.
-    pub(crate) watchers: Vec<Recipient<LifecycleEvent>>,
+    pub(crate) watchers: Vec<WeakRecipient<LifecycleEvent>>,
     /// Request timeouts that differ from `request_timeout`, by wire name.
     timeouts: HashMap<&'static str, Duration>,
     /// Crash policies that differ from `Reject`, by wire name.
@@ -233,9 +233,11 @@ impl WorkerOptions {
     /// Tells `watcher` each time the worker crashes, restarts or gives up
     /// (see [`LifecycleEvent`]). Unlike sending
     /// [`Watch`](crate::proxy::Watch) after the spawn, this cannot miss an
-    /// event. A watcher whose actor has stopped is forgotten.
+    /// event. A watcher whose actor has stopped is forgotten; watching does
+    /// not keep the watcher alive (a parent that owns its workers and
+    /// watches them would otherwise never stop).
     pub fn watched_by(mut self, watcher: Recipient<LifecycleEvent>) -> Self {
-        self.watchers.push(watcher);
+        self.watchers.push(watcher.downgrade());
         self
     }
 

@@ -89,20 +89,27 @@ impl Handler<LifecycleEvent> for Recorder {
     }
 }
 
+/// The events a [`Recorder`] received; holding it keeps the recorder
+/// alive (a worker holds its watchers weakly).
+struct Heard {
+    events: mpsc::UnboundedReceiver<LifecycleEvent>,
+    _recorder: Addr<Recorder>,
+}
+
 /// A watcher and the events it receives.
-fn recorder() -> (
-    Recipient<LifecycleEvent>,
-    mpsc::UnboundedReceiver<LifecycleEvent>,
-) {
-    let (tx, rx) = mpsc::unbounded_channel();
-    (Recorder(tx).start().recipient(), rx)
+fn recorder() -> (Recipient<LifecycleEvent>, Heard) {
+    let (tx, events) = mpsc::unbounded_channel();
+    let recorder = Recorder(tx).start();
+    let heard = Heard {
+        events,
+        _recorder: recorder.clone(),
+    };
+    (recorder.recipient(), heard)
 }
 
 /// The next event, or a failure if none comes.
-async fn next_event(
-    events: &mut mpsc::UnboundedReceiver<LifecycleEvent>,
-) -> Result<LifecycleEvent, Failed> {
-    match tokio::time::timeout(Duration::from_secs(20), events.recv()).await {
+async fn next_event(heard: &mut Heard) -> Result<LifecycleEvent, Failed> {
+    match tokio::time::timeout(Duration::from_secs(20), heard.events.recv()).await {
         Ok(Some(event)) => Ok(event),
         Ok(None) => Err("the watcher stopped".into()),
         Err(_) => Err("no lifecycle event within 20 s".into()),
@@ -193,7 +200,7 @@ async fn thread_replaced_after_panic() -> Result<(), Failed> {
 /// mailbox of a stopping actor).
 async fn kill_and_wait_for_crash(
     worker: &Addr<Worker<Calc>>,
-    events: &mut mpsc::UnboundedReceiver<LifecycleEvent>,
+    events: &mut Heard,
 ) -> Result<u32, Failed> {
     let pid = pid_of(worker).await?;
     sigkill(pid)?;
@@ -356,6 +363,9 @@ async fn dropped_supervised_worker_ends() -> Result<(), Failed> {
     }
     // Ended, not crashed: nothing to restart, nothing to tell.
     tokio::task::yield_now().await;
-    assert!(events.try_recv().is_err(), "a watcher heard of a crash");
+    assert!(
+        events.events.try_recv().is_err(),
+        "a watcher heard of a crash"
+    );
     Ok(())
 }

@@ -14,7 +14,7 @@ use tokio::sync::oneshot;
 use crate::contract::{Contract, InContract};
 use crate::driver::{Carries, ChildProcess, Driver};
 use crate::error::{CrashReason, SpawnError, WorkerError};
-use crate::proxy::{Close, Status, Worker, WorkerState, WorkerStatus};
+use crate::proxy::{Close, LifecycleEvent, Status, Worker, WorkerState, WorkerStatus};
 use crate::unreferenced::StopWhenUnreferenced;
 
 mod member;
@@ -50,14 +50,15 @@ pub use status::{MemberReport, PoolCounters, PoolReport, PoolState, PoolStatus};
 ///   (no more at once than the waiting requests need); a member idle for
 ///   [`PoolOptions::idle_timeout`] is closed while more than the minimum
 ///   remain.
-/// - **Failures**: a member whose worker crashes restarts it itself (see
-///   [`WorkerOptions::restart_budget`](crate::WorkerOptions::restart_budget)),
+/// - **Failures**: each member is a [supervised](Worker::supervise)
+///   worker: when its worker crashes, a fresh one is started at once
+///   (within [`WorkerOptions::restart_budget`](crate::WorkerOptions::restart_budget)),
 ///   and its requests in flight are failed or retried by the crash policy
 ///   of their message type ([`WorkerOptions::on_crash`](crate::WorkerOptions::on_crash)),
-///   as for a lone worker. A member that gives up (it answers
-///   [`WorkerError::GaveUp`]) is removed, and a fresh one started if the
-///   pool is below its minimum or requests are waiting. The request that
-///   found it given up gets that `GaveUp`.
+///   as for a lone worker. A member that gives up tells the pool, which
+///   removes it and starts a fresh one if the pool is below its minimum or
+///   requests are waiting; a request that reached it first gets
+///   [`WorkerError::GaveUp`].
 /// - **Close**: [`Close`] fails the waiting requests with
 ///   [`WorkerError::Closed`], closes every member (their requests in flight
 ///   resolve `Closed`) and resolves when all are closed; afterwards every
@@ -146,8 +147,14 @@ impl<C: Contract, D: Driver<C> + Clone> WorkerPool<C, D> {
     /// The [`SpawnError`] of a member that could not be started; those that
     /// did start are closed again.
     pub async fn spawn_with(driver: D, options: PoolOptions) -> Result<Addr<Self>, SpawnError> {
-        let starts = (0..options.min_members)
-            .map(|_| Worker::<C, D>::spawn_with(driver.clone(), options.member.clone()));
+        // The pool's context comes first, so that its members can tell it
+        // of their lives from the start.
+        let context = Context::<Self>::new();
+        let watcher = context.address().recipient();
+        let starts = (0..options.min_members).map(|_| {
+            let member = options.member.clone().watched_by(watcher.clone());
+            Worker::<C, D>::supervise(driver.clone(), member)
+        });
         let mut workers = Vec::new();
         let mut failure = None;
         for started in join_all(starts).await {
@@ -162,25 +169,23 @@ impl<C: Contract, D: Driver<C> + Clone> WorkerPool<C, D> {
             join_all(workers.iter().map(|worker| worker.send(Close))).await;
             return Err(error);
         }
-        Ok(WorkerPool::create(move |_| {
-            let mut pool = WorkerPool {
-                driver,
-                options,
-                members: Vec::new(),
-                queue: VecDeque::new(),
-                starting: 0,
-                next_id: 1,
-                state: PoolState::Open,
-                counters: PoolCounters::default(),
-                settled: Vec::new(),
-                closed: Vec::new(),
-                sweep: None,
-            };
-            for worker in workers {
-                pool.add(worker);
-            }
-            pool
-        }))
+        let mut pool = WorkerPool {
+            driver,
+            options,
+            members: Vec::new(),
+            queue: VecDeque::new(),
+            starting: 0,
+            next_id: 1,
+            state: PoolState::Open,
+            counters: PoolCounters::default(),
+            settled: Vec::new(),
+            closed: Vec::new(),
+            sweep: None,
+        };
+        for worker in workers {
+            pool.add(worker);
+        }
+        Ok(context.run(pool))
     }
 
     /// Takes a freshly started member in.
@@ -369,7 +374,8 @@ impl<C: Contract, D: Driver<C> + Clone> WorkerPool<C, D> {
     /// once ready.
     fn start_member(&mut self, ctx: &mut Context<Self>) {
         self.starting += 1;
-        let spawned = Worker::<C, D>::spawn_with(self.driver.clone(), self.options.member.clone());
+        let member = (self.options.member.clone()).watched_by(ctx.address().recipient());
+        let spawned = Worker::<C, D>::supervise(self.driver.clone(), member);
         ctx.spawn(spawned.into_actor(self).map(|spawned, pool, ctx| {
             pool.starting -= 1;
             match spawned {
@@ -493,6 +499,20 @@ impl<C: Contract, D: Driver<C> + Clone> WorkerPool<C, D> {
                 let _ = waiting.await;
             }
         }
+    }
+
+    /// Each member's id and `Status` (`None` if its proxy is gone).
+    fn member_statuses(&self) -> impl Future<Output = Vec<(u64, Option<WorkerStatus>)>> + 'static {
+        let asks: Vec<_> = self
+            .members
+            .iter()
+            .map(|member| {
+                let id = member.id;
+                let asked = member.worker.send(Status);
+                async move { (id, asked.await.ok()) }
+            })
+            .collect();
+        join_all(asks)
     }
 
     /// The report answered to `PoolStatus`, from the members' `statuses`;
@@ -689,22 +709,29 @@ impl<C: Contract, D: Driver<C> + Clone> Handler<Close> for WorkerPool<C, D> {
     }
 }
 
+/// A member's worker gave up after crashing too often: the pool looks at
+/// its members at once and replaces those that gave up, so that no request
+/// is sent to them.
+impl<C: Contract, D: Driver<C> + Clone> Handler<LifecycleEvent> for WorkerPool<C, D> {
+    type Result = ();
+
+    fn handle(&mut self, event: LifecycleEvent, ctx: &mut Context<Self>) {
+        if matches!(event, LifecycleEvent::GaveUp { .. }) && self.state == PoolState::Open {
+            let looked = self.member_statuses().into_actor(self);
+            ctx.spawn(looked.map(|statuses, pool, ctx| {
+                pool.report(statuses, ctx);
+            }));
+        }
+    }
+}
+
 /// Reports the pool's members, queue and counters.
 impl<C: Contract, D: Driver<C> + Clone> Handler<PoolStatus> for WorkerPool<C, D> {
     type Result = ResponseActFuture<Self, PoolReport>;
 
     fn handle(&mut self, _: PoolStatus, _: &mut Context<Self>) -> Self::Result {
-        let asks: Vec<_> = self
-            .members
-            .iter()
-            .map(|member| {
-                let id = member.id;
-                let asked = member.worker.send(Status);
-                async move { (id, asked.await.ok()) }
-            })
-            .collect();
         Box::pin(
-            join_all(asks)
+            self.member_statuses()
                 .into_actor(self)
                 .map(|statuses, pool, ctx| pool.report(statuses, ctx)),
         )

@@ -265,7 +265,7 @@ impl<C: Contract, D: Driver<C>> Accepted<C, D> for Subscribe<C::Event> {
 
     fn handle(self, worker: &mut Worker<C, D>, _: &mut Context<Worker<C, D>>) {
         worker.events.subscribe(Subscriber::Recipient {
-            to: self.recipient,
+            to: self.recipient.downgrade(),
             waiting: Arc::default(),
             capacity: self.capacity,
             missed: 0,
@@ -325,7 +325,10 @@ enum Source<E> {
 
 enum Subscriber<E: Send + 'static> {
     Recipient {
-        to: Recipient<WorkerEvent<E>>,
+        /// Weak: a subscription does not keep its subscriber alive (an
+        /// actor that owns the worker and subscribes to it would otherwise
+        /// never stop).
+        to: actix::WeakRecipient<WorkerEvent<E>>,
         /// Events in its mailbox or handler.
         waiting: Arc<AtomicUsize>,
         capacity: usize,
@@ -348,9 +351,9 @@ impl<E: Send + 'static> Subscriber<E> {
                 capacity,
                 missed,
             } => {
-                if !to.connected() {
+                let Some(to) = to.upgrade() else {
                     return false;
-                }
+                };
                 if waiting.load(Ordering::Acquire) >= *capacity {
                     *missed += 1;
                     return true;

@@ -84,7 +84,7 @@ pub struct Worker<C: Contract, D: Driver<C> = ChildProcess> {
     /// Names this proxy in events and status.
     id: WorkerId,
     /// Who is told of crashes, restarts and giving up.
-    watchers: Vec<Recipient<LifecycleEvent>>,
+    watchers: Vec<actix::WeakRecipient<LifecycleEvent>>,
     /// Started with [`Worker::supervise`]: restarts at once after a crash.
     supervised: bool,
     /// A fresh worker is being launched.

@@ -81,7 +81,8 @@ impl LifecycleEvent {
 }
 
 /// Subscribes a recipient to a worker's [`LifecycleEvent`]s. Accepted by
-/// every worker. To miss none, even those of the first moments, pass the
+/// every worker. The worker holds it weakly: watching does not keep the
+/// watcher alive. To miss none, even those of the first moments, pass the
 /// watcher in the options instead ([`WorkerOptions::watched_by`]).
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
@@ -91,7 +92,7 @@ impl<C: Contract, D: Driver<C>> Accepted<C, D> for Watch {
     type Response = ();
 
     fn handle(self, worker: &mut Worker<C, D>, _: &mut Context<Worker<C, D>>) {
-        worker.watchers.push(self.0);
+        worker.watchers.push(self.0.downgrade());
     }
 }
 
@@ -286,10 +287,13 @@ impl<C: Contract, D: Driver<C>> Worker<C, D> {
 
     /// Tells every watcher still listening about `event`.
     pub(super) fn tell(&mut self, event: LifecycleEvent) {
-        self.watchers.retain(Recipient::connected);
-        for watcher in &self.watchers {
-            watcher.do_send(event.clone());
-        }
+        self.watchers.retain(|watcher| match watcher.upgrade() {
+            Some(watcher) => {
+                watcher.do_send(event.clone());
+                true
+            }
+            None => false,
+        });
     }
 }
 

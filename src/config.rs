@@ -90,11 +90,14 @@ pub enum WhileRestarting {
     /// They wait in the proxy's actix mailbox and go to the fresh worker
     /// once it is up. The mailbox is bounded the actix way: `send` waits for
     /// room (the capacity is actix's default, 16), `try_send` fails when it
-    /// is full; `do_send` does not wait.
+    /// is full; `do_send` does not wait. Every message waits, `Close`
+    /// included (for at most the backoff and the startup timeout).
     #[default]
     Queue,
     /// They resolve at once with the crash that caused the restart
-    /// ([`WorkerError::Crashed`](crate::WorkerError::Crashed)).
+    /// ([`WorkerError::Crashed`](crate::WorkerError::Crashed)). `Status`
+    /// answers meanwhile, and `Close` calls off a restart still in its
+    /// backoff.
     Reject,
 }
 

@@ -57,6 +57,10 @@ fn main() {
             requests_rejected_during_restart,
         ),
         actix_test(
+            "close_during_a_restart_backoff_calls_the_restart_off",
+            close_during_restart,
+        ),
+        actix_test(
             "a_request_to_retry_completes_on_the_fresh_worker",
             retried_request_completes,
         ),
@@ -259,6 +263,39 @@ async fn requests_rejected_during_restart() -> Result<(), Failed> {
         "{status:?}"
     );
     close(&worker).await
+}
+
+async fn close_during_restart() -> Result<(), Failed> {
+    let (watcher, mut events) = recorder();
+    // Requests are refused during a restart, so `Close` is handled during
+    // one; the second restart would wait 30 s.
+    let backoff = Duration::from_secs(30);
+    let options = WorkerOptions::default()
+        .watched_by(watcher)
+        .while_restarting(WhileRestarting::Reject)
+        .restart_backoff(backoff, backoff);
+    let worker = supervised_calc(options).await?;
+    kill_and_wait_for_crash(&worker, &mut events).await?;
+    assert!(matches!(
+        next_event(&mut events).await?,
+        LifecycleEvent::Restarted { restarts: 1, .. }
+    ));
+    kill_and_wait_for_crash(&worker, &mut events).await?;
+    let asked = Instant::now();
+    worker.send(isolated_workers::Close).await?;
+    assert!(
+        asked.elapsed() < backoff / 2,
+        "Close sat out the backoff instead of cancelling the restart"
+    );
+    // `Close` resolved after the restart was called off: nothing starts.
+    let status = worker.send(Status).await?;
+    assert_eq!(status.state, WorkerState::Closed, "{status:?}");
+    assert_eq!(status.pid, None, "{status:?}");
+    assert!(
+        events.events.try_recv().is_err(),
+        "a restart was announced after Close"
+    );
+    Ok(())
 }
 
 async fn retried_request_completes() -> Result<(), Failed> {

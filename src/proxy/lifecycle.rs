@@ -24,7 +24,10 @@ const KILL_WAIT: Duration = Duration::from_secs(5);
 /// sent SIGTERM and given the grace period again, then killed (SIGKILL);
 /// `Close` resolves once it has been reaped and its socket directory
 /// removed. A thread worker's arbiter is stopped (after the handler running
-/// at that moment returns) and joined. Afterwards every send gives `Closed`.
+/// at that moment returns) and joined. A `Close` that arrives while a fresh
+/// worker is about to start after a crash cancels that start, or, if the
+/// worker is already starting, waits for it and closes it.
+/// Afterwards every send gives `Closed`.
 #[derive(Debug, Clone, Copy, Default, Message)]
 #[rtype(result = "()")]
 pub struct Close;
@@ -111,6 +114,20 @@ impl<C: Contract, D: Driver<C>> Accepted<C, D> for Close {
     fn handle(self, worker: &mut Worker<C, D>, _: &mut Context<Worker<C, D>>) -> Self::Response {
         if worker.state == WorkerState::Closed {
             return Box::pin(fut::ready(()));
+        }
+        if worker.restarting {
+            // A restart still in its backoff does not start; one already
+            // starting is closed once it is up (or has failed), so that
+            // nothing of it is left once `Close` resolves.
+            if let Some(cancel) = worker.restart_cancel.take() {
+                let _ = cancel.send(());
+            }
+            return Box::pin(
+                worker
+                    .restart_done()
+                    .into_actor(worker)
+                    .then(move |(), worker, ctx| Accepted::<C, D>::handle(self, worker, ctx)),
+            );
         }
         tracing::debug!(contract = C::NAME, "closing worker");
         worker.state = WorkerState::Closing;
@@ -210,6 +227,14 @@ impl<C: Contract, D: Driver<C>> Accepted<C, D> for Drain {
     fn handle(self, worker: &mut Worker<C, D>, _: &mut Context<Worker<C, D>>) -> Self::Response {
         if worker.state == WorkerState::Closed {
             return Box::pin(fut::ready(()));
+        }
+        if worker.restarting {
+            return Box::pin(
+                worker
+                    .restart_done()
+                    .into_actor(worker)
+                    .then(move |(), worker, ctx| Accepted::<C, D>::handle(self, worker, ctx)),
+            );
         }
         tracing::debug!(contract = C::NAME, within = ?self.within, "draining worker");
         worker.state = WorkerState::Closing;

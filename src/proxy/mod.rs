@@ -89,6 +89,10 @@ pub struct Worker<C: Contract, D: Driver<C> = ChildProcess> {
     supervised: bool,
     /// A fresh worker is being launched.
     restarting: bool,
+    /// Told when the launch in progress has ended (`Close` waits for it).
+    restart_waiters: Vec<tokio::sync::oneshot::Sender<()>>,
+    /// Cuts short the backoff before a restart (`Close` does).
+    restart_cancel: Option<tokio::sync::oneshot::Sender<()>>,
     /// Set by `Supervised::restarting`: launch a fresh worker, after this
     /// backoff, once actix has restarted the proxy.
     restart_after: Option<std::time::Duration>,
@@ -239,6 +243,8 @@ impl<C: Contract, D: Driver<C>> Worker<C, D> {
             id: WorkerId::next(),
             supervised: false,
             restarting: false,
+            restart_waiters: Vec::new(),
+            restart_cancel: None,
             restart_after: None,
             carried: Vec::new(),
             _contract: PhantomData,
@@ -312,12 +318,20 @@ impl<C: Contract, D: Driver<C>> Actor for Worker<C, D> {
 
     fn stopped(&mut self, ctx: &mut Self::Context) {
         self.drop_carried(ctx);
+        self.let_go();
+    }
+}
+
+impl<C: Contract, D: Driver<C>> Worker<C, D> {
+    /// Lets go of the worker: requests still waiting resolve `Closed`; a
+    /// child is killed (and reaped by its watcher) unless detached, and its
+    /// directory removed with the link; a thread worker's arbiter is
+    /// stopped.
+    fn let_go(&mut self) {
         match &mut self.link {
             Link::Stream(link) => {
                 link.fail_all(|| WorkerError::Closed);
-                // A detached worker parks when the connection drops; any
-                // other is killed (and reaped by its watcher), and its
-                // directory removed with the link.
+                // A detached worker parks when the connection drops.
                 if !link.is_detached() {
                     link.kill();
                 }

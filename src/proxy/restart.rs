@@ -8,7 +8,7 @@ use std::time::Instant;
 use actix::prelude::*;
 use tracing::Instrument;
 
-use super::{stream, Accepted, Link, Worker};
+use super::{stream, Accepted, Link, Worker, WorkerState};
 use crate::config::{WhileRestarting, WorkerOptions};
 use crate::contract::Contract;
 use crate::driver::Driver;
@@ -149,7 +149,7 @@ impl<C: Contract, D: Driver<C>> Worker<C, D> {
     pub(super) fn needs_respawn(&self) -> bool {
         self.driver.is_some()
             && !self.restarting
-            && matches!(self.state, super::WorkerState::Crashed { .. })
+            && matches!(self.state, WorkerState::Crashed { .. })
     }
 
     /// The worker died: a supervised proxy stops so that actix restarts it,
@@ -189,7 +189,7 @@ impl<C: Contract, D: Driver<C>> Worker<C, D> {
         let restarts = self.restarts.len() as u32;
         if restarts >= self.options.max_restarts {
             let last = match &self.state {
-                super::WorkerState::Crashed { reason, message } => match message {
+                WorkerState::Crashed { reason, message } => match message {
                     Some(message) => format!("crashed ({reason}): {message}"),
                     None => format!("crashed ({reason})"),
                 },
@@ -201,7 +201,7 @@ impl<C: Contract, D: Driver<C>> Worker<C, D> {
                 restarts,
                 last: last.clone(),
             });
-            self.state = super::WorkerState::GaveUp { restarts, last };
+            self.state = WorkerState::GaveUp { restarts, last };
             return None;
         }
         self.restarts.push_back(now);
@@ -218,9 +218,9 @@ impl<C: Contract, D: Driver<C>> Worker<C, D> {
         backoff: std::time::Duration,
         meanwhile: WhileRestarting,
     ) {
-        let Some(driver) = &self.driver else {
+        if self.driver.is_none() {
             return self.fail_retries(retry);
-        };
+        }
         let restart = self.restarts.len() as u32;
         tracing::info!(
             contract = C::NAME,
@@ -229,20 +229,55 @@ impl<C: Contract, D: Driver<C>> Worker<C, D> {
             "starting a fresh worker"
         );
         let span = tracing::info_span!("respawn", contract = C::NAME, restart);
-        let launched = driver.launch(&self.options);
-        let launched = async move {
-            tokio::time::sleep(backoff).await;
-            launched.await
-        }
-        .instrument(span);
+        // The backoff first, which `Close` may cut short; the launch only
+        // after it, so that nothing starts that is not wanted.
+        let (cancel, cancelled) = tokio::sync::oneshot::channel::<()>();
+        self.restart_cancel = Some(cancel);
         self.restarting = true;
-        let installed = launched.into_actor(self).map(move |launched, worker, ctx| {
+        let waited = async move {
+            tokio::select! {
+                () = tokio::time::sleep(backoff) => true,
+                _ = cancelled => false,
+            }
+        };
+        let launched = waited.into_actor(self).then(move |go_on, worker, _| {
+            worker.restart_cancel = None;
+            let launch = match &worker.driver {
+                Some(driver) if go_on => Some(driver.launch(&worker.options)),
+                _ => None,
+            };
+            async move {
+                match launch {
+                    Some(launch) => Some(launch.await),
+                    None => None,
+                }
+            }
+            .instrument(span)
+            .into_actor(worker)
+        });
+        let installed = launched.map(move |launched, worker, ctx| {
             worker.restarting = false;
+            for waiter in worker.restart_waiters.drain(..) {
+                let _ = waiter.send(());
+            }
+            let Some(launched) = launched else {
+                // Cancelled by `Close`.
+                return worker.fail_retries(retry);
+            };
             match launched {
+                Ok(connection) if !matches!(worker.state, WorkerState::Crashed { .. }) => {
+                    // Closed while it started: not wanted. (`Close` and
+                    // `Drain` wait for a launch in progress, so this is
+                    // only a guard against bringing a closed worker back.)
+                    let (options, tally, events) = (&worker.options, &worker.tally, &worker.events);
+                    worker.link = Link::start(connection, options, tally, events, ctx);
+                    worker.let_go();
+                    worker.fail_retries(retry);
+                }
                 Ok(connection) => {
                     let (options, tally, events) = (&worker.options, &worker.tally, &worker.events);
                     worker.link = Link::start(connection, options, tally, events, ctx);
-                    worker.state = super::WorkerState::Running;
+                    worker.state = WorkerState::Running;
                     worker.started = Instant::now();
                     worker.tally.borrow_mut().restarts += 1;
                     worker.tell(LifecycleEvent::Restarted {
@@ -273,6 +308,20 @@ impl<C: Contract, D: Driver<C>> Worker<C, D> {
             WhileRestarting::Queue => ctx.wait(installed),
             WhileRestarting::Reject => {
                 ctx.spawn(installed);
+            }
+        }
+    }
+
+    /// Resolves once no fresh worker is being launched.
+    pub(super) fn restart_done(&mut self) -> impl std::future::Future<Output = ()> + 'static {
+        let waiting = self.restarting.then(|| {
+            let (done, waiting) = tokio::sync::oneshot::channel();
+            self.restart_waiters.push(done);
+            waiting
+        });
+        async move {
+            if let Some(waiting) = waiting {
+                let _ = waiting.await;
             }
         }
     }

@@ -115,11 +115,11 @@ impl<C: Contract, D: Driver<C>> Accepted<C, D> for Close {
         if worker.state == WorkerState::Closed {
             return Box::pin(fut::ready(()));
         }
-        if worker.restarting {
+        if worker.restart.launching {
             // A restart still in its backoff does not start; one already
             // starting is closed once it is up (or has failed), so that
             // nothing of it is left once `Close` resolves.
-            if let Some(cancel) = worker.restart_cancel.take() {
+            if let Some(cancel) = worker.restart.cancel.take() {
                 let _ = cancel.send(());
             }
             return Box::pin(
@@ -228,7 +228,7 @@ impl<C: Contract, D: Driver<C>> Accepted<C, D> for Drain {
         if worker.state == WorkerState::Closed {
             return Box::pin(fut::ready(()));
         }
-        if worker.restarting {
+        if worker.restart.launching {
             return Box::pin(
                 worker
                     .restart_done()
@@ -270,7 +270,7 @@ impl<C: Contract, D: Driver<C>> Accepted<C, D> for Status {
             state: worker.state.clone(),
             in_flight,
             queued,
-            restarts: worker.restarts.len() as u32,
+            restarts: worker.restart.count(),
             detached: worker.link.session().is_some_and(|s| s.is_detached()),
             uptime: worker.started.elapsed(),
             counters: worker.tally.borrow().snapshot(),

@@ -8,7 +8,6 @@
 //! capabilities allow. A message outside that set does not compile, and the
 //! compiler says which worker does not accept which message, and why.
 
-use std::collections::VecDeque;
 use std::marker::PhantomData;
 use std::time::Instant;
 
@@ -75,8 +74,6 @@ pub struct Worker<C: Contract, D: Driver<C> = ChildProcess> {
     /// Starts a fresh worker after a crash; `None` for a worker this host
     /// attached to, which it cannot start again.
     driver: Option<D>,
-    /// When the worker was restarted, within the restart window.
-    restarts: VecDeque<Instant>,
     /// What the proxy counts, for `Status`.
     tally: counters::SharedTally,
     /// When the current worker started.
@@ -85,19 +82,8 @@ pub struct Worker<C: Contract, D: Driver<C> = ChildProcess> {
     id: WorkerId,
     /// Who is told of crashes, restarts and giving up.
     watchers: Vec<actix::WeakRecipient<LifecycleEvent>>,
-    /// Started with [`Worker::supervise`]: restarts at once after a crash.
-    supervised: bool,
-    /// A fresh worker is being launched.
-    restarting: bool,
-    /// Told when the launch in progress has ended (`Close` waits for it).
-    restart_waiters: Vec<tokio::sync::oneshot::Sender<()>>,
-    /// Cuts short the backoff before a restart (`Close` does).
-    restart_cancel: Option<tokio::sync::oneshot::Sender<()>>,
-    /// Set by `Supervised::restarting`: launch a fresh worker, after this
-    /// backoff, once actix has restarted the proxy.
-    restart_after: Option<std::time::Duration>,
-    /// Requests to retry on the fresh worker of a supervised restart.
-    carried: Vec<stream::Retry>,
+    /// Restarting the worker after crashes.
+    restart: restart::Restarts,
     /// Who subscribed to the worker's events (they outlive the worker).
     events: events::Hub<C::Event>,
     _contract: PhantomData<fn() -> (C, D)>,
@@ -237,16 +223,10 @@ impl<C: Contract, D: Driver<C>> Worker<C, D> {
             state: WorkerState::Running,
             link,
             driver,
-            restarts: VecDeque::new(),
             tally,
             started: Instant::now(),
             id: WorkerId::next(),
-            supervised: false,
-            restarting: false,
-            restart_waiters: Vec::new(),
-            restart_cancel: None,
-            restart_after: None,
-            carried: Vec::new(),
+            restart: restart::Restarts::default(),
             _contract: PhantomData,
         }
     }

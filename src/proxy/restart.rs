@@ -2,10 +2,12 @@
 //! at once under actix's [`Supervisor`]; the restart budget and its backoff;
 //! and the [`LifecycleEvent`]s watchers are told.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
+use tokio::sync::oneshot;
 use tracing::Instrument;
 
 use super::{stream, Accepted, Link, Worker, WorkerState};
@@ -13,6 +15,33 @@ use crate::config::{WhileRestarting, WorkerOptions};
 use crate::contract::Contract;
 use crate::driver::Driver;
 use crate::error::{CrashReason, SpawnError, WorkerError};
+
+/// What a proxy knows of restarting its worker.
+#[derive(Default)]
+pub(super) struct Restarts {
+    /// When the worker was restarted, within the restart window.
+    at: VecDeque<Instant>,
+    /// Started with [`Worker::supervise`]: restarts at once after a crash.
+    supervised: bool,
+    /// A fresh worker is being launched.
+    pub(super) launching: bool,
+    /// Told when the launch in progress has ended (`Close` waits for it).
+    waiters: Vec<oneshot::Sender<()>>,
+    /// Cuts short the backoff before a launch (`Close` does).
+    pub(super) cancel: Option<oneshot::Sender<()>>,
+    /// Set by `Supervised::restarting`: launch a fresh worker, after this
+    /// backoff, once actix has restarted the proxy.
+    after: Option<Duration>,
+    /// Requests to retry on the fresh worker of a supervised restart.
+    carried: Vec<stream::Retry>,
+}
+
+impl Restarts {
+    /// Restarts made within the restart window (as last counted).
+    pub(super) fn count(&self) -> u32 {
+        self.at.len() as u32
+    }
+}
 
 /// Names one worker proxy for the life of the process: the `worker` of its
 /// [`LifecycleEvent`]s and of its [`WorkerStatus`](super::WorkerStatus).
@@ -124,7 +153,7 @@ impl<C: Contract, D: Driver<C>> Worker<C, D> {
     /// # use serde::{Deserialize, Serialize};
     /// # #[derive(Serialize, Deserialize)] struct Ping;
     /// # isolated_workers::contract! { Calc { Ping => () } }
-    /// use std::time::Duration;
+    /// use Duration;
     /// use isolated_workers::{ChildProcess, Worker, WorkerOptions};
     /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
     /// let options = WorkerOptions::default().restart_budget(3, Duration::from_secs(10));
@@ -139,7 +168,7 @@ impl<C: Contract, D: Driver<C>> Worker<C, D> {
         tracing::debug!(parent: &span, "supervised worker ready");
         Ok(Supervisor::start(move |ctx| {
             let mut worker = Self::new(connection, options, Some(driver), ctx);
-            worker.supervised = true;
+            worker.restart.supervised = true;
             worker
         }))
     }
@@ -148,7 +177,7 @@ impl<C: Contract, D: Driver<C>> Worker<C, D> {
     /// fresh one.
     pub(super) fn needs_respawn(&self) -> bool {
         self.driver.is_some()
-            && !self.restarting
+            && !self.restart.launching
             && matches!(self.state, WorkerState::Crashed { .. })
     }
 
@@ -156,8 +185,8 @@ impl<C: Contract, D: Driver<C>> Worker<C, D> {
     /// carrying the requests to `retry` over; any other restarts only if
     /// some request is to be retried (else with the next request).
     pub(super) fn after_crash(&mut self, ctx: &mut Context<Self>, retry: Vec<stream::Retry>) {
-        if self.supervised {
-            self.carried = retry;
+        if self.restart.supervised {
+            self.restart.carried = retry;
             ctx.stop();
         } else if !retry.is_empty() {
             self.respawn(ctx, retry);
@@ -182,11 +211,13 @@ impl<C: Contract, D: Driver<C>> Worker<C, D> {
     /// Counts a restart against the budget and answers how long to wait
     /// before it; `None` once the budget is spent, when the proxy has given
     /// up.
-    fn spend_restart(&mut self) -> Option<std::time::Duration> {
+    fn spend_restart(&mut self) -> Option<Duration> {
         let now = Instant::now();
         let window = self.options.restart_window;
-        self.restarts.retain(|at| now.duration_since(*at) < window);
-        let restarts = self.restarts.len() as u32;
+        self.restart
+            .at
+            .retain(|at| now.duration_since(*at) < window);
+        let restarts = self.restart.count();
         if restarts >= self.options.max_restarts {
             let last = match &self.state {
                 WorkerState::Crashed { reason, message } => match message {
@@ -204,7 +235,7 @@ impl<C: Contract, D: Driver<C>> Worker<C, D> {
             self.state = WorkerState::GaveUp { restarts, last };
             return None;
         }
-        self.restarts.push_back(now);
+        self.restart.at.push_back(now);
         Some(self.options.backoff_before(restarts + 1))
     }
 
@@ -215,13 +246,13 @@ impl<C: Contract, D: Driver<C>> Worker<C, D> {
         &mut self,
         ctx: &mut Context<Self>,
         retry: Vec<stream::Retry>,
-        backoff: std::time::Duration,
+        backoff: Duration,
         meanwhile: WhileRestarting,
     ) {
         if self.driver.is_none() {
             return self.fail_retries(retry);
         }
-        let restart = self.restarts.len() as u32;
+        let restart = self.restart.count();
         tracing::info!(
             contract = C::NAME,
             restart,
@@ -231,9 +262,9 @@ impl<C: Contract, D: Driver<C>> Worker<C, D> {
         let span = tracing::info_span!("respawn", contract = C::NAME, restart);
         // The backoff first, which `Close` may cut short; the launch only
         // after it, so that nothing starts that is not wanted.
-        let (cancel, cancelled) = tokio::sync::oneshot::channel::<()>();
-        self.restart_cancel = Some(cancel);
-        self.restarting = true;
+        let (cancel, cancelled) = oneshot::channel::<()>();
+        self.restart.cancel = Some(cancel);
+        self.restart.launching = true;
         let waited = async move {
             tokio::select! {
                 () = tokio::time::sleep(backoff) => true,
@@ -241,7 +272,7 @@ impl<C: Contract, D: Driver<C>> Worker<C, D> {
             }
         };
         let launched = waited.into_actor(self).then(move |go_on, worker, _| {
-            worker.restart_cancel = None;
+            worker.restart.cancel = None;
             let launch = match &worker.driver {
                 Some(driver) if go_on => Some(driver.launch(&worker.options)),
                 _ => None,
@@ -256,8 +287,8 @@ impl<C: Contract, D: Driver<C>> Worker<C, D> {
             .into_actor(worker)
         });
         let installed = launched.map(move |launched, worker, ctx| {
-            worker.restarting = false;
-            for waiter in worker.restart_waiters.drain(..) {
+            worker.restart.launching = false;
+            for waiter in worker.restart.waiters.drain(..) {
                 let _ = waiter.send(());
             }
             let Some(launched) = launched else {
@@ -296,7 +327,7 @@ impl<C: Contract, D: Driver<C>> Worker<C, D> {
                         CrashReason::ConnectionLost,
                         Some(format!("restart failed: {error}")),
                     );
-                    if worker.supervised {
+                    if worker.restart.supervised {
                         worker.after_crash(ctx, retry);
                     } else {
                         worker.fail_retries(retry);
@@ -314,9 +345,9 @@ impl<C: Contract, D: Driver<C>> Worker<C, D> {
 
     /// Resolves once no fresh worker is being launched.
     pub(super) fn restart_done(&mut self) -> impl std::future::Future<Output = ()> + 'static {
-        let waiting = self.restarting.then(|| {
-            let (done, waiting) = tokio::sync::oneshot::channel();
-            self.restart_waiters.push(done);
+        let waiting = self.restart.launching.then(|| {
+            let (done, waiting) = oneshot::channel();
+            self.restart.waiters.push(done);
             waiting
         });
         async move {
@@ -352,9 +383,9 @@ impl<C: Contract, D: Driver<C>> Supervised for Worker<C, D> {
     /// worker.)
     fn restarting(&mut self, _: &mut Context<Self>) {
         match self.spend_restart() {
-            Some(backoff) => self.restart_after = Some(backoff),
+            Some(backoff) => self.restart.after = Some(backoff),
             None => {
-                let carried = std::mem::take(&mut self.carried);
+                let carried = std::mem::take(&mut self.restart.carried);
                 self.fail_retries(carried);
             }
         }
@@ -365,8 +396,8 @@ impl<C: Contract, D: Driver<C>> Worker<C, D> {
     /// Called from `started`: after a supervised restart, launches the
     /// fresh worker.
     pub(super) fn resume_after_restart(&mut self, ctx: &mut Context<Self>) {
-        if let Some(backoff) = self.restart_after.take() {
-            let carried = std::mem::take(&mut self.carried);
+        if let Some(backoff) = self.restart.after.take() {
+            let carried = std::mem::take(&mut self.restart.carried);
             let meanwhile = self.options.while_restarting;
             self.launch_fresh(ctx, carried, backoff, meanwhile);
         }
@@ -375,9 +406,9 @@ impl<C: Contract, D: Driver<C>> Worker<C, D> {
     /// Called from `stopped`: the requests carried over to a restart that
     /// will not happen (the proxy stopped for good).
     pub(super) fn drop_carried(&mut self, ctx: &Context<Self>) {
-        let restarts = self.supervised && ctx.connected();
+        let restarts = self.restart.supervised && ctx.connected();
         if !restarts {
-            let carried = std::mem::take(&mut self.carried);
+            let carried = std::mem::take(&mut self.restart.carried);
             self.fail_retries(carried);
         }
     }

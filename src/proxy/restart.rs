@@ -153,7 +153,7 @@ impl<C: Contract, D: Driver<C>> Worker<C, D> {
     /// # use serde::{Deserialize, Serialize};
     /// # #[derive(Serialize, Deserialize)] struct Ping;
     /// # isolated_workers::contract! { Calc { Ping => () } }
-    /// use Duration;
+    /// use std::time::Duration;
     /// use isolated_workers::{ChildProcess, Worker, WorkerOptions};
     /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
     /// let options = WorkerOptions::default().restart_budget(3, Duration::from_secs(10));

@@ -298,6 +298,20 @@ async fn a_thread_workers_requests_have_spans_too(recorder: Recorder) -> Result<
         "a request span for the thread worker: {:?}",
         &spans[before..]
     );
+    // The handler ran on the worker's thread, inside the request's span.
+    let heard = recorder
+        .events
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|e| e.name == "handler heard on a thread")
+        .cloned()
+        .ok_or("the handler's event")?;
+    assert_eq!(
+        heard.scope.first().map(String::as_str),
+        Some("request"),
+        "{heard:?}"
+    );
     Ok(())
 }
 

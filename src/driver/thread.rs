@@ -20,6 +20,7 @@ use crate::config::WorkerOptions;
 use crate::error::SpawnError;
 use crate::middleware::Middlewares;
 use crate::worker::events::{Events, Scope};
+use crate::worker::inbox::Inbox;
 use crate::worker::panic;
 use crate::worker::routes::{Recipients, ServedBy};
 
@@ -140,16 +141,16 @@ where
                     Ok(actor) => {
                         // Run the actor's context as a task of our own, to
                         // learn when it ends (a panic, even while idle).
-                        let context = Context::new();
-                        let address = context.address();
+                        let mut context = Context::new();
+                        let inbox = Inbox::open(&mut context);
                         let ended = actix_rt::spawn(scope.around(context.into_future(actor)));
-                        Ok((address, ended, thread))
+                        Ok((inbox, ended, thread))
                     }
                     Err(_) => Err(panic::take_message(thread)),
                 });
             });
             let started = tokio::time::timeout(startup, started).await;
-            let (actor, ended, thread) = match started {
+            let (inbox, ended, thread) = match started {
                 Ok(Ok(Ok(started))) => started,
                 Ok(Ok(Err(message))) => {
                     arbiter.stop();
@@ -165,7 +166,7 @@ where
                     });
                 }
             };
-            let recipients = C::routes().recipients(&actor);
+            let recipients = C::routes().recipients(&inbox);
             Ok(Connection {
                 kind: ConnectionKind::Local(LocalLink {
                     recipients,

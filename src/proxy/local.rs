@@ -290,7 +290,7 @@ impl LocalState {
                         permit.map_err(|_| WorkerError::Closed)?
                     }
                 };
-                match recipient.send(message).await {
+                match recipient(message).await {
                     Ok(outcome) => outcome,
                     Err(_) if shared.closed.load(Ordering::Relaxed) => Err(WorkerError::Closed),
                     // The actor is gone: its handler panicked. (The proxy

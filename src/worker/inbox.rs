@@ -1,6 +1,7 @@
-//! How a worker process hands requests to its actor: straight into the
-//! actor's context, each handler called inside the request's `tracing`
-//! span, so that what a handler logs joins the host's request span.
+//! How a worker hands requests to its actor (over either driver): straight
+//! into the actor's context, each handler called inside the request's
+//! `tracing` span, so that what a handler logs joins the host's request
+//! span.
 //!
 //! actix's mailbox offers no hook around a handler, and a crate cannot add
 //! a `Handler<Traced<M>>` to the user's actor (orphan rules), so the worker
@@ -17,7 +18,7 @@ use actix::prelude::*;
 use tokio::sync::{mpsc, oneshot};
 
 /// A request for the actor: calls its handler with the actor and context.
-type Call<A> = Box<dyn FnOnce(&mut A, &mut <A as Actor>::Context)>;
+type Call<A> = Box<dyn FnOnce(&mut A, &mut <A as Actor>::Context) + Send>;
 
 /// The sending end of an actor's inbox. Dropping every `Inbox` (and every
 /// `Addr`) of the actor lets it stop, as dropping its last `Addr` would.
@@ -35,7 +36,7 @@ where
     /// Opens an inbox into the context `actor` will run in.
     pub(crate) fn open(context: &mut Context<A>) -> Self {
         let (calls, waiting) = mpsc::unbounded_channel();
-        context.spawn(Deliver { waiting });
+        context.spawn(Delivery { waiting });
         Inbox {
             calls,
             _address: context.address(),
@@ -48,8 +49,8 @@ where
     pub(crate) fn call<M>(&self, message: M) -> oneshot::Receiver<M::Result>
     where
         A: Handler<M>,
-        M: Message + 'static,
-        M::Result: 'static,
+        M: Message + Send + 'static,
+        M::Result: Send + 'static,
     {
         let (reply, result) = oneshot::channel();
         let call: Call<A> = Box::new(move |actor, ctx| {
@@ -62,12 +63,27 @@ where
     }
 }
 
+impl<A: Actor> Clone for Inbox<A> {
+    fn clone(&self) -> Self {
+        Inbox {
+            calls: self.calls.clone(),
+            _address: self._address.clone(),
+        }
+    }
+}
+
+/// Hands a message of type `M` to an actor through its inbox: what a
+/// driver that moves values holds, one per contract message, without
+/// naming the actor's type.
+pub(crate) type Deliver<M> =
+    std::sync::Arc<dyn Fn(M) -> oneshot::Receiver<<M as Message>::Result> + Send + Sync>;
+
 /// The receiving end, running in the actor's context.
-struct Deliver<A: Actor> {
+struct Delivery<A: Actor> {
     waiting: mpsc::UnboundedReceiver<(tracing::Span, Call<A>)>,
 }
 
-impl<A> ActorFuture<A> for Deliver<A>
+impl<A> ActorFuture<A> for Delivery<A>
 where
     A: Actor<Context = Context<A>>,
 {

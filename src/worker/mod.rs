@@ -20,7 +20,7 @@ mod cancellable;
 mod detach;
 pub(crate) mod events;
 mod forward;
-mod inbox;
+pub(crate) mod inbox;
 pub(crate) mod panic;
 pub(crate) mod routes;
 mod server;

@@ -15,7 +15,7 @@ use crate::middleware::Middlewares;
 use crate::wire::serializer::CodecError;
 use crate::wire::Serializer;
 
-use super::inbox::Inbox;
+use super::inbox::{Deliver, Inbox};
 
 /// A contract that actor `A` can serve: implemented by
 /// [`contract!`](crate::contract!) for every actor that handles all of the
@@ -44,18 +44,18 @@ pub(crate) enum Outcome {
 
 type Route<A> = fn(&Inbox<A>, &[u8], &Middlewares) -> LocalBoxFuture<'static, Outcome>;
 
-/// Makes a `Recipient<M>` (boxed as `Any`) for one message type `M`.
-type RecipientMaker<A> = fn(&Addr<A>) -> Box<dyn Any + Send>;
+/// Makes the [`Deliver`] of one message type `M` (boxed as `Any`).
+type DeliverMaker<A> = fn(&Inbox<A>) -> Box<dyn Any + Send>;
 
 /// The dispatch table of a worker actor `A` whose payloads are encoded with
 /// `S`. Built by [`ServedBy::routes`]; users do not build it by hand.
 ///
 /// It serves both kinds of driver: by wire name for drivers that carry
-/// bytes, and by message type (a typed `Recipient` per message) for drivers
+/// bytes, and by message type (a typed [`Deliver`] per message) for drivers
 /// that move values.
 pub struct Routes<A: Actor, S> {
     by_name: HashMap<&'static str, Route<A>>,
-    by_type: Vec<(TypeId, RecipientMaker<A>)>,
+    by_type: Vec<(TypeId, DeliverMaker<A>)>,
     _serializer: PhantomData<fn() -> S>,
 }
 
@@ -97,18 +97,21 @@ impl<A: Actor, S: Serializer> Routes<A, S> {
             "two messages of one contract share the wire name `{}`",
             M::NAME
         );
-        self.by_type.push((TypeId::of::<M>(), |actor| {
-            Box::new(actor.clone().recipient::<M>())
+        self.by_type.push((TypeId::of::<M>(), |inbox| {
+            let inbox = inbox.clone();
+            let deliver: Deliver<M> = std::sync::Arc::new(move |message| inbox.call(message));
+            Box::new(deliver)
         }));
     }
 
-    /// A `Recipient<M>` for every message `M` of the contract, keyed by
-    /// `TypeId::of::<M>()`: how a driver that moves values reaches `actor`.
-    pub(crate) fn recipients(&self, actor: &Addr<A>) -> Recipients {
+    /// A [`Deliver`] for every message `M` of the contract, keyed by
+    /// `TypeId::of::<M>()`: how a driver that moves values reaches the
+    /// actor behind `inbox`.
+    pub(crate) fn recipients(&self, inbox: &Inbox<A>) -> Recipients {
         Recipients(
             self.by_type
                 .iter()
-                .map(|(type_id, make)| (*type_id, make(actor)))
+                .map(|(type_id, make)| (*type_id, make(inbox)))
                 .collect(),
         )
     }
@@ -131,14 +134,14 @@ impl<A: Actor, S: Serializer> Routes<A, S> {
     }
 }
 
-/// The typed recipients of a worker actor, one per contract message.
+/// How to hand each contract message to a worker actor, by type.
 #[derive(Debug, Default)]
 pub(crate) struct Recipients(HashMap<TypeId, Box<dyn Any + Send>>);
 
 impl Recipients {
-    /// The recipient of message `M`; `None` only if `M` is not in the
+    /// How to deliver message `M`; `None` only if `M` is not in the
     /// contract the table was built for (the proxy's bounds rule that out).
-    pub(crate) fn get<M>(&self) -> Option<&Recipient<M>>
+    pub(crate) fn get<M>(&self) -> Option<&Deliver<M>>
     where
         M: Message + Send + 'static,
         M::Result: Send,

@@ -51,7 +51,7 @@ type DeliverMaker<A> = fn(&Inbox<A>) -> Box<dyn Any + Send>;
 /// `S`. Built by [`ServedBy::routes`]; users do not build it by hand.
 ///
 /// It serves both kinds of driver: by wire name for drivers that carry
-/// bytes, and by message type (a typed [`Deliver`] per message) for drivers
+/// bytes, and by message type (a typed handle per message) for drivers
 /// that move values.
 pub struct Routes<A: Actor, S> {
     by_name: HashMap<&'static str, Route<A>>,

@@ -106,7 +106,7 @@ mod sealed {
 /// sent to a `Worker<C, _>`.
 #[diagnostic::on_unimplemented(
     message = "`{Self}` is not a message of contract `{C}`",
-    label = "a `Worker<{C}, _>` accepts only the messages its contract declares",
+    label = "a worker (or pool) of contract `{C}` accepts only the messages its contract declares",
     note = "add `{Self}` to the `contract!` that declares `{C}`, or send it to a worker of the contract that has it"
 )]
 pub trait InContract<C: Contract>: WorkerMessage {}

@@ -226,14 +226,19 @@ async fn requests_wait_for_restart() -> Result<(), Failed> {
     close(&worker).await
 }
 
-async fn requests_rejected_during_restart() -> Result<(), Failed> {
+/// The backoff of [`in_a_long_restart`]'s second restart: longer than any
+/// test sits out.
+const LONG_BACKOFF: Duration = Duration::from_secs(30);
+
+/// A supervised worker that refuses requests while it restarts, killed
+/// twice: the first restart is immediate, the second waits
+/// [`LONG_BACKOFF`], and the worker is in that wait when this returns.
+async fn in_a_long_restart() -> Result<(Addr<Worker<Calc>>, Heard), Failed> {
     let (watcher, mut events) = recorder();
-    // The first restart is immediate; the second waits 30 s, which this
-    // test does not sit out.
     let options = WorkerOptions::default()
         .watched_by(watcher)
         .while_restarting(WhileRestarting::Reject)
-        .restart_backoff(Duration::from_secs(30), Duration::from_secs(30));
+        .restart_backoff(LONG_BACKOFF, LONG_BACKOFF);
     let worker = supervised_calc(options).await?;
     kill_and_wait_for_crash(&worker, &mut events).await?;
     assert!(matches!(
@@ -241,6 +246,11 @@ async fn requests_rejected_during_restart() -> Result<(), Failed> {
         LifecycleEvent::Restarted { restarts: 1, .. }
     ));
     kill_and_wait_for_crash(&worker, &mut events).await?;
+    Ok((worker, events))
+}
+
+async fn requests_rejected_during_restart() -> Result<(), Failed> {
+    let (worker, _events) = in_a_long_restart().await?;
     let asked = Instant::now();
     let refused = worker.send(WhoAmI).await?;
     assert!(
@@ -266,25 +276,13 @@ async fn requests_rejected_during_restart() -> Result<(), Failed> {
 }
 
 async fn close_during_restart() -> Result<(), Failed> {
-    let (watcher, mut events) = recorder();
     // Requests are refused during a restart, so `Close` is handled during
-    // one; the second restart would wait 30 s.
-    let backoff = Duration::from_secs(30);
-    let options = WorkerOptions::default()
-        .watched_by(watcher)
-        .while_restarting(WhileRestarting::Reject)
-        .restart_backoff(backoff, backoff);
-    let worker = supervised_calc(options).await?;
-    kill_and_wait_for_crash(&worker, &mut events).await?;
-    assert!(matches!(
-        next_event(&mut events).await?,
-        LifecycleEvent::Restarted { restarts: 1, .. }
-    ));
-    kill_and_wait_for_crash(&worker, &mut events).await?;
+    // one.
+    let (worker, mut events) = in_a_long_restart().await?;
     let asked = Instant::now();
     worker.send(isolated_workers::Close).await?;
     assert!(
-        asked.elapsed() < backoff / 2,
+        asked.elapsed() < LONG_BACKOFF / 2,
         "Close sat out the backoff instead of cancelling the restart"
     );
     // `Close` resolved after the restart was called off: nothing starts.

@@ -216,6 +216,17 @@ where
     })
 }
 
+/// A child-process Speaker worker, and its pid.
+async fn spawn_speaker() -> Result<(Addr<Worker<Speaker>>, u32), Failed> {
+    let worker = Worker::<Speaker>::spawn(ChildProcess::current_exe("speaker")).await?;
+    let pid = worker
+        .send(isolated_workers::Status)
+        .await?
+        .pid
+        .ok_or("a pid")?;
+    Ok((worker, pid))
+}
+
 /// Waits until `what` holds of the recorded events.
 async fn wait_for(recorder: &Recorder, what: impl Fn(&Seen) -> bool) -> Option<Seen> {
     for _ in 0..2000 {
@@ -231,12 +242,7 @@ async fn wait_for(recorder: &Recorder, what: impl Fn(&Seen) -> bool) -> Option<S
 async fn a_child_workers_stderr_reaches_the_subscriber_tagged_with_its_name_and_pid(
     recorder: Recorder,
 ) -> Result<(), Failed> {
-    let worker = Worker::<Speaker>::spawn(ChildProcess::current_exe("speaker")).await?;
-    let pid = worker
-        .send(isolated_workers::Status)
-        .await?
-        .pid
-        .ok_or("a pid")?;
+    let (worker, pid) = spawn_speaker().await?;
     let line = "hello from the worker, über alles";
     worker.send(Say { text: line.into() }).await??;
     let seen = wait_for(&recorder, |e| e.name == line)
@@ -318,12 +324,7 @@ async fn a_thread_workers_requests_have_spans_too(recorder: Recorder) -> Result<
 async fn a_workers_own_events_arrive_in_the_hosts_span_of_their_request(
     recorder: Recorder,
 ) -> Result<(), Failed> {
-    let worker = Worker::<Speaker>::spawn(ChildProcess::current_exe("speaker")).await?;
-    let pid = worker
-        .send(isolated_workers::Status)
-        .await?
-        .pid
-        .ok_or("a pid")?;
+    let (worker, pid) = spawn_speaker().await?;
     let before = recorder.spans.lock().unwrap().len();
     worker
         .send(Say {

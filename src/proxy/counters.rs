@@ -73,11 +73,6 @@ impl Tally {
         Slot(at as u32)
     }
 
-    fn counts(&mut self, message: &'static str) -> &mut MessageCounts {
-        let Slot(at) = self.slot(message);
-        &mut self.by_message[at as usize].1
-    }
-
     /// A request of `message` was handed to the worker; its counts are at
     /// the slot returned.
     pub(super) fn sent(&mut self, message: &'static str, bytes: usize) -> Slot {
@@ -101,17 +96,6 @@ impl Tally {
     /// Bytes went out again (a retry).
     pub(super) fn resent(&mut self, bytes: usize) {
         self.bytes_out += bytes as u64;
-    }
-
-    /// A request of `message` ended: answered, or not.
-    pub(super) fn ended(&mut self, message: &'static str, answered: bool, bytes_in: usize) {
-        let counts = self.counts(message);
-        if answered {
-            counts.answered += 1;
-        } else {
-            counts.failed += 1;
-        }
-        self.bytes_in += bytes_in as u64;
     }
 
     /// A snapshot for `Status`.

@@ -122,12 +122,7 @@ impl<C: Contract, D: Driver<C>> Accepted<C, D> for Close {
             if let Some(cancel) = worker.restart.cancel.take() {
                 let _ = cancel.send(());
             }
-            return Box::pin(
-                worker
-                    .restart_done()
-                    .into_actor(worker)
-                    .then(move |(), worker, ctx| Accepted::<C, D>::handle(self, worker, ctx)),
-            );
+            return worker.after_launch(self);
         }
         tracing::debug!(contract = C::NAME, "closing worker");
         worker.state = WorkerState::Closing;
@@ -229,12 +224,7 @@ impl<C: Contract, D: Driver<C>> Accepted<C, D> for Drain {
             return Box::pin(fut::ready(()));
         }
         if worker.restart.launching {
-            return Box::pin(
-                worker
-                    .restart_done()
-                    .into_actor(worker)
-                    .then(move |(), worker, ctx| Accepted::<C, D>::handle(self, worker, ctx)),
-            );
+            return worker.after_launch(self);
         }
         tracing::debug!(contract = C::NAME, within = ?self.within, "draining worker");
         worker.state = WorkerState::Closing;

@@ -275,7 +275,7 @@ impl LocalState {
                 return Box::pin(std::future::ready(Err(refused)));
             }
         }
-        self.tally.borrow_mut().sent(M::NAME, 0);
+        let counted = self.tally.borrow_mut().sent(M::NAME, 0);
         let tally = self.tally.clone();
         let events = self.events.clone();
         let span = tracing::debug_span!("request", message = M::NAME, id, attempt = 1u32);
@@ -320,7 +320,7 @@ impl LocalState {
             if let Some(publish) = &events {
                 publish();
             }
-            tally.borrow_mut().ended(M::NAME, outcome.is_ok(), 0);
+            tally.borrow_mut().ended_at(counted, outcome.is_ok(), 0);
             match &outcome {
                 Ok(_) => tracing::debug!("answered"),
                 Err(error) => tracing::debug!(%error, "failed"),

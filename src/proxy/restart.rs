@@ -343,8 +343,22 @@ impl<C: Contract, D: Driver<C>> Worker<C, D> {
         }
     }
 
+    /// Handles `message` (`Close` or `Drain`) again once the launch in
+    /// progress has ended, so that it acts on the fresh worker (or on its
+    /// failure) rather than race it.
+    pub(super) fn after_launch<M>(&mut self, message: M) -> ResponseActFuture<Self, ()>
+    where
+        M: Accepted<C, D, Response = ResponseActFuture<Self, ()>> + 'static,
+    {
+        Box::pin(
+            self.restart_done()
+                .into_actor(self)
+                .then(move |(), worker, ctx| message.handle(worker, ctx)),
+        )
+    }
+
     /// Resolves once no fresh worker is being launched.
-    pub(super) fn restart_done(&mut self) -> impl std::future::Future<Output = ()> + 'static {
+    fn restart_done(&mut self) -> impl std::future::Future<Output = ()> + 'static {
         let waiting = self.restart.launching.then(|| {
             let (done, waiting) = oneshot::channel();
             self.restart.waiters.push(done);

@@ -22,7 +22,7 @@ use crate::middleware::Middlewares;
 use crate::worker::events::{Events, Scope};
 use crate::worker::inbox::Inbox;
 use crate::worker::panic;
-use crate::worker::routes::{Recipients, ServedBy};
+use crate::worker::routes::{Deliveries, ServedBy};
 
 /// Runs the worker actor made by a factory on a new arbiter thread.
 ///
@@ -92,7 +92,7 @@ impl<A: Actor<Context = Context<A>>> Thread<A> {
 
 /// A running thread worker, as the proxy holds it.
 pub(crate) struct LocalLink {
-    pub(crate) recipients: Recipients,
+    pub(crate) deliveries: Deliveries,
     pub(crate) arbiter: Arbiter,
     /// The arbiter's thread, whose panic message reports a crash.
     pub(crate) thread: ThreadId,
@@ -166,10 +166,10 @@ where
                     });
                 }
             };
-            let recipients = C::routes().recipients(&inbox);
+            let deliveries = C::routes().deliveries(&inbox);
             Ok(Connection {
                 kind: ConnectionKind::Local(LocalLink {
-                    recipients,
+                    deliveries,
                     arbiter,
                     thread,
                     ended,

@@ -26,11 +26,11 @@ use crate::driver::LocalLink;
 use crate::error::{CrashReason, WorkerError};
 use crate::middleware::{Body, Direction, Middlewares, Passage, Side, Typed};
 use crate::worker::panic;
-use crate::worker::routes::Recipients;
+use crate::worker::routes::Deliveries;
 
 /// The proxy's state for a worker in this process.
 pub(super) struct LocalState {
-    recipients: Recipients,
+    deliveries: Deliveries,
     /// `None` once joined.
     arbiter: Option<Arbiter>,
     /// The arbiter's thread, whose panic message reports a crash.
@@ -101,7 +101,7 @@ impl LocalState {
         tally: SharedTally,
     ) -> (Self, JoinHandle<()>) {
         let state = Self {
-            recipients: link.recipients,
+            deliveries: link.deliveries,
             arbiter: Some(link.arbiter),
             thread: link.thread,
             shared: Arc::new(Shared {
@@ -229,7 +229,7 @@ impl LocalState {
             }
             Box::pin(std::future::ready(outcome)) as LocalBoxFuture<'static, _>
         };
-        let Some(recipient) = self.recipients.get::<M>().cloned() else {
+        let Some(deliver) = self.deliveries.get::<M>().cloned() else {
             return at_once(WorkerError::Codec {
                 what: format!("route `{}`", M::NAME),
                 detail: "the worker's contract has no such message".into(),
@@ -290,7 +290,7 @@ impl LocalState {
                         permit.map_err(|_| WorkerError::Closed)?
                     }
                 };
-                match recipient(message).await {
+                match deliver(message).await {
                     Ok(outcome) => outcome,
                     Err(_) if shared.closed.load(Ordering::Relaxed) => Err(WorkerError::Closed),
                     // The actor is gone: its handler panicked. (The proxy

@@ -107,8 +107,8 @@ impl<A: Actor, S: Serializer> Routes<A, S> {
     /// A [`Deliver`] for every message `M` of the contract, keyed by
     /// `TypeId::of::<M>()`: how a driver that moves values reaches the
     /// actor behind `inbox`.
-    pub(crate) fn recipients(&self, inbox: &Inbox<A>) -> Recipients {
-        Recipients(
+    pub(crate) fn deliveries(&self, inbox: &Inbox<A>) -> Deliveries {
+        Deliveries(
             self.by_type
                 .iter()
                 .map(|(type_id, make)| (*type_id, make(inbox)))
@@ -136,9 +136,9 @@ impl<A: Actor, S: Serializer> Routes<A, S> {
 
 /// How to hand each contract message to a worker actor, by type.
 #[derive(Debug, Default)]
-pub(crate) struct Recipients(HashMap<TypeId, Box<dyn Any + Send>>);
+pub(crate) struct Deliveries(HashMap<TypeId, Box<dyn Any + Send>>);
 
-impl Recipients {
+impl Deliveries {
     /// How to deliver message `M`; `None` only if `M` is not in the
     /// contract the table was built for (the proxy's bounds rule that out).
     pub(crate) fn get<M>(&self) -> Option<&Deliver<M>>

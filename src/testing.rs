@@ -10,10 +10,9 @@ use crate::wire::envelope::{Header, Hello};
 use crate::wire::frame::{decode_one, encode_parts};
 use crate::wire::PROTOCOL_VERSION;
 
-/// The environment variable holding the worker socket's path.
-pub const SOCKET_ENV: &str = env::SOCKET;
-/// The environment variable holding the per-spawn token.
-pub const TOKEN_ENV: &str = env::TOKEN;
+/// The environment variable holding the number of the inherited
+/// descriptor that is the worker's end of its connection.
+pub const CHANNEL_FD_ENV: &str = env::CHANNEL_FD;
 /// The environment variable naming the worker to run.
 pub const NAME_ENV: &str = env::NAME;
 /// The protocol version this build speaks.

@@ -165,6 +165,13 @@ const UNDER_WAY: WorkerError = WorkerError::Unsupported {
     what: "a Disconnect or Detach while another is under way",
 };
 
+/// A detached worker whose host never learned where it listens (it cannot
+/// happen with this crate's workers, which say so before `Detach` is
+/// confirmed).
+const NOT_LISTENING: WorkerError = WorkerError::Unsupported {
+    what: "a handle to a worker that never said where it listens",
+};
+
 type Answer<C, D, T> = ResponseActFuture<Worker<C, D>, Result<T, WorkerError>>;
 
 fn answer<C: Contract, D: Driver<C>, T: 'static>(
@@ -345,7 +352,7 @@ impl<C: Contract, D: Driver<C>> Worker<C, D> {
             return answer(Err(WorkerError::Unsupported { what: "Detach" }));
         };
         if session.is_detached() {
-            return answer(Ok(session.handle::<C>()));
+            return answer(session.handle::<C>().ok_or(NOT_LISTENING));
         }
         if matches!(&self.link, Link::Stream(link) if link.listening.is_some()) {
             return answer(Err(UNDER_WAY));
@@ -371,7 +378,7 @@ impl<C: Contract, D: Driver<C>> Worker<C, D> {
                 pid = session.pid(),
                 "detached the worker"
             );
-            Ok(session.handle::<C>())
+            session.handle::<C>().ok_or(NOT_LISTENING)
         }))
     }
 }

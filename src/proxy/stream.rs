@@ -791,7 +791,10 @@ impl<C: Contract, D: Driver<C>> StreamHandler<Inbound> for Worker<C, D> {
                 let pid = link.pid();
                 forwarded(span.as_ref(), level, pid, &target, &message);
             }
-            Header::Listening => {
+            Header::Listening(point) => {
+                if let Some(session) = &mut link.session {
+                    session.listening_at(point);
+                }
                 if let Some(told) = link.listening.take() {
                     let _ = told.send(());
                 }

@@ -14,7 +14,9 @@ use crate::error::RemoteError;
 pub(crate) struct Hello {
     /// [`super::PROTOCOL_VERSION`] of the worker.
     pub(crate) protocol: u32,
-    /// The per-spawn secret the host gave the worker.
+    /// The secret of the worker's attach socket, on an attach connection;
+    /// empty on the connection a worker is spawned with (a socketpair whose
+    /// other end only the host holds, so there is nothing to prove).
     pub(crate) token: String,
     /// The worker's process id.
     pub(crate) pid: u32,
@@ -37,6 +39,45 @@ impl Hello {
             serializer: <C::Serializer as super::Serializer>::NAME.to_owned(),
         }
     }
+
+    /// Whether a peer saying this speaks what a host of contract `C` does:
+    /// the protocol, the contract and its version, the serializer. (Who the
+    /// peer is, is checked by whoever accepted the connection.)
+    pub(crate) fn compatible_with<C: crate::Contract>(&self) -> Result<(), String> {
+        use super::{Serializer, PROTOCOL_VERSION};
+        if self.protocol != PROTOCOL_VERSION {
+            return Err(format!(
+                "the worker speaks protocol version {}, the host {PROTOCOL_VERSION}",
+                self.protocol
+            ));
+        }
+        if self.contract != C::NAME || self.contract_version != C::VERSION {
+            return Err(format!(
+                "the worker serves contract `{}` v{}, the host expects `{}` v{}",
+                self.contract,
+                self.contract_version,
+                C::NAME,
+                C::VERSION
+            ));
+        }
+        if self.serializer != <C::Serializer as Serializer>::NAME {
+            return Err(format!(
+                "the worker encodes with `{}`, the host with `{}`",
+                self.serializer,
+                <C::Serializer as Serializer>::NAME
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Where a worker that was asked to wait for its host (`Disconnect`,
+/// `Detach`) accepts it: a socket in a private directory the worker made,
+/// and the secret a host presents there.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct AttachPoint {
+    pub(crate) socket: std::path::PathBuf,
+    pub(crate) token: String,
 }
 
 /// The header of one frame. Request and Reply carry a payload after it.
@@ -68,8 +109,8 @@ pub(crate) enum Header {
     /// host attached (if set), stop.
     Detach { idle_timeout_ms: Option<u64> },
     /// Worker → host: done (after Disconnect or Detach); the worker now
-    /// accepts attaches on its attach socket.
-    Listening,
+    /// accepts attaches at this point.
+    Listening(AttachPoint),
     /// Worker → host: a `tracing` event of the worker, emitted while it
     /// worked on request `request`, if any.
     Log {

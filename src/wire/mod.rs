@@ -19,4 +19,6 @@ pub(crate) use serializer::Serializer;
 
 /// Version of the frame and envelope format; both sides must agree on it.
 /// 3: worker → host `Event` frames.
-pub(crate) const PROTOCOL_VERSION: u32 = 3;
+/// 4: spawned over an inherited socketpair; `Listening` says where the
+/// worker accepts its host again.
+pub(crate) const PROTOCOL_VERSION: u32 = 4;

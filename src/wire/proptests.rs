@@ -16,7 +16,7 @@ use proptest::test_runner::RngSeed;
 use serde::{Deserialize, Serialize};
 use tokio_util::codec::{Decoder, Encoder};
 
-use super::envelope::{Header, Hello, Refusal};
+use super::envelope::{AttachPoint, Header, Hello, Refusal};
 use super::frame::{decode_one, encode_parts, Frame, FrameCodec, FrameError};
 use super::serializer::tests::allowance;
 #[cfg(feature = "json")]
@@ -116,7 +116,10 @@ fn header() -> impl Strategy<Value = Header> {
         Just(Header::Disconnect),
         Just(Header::Event),
         any::<Option<u64>>().prop_map(|idle_timeout_ms| Header::Detach { idle_timeout_ms }),
-        Just(Header::Listening),
+        (text(), text()).prop_map(|(socket, token)| Header::Listening(AttachPoint {
+            socket: socket.into(),
+            token,
+        })),
         (any::<Option<u64>>(), 1u8..=5, text(), text()).prop_map(
             |(request, level, target, message)| {
                 Header::Log {

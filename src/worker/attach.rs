@@ -1,37 +1,61 @@
-//! How a host reaches a running worker process again. After `Disconnect`
-//! or `Detach` the worker listens on its attach socket, next to the one it
-//! was spawned on; a peer becomes its host only after presenting the
-//! worker's token (and running as the worker's user).
+//! How a host reaches a running worker process again. A worker is spawned
+//! over an inherited socketpair; only after `Disconnect` or `Detach` does it
+//! listen, on a socket in a private directory it makes itself (and removes
+//! when it exits), with a fresh secret it tells its host in `Listening`. A
+//! peer becomes its host only after presenting that secret (and running as
+//! the worker's user).
 
-use std::path::{Path, PathBuf};
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use actix::SpawnHandle;
-use futures::stream::{FuturesUnordered, StreamExt};
 use interprocess::local_socket::tokio::{Listener, Stream as LocalStream};
 use interprocess::local_socket::traits::tokio::Listener as _;
 use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 
-use crate::driver::child_process::session::attach_socket;
+use crate::driver::child_process::session::{attach_directory, remove_socket_directory};
 use crate::driver::child_process::socket::{
-    check_peer, listen, read_first_frame, token_matches, write_bare,
+    check_peer, listen, random_token, read_first_frame, token_matches, write_bare,
 };
-use crate::wire::envelope::{Header, Refusal};
+use crate::wire::envelope::{AttachPoint, Header, Refusal};
 
-/// How long an unauthenticated peer may take to present its token.
-const GREETING_TIMEOUT: Duration = Duration::from_secs(10);
-/// Peers presenting their token at the same time, at most; more wait.
-const MAX_GREETINGS: usize = 16;
+/// How long a peer may take to present the secret once connected. Short:
+/// an honest host writes it right after connecting.
+const GREETING_TIMEOUT: Duration = Duration::from_secs(1);
+/// Peers presenting their secret at once, at most; a newer one pushes out
+/// the oldest, so silent peers cannot keep an honest host waiting.
+const MAX_GREETINGS: usize = 32;
+/// How long accepting pauses after a failed accept (out of descriptors,
+/// say), so that the failure does not spin.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(10);
 
-/// A peer that presented the worker's token: the host to serve next.
+/// The directory this worker process made for its attach socket, if any:
+/// removed when the process exits, however it exits (see
+/// [`remove_own_directory`]).
+static OWN_DIRECTORY: Mutex<Option<PathBuf>> = Mutex::new(None);
+
+/// Removes this process's attach directory, if it made one.
+pub(crate) fn remove_own_directory() {
+    let dir = OWN_DIRECTORY
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .take();
+    if let Some(dir) = dir {
+        remove_socket_directory(&dir);
+    }
+}
+
+/// A peer that presented the worker's secret: the host to serve next.
 pub(crate) struct NewHost(pub(crate) LocalStream);
 
 /// The worker's side of reconnects and attaches.
+#[derive(Default)]
 pub(crate) struct Reattach {
-    token: String,
-    socket: PathBuf,
-    /// The task accepting hosts, once listening; aborted with this.
-    listening: Option<tokio::task::JoinHandle<()>>,
+    /// Where and how hosts attach, once listening.
+    listening: Option<Listening>,
     /// Whether the worker outlives its host (it parks, rather than stops,
     /// whenever its host goes).
     pub(crate) detached: bool,
@@ -43,83 +67,95 @@ pub(crate) struct Reattach {
     pub(crate) idle_timer: Option<SpawnHandle>,
 }
 
-impl Drop for Reattach {
-    fn drop(&mut self) {
-        if let Some(task) = &self.listening {
-            task.abort();
-        }
-    }
+struct Listening {
+    point: AttachPoint,
+    /// The task accepting hosts; aborted with this.
+    _accepting: AbortOnDrop,
 }
 
 impl Reattach {
-    /// Reattaching to the worker spawned on `spawn_socket`, whose hosts
-    /// must present `token`.
-    pub(crate) fn new(token: String, spawn_socket: &Path) -> Self {
-        Self {
-            token,
-            socket: attach_socket(spawn_socket),
-            listening: None,
-            detached: false,
-            idle_timeout: None,
-            host_will_return: false,
-            idle_timer: None,
-        }
-    }
-
     /// Whether the end of the current connection parks the worker (to wait
     /// for a host) rather than stops it.
     pub(crate) fn parks_on_hangup(&self) -> bool {
         self.detached || self.host_will_return
     }
 
-    /// Starts listening for hosts, unless already listening; returns the
-    /// stream of authenticated hosts the first time.
+    /// Starts listening for hosts, unless already listening. Returns where
+    /// hosts attach, and, the first time, the stream of hosts that
+    /// presented the secret.
     pub(crate) fn listen(
         &mut self,
-    ) -> std::io::Result<Option<impl futures::Stream<Item = NewHost> + 'static>> {
-        if self.listening.is_some() {
-            return Ok(None);
+    ) -> std::io::Result<(AttachPoint, Option<impl futures::Stream<Item = NewHost> + 'static>)>
+    {
+        if let Some(listening) = &self.listening {
+            return Ok((listening.point.clone(), None));
         }
-        let listener = listen(&self.socket)?;
+        let socket = attach_directory()?;
+        if let Some(dir) = socket.parent() {
+            *OWN_DIRECTORY.lock().unwrap_or_else(|e| e.into_inner()) = Some(dir.to_owned());
+        }
+        let listener = listen(&socket)?;
+        let point = AttachPoint {
+            socket,
+            token: random_token()?,
+        };
         let (found, mut hosts) = mpsc::channel(1);
-        self.listening = Some(actix_rt::spawn(accept_hosts(
-            listener,
-            self.token.clone(),
-            found,
-        )));
-        Ok(Some(futures::stream::poll_fn(move |task| {
-            hosts.poll_recv(task)
-        })))
+        let accepting = actix_rt::spawn(accept_hosts(listener, point.token.clone(), found));
+        self.listening = Some(Listening {
+            point: point.clone(),
+            _accepting: AbortOnDrop(accepting),
+        });
+        let hosts = futures::stream::poll_fn(move |task| hosts.poll_recv(task));
+        Ok((point, Some(hosts)))
     }
 }
 
 /// Accepts peers on `listener` and passes on those that present `token`;
-/// tells those with a wrong token so, and drops the rest.
+/// tells those with a wrong token so, and drops the rest (other users at
+/// once, the silent and the slow after [`GREETING_TIMEOUT`]).
 async fn accept_hosts(listener: Listener, token: String, found: mpsc::Sender<NewHost>) {
-    let mut greetings = FuturesUnordered::new();
+    let mut greetings: VecDeque<AbortOnDrop> = VecDeque::new();
     loop {
-        tokio::select! {
-            accepted = listener.accept(), if greetings.len() < MAX_GREETINGS => {
-                if let Ok(stream) = accepted {
-                    greetings.push(tokio::time::timeout(GREETING_TIMEOUT, read_first_frame(stream)));
-                }
+        let stream = match listener.accept().await {
+            Ok(stream) => stream,
+            Err(_) => {
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
+                continue;
             }
-            Some(greeted) = greetings.next() => {
-                let Ok(Ok((mut stream, Header::Attach(hello)))) = greeted else {
-                    continue; // silent, slow, or not speaking our protocol
-                };
-                if check_peer(&stream, None).is_err() {
-                    continue;
-                }
-                if !token_matches(&hello.token, &token) {
-                    let _ = write_bare(&mut stream, &Header::Refused { why: Refusal::WrongToken }).await;
-                    continue;
-                }
-                if found.send(NewHost(stream)).await.is_err() {
-                    return; // the server is gone
-                }
-            }
+        };
+        if check_peer(&stream, None).is_err() {
+            continue;
         }
+        greetings.retain(|greeting| !greeting.0.is_finished());
+        if greetings.len() >= MAX_GREETINGS {
+            greetings.pop_front(); // aborted as it is dropped
+        }
+        let greeting = greet(stream, token.clone(), found.clone());
+        greetings.push_back(AbortOnDrop(actix_rt::spawn(greeting)));
+    }
+}
+
+/// Reads one peer's first frame; passes the peer on as the next host if it
+/// presents `token`.
+async fn greet(stream: LocalStream, token: String, found: mpsc::Sender<NewHost>) {
+    let greeted = tokio::time::timeout(GREETING_TIMEOUT, read_first_frame(stream)).await;
+    let Ok(Ok((mut stream, Header::Attach(hello)))) = greeted else {
+        return; // silent, slow, or not speaking our protocol
+    };
+    if !token_matches(&hello.token, &token) {
+        let _ = write_bare(&mut stream, &Header::Refused { why: Refusal::WrongToken }).await;
+        return;
+    }
+    // Fails only if the server is gone.
+    let _ = found.send(NewHost(stream)).await;
+}
+
+/// A task that ends when its handle is dropped.
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

@@ -6,12 +6,9 @@ use std::ffi::OsStr;
 use std::time::Duration;
 
 use actix::prelude::*;
-use interprocess::local_socket::tokio::{prelude::*, Stream as LocalStream};
-use interprocess::local_socket::GenericFilePath;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::driver::child_process::env;
-use crate::driver::child_process::session::remove_socket_directory;
 use crate::middleware::Middlewares;
 use crate::wire::envelope::Hello;
 
@@ -24,6 +21,9 @@ pub(crate) mod inbox;
 pub(crate) mod panic;
 pub(crate) mod routes;
 mod server;
+mod watchdog;
+
+use watchdog::Watchdog;
 
 pub use cancellable::Cancellable;
 pub use events::{EmitError, Events, EVENT_BACKLOG};
@@ -108,8 +108,8 @@ where
     if std::env::var_os(env::NAME).as_deref() != Some(OsStr::new(name)) {
         return;
     }
-    let socket = std::env::var_os(env::SOCKET).unwrap_or_default();
-    let token = std::env::var(env::TOKEN).unwrap_or_default();
+    let channel = take_channel();
+    let host = env_number(env::HOST_PID).and_then(|pid| u32::try_from(pid).ok());
     let defaults = crate::WorkerOptions::default();
     let max_frame_len =
         env_number(env::MAX_FRAME).unwrap_or(defaults.max_frame_len as u64) as usize;
@@ -117,36 +117,38 @@ where
     let records = std::env::var(env::TRACE)
         .ok()
         .and_then(|level| forward::install(&level));
-    // Nothing the worker starts (code it runs, workers it spawns) inherits
-    // the secret or mistakes itself for this worker.
+    // Nothing the worker starts (code it runs, workers it spawns) mistakes
+    // itself for this worker.
     for key in [
         env::NAME,
-        env::SOCKET,
-        env::TOKEN,
+        env::CHANNEL_FD,
+        env::HOST_PID,
         env::MAX_FRAME,
         env::GRACE_MS,
         env::TRACE,
     ] {
         std::env::remove_var(key);
     }
+    let channel = match channel {
+        Ok(channel) => channel,
+        Err(e) => {
+            eprintln!("isolated-workers: worker `{name}` has no connection to its host: {e}");
+            std::process::exit(1);
+        }
+    };
     panic::install_hook();
     let routes = C::routes();
     let system = System::new();
-    let socket_path = std::path::PathBuf::from(&socket);
-    let socket_dir = socket_path.parent().map(std::path::Path::to_owned);
     let served = system.block_on(async move {
-        let stream = socket
-            .to_fs_name::<GenericFilePath>()
-            .map(|name| LocalStream::connect(name));
-        let stream = stream?.await?;
-        let (reader, writer) = crate::wire::stream::split(stream)?;
+        let stream = tokio::net::UnixStream::from_std(channel)?;
+        let (reader, writer) = stream.into_split();
         let served = Served {
             reader: Box::new(reader),
             writer: Box::new(writer),
-            reattach: Some(attach::Reattach::new(token.clone(), &socket_path)),
+            reattach: Some(attach::Reattach::default()),
+            watchdog: Some(watchdog::Watchdog::start(host, grace)),
             records,
             middleware,
-            token,
             max_frame_len,
             process: Some(grace),
         };
@@ -158,13 +160,41 @@ where
         std::process::exit(1);
     }
     let code = system.run_with_code().unwrap_or(1);
-    // A worker whose host died (or that outlived it) leaves nothing behind;
-    // a living host removes the directory too, whoever comes second finds
-    // nothing to do.
-    if let Some(dir) = socket_dir {
-        remove_socket_directory(&dir);
-    }
+    // A worker that listened for its host leaves no directory behind; a
+    // living host removes it too: whoever comes second finds nothing.
+    attach::remove_own_directory();
     std::process::exit(code);
+}
+
+/// Takes the worker's end of its connection to the host: the descriptor
+/// the host passed down (see [`env::CHANNEL_FD`]), checked to be a socket,
+/// and made close-on-exec again so that nothing this worker starts holds
+/// the host's connection open.
+fn take_channel() -> std::io::Result<std::os::unix::net::UnixStream> {
+    use std::os::fd::{BorrowedFd, FromRawFd};
+    let fd = env_number(env::CHANNEL_FD)
+        .and_then(|fd| std::os::fd::RawFd::try_from(fd).ok())
+        .filter(|fd| *fd > 2)
+        .ok_or_else(|| std::io::Error::other(format!("{} is not set", env::CHANNEL_FD)))?;
+    // SAFETY: only borrowed to look at it; nothing is owned until the
+    // descriptor is known to be an open socket.
+    let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
+    let stat = nix::sys::stat::fstat(borrowed)?;
+    if nix::sys::stat::SFlag::from_bits_truncate(stat.st_mode) & nix::sys::stat::SFlag::S_IFMT
+        != nix::sys::stat::SFlag::S_IFSOCK
+    {
+        return Err(std::io::Error::other(format!("descriptor {fd} is not a socket")));
+    }
+    nix::fcntl::fcntl(
+        borrowed,
+        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+    )?;
+    // SAFETY: the descriptor is open, is a socket, and was handed to this
+    // process for this use alone; it is taken once (the variable naming it
+    // is removed from the environment right after).
+    let stream = unsafe { std::os::unix::net::UnixStream::from_raw_fd(fd) };
+    stream.set_nonblocking(true)?;
+    Ok(stream)
 }
 
 fn env_number(key: &str) -> Option<u64> {
@@ -214,9 +244,9 @@ pub fn serve_io_with<C, A, T>(
         reader: Box::new(reader),
         writer: Box::new(writer),
         reattach: None,
+        watchdog: None,
         records: None,
         middleware,
-        token: String::new(),
         max_frame_len: options.max_frame_len,
         process: None,
     };
@@ -227,9 +257,10 @@ pub fn serve_io_with<C, A, T>(
 struct Served {
     reader: Box<dyn AsyncRead + Unpin>,
     writer: Box<dyn AsyncWrite + Unpin>,
-    token: String,
     /// For a worker process: how hosts reach it again.
     reattach: Option<attach::Reattach>,
+    /// For a worker process: what ends it when its thread cannot.
+    watchdog: Option<watchdog::Watchdog>,
     /// The worker's `tracing` events, to forward, if the host wants them.
     records: Option<tokio::sync::mpsc::Receiver<forward::Record>>,
     middleware: Middlewares,
@@ -257,8 +288,8 @@ where
     let Served {
         reader,
         writer,
-        token,
         reattach,
+        mut watchdog,
         records,
         middleware,
         max_frame_len,
@@ -271,16 +302,17 @@ where
                 server.actor_ended(ended, ctx)
             },
         ));
-        if process.is_some() {
-            server::Server::on_terminate_signal(ctx);
+        if let Some(alarms) = watchdog.as_mut().and_then(Watchdog::take_alarms) {
+            ctx.add_stream(alarms);
         }
         let mut server = server::Server {
             actor: Some(inbox),
             routes,
             host: None,
             next_link: 0,
-            hello: Hello::ours::<C>(token),
+            hello: Hello::ours::<C>(String::new()),
             reattach,
+            watchdog,
             records,
             outbox,
             max_frame_len,
@@ -293,7 +325,7 @@ where
             process,
             stopping: false,
         };
-        server.serve(reader, writer, ctx);
+        server.serve(reader, writer, false, ctx);
         server
     });
 }

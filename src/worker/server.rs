@@ -21,6 +21,7 @@ use futures::stream::{FuturesUnordered, StreamExt};
 use tokio::io::AsyncWrite;
 
 use super::attach::{refuse_busy, NewHost, Reattach};
+use super::watchdog::{Alarm, Watchdog};
 use super::events::{MeteredCodec, Outbox};
 use super::forward::Record;
 use super::panic;
@@ -60,6 +61,8 @@ pub(crate) struct Server<A: Actor, S> {
     /// For a worker process: how hosts reach it again. `None` for a worker
     /// served in-process, which serves one connection only.
     pub(crate) reattach: Option<Reattach>,
+    /// For a worker process: what ends it when its thread cannot.
+    pub(crate) watchdog: Option<Watchdog>,
     pub(crate) max_frame_len: usize,
     /// The worker side's middleware.
     pub(crate) middleware: Middlewares,
@@ -104,6 +107,11 @@ pub(crate) struct HostLink {
     /// Cuts the writer off when the connection is given up, so that what
     /// is left in it is dropped instead of failing.
     severed: Rc<Cell<bool>>,
+    /// Whether a host attached on this connection (rather than spawning
+    /// the worker with it) has said anything yet: one that has not may
+    /// have given up before the worker took its connection in (a
+    /// `Reconnect` that timed out while the worker was busy).
+    unproven: bool,
 }
 
 /// One request being handled: its id and, once done, its outcome.
@@ -119,11 +127,13 @@ pub(crate) struct Traced {
 }
 
 impl<A: Actor, S: Serializer> Server<A, S> {
-    /// Serves a host on a new connection, opening with this worker's Hello.
+    /// Serves a host on a new connection, opening with this worker's Hello;
+    /// `attached` for a host that attached (rather than spawned the worker).
     pub(crate) fn serve(
         &mut self,
         reader: Box<dyn tokio::io::AsyncRead + Unpin>,
         writer: Box<dyn AsyncWrite + Unpin>,
+        attached: bool,
         ctx: &mut Context<Self>,
     ) {
         let id = self.next_link;
@@ -139,6 +149,7 @@ impl<A: Actor, S: Serializer> Server<A, S> {
             id,
             writer,
             severed,
+            unproven: attached,
         });
     }
 
@@ -189,21 +200,29 @@ impl<A: Actor, S: Serializer> Server<A, S> {
     }
 
     /// The host's connection ended (or broke): park if the host is
-    /// expected back or the worker outlives it, else stop serving.
+    /// expected back, the worker outlives it, or the host that attached on
+    /// it never spoke (it gave up before it was served); else stop serving.
     fn connection_ended(&mut self, ctx: &mut Context<Self>) {
-        let parks = self
-            .reattach
-            .as_ref()
-            .is_some_and(|reattach| reattach.parks_on_hangup());
-        if !parks || self.stopping {
-            return self.stop_serving(ctx);
-        }
+        let unproven = self.host.as_ref().is_some_and(|host| host.unproven);
+        // Nothing more can be written to a connection that ended: exiting
+        // must not wait for its writer to flush.
         self.hang_up();
         let Some(reattach) = &mut self.reattach else {
-            return;
+            return self.stop_serving(ctx);
         };
-        reattach.host_will_return = false;
-        if let (true, Some(idle)) = (reattach.detached, reattach.idle_timeout) {
+        if unproven {
+            // The worker waits for its host as it did before this one came.
+            reattach.host_will_return = true;
+        }
+        if !reattach.parks_on_hangup() || self.stopping {
+            return self.stop_serving(ctx);
+        }
+        if !reattach.detached {
+            // Waits for the host that said it would return (whose own
+            // death the watchdog reports).
+            return;
+        }
+        if let Some(idle) = reattach.idle_timeout {
             reattach.idle_timer = Some(ctx.run_later(idle, |server, ctx| {
                 server.idle_timer_fired(ctx);
             }));
@@ -252,7 +271,7 @@ impl<A: Actor, S: Serializer> Server<A, S> {
             ctx.cancel_future(timer);
         }
         match split(stream) {
-            Ok((reader, writer)) => self.serve(Box::new(reader), Box::new(writer), ctx),
+            Ok((reader, writer)) => self.serve(Box::new(reader), Box::new(writer), true, ctx),
             Err(e) => eprintln!("isolated-workers: could not take over the connection: {e}"),
         }
     }
@@ -281,6 +300,9 @@ impl<A: Actor, S: Serializer> Server<A, S> {
                 }
                 reattach.detached = true;
                 reattach.idle_timeout = idle_timeout_ms.map(Duration::from_millis);
+                if let Some(watchdog) = &self.watchdog {
+                    watchdog.detach();
+                }
             }
             Leaving::Disconnect => {
                 reattach.host_will_return = true;
@@ -292,16 +314,20 @@ impl<A: Actor, S: Serializer> Server<A, S> {
             return;
         };
         match reattach.listen() {
-            Ok(Some(hosts)) => {
-                ctx.add_stream(hosts);
+            Ok((point, hosts)) => {
+                if let Some(hosts) = hosts {
+                    ctx.add_stream(hosts);
+                }
+                // Hosts that attach are greeted with the secret too: it
+                // proves to them who they reached.
+                self.hello.token = point.token.clone();
+                self.write(Frame::bare(Header::Listening(point)));
             }
-            Ok(None) => {}
             Err(e) => {
                 eprintln!("isolated-workers: could not listen for the host: {e}");
-                return self.exit(PROTOCOL_EXIT_CODE, ctx);
+                self.exit(PROTOCOL_EXIT_CODE, ctx);
             }
         }
-        self.write(Frame::bare(Header::Listening));
     }
 
     /// Starts handling request `id`.
@@ -418,6 +444,9 @@ impl<A: Actor, S: Serializer> Server<A, S> {
             return;
         }
         self.stopping = true;
+        if let Some(watchdog) = &self.watchdog {
+            watchdog.stopping();
+        }
         self.drop_requests();
         self.actor = None;
         match self.process {
@@ -426,16 +455,6 @@ impl<A: Actor, S: Serializer> Server<A, S> {
             }
             None => self.exit(0, ctx),
         }
-    }
-
-    /// Stops on SIGTERM like on Shutdown; a second SIGTERM exits at once.
-    pub(crate) fn on_terminate_signal(ctx: &mut Context<Self>) {
-        use actix_rt::signal::unix::{signal, SignalKind};
-        let Ok(mut terminate) = signal(SignalKind::terminate()) else {
-            return; // the default action (exit) stays in place
-        };
-        let signals = futures::stream::poll_fn(move |task| terminate.poll_recv(task));
-        ctx.add_stream(signals.map(|()| TerminateSignal));
     }
 
     /// The frame carrying a reply, or an error if it cannot be sent.
@@ -472,6 +491,9 @@ impl<A: Actor, S: Serializer> Server<A, S> {
     fn exit(&mut self, code: i32, ctx: &mut Context<Self>) {
         self.exit_code = code;
         self.stopping = true;
+        if let Some(watchdog) = &self.watchdog {
+            watchdog.stopping();
+        }
         self.actor = None;
         // Nothing more is read; in-flight handlers are dropped.
         self.drop_requests();
@@ -490,15 +512,13 @@ impl<A: Actor, S: Serializer> Server<A, S> {
     }
 }
 
-/// A SIGTERM arrived.
-struct TerminateSignal;
-
-impl<A: Actor, S: Serializer> StreamHandler<TerminateSignal> for Server<A, S> {
-    fn handle(&mut self, _: TerminateSignal, ctx: &mut Context<Self>) {
-        if self.stopping {
-            self.exit(TERMINATED_EXIT_CODE, ctx);
-        } else {
-            self.stop_serving(ctx);
+/// What the watchdog saw: a SIGTERM stops the worker as Shutdown does (a
+/// second one exits at once); the host's death stops it too.
+impl<A: Actor, S: Serializer> StreamHandler<Alarm> for Server<A, S> {
+    fn handle(&mut self, alarm: Alarm, ctx: &mut Context<Self>) {
+        match alarm {
+            Alarm::Terminate if self.stopping => self.exit(TERMINATED_EXIT_CODE, ctx),
+            Alarm::Terminate | Alarm::HostGone => self.stop_serving(ctx),
         }
     }
 
@@ -548,7 +568,12 @@ impl<A: Actor, S: Serializer> StreamHandler<Inbound> for Server<A, S> {
             return; // a connection already given up
         }
         let frame = match event {
-            Some(Ok(frame)) => frame,
+            Some(Ok(frame)) => {
+                if let Some(host) = &mut self.host {
+                    host.unproven = false;
+                }
+                frame
+            }
             // The host closed the connection, or died.
             None | Some(Err(FrameError::Io(_))) => return self.connection_ended(ctx),
             Some(Err(e)) => {

@@ -1,16 +1,18 @@
-//! The default driver: the worker runs in a child process that connects back
-//! to the host over a local socket in a private directory.
+//! The default driver: the worker runs in a child process that talks to the
+//! host over a socketpair it inherits.
 //!
-//! Start-up, in order: make a 0700 directory with a random name; listen on a
-//! socket in it; spawn the child with the socket path, a fresh random token
-//! and the worker name in its environment; accept connections until one
-//! presents the token (and, where the OS tells, comes from the spawned child
-//! and the host's user). Everything else that connects is dropped. The whole
-//! start-up is bounded by [`WorkerOptions::startup_timeout`].
+//! Start-up, in order: make a socketpair; spawn the child with one end as
+//! an inherited descriptor (its number and the worker name in the child's
+//! environment); read the worker's Hello on the other end. Only the host
+//! and the child hold an end, so nothing is on disk, there is no secret to
+//! keep, and no one else can be on the other side. The whole start-up is
+//! bounded by [`WorkerOptions::startup_timeout`]. A worker makes a
+//! listening socket (in a private directory of its own) only when asked to
+//! wait for its host (`Disconnect`, `Detach`).
 
 use std::ffi::OsString;
 use std::io;
-use std::os::unix::fs::PermissionsExt;
+use std::os::fd::{AsRawFd, RawFd};
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::Arc;
@@ -20,8 +22,6 @@ pub(crate) mod session;
 pub(crate) mod socket;
 
 use futures::future::LocalBoxFuture;
-use futures::stream::{FuturesUnordered, StreamExt};
-use interprocess::local_socket::traits::tokio::Listener as _;
 pub use nix::sys::resource::Resource;
 
 use super::process::ProcessHandle;
@@ -32,14 +32,15 @@ use crate::error::SpawnError;
 use crate::wire::envelope::Header;
 pub use session::DetachedWorker;
 use session::Session;
-use socket::{random_token, read_first_frame, Expected, Verdict};
+use socket::read_first_frame;
 
 /// Environment variables the host sets for a child worker.
 pub(crate) mod env {
-    /// Path of the socket to connect to.
-    pub(crate) const SOCKET: &str = "ISOLATED_WORKERS_SOCKET";
-    /// The per-spawn secret to present in the handshake.
-    pub(crate) const TOKEN: &str = "ISOLATED_WORKERS_TOKEN";
+    /// The number of the inherited descriptor that is the worker's end of
+    /// its connection to the host.
+    pub(crate) const CHANNEL_FD: &str = "ISOLATED_WORKERS_FD";
+    /// The host's process id: the worker stops when that process is gone.
+    pub(crate) const HOST_PID: &str = "ISOLATED_WORKERS_HOST_PID";
     /// Which of the binary's workers to run.
     pub(crate) const NAME: &str = "ISOLATED_WORKERS_NAME";
     /// Largest frame either side accepts.
@@ -51,7 +52,7 @@ pub(crate) mod env {
     pub(crate) const TRACE: &str = "ISOLATED_WORKERS_TRACE";
 }
 
-/// Prefix of the private directories worker sockets live in.
+/// Prefix of the private directories attach sockets live in.
 pub(crate) const DIR_PREFIX: &str = "isolated-workers-";
 
 /// Runs the worker in a child process: by default the current executable
@@ -173,24 +174,6 @@ impl ChildProcess {
         options: WorkerOptions,
     ) -> Result<Connection, SpawnError> {
         let deadline = tokio::time::Instant::now() + options.startup_timeout;
-        let dir = tempfile::Builder::new()
-            .prefix(DIR_PREFIX)
-            .permissions(std::fs::Permissions::from_mode(0o700))
-            .tempdir()
-            .map_err(|source| SpawnError::Io {
-                what: "socket directory",
-                source,
-            })?;
-        let socket_path = dir.path().join("worker.sock");
-        let listener = socket::listen(&socket_path).map_err(|source| SpawnError::Io {
-            what: "socket",
-            source,
-        })?;
-        let token = random_token().map_err(|source| SpawnError::Io {
-            what: "token",
-            source,
-        })?;
-
         if let Some(name) = std::env::var_os(env::NAME) {
             // This process was started as a worker but never entered it:
             // spawning again would start the same mistake once more.
@@ -206,6 +189,16 @@ impl ChildProcess {
             program: "<current executable>".into(),
             source: io::Error::other(e),
         })?;
+        sweep_leftovers_once();
+        // Both ends are close-on-exec here, so that no other child this host
+        // spawns meanwhile inherits the worker's end; the child clears the
+        // flag on its own copy between fork and exec.
+        let (ours, theirs) =
+            std::os::unix::net::UnixStream::pair().map_err(|source| SpawnError::Io {
+                what: "socketpair",
+                source,
+            })?;
+        let channel = theirs.as_raw_fd();
         let mut command = tokio::process::Command::new(&program);
         if self.clear_env {
             command.env_clear();
@@ -213,8 +206,8 @@ impl ChildProcess {
         command
             .args(&self.args)
             .envs(self.envs.iter().map(|(k, v)| (k, v)))
-            .env(env::SOCKET, &socket_path)
-            .env(env::TOKEN, &token)
+            .env(env::CHANNEL_FD, channel.to_string())
+            .env(env::HOST_PID, std::process::id().to_string())
             .env(env::NAME, &self.worker_name)
             .env(env::MAX_FRAME, options.max_frame_len.to_string())
             .env(env::GRACE_MS, options.close_grace.as_millis().to_string())
@@ -225,67 +218,60 @@ impl ChildProcess {
         let hook = self.pre_exec.clone();
         let host = std::process::id();
         // SAFETY: the closure only makes async-signal-safe system calls
-        // (prctl, getppid, setrlimit) and calls the user's hook, whose own
-        // safety the user vouched for in `ChildProcess::pre_exec`.
+        // (prctl, getppid, fcntl, setrlimit) and calls the user's hook, whose
+        // own safety the user vouched for in `ChildProcess::pre_exec`.
         unsafe {
             command.pre_exec(move || {
-                in_child_before_exec(host, &limits)?;
+                in_child_before_exec(host, channel, &limits)?;
                 match &hook {
                     Some(hook) => hook(),
                     None => Ok(()),
                 }
             });
         }
-        let child = command.spawn().map_err(|source| SpawnError::Launch {
+        let spawned = command.spawn();
+        // The child has its copy (or there is no child): the host's copy of
+        // the worker's end must go, or the host would never see it close.
+        drop(theirs);
+        let child = spawned.map_err(|source| SpawnError::Launch {
             program: program.display().to_string(),
             source,
         })?;
         let mut process = ProcessHandle::watch(child, &self.worker_name);
         tracing::debug!(pid = process.pid(), worker = %self.worker_name, "spawned worker");
 
-        let expected = Expected::worker_of::<C>(token, Some(process.pid()));
-        let mut handshakes = FuturesUnordered::new();
+        let greeted = async {
+            ours.set_nonblocking(true)?;
+            let stream = tokio::net::UnixStream::from_std(ours)?;
+            read_first_frame(stream).await.map_err(io::Error::other)
+        };
         let exited = process.exited_within(options.startup_timeout);
-        tokio::pin!(exited);
-        let failure = loop {
-            tokio::select! {
-                accepted = listener.accept() => match accepted {
-                    Ok(stream) => handshakes.push(read_first_frame(stream)),
-                    Err(e) => tracing::debug!("accept failed: {e}"),
+        let failure = tokio::select! {
+            greeted = greeted => match greeted {
+                Ok((stream, Header::Hello(hello))) => match hello.compatible_with::<C>() {
+                    Ok(()) => {
+                        tracing::debug!(pid = process.pid(), "worker handshake complete");
+                        let session = Session::spawned(process.pid());
+                        return Ok(Connection::child_stream(stream.into_split(), process, session));
+                    }
+                    Err(why) => SpawnError::Handshake(why),
                 },
-                Some(greeted) = handshakes.next() => match greeted {
-                    Ok((stream, Header::Hello(hello))) => match expected.check(&stream, &hello) {
-                        Ok(()) => {
-                            tracing::debug!(pid = process.pid(), "worker handshake complete");
-                            let halves = crate::wire::stream::split(stream).map_err(|source| SpawnError::Io { what: "socket", source })?;
-                            let session = Session::spawned(dir, expected.token, process.pid());
-                            return Ok(Connection::child_stream(halves, process, session));
-                        }
-                        Err(Verdict::Impostor(why)) => tracing::warn!("dropped a peer on the worker socket: {why}"),
-                        Err(Verdict::Mismatch(why)) => break SpawnError::Handshake(why),
-                    },
-                    Ok((_, other)) => tracing::warn!("dropped a peer on the worker socket: it opened with {other:?}"),
-                    Err(why) => tracing::warn!("dropped a peer on the worker socket: {why}"),
-                },
-                status = &mut exited => match status {
+                Ok((_, other)) => SpawnError::Handshake(format!("the worker opened with {other:?}")),
+                // The worker's end closed before it said hello: it exited,
+                // which the process watcher will tell.
+                Err(_) => match exited.await {
                     Some(ended) => {
                         let reason = ended.reason();
                         let stderr = process.stderr_tail(Duration::from_secs(1)).await;
                         return Err(SpawnError::Exited { reason, stderr });
                     }
-                    // Still running at the deadline.
-                    None => break SpawnError::Timeout {
-                        after: options.startup_timeout,
-                        stderr: String::new(),
-                    },
+                    None => SpawnError::Handshake("the worker closed its connection without a hello".into()),
                 },
-                _ = tokio::time::sleep_until(deadline) => {
-                    break SpawnError::Timeout {
-                        after: options.startup_timeout,
-                        stderr: String::new(),
-                    };
-                }
-            }
+            },
+            _ = tokio::time::sleep_until(deadline) => SpawnError::Timeout {
+                after: options.startup_timeout,
+                stderr: String::new(),
+            },
         };
         process.kill();
         let _ = process.exited_within(Duration::from_secs(5)).await;
@@ -297,10 +283,23 @@ impl ChildProcess {
     }
 }
 
+/// Sweeps the attach directories of dead workers once per host process
+/// (see [`session::sweep_leftovers`]): a worker killed while it waited for
+/// its host could not remove its own.
+fn sweep_leftovers_once() {
+    static SWEPT: std::sync::Once = std::sync::Once::new();
+    SWEPT.call_once(|| session::sweep_leftovers(&std::env::temp_dir()));
+}
+
 /// Set-up in the child between `fork` and `exec`: die with the host (on
 /// Linux, a parent-death signal; elsewhere the closed socket tells the
-/// worker) and apply resource limits. Only async-signal-safe calls.
-fn in_child_before_exec(host: u32, limits: &[(Resource, u64, u64)]) -> io::Result<()> {
+/// worker), keep the worker's end of the socketpair across `exec`, and
+/// apply resource limits. Only async-signal-safe calls.
+fn in_child_before_exec(
+    host: u32,
+    channel: RawFd,
+    limits: &[(Resource, u64, u64)],
+) -> io::Result<()> {
     #[cfg(target_os = "linux")]
     {
         // SIGTERM, not SIGKILL: the worker then stops like on Close and
@@ -316,6 +315,10 @@ fn in_child_before_exec(host: u32, limits: &[(Resource, u64, u64)]) -> io::Resul
     }
     #[cfg(not(target_os = "linux"))]
     let _ = host;
+    // SAFETY: `channel` is open in this (forked) process: the parent holds
+    // it until `spawn` returns.
+    let channel = unsafe { std::os::fd::BorrowedFd::borrow_raw(channel) };
+    nix::fcntl::fcntl(channel, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()))?;
     for &(resource, soft, hard) in limits {
         nix::sys::resource::setrlimit(resource, soft, hard)?;
     }

@@ -1,8 +1,10 @@
 //! A child worker's session: what a host holds to reach the same worker
-//! process again (its socket directory, token and pid) across connections,
-//! and the [`DetachedWorker`] handle that carries it to another process.
+//! process again (its pid, and where it accepts its host once it said so)
+//! across connections, the [`DetachedWorker`] handle that carries it to
+//! another process, and the private directories attach sockets live in.
 
 use std::ffi::OsStr;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -10,67 +12,47 @@ use interprocess::local_socket::tokio::{prelude::*, Stream as LocalStream};
 use interprocess::local_socket::GenericFilePath;
 use serde::{Deserialize, Serialize};
 
-use super::socket::{read_first_frame, write_bare, Expected, Verdict};
+use super::socket::{check_peer, read_first_frame, token_matches, write_bare};
 use super::DIR_PREFIX;
 use crate::contract::Contract;
 use crate::error::AttachError;
-use crate::wire::envelope::{Header, Hello, Refusal};
+use crate::wire::envelope::{AttachPoint, Header, Hello, Refusal};
 use crate::wire::stream::{split, Halves};
 use crate::wire::PROTOCOL_VERSION;
 
-/// The socket a running worker accepts reconnects and attaches on, in its
-/// private directory.
+/// The socket a worker accepts its host on again, in its private directory.
 const ATTACH_SOCKET: &str = "attach.sock";
-
-/// Where the worker whose spawn socket is `spawn_socket` listens for
-/// reconnects and attaches.
-pub(crate) fn attach_socket(spawn_socket: &Path) -> PathBuf {
-    spawn_socket.with_file_name(ATTACH_SOCKET)
-}
 
 /// The host's hold on one worker process, kept across its connections.
 #[derive(Debug)]
 pub(crate) struct Session {
-    dir: SocketDir,
-    token: String,
     pid: u32,
-}
-
-#[derive(Debug)]
-enum SocketDir {
-    /// Removed when the session is dropped: the worker dies with the host.
-    Owned(tempfile::TempDir),
-    /// Left in place: the worker outlives this host, and removes its
-    /// directory itself when it exits.
-    Kept(PathBuf),
-}
-
-impl SocketDir {
-    fn path(&self) -> &Path {
-        match self {
-            SocketDir::Owned(dir) => dir.path(),
-            SocketDir::Kept(path) => path,
-        }
-    }
+    /// Where the worker accepts its host again, once it has said so
+    /// (it listens only after `Disconnect` or `Detach`).
+    attach: Option<AttachPoint>,
+    /// Whether the worker outlives this host.
+    detached: bool,
 }
 
 impl Session {
-    /// A freshly spawned worker's session; the directory goes with it.
-    pub(crate) fn spawned(dir: tempfile::TempDir, token: String, pid: u32) -> Self {
+    /// A freshly spawned worker's session.
+    pub(crate) fn spawned(pid: u32) -> Self {
         Self {
-            dir: SocketDir::Owned(dir),
-            token,
             pid,
+            attach: None,
+            detached: false,
         }
     }
 
     /// The session a handle describes (an attach from another process).
     fn attached(handle: &DetachedWorker) -> Self {
-        let dir = handle.socket.parent().unwrap_or(Path::new("/")).to_owned();
         Self {
-            dir: SocketDir::Kept(dir),
-            token: handle.token.clone(),
             pid: handle.pid,
+            attach: Some(AttachPoint {
+                socket: handle.socket.clone(),
+                token: handle.token.clone(),
+            }),
+            detached: true,
         }
     }
 
@@ -78,37 +60,33 @@ impl Session {
         self.pid
     }
 
-    fn socket(&self) -> PathBuf {
-        self.dir.path().join(ATTACH_SOCKET)
+    /// The worker said where it now accepts its host.
+    pub(crate) fn listening_at(&mut self, point: AttachPoint) {
+        self.attach = Some(point);
     }
 
     /// Whether the worker outlives this host.
     pub(crate) fn is_detached(&self) -> bool {
-        matches!(self.dir, SocketDir::Kept(_))
+        self.detached
     }
 
-    /// Leaves the directory to the worker, which now outlives this host.
+    /// The worker now outlives this host (and removes its directory itself
+    /// when it exits).
     pub(crate) fn detach(&mut self) {
-        if let SocketDir::Owned(_) = &self.dir {
-            let SocketDir::Owned(dir) =
-                std::mem::replace(&mut self.dir, SocketDir::Kept(PathBuf::new()))
-            else {
-                unreachable!("matched above");
-            };
-            self.dir = SocketDir::Kept(dir.keep());
-        }
+        self.detached = true;
     }
 
-    /// The handle another process attaches with.
-    pub(crate) fn handle<C: Contract>(&self) -> DetachedWorker {
-        DetachedWorker {
-            socket: self.socket(),
+    /// The handle another process attaches with, once the worker listens.
+    pub(crate) fn handle<C: Contract>(&self) -> Option<DetachedWorker> {
+        let point = self.attach.as_ref()?;
+        Some(DetachedWorker {
+            socket: point.socket.clone(),
             pid: self.pid,
-            token: self.token.clone(),
+            token: point.token.clone(),
             contract: C::NAME.to_owned(),
             contract_version: C::VERSION,
             protocol: PROTOCOL_VERSION,
-        }
+        })
     }
 
     /// Connects to the worker again (after `Disconnect`).
@@ -116,18 +94,63 @@ impl Session {
         &self,
         within: Duration,
     ) -> impl std::future::Future<Output = Result<Halves, AttachError>> + 'static {
-        let (socket, token, pid) = (self.socket(), self.token.clone(), self.pid);
-        async move { connect::<C>(&socket, &token, pid, within).await }
+        let (point, pid) = (self.attach.clone(), self.pid);
+        async move {
+            let Some(point) = point else {
+                return Err(AttachError::Handshake(
+                    "the worker never said where it accepts its host".into(),
+                ));
+            };
+            connect::<C>(&point.socket, &point.token, pid, within).await
+        }
     }
 
-    /// Removes the socket directory now (the worker is known to be gone).
+    /// Removes the worker's attach directory now (the worker is known to
+    /// be gone), if it made one.
     pub(crate) fn remove_directory(&self) {
-        remove_socket_directory(self.dir.path());
+        if let Some(dir) = self.attach.as_ref().and_then(|p| p.socket.parent()) {
+            remove_socket_directory(dir);
+        }
+    }
+}
+
+/// Makes this process's private attach directory (mode 0700, named after
+/// its pid so that a later process can tell a leftover whose owner is dead)
+/// and returns the socket path in it. Leftovers of dead processes are swept
+/// first.
+pub(crate) fn attach_directory() -> std::io::Result<PathBuf> {
+    let tmp = std::env::temp_dir();
+    sweep_leftovers(&tmp);
+    let dir = tempfile::Builder::new()
+        .prefix(&format!("{DIR_PREFIX}{}-", std::process::id()))
+        .permissions(std::fs::Permissions::from_mode(0o700))
+        .tempdir_in(&tmp)?
+        .keep();
+    Ok(dir.join(ATTACH_SOCKET))
+}
+
+/// Removes the directories in `tmp` left by worker processes that are gone
+/// (killed before they could remove their own). A directory whose owner
+/// runs, or whose name does not say who made it, is left alone.
+pub(crate) fn sweep_leftovers(tmp: &Path) {
+    let Ok(entries) = std::fs::read_dir(tmp) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let owner = name
+            .to_str()
+            .and_then(|name| name.strip_prefix(DIR_PREFIX))
+            .and_then(|rest| rest.split_once('-'))
+            .and_then(|(pid, _)| pid.parse::<u32>().ok());
+        if owner.is_some_and(|pid| !crate::driver::process::is_running(pid)) {
+            remove_socket_directory(&entry.path());
+        }
     }
 }
 
 /// Removes a worker's private socket directory; only a directory of the
-/// shape the host makes is touched. Whoever comes second finds nothing.
+/// shape workers make is touched. Whoever comes second finds nothing.
 pub(crate) fn remove_socket_directory(dir: &Path) {
     let ours = dir
         .file_name()
@@ -239,13 +262,14 @@ async fn connect<C: Contract>(
             .map_err(AttachError::Handshake)?;
         match header {
             Header::Hello(hello) => {
-                let expected = Expected::worker_of::<C>(token.to_owned(), Some(pid));
-                match expected.check(&stream, &hello) {
-                    Ok(()) => split(stream).map_err(|e| AttachError::Handshake(e.to_string())),
-                    Err(Verdict::Impostor(why) | Verdict::Mismatch(why)) => {
-                        Err(AttachError::Handshake(why))
-                    }
+                // The worker proves it knows the secret too, and is the
+                // process the handle names.
+                if !token_matches(&hello.token, token) {
+                    return Err(AttachError::Handshake("the worker's hello has the wrong token".into()));
                 }
+                check_peer(&stream, Some(pid)).map_err(AttachError::Handshake)?;
+                hello.compatible_with::<C>().map_err(AttachError::Handshake)?;
+                split(stream).map_err(|e| AttachError::Handshake(e.to_string()))
             }
             Header::Refused {
                 why: Refusal::WrongToken,

@@ -1,6 +1,6 @@
 //! A worker socket, from both ends: binding one privately, reading the
-//! first frame of a peer that is not yet trusted, and checking the Hello
-//! in it.
+//! first frame of a peer that is not yet trusted, and checking who the
+//! peer is.
 
 use std::io;
 
@@ -12,8 +12,7 @@ use interprocess::local_socket::{GenericFilePath, ListenerOptions};
 use subtle::ConstantTimeEq;
 use tokio::io::AsyncReadExt;
 
-use crate::wire::envelope::{Header, Hello};
-use crate::wire::PROTOCOL_VERSION;
+use crate::wire::envelope::Header;
 
 /// Longest first frame accepted before the peer is authenticated.
 const MAX_HELLO_LEN: usize = 4096;
@@ -28,63 +27,6 @@ pub(crate) fn listen(path: &Path) -> io::Result<Listener> {
         .and_then(|name| ListenerOptions::new().name(name).create_tokio())?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
     Ok(listener)
-}
-
-/// What a genuine peer's Hello must say.
-pub(crate) struct Expected {
-    pub(crate) token: String,
-    /// The worker's process id, when the host knows it.
-    pub(crate) pid: Option<u32>,
-    pub(crate) contract: &'static str,
-    pub(crate) contract_version: u32,
-    pub(crate) serializer: &'static str,
-}
-
-/// Why a Hello was not accepted.
-pub(crate) enum Verdict {
-    /// Not our peer: drop the connection.
-    Impostor(String),
-    /// Our peer (it knows the token), but it speaks something else.
-    Mismatch(String),
-}
-
-impl Expected {
-    /// What a worker of contract `C` presenting `token` must say.
-    pub(crate) fn worker_of<C: crate::Contract>(token: String, pid: Option<u32>) -> Self {
-        Self {
-            token,
-            pid,
-            contract: C::NAME,
-            contract_version: C::VERSION,
-            serializer: <C::Serializer as crate::wire::Serializer>::NAME,
-        }
-    }
-
-    pub(crate) fn check(&self, stream: &LocalStream, hello: &Hello) -> Result<(), Verdict> {
-        if !token_matches(&hello.token, &self.token) {
-            return Err(Verdict::Impostor("wrong token".into()));
-        }
-        check_peer(stream, self.pid).map_err(Verdict::Impostor)?;
-        if hello.protocol != PROTOCOL_VERSION {
-            return Err(Verdict::Mismatch(format!(
-                "the worker speaks protocol version {}, the host {PROTOCOL_VERSION}",
-                hello.protocol
-            )));
-        }
-        if hello.contract != self.contract || hello.contract_version != self.contract_version {
-            return Err(Verdict::Mismatch(format!(
-                "the worker serves contract `{}` v{}, the host expects `{}` v{}",
-                hello.contract, hello.contract_version, self.contract, self.contract_version
-            )));
-        }
-        if hello.serializer != self.serializer {
-            return Err(Verdict::Mismatch(format!(
-                "the worker encodes with `{}`, the host with `{}`",
-                hello.serializer, self.serializer
-            )));
-        }
-        Ok(())
-    }
 }
 
 /// Compares a presented token with the real one in constant time.
@@ -114,9 +56,9 @@ pub(crate) fn check_peer(stream: &LocalStream, pid: Option<u32>) -> Result<(), S
 
 /// Reads exactly one frame of bounded size and returns its header. Reads
 /// nothing past it, so the stream can be handed on intact.
-pub(crate) async fn read_first_frame(
-    mut stream: LocalStream,
-) -> Result<(LocalStream, Header), String> {
+pub(crate) async fn read_first_frame<S: tokio::io::AsyncRead + Unpin>(
+    mut stream: S,
+) -> Result<(S, Header), String> {
     let mut len = [0u8; 4];
     stream
         .read_exact(&mut len)
@@ -150,7 +92,10 @@ pub(crate) fn random_token() -> io::Result<String> {
 
 /// Writes one frame without payload straight to `stream` (before it is
 /// handed to a framed reader and writer).
-pub(crate) async fn write_bare(stream: &mut LocalStream, header: &Header) -> io::Result<()> {
+pub(crate) async fn write_bare(
+    stream: &mut (impl tokio::io::AsyncWrite + Unpin),
+    header: &Header,
+) -> io::Result<()> {
     use tokio::io::AsyncWriteExt;
     let mut frame = bytes::BytesMut::new();
     crate::wire::frame::encode_parts(header, &[], MAX_HELLO_LEN, &mut frame)

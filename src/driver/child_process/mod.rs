@@ -94,7 +94,9 @@ impl ChildProcess {
     }
 
     /// Runs `program` as worker `worker_name`; the program must call
-    /// [`worker_entry`](crate::worker_entry) with that name.
+    /// [`worker_entry`](crate::worker_entry) with that name. A wrapper
+    /// program (`setpriv`, `prlimit`, ...) must pass inherited descriptors
+    /// on to what it runs: the worker's connection is one.
     pub fn program(program: impl Into<PathBuf>, worker_name: impl Into<String>) -> Self {
         Self::with_program(Ok(program.into()), worker_name.into())
     }

@@ -148,7 +148,12 @@ fn host_mode(work: Work) -> ! {
         let worker = Worker::<Busy>::spawn_with(ChildProcess::current_exe("busy"), options)
             .await
             .expect("the worker starts");
-        let pid = worker.send(Status).await.expect("status").pid.expect("a pid");
+        let pid = worker
+            .send(Status)
+            .await
+            .expect("status")
+            .pid
+            .expect("a pid");
         println!("worker {pid}");
         let ms = LONG.as_millis() as u64;
         match work {
@@ -157,7 +162,11 @@ fn host_mode(work: Work) -> ! {
             Work::Async => drop(actix::spawn(worker.send(Wait { ms }))),
             Work::Idle => println!("busy"),
             Work::Disconnected => {
-                worker.send(Disconnect).await.expect("mailbox").expect("disconnected");
+                worker
+                    .send(Disconnect)
+                    .await
+                    .expect("mailbox")
+                    .expect("disconnected");
                 println!("busy");
             }
         }
@@ -203,7 +212,7 @@ async fn host_dies(work: Work, death: Death) -> Result<(), Failed> {
         return Err(format!("the host did not report its worker busy: {reported:?}").into());
     }
     let dirs_before = dirs_of(worker);
-    if (work == Work::Disconnected) != !dirs_before.is_empty() {
+    if (work == Work::Disconnected) == dirs_before.is_empty() {
         return Err(format!("attach directories of a {work:?} worker: {dirs_before:?}").into());
     }
 

@@ -85,8 +85,10 @@ impl Reattach {
     /// presented the secret.
     pub(crate) fn listen(
         &mut self,
-    ) -> std::io::Result<(AttachPoint, Option<impl futures::Stream<Item = NewHost> + 'static>)>
-    {
+    ) -> std::io::Result<(
+        AttachPoint,
+        Option<impl futures::Stream<Item = NewHost> + 'static>,
+    )> {
         if let Some(listening) = &self.listening {
             return Ok((listening.point.clone(), None));
         }
@@ -143,7 +145,13 @@ async fn greet(stream: LocalStream, token: String, found: mpsc::Sender<NewHost>)
         return; // silent, slow, or not speaking our protocol
     };
     if !token_matches(&hello.token, &token) {
-        let _ = write_bare(&mut stream, &Header::Refused { why: Refusal::WrongToken }).await;
+        let _ = write_bare(
+            &mut stream,
+            &Header::Refused {
+                why: Refusal::WrongToken,
+            },
+        )
+        .await;
         return;
     }
     // Fails only if the server is gone.

@@ -183,7 +183,9 @@ fn take_channel() -> std::io::Result<std::os::unix::net::UnixStream> {
     if nix::sys::stat::SFlag::from_bits_truncate(stat.st_mode) & nix::sys::stat::SFlag::S_IFMT
         != nix::sys::stat::SFlag::S_IFSOCK
     {
-        return Err(std::io::Error::other(format!("descriptor {fd} is not a socket")));
+        return Err(std::io::Error::other(format!(
+            "descriptor {fd} is not a socket"
+        )));
     }
     nix::fcntl::fcntl(
         borrowed,

@@ -21,11 +21,11 @@ use futures::stream::{FuturesUnordered, StreamExt};
 use tokio::io::AsyncWrite;
 
 use super::attach::{refuse_busy, NewHost, Reattach};
-use super::watchdog::{Alarm, Watchdog};
 use super::events::{MeteredCodec, Outbox};
 use super::forward::Record;
 use super::panic;
 use super::routes::{Outcome, Routes};
+use super::watchdog::{Alarm, Watchdog};
 use crate::error::{RemoteError, WorkerError};
 use crate::middleware::{Body, Direction, Middlewares, Passage, Side};
 use crate::wire::envelope::{Header, Hello};

@@ -92,7 +92,12 @@ impl Watchdog {
 
 /// The watchdog thread: its own small runtime, so that it runs whatever
 /// the worker's thread is doing.
-fn watch(shared: Arc<Shared>, host: Option<u32>, grace: Duration, alarm: mpsc::UnboundedSender<Alarm>) {
+fn watch(
+    shared: Arc<Shared>,
+    host: Option<u32>,
+    grace: Duration,
+    alarm: mpsc::UnboundedSender<Alarm>,
+) {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build();
@@ -144,7 +149,8 @@ async fn host_gone(host: Option<u32>) {
     #[cfg(target_os = "linux")]
     {
         let pid = rustix::process::Pid::from_raw(host as i32);
-        match pid.map(|pid| rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty())) {
+        match pid.map(|pid| rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()))
+        {
             Some(Ok(pidfd)) => {
                 // A pidfd becomes readable when its process exits.
                 // SAFETY: the AsyncFd owns the pidfd, which stays open and
@@ -162,7 +168,7 @@ async fn host_gone(host: Option<u32>) {
                 // Not pollable here: look, as elsewhere.
             }
             Some(Err(rustix::io::Errno::SRCH)) => return, // gone already
-            _ => {} // no pidfds here: look, as elsewhere
+            _ => {}                                       // no pidfds here: look, as elsewhere
         }
     }
     while crate::driver::process::is_running(host) {

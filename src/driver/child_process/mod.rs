@@ -320,7 +320,10 @@ fn in_child_before_exec(
     // SAFETY: `channel` is open in this (forked) process: the parent holds
     // it until `spawn` returns.
     let channel = unsafe { std::os::fd::BorrowedFd::borrow_raw(channel) };
-    nix::fcntl::fcntl(channel, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()))?;
+    nix::fcntl::fcntl(
+        channel,
+        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
+    )?;
     for &(resource, soft, hard) in limits {
         nix::sys::resource::setrlimit(resource, soft, hard)?;
     }

@@ -265,10 +265,14 @@ async fn connect<C: Contract>(
                 // The worker proves it knows the secret too, and is the
                 // process the handle names.
                 if !token_matches(&hello.token, token) {
-                    return Err(AttachError::Handshake("the worker's hello has the wrong token".into()));
+                    return Err(AttachError::Handshake(
+                        "the worker's hello has the wrong token".into(),
+                    ));
                 }
                 check_peer(&stream, Some(pid)).map_err(AttachError::Handshake)?;
-                hello.compatible_with::<C>().map_err(AttachError::Handshake)?;
+                hello
+                    .compatible_with::<C>()
+                    .map_err(AttachError::Handshake)?;
                 split(stream).map_err(|e| AttachError::Handshake(e.to_string()))
             }
             Header::Refused {

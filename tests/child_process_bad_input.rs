@@ -1,6 +1,9 @@
-//! Hostile or broken bytes on the worker socket: impostors during the
-//! handshake, a worker that breaks the framing, and a host whose contract
-//! has drifted from the worker's.
+//! Hostile or broken bytes on a worker's connection: a worker that speaks
+//! another protocol version or breaks the framing, and a host whose
+//! contract has drifted from the worker's. (Peers other than the host's
+//! worker have nothing to connect to at spawn; on the attach socket a
+//! worker makes when asked to wait for its host, see
+//! `child_process_reconnect.rs`.)
 
 mod support;
 
@@ -9,32 +12,12 @@ use std::time::{Duration, Instant};
 use isolated_workers::testing::PROTOCOL;
 use isolated_workers::{CrashReason, SpawnError, Worker, WorkerError, WorkerOptions, WorkerState};
 use libtest_mimic::Failed;
-use support::rogue::{calc_hello, Rogue, REPORT_ENV, TRUNCATED_EXIT_CODE};
+use support::rogue::{Rogue, TRUNCATED_EXIT_CODE};
 use support::*;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{UnixListener, UnixStream};
-
-/// How the forked `nobody` process reports: refused by permissions as it
-/// should be, connected, or refused for another reason.
-const REFUSED: i32 = 0;
-const CONNECTED: i32 = 3;
-const OTHER_ERROR: i32 = 4;
 
 fn main() {
     enter_workers();
     run(vec![
-        actix_test(
-            "another_user_cannot_reach_the_worker_socket",
-            another_user_cannot_reach_the_worker_socket,
-        ),
-        actix_test(
-            "impostors_on_the_socket_are_dropped_and_the_real_worker_is_accepted",
-            impostors_on_the_socket_are_dropped_and_the_real_worker_is_accepted,
-        ),
-        actix_test(
-            "a_peer_from_another_process_is_dropped_even_with_the_right_token",
-            a_peer_from_another_process_is_dropped_even_with_the_right_token,
-        ),
         actix_test(
             "a_worker_speaking_another_protocol_version_fails_the_handshake",
             a_worker_speaking_another_protocol_version_fails_the_handshake,
@@ -70,57 +53,6 @@ fn main() {
     ]);
 }
 
-async fn another_user_cannot_reach_the_worker_socket() -> Result<(), Failed> {
-    if !nix::unistd::geteuid().is_root() {
-        println!("skipped: only root can run a process as `nobody` here");
-        return Ok(());
-    }
-    let worker = spawn_calc().await?;
-    let socket = std::path::PathBuf::from(ask(&worker, SocketPath).await?);
-    let code = tokio::task::spawn_blocking(move || connect_as_nobody(&socket))
-        .await
-        .map_err(fail)??;
-    assert_eq!(code, REFUSED, "nobody reached the worker's socket");
-    assert_eq!(
-        ask(&worker, ping("still mine")).await?.text,
-        "pong: still mine"
-    );
-    close(&worker).await
-}
-
-/// Forks a process that becomes `nobody` and tries to connect to `socket`;
-/// returns how it fared. Forked rather than spawned, so that `nobody` need
-/// not be able to execute this binary (its directory may be private).
-fn connect_as_nobody(socket: &std::path::Path) -> Result<i32, Failed> {
-    use nix::sys::wait::{waitpid, WaitStatus};
-    use nix::unistd::{fork, setgid, setuid, ForkResult, Gid, Uid};
-    // SAFETY: the child only makes system calls (setgid, setuid, socket,
-    // connect) and leaves with `_exit`; it allocates nothing and takes no
-    // lock, as a fork of a multi-threaded process must.
-    match unsafe { fork() }.map_err(fail)? {
-        ForkResult::Child => {
-            let code =
-                if setgid(Gid::from_raw(65534)).is_err() || setuid(Uid::from_raw(65534)).is_err() {
-                    OTHER_ERROR
-                } else {
-                    // Refused by permissions, not merely "no such file": the
-                    // socket is unlinked once the handshake is done, but the
-                    // private directory stays and must not be searchable.
-                    match std::os::unix::net::UnixStream::connect(socket) {
-                        Ok(_) => CONNECTED,
-                        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => REFUSED,
-                        Err(_) => OTHER_ERROR,
-                    }
-                };
-            unsafe { nix::libc::_exit(code) }
-        }
-        ForkResult::Parent { child } => match waitpid(child, None).map_err(fail)? {
-            WaitStatus::Exited(_, code) => Ok(code),
-            other => Err(format!("the nobody process ended as {other:?}").into()),
-        },
-    }
-}
-
 /// Short enough that a request sent to the wrong peer fails the test
 /// quickly instead of hanging it.
 fn impatient() -> WorkerOptions {
@@ -131,61 +63,6 @@ async fn spawn_rogue(rogue: Rogue) -> Result<actix::Addr<Worker<Calc>>, Failed> 
     Worker::<Calc>::spawn_with(rogue.driver(), impatient())
         .await
         .map_err(fail)
-}
-
-/// The request is answered by the spawned child itself.
-async fn assert_served_by_the_child(worker: &actix::Addr<Worker<Calc>>) -> Result<(), Failed> {
-    let pong = ask(worker, ping("real?")).await?;
-    assert_eq!(pong.text, "pong: real?");
-    assert_eq!(ask(worker, WhoAmI).await?, pid_of(worker).await?);
-    Ok(())
-}
-
-async fn impostors_on_the_socket_are_dropped_and_the_real_worker_is_accepted() -> Result<(), Failed>
-{
-    // The rogue starts serving only once the host has hung up on every
-    // impostor that spoke; one silent impostor stays connected throughout.
-    let worker = spawn_rogue(Rogue::ImpostorsThenCalc).await?;
-    assert_served_by_the_child(&worker).await?;
-    close(&worker).await
-}
-
-async fn a_peer_from_another_process_is_dropped_even_with_the_right_token() -> Result<(), Failed> {
-    let rendezvous = tempfile::Builder::new()
-        .prefix("leak-report-")
-        .tempdir()
-        .map_err(fail)?;
-    let report = rendezvous.path().join("report.sock");
-    let listener = UnixListener::bind(&report).map_err(fail)?;
-    let driver = Rogue::LeaksThenCalc.driver().env(REPORT_ENV, &report);
-    let (spawned, knocked) = tokio::join!(
-        Worker::<Calc>::spawn_with(driver, impatient()),
-        knock_with_the_leaked_token(listener),
-    );
-    knocked?;
-    let worker = spawned.map_err(fail)?;
-    assert_served_by_the_child(&worker).await?;
-    close(&worker).await
-}
-
-/// Takes the socket path and token the rogue leaks, presents them on the
-/// worker socket from this process, and expects the host to hang up. Only
-/// then hangs up on the rogue, which lets it serve.
-async fn knock_with_the_leaked_token(listener: UnixListener) -> Result<(), Failed> {
-    let (report, _) = listener.accept().await.map_err(fail)?;
-    let mut lines = BufReader::new(report).lines();
-    let socket = lines.next_line().await.map_err(fail)?.ok_or("no socket")?;
-    let token = lines.next_line().await.map_err(fail)?.ok_or("no token")?;
-
-    let mut knock = UnixStream::connect(&socket).await.map_err(fail)?;
-    let hello = calc_hello(&token, PROTOCOL);
-    knock.write_all(&hello).await.map_err(fail)?;
-    let mut answer = Vec::new();
-    match tokio::time::timeout(Duration::from_secs(5), knock.read_to_end(&mut answer)).await {
-        Ok(Ok(0) | Err(_)) => Ok(()),
-        Ok(Ok(n)) => Err(format!("the host sent {n} bytes to a foreign process").into()),
-        Err(_) => Err("the host kept a foreign process's connection open for 5 s".into()),
-    }
 }
 
 async fn a_worker_speaking_another_protocol_version_fails_the_handshake() -> Result<(), Failed> {

@@ -1,7 +1,8 @@
 //! Detach and attach: a detached child worker outlives its host (even one
 //! killed with SIGKILL), keeps its state for the next host, serves one host
 //! at a time, refuses a wrong token or contract, stops by itself after its
-//! idle timeout, and leaves no socket directory behind, even when it dies.
+//! idle timeout, and leaves no attach directory behind, even when it dies.
+//! Its attach token is never in its environment.
 //!
 //! For the tests where the worker must outlive its host, this binary plays
 //! the host too: started with [`HOST_MODE_ENV`], it spawns a Calc worker,
@@ -16,7 +17,9 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use actix::Addr;
-use isolated_workers::{AttachError, Contract, Detach, DetachedWorker, Worker, WorkerState};
+use isolated_workers::{
+    AttachError, ChildProcess, Contract, Detach, DetachedWorker, Worker, WorkerState,
+};
 use libtest_mimic::Failed;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
@@ -62,12 +65,12 @@ fn main() {
             attaching_as_another_contract_or_version_is_refused_before_connecting,
         ),
         actix_test(
-            "attaching_to_a_dead_worker_answers_gone_and_removes_its_socket_directory",
-            attaching_to_a_dead_worker_answers_gone_and_removes_its_socket_directory,
+            "attaching_to_a_dead_worker_answers_gone_and_removes_its_attach_directory",
+            attaching_to_a_dead_worker_answers_gone_and_removes_its_attach_directory,
         ),
         actix_test(
-            "attaching_to_a_dead_worker_not_yet_reaped_answers_gone_and_removes_its_socket_directory",
-            attaching_to_a_dead_worker_not_yet_reaped_answers_gone_and_removes_its_socket_directory,
+            "attaching_to_a_dead_worker_not_yet_reaped_answers_gone_and_removes_its_attach_directory",
+            attaching_to_a_dead_worker_not_yet_reaped_answers_gone_and_removes_its_attach_directory,
         ),
         actix_test(
             "a_second_host_is_refused_as_busy_until_the_first_lets_go",
@@ -80,6 +83,10 @@ fn main() {
         actix_test(
             "detaching_again_answers_the_same_handle",
             detaching_again_answers_the_same_handle,
+        ),
+        actix_test(
+            "the_attach_token_is_not_in_the_workers_environment_or_command_line",
+            the_attach_token_is_not_in_the_workers_environment_or_command_line,
         ),
     ]);
 }
@@ -215,10 +222,13 @@ async fn attaching_as_another_contract_or_version_is_refused_before_connecting(
     close_and_check(&worker, &handle).await
 }
 
-async fn attaching_to_a_dead_worker_answers_gone_and_removes_its_socket_directory(
+async fn attaching_to_a_dead_worker_answers_gone_and_removes_its_attach_directory(
 ) -> Result<(), Failed> {
-    // Detached by this process, so this process reaps it when it dies.
-    let (worker, handle) = spawn_detached().await?;
+    // Detached by this process, so this process reaps it when it dies. Its
+    // directory is in a temporary directory of its own, which no other
+    // worker sweeps of leftovers before this test looks.
+    let tmp = tempfile::tempdir().map_err(fail)?;
+    let (worker, handle) = spawn_detached_with(calc().env("TMPDIR", tmp.path())).await?;
     let leftover = Leftover::of(&handle);
     drop(worker);
     let pid = handle.pid();
@@ -234,7 +244,7 @@ async fn attaching_to_a_dead_worker_answers_gone_and_removes_its_socket_director
     Ok(())
 }
 
-async fn attaching_to_a_dead_worker_not_yet_reaped_answers_gone_and_removes_its_socket_directory(
+async fn attaching_to_a_dead_worker_not_yet_reaped_answers_gone_and_removes_its_attach_directory(
 ) -> Result<(), Failed> {
     // The worker's host is alive but stopped dead, so the killed worker
     // stays a zombie: it runs no more, but its pid still exists (as it
@@ -267,7 +277,7 @@ fn mismatch<T>(what: &str, attached: Result<T, AttachError>) -> Result<(String, 
 }
 
 /// Attaching to the dead worker behind `handle` answers `Gone` and
-/// removes its socket directory `dir`.
+/// removes its attach directory `dir`.
 async fn gone_and_cleaned_up(handle: &DetachedWorker, dir: &Path) -> Result<(), Failed> {
     let pid = handle.pid();
     match Worker::<Calc>::attach(handle).await {
@@ -279,7 +289,7 @@ async fn gone_and_cleaned_up(handle: &DetachedWorker, dir: &Path) -> Result<(), 
     }
     if dir.exists() {
         return Err(format!(
-            "the failed attach to dead worker {pid} ({}) left its socket directory \
+            "the failed attach to dead worker {pid} ({}) left its attach directory \
              {dir:?} behind",
             process_state(pid)
         )
@@ -312,7 +322,7 @@ async fn a_second_host_is_refused_as_busy_until_the_first_lets_go() -> Result<()
 async fn a_detached_worker_with_no_host_stops_after_its_idle_timeout() -> Result<(), Failed> {
     let idle = Duration::from_millis(300);
     let worker = spawn_calc().await?;
-    let dir = socket_dir(&worker).await?;
+    assert_nothing_on_disk(pid_of(&worker).await?, "at spawn")?;
     let handle = ask(
         &worker,
         Detach {
@@ -322,6 +332,7 @@ async fn a_detached_worker_with_no_host_stops_after_its_idle_timeout() -> Result
     .await?;
     let _leftover = Leftover::of(&handle);
     let pid = handle.pid();
+    let dir = socket_dir(&worker).await?;
     assert_eq!(socket_dir_of(&handle)?, dir);
 
     // A detached worker is not killed when its proxy stops: it parks.
@@ -364,10 +375,71 @@ async fn detaching_again_answers_the_same_handle() -> Result<(), Failed> {
     close_and_check(&worker, &handle).await
 }
 
+async fn the_attach_token_is_not_in_the_workers_environment_or_command_line() -> Result<(), Failed>
+{
+    let (worker, handle) = spawn_detached().await?;
+    let _leftover = Leftover::of(&handle);
+    let json = serde_json::to_value(&handle).map_err(fail)?;
+    let token = json["token"]
+        .as_str()
+        .ok_or("the handle's JSON has a `token` string")?;
+    assert!(
+        token.len() == 64 && token.bytes().all(|b| b.is_ascii_hexdigit()),
+        "the attach token is 64 hex digits"
+    );
+
+    let pid = handle.pid();
+    // What the worker was started with: `/proc/<pid>/environ` shows the
+    // environment as it was at exec, whatever the worker removed since.
+    let environ = proc_strings(pid, "environ")?;
+    assert!(!environ.is_empty(), "worker {pid} has an environment");
+    for var in &environ {
+        assert!(
+            !var.starts_with("ISOLATED_WORKERS_TOKEN"),
+            "worker {pid} was given a token: {var:?}"
+        );
+        assert!(
+            !var.contains(token),
+            "worker {pid}'s environment holds its attach token"
+        );
+        if let Some((name, value)) = var.split_once('=') {
+            let token_like = value.len() == 64 && value.bytes().all(|b| b.is_ascii_hexdigit());
+            assert!(
+                !(name.starts_with("ISOLATED_WORKERS_") && token_like),
+                "worker {pid} was given a secret in {name}"
+            );
+        }
+    }
+    let cmdline = proc_strings(pid, "cmdline")?;
+    assert!(
+        !cmdline.iter().any(|arg| arg.contains(token)),
+        "worker {pid}'s command line holds its attach token"
+    );
+    close_and_check(&worker, &handle).await
+}
+
+/// The NUL-separated strings of `/proc/<pid>/<file>` (`environ`,
+/// `cmdline`).
+fn proc_strings(pid: u32, file: &str) -> Result<Vec<String>, Failed> {
+    let bytes = std::fs::read(format!("/proc/{pid}/{file}")).map_err(fail)?;
+    Ok(bytes
+        .split(|b| *b == 0)
+        .filter(|s| !s.is_empty())
+        .map(|s| String::from_utf8_lossy(s).into_owned())
+        .collect())
+}
+
 /// A Calc worker spawned here, counted to 3 and detached (with
 /// [`IN_PROCESS_DETACH`]); this process stays attached to it.
 async fn spawn_detached() -> Result<(Addr<Worker<Calc>>, DetachedWorker), Failed> {
-    let worker = spawn_calc().await?;
+    spawn_detached_with(calc()).await
+}
+
+/// [`spawn_detached`] with `driver`.
+async fn spawn_detached_with(
+    driver: ChildProcess,
+) -> Result<(Addr<Worker<Calc>>, DetachedWorker), Failed> {
+    let worker = Worker::<Calc>::spawn(driver).await.map_err(fail)?;
     for expected in 1..=3 {
         assert_eq!(ask(&worker, Increment { by: 1 }).await?, expected);
     }
@@ -415,7 +487,7 @@ fn socket_dir_of(handle: &DetachedWorker) -> Result<PathBuf, Failed> {
         .file_name()
         .is_some_and(|name| name.to_string_lossy().starts_with("isolated-workers-"));
     if !named {
-        return Err(format!("{dir:?} is not a worker's socket directory").into());
+        return Err(format!("{dir:?} is not a worker's attach directory").into());
     }
     Ok(dir.to_owned())
 }
@@ -439,11 +511,16 @@ fn process_state(pid: u32) -> String {
 struct Host {
     child: tokio::process::Child,
     handle: DetachedWorker,
+    /// The temporary directory of the host and its worker, their own: no
+    /// other worker sweeps a dead worker's leftovers from it behind a
+    /// test's back.
+    _tmp: tempfile::TempDir,
 }
 
 impl Host {
     /// Starts a host in `mode` and reads the handle it prints.
     async fn start(mode: &str) -> Result<Self, Failed> {
+        let tmp = tempfile::tempdir().map_err(fail)?;
         let exe = std::env::current_exe().map_err(fail)?;
         let mut command = tokio::process::Command::new(exe);
         // Whatever this process was told as a worker (nothing, normally)
@@ -455,6 +532,7 @@ impl Host {
         }
         let mut child = command
             .env(HOST_MODE_ENV, mode)
+            .env("TMPDIR", tmp.path())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .kill_on_drop(true)
@@ -468,7 +546,11 @@ impl Host {
             .ok_or("the host ended without printing a handle")?;
         let handle = serde_json::from_str(&line)
             .map_err(|e| format!("the host printed {line:?}, not a handle: {e}"))?;
-        Ok(Self { child, handle })
+        Ok(Self {
+            child,
+            handle,
+            _tmp: tmp,
+        })
     }
 
     /// Kills the host with SIGKILL and reaps it.

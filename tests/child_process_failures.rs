@@ -1,15 +1,17 @@
 //! A child-process worker that dies, is closed or dropped, or never starts:
-//! every request resolves, the child is reaped, its socket directory goes.
+//! every request resolves, the child is reaped, and nothing of it is left
+//! on disk (its attach directory, if it made one, goes).
 
 mod support;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use actix::Addr;
 use futures::future::join_all;
-use isolated_workers::testing::SOCKET_ENV;
+use isolated_workers::proxy::{Disconnect, Reconnect};
 use isolated_workers::{
-    ChildProcess, CrashReason, SpawnError, WorkerError, WorkerOptions, WorkerState,
+    ChildProcess, CrashReason, SpawnError, Worker, WorkerError, WorkerOptions, WorkerState,
 };
 use libtest_mimic::Failed;
 use nix::sys::signal::{kill, Signal};
@@ -32,20 +34,20 @@ fn main() {
             close_lets_the_worker_exit_on_its_own_before_the_grace_period,
         ),
         actix_test(
-            "once_close_resolves_the_child_is_reaped_and_its_socket_directory_removed",
-            once_close_resolves_the_child_is_reaped_and_its_socket_directory_removed,
+            "once_close_resolves_the_child_is_reaped_and_its_attach_directory_removed",
+            once_close_resolves_the_child_is_reaped_and_its_attach_directory_removed,
         ),
         actix_test(
-            "dropping_the_last_address_kills_the_child_and_removes_its_socket_directory",
-            dropping_the_last_address_kills_the_child_and_removes_its_socket_directory,
+            "dropping_the_last_address_kills_the_child_and_removes_its_attach_directory",
+            dropping_the_last_address_kills_the_child_and_removes_its_attach_directory,
         ),
         actix_test(
             "a_worker_exiting_during_startup_reports_its_exit_code_and_stderr",
             a_worker_exiting_during_startup_reports_its_exit_code_and_stderr,
         ),
         actix_test(
-            "a_worker_that_never_connects_times_out_and_is_killed",
-            a_worker_that_never_connects_times_out_and_is_killed,
+            "a_worker_that_never_says_hello_times_out_and_is_killed",
+            a_worker_that_never_says_hello_times_out_and_is_killed,
         ),
         actix_test(
             "a_program_that_does_not_exist_fails_to_launch",
@@ -145,11 +147,30 @@ async fn close_lets_the_worker_exit_on_its_own_before_the_grace_period() -> Resu
     Ok(())
 }
 
-async fn once_close_resolves_the_child_is_reaped_and_its_socket_directory_removed(
-) -> Result<(), Failed> {
-    let worker = spawn_calc().await?;
+/// A Calc worker whose temporary directory is `tmp` (see [`calc_in`]),
+/// with nothing on disk at spawn, that was disconnected and reconnected
+/// once: it serves, and keeps its attach directory from then on. Returns
+/// it, its pid and that directory.
+async fn spawn_with_attach_directory(
+    tmp: &Path,
+) -> Result<(Addr<Worker<Calc>>, u32, PathBuf), Failed> {
+    let worker = Worker::<Calc>::spawn(calc_in(tmp)).await.map_err(fail)?;
     let pid = pid_of(&worker).await?;
-    let dir = socket_dir(&worker).await?;
+    assert!(
+        attach_dirs_in(tmp, pid).is_empty(),
+        "nothing on disk at spawn"
+    );
+    worker.send(Disconnect).await.map_err(fail)?.map_err(fail)?;
+    worker.send(Reconnect).await.map_err(fail)?.map_err(fail)?;
+    let dir = socket_dir_in(tmp, &worker).await?;
+    assert_eq!(ask(&worker, WhoAmI).await?, pid, "the same worker serves");
+    Ok((worker, pid, dir))
+}
+
+async fn once_close_resolves_the_child_is_reaped_and_its_attach_directory_removed(
+) -> Result<(), Failed> {
+    let tmp = tempfile::tempdir().map_err(fail)?;
+    let (worker, pid, dir) = spawn_with_attach_directory(tmp.path()).await?;
     assert!(process_exists(pid));
     close(&worker).await?;
     assert!(
@@ -160,11 +181,10 @@ async fn once_close_resolves_the_child_is_reaped_and_its_socket_directory_remove
     Ok(())
 }
 
-async fn dropping_the_last_address_kills_the_child_and_removes_its_socket_directory(
+async fn dropping_the_last_address_kills_the_child_and_removes_its_attach_directory(
 ) -> Result<(), Failed> {
-    let worker = spawn_calc().await?;
-    let pid = pid_of(&worker).await?;
-    let dir = socket_dir(&worker).await?;
+    let tmp = tempfile::tempdir().map_err(fail)?;
+    let (worker, pid, dir) = spawn_with_attach_directory(tmp.path()).await?;
     drop(worker);
     let cleaned_up = eventually(Duration::from_secs(5), || {
         !process_exists(pid) && !dir.exists()
@@ -180,22 +200,24 @@ async fn dropping_the_last_address_kills_the_child_and_removes_its_socket_direct
 }
 
 async fn a_worker_exiting_during_startup_reports_its_exit_code_and_stderr() -> Result<(), Failed> {
-    let script = format!("echo socket=${SOCKET_ENV} >&2; echo boom >&2; exit 3");
-    let err = spawn_error::<Calc>(shell(&script), WorkerOptions::default()).await?;
+    let script = "echo pid=$$ >&2; echo boom >&2; exit 3";
+    let err = spawn_error::<Calc>(shell(script), WorkerOptions::default()).await?;
     let SpawnError::Exited { reason, stderr } = &err else {
         return Err(format!("expected Exited, got {err:?}").into());
     };
     assert_eq!(*reason, CrashReason::Exit(3));
     assert!(stderr.contains("boom"), "stderr: {stderr:?}");
-    assert_socket_directory_removed(stderr)
+    let pid: u32 = reported(stderr, "pid=")?.parse().map_err(fail)?;
+    assert_nothing_on_disk(pid, "after a failed start")
 }
 
-async fn a_worker_that_never_connects_times_out_and_is_killed() -> Result<(), Failed> {
+async fn a_worker_that_never_says_hello_times_out_and_is_killed() -> Result<(), Failed> {
     let startup = Duration::from_millis(500);
-    let script = format!("echo pid=$$ >&2; echo socket=${SOCKET_ENV} >&2; exec /bin/sleep 30");
+    // `sleep` inherits the connection and holds it open, saying nothing.
+    let script = "echo pid=$$ >&2; exec /bin/sleep 30";
     let options = WorkerOptions::default().startup_timeout(startup);
     let started = Instant::now();
-    let err = spawn_error::<Calc>(shell(&script), options).await?;
+    let err = spawn_error::<Calc>(shell(script), options).await?;
     let took = started.elapsed();
     let SpawnError::Timeout { after, stderr } = &err else {
         return Err(format!("expected Timeout, got {err:?}").into());
@@ -210,7 +232,7 @@ async fn a_worker_that_never_connects_times_out_and_is_killed() -> Result<(), Fa
         !process_exists(pid),
         "the sleeping child {pid} was killed and reaped"
     );
-    assert_socket_directory_removed(stderr)
+    assert_nothing_on_disk(pid, "after a failed start")
 }
 
 async fn a_program_that_does_not_exist_fails_to_launch() -> Result<(), Failed> {
@@ -258,13 +280,4 @@ fn reported<'a>(stderr: &'a str, key: &str) -> Result<&'a str, Failed> {
         .lines()
         .find_map(|line| line.strip_prefix(key))
         .ok_or_else(|| format!("no `{key}` line in stderr: {stderr:?}").into())
-}
-
-/// The socket directory a script reported on its stderr is gone.
-fn assert_socket_directory_removed(stderr: &str) -> Result<(), Failed> {
-    let socket = Path::new(reported(stderr, "socket=")?);
-    let dir = socket.parent().ok_or("the socket path has a parent")?;
-    assert!(dir.starts_with(std::env::temp_dir()), "{dir:?}");
-    assert!(!dir.exists(), "{dir:?} was removed");
-    Ok(())
 }

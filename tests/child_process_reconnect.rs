@@ -2,7 +2,9 @@
 //! running and keeps its actor's state while no connection is open;
 //! requests fail at once meanwhile; a worker that dies while disconnected
 //! is noticed and replaced; and many cycles, a `Close` or a dropped proxy
-//! leave nothing behind.
+//! leave nothing behind. The attach socket a disconnected worker waits on
+//! lets only its host back in: not another user, not a wrong token, not a
+//! peer that says anything else.
 
 mod support;
 
@@ -12,11 +14,18 @@ use std::time::{Duration, Instant};
 
 use actix::Addr;
 use isolated_workers::proxy::{Disconnect, Reconnect};
-use isolated_workers::{CrashReason, Worker, WorkerError, WorkerState, WorkerStatus};
+use isolated_workers::testing::PROTOCOL;
+use isolated_workers::{
+    AttachError, Contract, CrashReason, DetachedWorker, Worker, WorkerError, WorkerState,
+    WorkerStatus,
+};
 use libtest_mimic::Failed;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
+use support::rogue::{calc_hello, GARBAGE_FRAME};
 use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::UnixStream;
 
 /// Set (to anything) when this binary is started to run the
 /// disconnect/reconnect cycles alone in its own process, where its file
@@ -32,6 +41,17 @@ const CYCLES: u64 = 100;
 const FD_SLACK: usize = 2;
 /// The socket a parked worker listens on for its host's return.
 const ATTACH_SOCKET: &str = "attach.sock";
+
+/// How the forked `nobody` process fared (its exit code): refused by the
+/// directory's permissions, hung up on without a word, answered, left
+/// waiting, or failed for another reason.
+const REFUSED: i32 = 0;
+const HUNG_UP: i32 = 1;
+const ANSWERED: i32 = 2;
+const KEPT_WAITING: i32 = 3;
+const OTHER_ERROR: i32 = 4;
+/// How long the `nobody` process waits for an answer.
+const NOBODY_PATIENCE: Duration = Duration::from_secs(5);
 
 fn main() {
     enter_workers();
@@ -60,12 +80,20 @@ fn main() {
             disconnect_and_reconnect_are_idempotent,
         ),
         actix_test(
-            "close_on_a_disconnected_worker_ends_it_and_removes_its_socket_directory",
-            close_on_a_disconnected_worker_ends_it_and_removes_its_socket_directory,
+            "close_on_a_disconnected_worker_ends_it_and_removes_its_attach_directory",
+            close_on_a_disconnected_worker_ends_it_and_removes_its_attach_directory,
         ),
         actix_test(
             "dropping_the_last_addr_of_a_disconnected_worker_kills_it",
             dropping_the_last_addr_of_a_disconnected_worker_kills_it,
+        ),
+        actix_test(
+            "impostors_on_the_attach_socket_are_dropped_and_the_host_reconnects",
+            impostors_on_the_attach_socket_are_dropped_and_the_host_reconnects,
+        ),
+        actix_test(
+            "another_user_cannot_reach_the_attach_socket_nor_is_served_when_let_through",
+            another_user_cannot_reach_the_attach_socket_nor_is_served_when_let_through,
         ),
     ]);
 }
@@ -166,11 +194,16 @@ async fn requests_in_flight_at_disconnect_resolve_disconnected_at_once() -> Resu
 
 async fn a_worker_killed_while_disconnected_shows_crashed_and_the_next_request_gets_a_fresh_one(
 ) -> Result<(), Failed> {
-    let worker = spawn_calc().await?;
+    // The worker's directory is in a temporary directory of its own, which
+    // no other worker sweeps of leftovers: if it goes, its host removed it.
+    let tmp = tempfile::tempdir().map_err(fail)?;
+    let worker = Worker::<Calc>::spawn(calc_in(tmp.path()))
+        .await
+        .map_err(fail)?;
     let pid = pid_of(&worker).await?;
-    let dir = socket_dir(&worker).await?;
     assert_eq!(ask(&worker, Increment { by: 2 }).await?, 2);
     worker.send(Disconnect).await.map_err(fail)?.map_err(fail)?;
+    let dir = socket_dir_in(tmp.path(), &worker).await?;
 
     kill(Pid::from_raw(pid as i32), Signal::SIGKILL).map_err(fail)?;
     let seen = state_within(&worker, Duration::from_secs(5), |state| {
@@ -213,7 +246,7 @@ async fn a_worker_killed_while_disconnected_shows_crashed_and_the_next_request_g
     assert!(!process_exists(pid), "the killed worker {pid} was reaped");
     assert!(
         !dir.exists(),
-        "the killed worker's socket directory {dir:?} is removed"
+        "the killed worker's attach directory {dir:?} is removed"
     );
     close(&worker).await
 }
@@ -250,12 +283,13 @@ async fn disconnect_and_reconnect_are_idempotent() -> Result<(), Failed> {
     close(&worker).await
 }
 
-async fn close_on_a_disconnected_worker_ends_it_and_removes_its_socket_directory(
+async fn close_on_a_disconnected_worker_ends_it_and_removes_its_attach_directory(
 ) -> Result<(), Failed> {
     let worker = spawn_calc().await?;
     let pid = pid_of(&worker).await?;
-    let dir = socket_dir(&worker).await?;
+    assert_nothing_on_disk(pid, "at spawn")?;
     worker.send(Disconnect).await.map_err(fail)?.map_err(fail)?;
+    let dir = socket_dir(&worker).await?;
     assert!(running(pid), "the worker runs on while disconnected");
 
     let started = Instant::now();
@@ -275,10 +309,20 @@ async fn close_on_a_disconnected_worker_ends_it_and_removes_its_socket_directory
 }
 
 async fn dropping_the_last_addr_of_a_disconnected_worker_kills_it() -> Result<(), Failed> {
-    let worker = spawn_calc().await?;
+    // A temporary directory of the worker's own, which no other worker
+    // sweeps of leftovers: if its attach directory goes, its worker or host
+    // removed it.
+    let tmp = tempfile::tempdir().map_err(fail)?;
+    let worker = Worker::<Calc>::spawn(calc_in(tmp.path()))
+        .await
+        .map_err(fail)?;
     let pid = pid_of(&worker).await?;
-    let dir = socket_dir(&worker).await?;
+    assert!(
+        attach_dirs_in(tmp.path(), pid).is_empty(),
+        "nothing on disk at spawn"
+    );
     worker.send(Disconnect).await.map_err(fail)?.map_err(fail)?;
+    let dir = socket_dir_in(tmp.path(), &worker).await?;
     assert!(running(pid), "the worker runs on while disconnected");
 
     drop(worker);
@@ -301,7 +345,7 @@ async fn dropping_the_last_addr_of_a_disconnected_worker_kills_it() -> Result<()
         let _ = std::fs::remove_dir_all(&dir);
         return Err(format!(
             "5 s after its last Addr was dropped, disconnected worker {pid} {still}; \
-             its socket directory {}",
+             its attach directory {}",
             if dir.exists() {
                 "is still there"
             } else {
@@ -311,6 +355,216 @@ async fn dropping_the_last_addr_of_a_disconnected_worker_kills_it() -> Result<()
         .into());
     }
     Ok(())
+}
+
+async fn impostors_on_the_attach_socket_are_dropped_and_the_host_reconnects() -> Result<(), Failed>
+{
+    let worker = spawn_calc().await?;
+    let pid = pid_of(&worker).await?;
+    assert_eq!(ask(&worker, Increment { by: 1 }).await?, 1);
+    worker.send(Disconnect).await.map_err(fail)?.map_err(fail)?;
+    let socket = socket_dir(&worker).await?.join(ATTACH_SOCKET);
+
+    // Connected, silent, and left open until the host is back.
+    let _silent = UnixStream::connect(&socket).await.map_err(fail)?;
+    // The right worker and contract, a wrong token: refused as such.
+    let forged = handle_for(pid, &socket, &"0".repeat(64))?;
+    match Worker::<Calc>::attach(&forged).await {
+        Err(AttachError::WrongToken) => {}
+        Err(other) => return Err(format!("attach with a wrong token: {other}").into()),
+        Ok(_) => return Err("attached with a wrong token".into()),
+    }
+    // Each of these is hung up on without a word.
+    let impostors = [
+        ("a worker's Hello", calc_hello("", PROTOCOL)),
+        ("a frame that is no MessagePack", GARBAGE_FRAME.to_vec()),
+        (
+            "a length prefix of 0xFFFF_FFFF",
+            u32::MAX.to_le_bytes().to_vec(),
+        ),
+        ("half a length prefix", vec![0x10, 0x00]),
+    ];
+    for (what, bytes) in impostors {
+        let mut stream = UnixStream::connect(&socket).await.map_err(fail)?;
+        stream.write_all(&bytes).await.map_err(fail)?;
+        // All it will ever say.
+        stream.shutdown().await.map_err(fail)?;
+        let mut answer = Vec::new();
+        match tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer)).await {
+            Ok(Ok(0) | Err(_)) => {}
+            Ok(Ok(n)) => return Err(format!("the worker answered {what} with {n} bytes").into()),
+            Err(_) => return Err(format!("the worker kept {what} open for 5 s").into()),
+        }
+    }
+
+    worker.send(Reconnect).await.map_err(fail)?.map_err(fail)?;
+    assert_eq!(pid_of(&worker).await?, pid, "the same worker");
+    assert_eq!(
+        ask(&worker, Increment { by: 1 }).await?,
+        2,
+        "the worker kept its count"
+    );
+    close(&worker).await
+}
+
+async fn another_user_cannot_reach_the_attach_socket_nor_is_served_when_let_through(
+) -> Result<(), Failed> {
+    use std::os::unix::fs::PermissionsExt;
+    if !nix::unistd::geteuid().is_root() {
+        println!("skipped: only root can run a process as `nobody` here");
+        return Ok(());
+    }
+    let worker = spawn_calc().await?;
+    let pid = pid_of(&worker).await?;
+    worker.send(Disconnect).await.map_err(fail)?.map_err(fail)?;
+    let dir = socket_dir(&worker).await?;
+    let socket = dir.join(ATTACH_SOCKET);
+    // What a host with a wrong token says first: the worker answers it
+    // (Refused) if it comes from the worker's user.
+    let attach = attach_frame(pid, &"0".repeat(64)).await?;
+
+    let code = as_nobody(&socket, &attach).await?;
+    assert_eq!(code, REFUSED, "nobody reached the attach socket");
+
+    // Let through by the file system, another user is still hung up on.
+    let modes = |dir_mode, socket_mode| {
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(dir_mode))
+            .and_then(|()| {
+                std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(socket_mode))
+            })
+            .map_err(fail)
+    };
+    modes(0o711, 0o666)?;
+    let code = as_nobody(&socket, &attach).await;
+    modes(0o700, 0o600)?;
+    assert_eq!(code?, HUNG_UP, "nobody, let through, was not hung up on");
+    let mut ours = UnixStream::connect(&socket).await.map_err(fail)?;
+    ours.write_all(&attach).await.map_err(fail)?;
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), ours.read_to_end(&mut answer))
+        .await
+        .map_err(|_| "the worker kept its own user waiting for 5 s")?
+        .map_err(fail)?;
+    assert!(
+        !answer.is_empty(),
+        "the worker's own user is answered (refused for its token)"
+    );
+
+    worker.send(Reconnect).await.map_err(fail)?.map_err(fail)?;
+    assert_eq!(
+        ask(&worker, ping("still mine")).await?.text,
+        "pong: still mine"
+    );
+    close(&worker).await
+}
+
+/// A handle for attaching to worker `pid` at `socket` with `token`, as if
+/// the worker had been detached (after `Disconnect` it was not: this is
+/// how a test presents a token of its choosing).
+fn handle_for(pid: u32, socket: &Path, token: &str) -> Result<DetachedWorker, Failed> {
+    serde_json::from_value(serde_json::json!({
+        "socket": socket,
+        "pid": pid,
+        "token": token,
+        "contract": Calc::NAME,
+        "contract_version": Calc::VERSION,
+        "protocol": PROTOCOL,
+    }))
+    .map_err(fail)
+}
+
+/// The first frame a host attaching to worker `pid` with `token` sends,
+/// as it goes out: captured on a socket of this test's own, then hung up
+/// on.
+async fn attach_frame(pid: u32, token: &str) -> Result<Vec<u8>, Failed> {
+    let scratch = tempfile::tempdir().map_err(fail)?;
+    let socket = scratch.path().join("capture.sock");
+    let listener = tokio::net::UnixListener::bind(&socket).map_err(fail)?;
+    let handle = handle_for(pid, &socket, token)?;
+    let capture = async {
+        let (mut stream, _) = listener.accept().await?;
+        let mut len = [0u8; 4];
+        stream.read_exact(&mut len).await?;
+        let mut frame = len.to_vec();
+        frame.resize(4 + u32::from_le_bytes(len) as usize, 0);
+        stream.read_exact(&mut frame[4..]).await?;
+        Ok::<_, std::io::Error>(frame)
+    };
+    let (attached, captured) = tokio::join!(Worker::<Calc>::attach(&handle), capture);
+    if attached.is_ok() {
+        return Err("attached to a socket that only captures".into());
+    }
+    captured.map_err(fail)
+}
+
+/// Forks a process that becomes `nobody`, connects to `socket`, sends
+/// `frame`, and waits up to [`NOBODY_PATIENCE`] for an answer; returns how
+/// it fared ([`REFUSED`], [`HUNG_UP`], ...). Forked rather than spawned, so
+/// that `nobody` need not be able to execute this binary (its directory
+/// may be private).
+async fn as_nobody(socket: &Path, frame: &[u8]) -> Result<i32, Failed> {
+    let (socket, frame) = (socket.to_owned(), frame.to_owned());
+    tokio::task::spawn_blocking(move || fork_as_nobody(&socket, &frame))
+        .await
+        .map_err(fail)?
+}
+
+fn fork_as_nobody(socket: &Path, frame: &[u8]) -> Result<i32, Failed> {
+    use nix::sys::wait::{waitpid, WaitStatus};
+    use nix::unistd::{fork, setgid, setuid, ForkResult, Gid, Uid};
+    use std::io::{ErrorKind, Read, Write};
+    // SAFETY: the child only makes system calls (setgid, setuid, socket,
+    // connect, setsockopt, write, read) and leaves with `_exit`; it
+    // allocates nothing and takes no lock, as a fork of a multi-threaded
+    // process must.
+    match unsafe { fork() }.map_err(fail)? {
+        ForkResult::Child => {
+            let code =
+                if setgid(Gid::from_raw(65534)).is_err() || setuid(Uid::from_raw(65534)).is_err() {
+                    OTHER_ERROR
+                } else {
+                    match std::os::unix::net::UnixStream::connect(socket) {
+                        Err(e) if e.kind() == ErrorKind::PermissionDenied => REFUSED,
+                        Err(_) => OTHER_ERROR,
+                        Ok(mut stream) => {
+                            let mut answer = [0u8; 64];
+                            let sent = stream
+                                .set_read_timeout(Some(NOBODY_PATIENCE))
+                                .and_then(|()| stream.write_all(frame));
+                            match sent.and_then(|()| stream.read(&mut answer)) {
+                                Ok(0) => HUNG_UP,
+                                Ok(_) => ANSWERED,
+                                Err(e)
+                                    if matches!(
+                                        e.kind(),
+                                        ErrorKind::WouldBlock | ErrorKind::TimedOut
+                                    ) =>
+                                {
+                                    KEPT_WAITING
+                                }
+                                // Hung up on before it had its say.
+                                Err(e)
+                                    if matches!(
+                                        e.kind(),
+                                        ErrorKind::ConnectionReset | ErrorKind::BrokenPipe
+                                    ) =>
+                                {
+                                    HUNG_UP
+                                }
+                                Err(_) => OTHER_ERROR,
+                            }
+                        }
+                    }
+                };
+            // SAFETY: leaves the forked child at once, running no handler
+            // of the parent's.
+            unsafe { nix::libc::_exit(code) }
+        }
+        ForkResult::Parent { child } => match waitpid(child, None).map_err(fail)? {
+            WaitStatus::Exited(_, code) => Ok(code),
+            other => Err(format!("the nobody process ended as {other:?}").into()),
+        },
+    }
 }
 
 /// Asks for the worker's status until `wanted` holds of its state, for up
@@ -343,13 +597,14 @@ fn cycles_mode() -> ! {
 async fn cycles() -> Result<(), Failed> {
     let worker = spawn_calc().await?;
     let pid = pid_of(&worker).await?;
-    let dir = socket_dir(&worker).await?;
+    assert_nothing_on_disk(pid, "at spawn")?;
     let host_fds = "/proc/self/fd".to_owned();
     let worker_fds = format!("/proc/{pid}/fd");
     // Warm-up: the worker's attach listener (opened at the first
     // Disconnect, kept from then on) and what the runtimes open once are
     // open before counting.
     cycle(&worker, 1).await?;
+    let dir = socket_dir(&worker).await?;
     let host_before = fd_count(&host_fds)?;
     let worker_before = fd_count(&worker_fds)?;
     for count in 2..=CYCLES + 1 {
@@ -384,7 +639,7 @@ async fn cycles() -> Result<(), Failed> {
     let expected: BTreeSet<String> = [ATTACH_SOCKET.to_owned()].into();
     if !sockets.is_subset(&expected) {
         left.push(format!(
-            "the socket directory {dir:?} holds {sockets:?}, expected at most {expected:?}"
+            "the attach directory {dir:?} holds {sockets:?}, expected at most {expected:?}"
         ));
     }
     let status = status(&worker).await?;

@@ -2,7 +2,9 @@
 //! SIGKILL, a grace period apart), SIGTERM from outside, the host's death,
 //! and many spawn/close cycles. Each time the worker's actor is stopped the
 //! actix way where it can be, and nothing is left behind: no process, no
-//! zombie, no socket directory, no file descriptor.
+//! zombie, no attach directory, no file descriptor. A worker has nothing on
+//! disk until it is asked to wait for its host; then its attach socket is
+//! private.
 
 mod support;
 
@@ -12,6 +14,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use futures::future::join_all;
+use isolated_workers::proxy::{Disconnect, Reconnect};
 use isolated_workers::{CrashReason, Worker, WorkerError, WorkerOptions, WorkerState};
 use libtest_mimic::Failed;
 use nix::sys::signal::{kill, Signal};
@@ -22,11 +25,12 @@ use support::*;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 /// Set (to anything) when this binary is started as a host that spawns
-/// [`HOST_WORKERS`] Calc workers, prints a `pid<TAB>socket directory` line
-/// for each, and waits to be killed.
+/// [`HOST_WORKERS`] Calc workers, disconnects every other one (so that it
+/// has an attach directory and waits for its host), prints a
+/// `pid<TAB>connected|disconnected` line for each, and waits to be killed.
 const HOST_MODE_ENV: &str = "ISOLATED_WORKERS_TEST_HOST_MODE";
 /// How many workers a host started in [`HOST_MODE_ENV`] spawns.
-const HOST_WORKERS: usize = 2;
+const HOST_WORKERS: usize = 4;
 /// How long a host waits to be killed before giving up, so that a test
 /// that never kills it leaves nothing behind for long.
 const HOST_LINGER: Duration = Duration::from_secs(60);
@@ -72,12 +76,12 @@ fn main() {
             close_sends_shutdown_then_sigterm_a_grace_period_later_then_sigkill,
         ),
         actix_test(
-            "the_worker_socket_is_0600_in_a_0700_directory",
-            the_worker_socket_is_0600_in_a_0700_directory,
+            "a_worker_has_nothing_on_disk_until_disconnect_then_a_0600_socket_in_a_0700_directory",
+            a_worker_has_nothing_on_disk_until_disconnect_then_a_0600_socket_in_a_0700_directory,
         ),
         actix_test(
-            "when_the_host_is_killed_its_workers_exit_and_remove_their_socket_directories",
-            when_the_host_is_killed_its_workers_exit_and_remove_their_socket_directories,
+            "when_the_host_is_killed_its_workers_exit_and_remove_their_attach_directories",
+            when_the_host_is_killed_its_workers_exit_and_remove_their_attach_directories,
         ),
         actix_test(
             "two_hundred_spawn_close_cycles_leave_no_fds_processes_or_directories",
@@ -100,7 +104,7 @@ async fn close_runs_the_worker_actors_stopping_and_stopped_hooks() -> Result<(),
         .await
         .map_err(fail)?;
     let pid = pid_of(&worker).await?;
-    let dir = socket_dir(&worker).await?;
+    assert_nothing_on_disk(pid, "at spawn")?;
     assert_eq!(ask(&worker, Increment { by: 5 }).await?, 5);
     assert!(
         !marker.exists(),
@@ -120,8 +124,7 @@ async fn close_runs_the_worker_actors_stopping_and_stopped_hooks() -> Result<(),
         !process_exists(pid),
         "child {pid} is reaped once Close resolves"
     );
-    assert!(!dir.exists(), "{dir:?} is removed once Close resolves");
-    Ok(())
+    assert_nothing_on_disk(pid, "once Close resolves")
 }
 
 async fn close_with_a_request_in_flight_still_runs_the_stopped_hook() -> Result<(), Failed> {
@@ -201,20 +204,13 @@ async fn sigterm_from_outside_runs_the_stopped_hook_and_the_worker_exits_with_co
 
 async fn close_ends_a_worker_ignoring_shutdown_and_sigterm_within_two_grace_periods(
 ) -> Result<(), Failed> {
-    let scratch = tempfile::tempdir().map_err(fail)?;
-    let log = scratch.path().join("rogue.log");
     let grace = Duration::from_millis(300);
     let options = WorkerOptions::default().close_grace(grace);
-    let driver = Rogue::IgnoresShutdownAndSigterm.logging_driver(&log);
+    let driver = Rogue::IgnoresShutdownAndSigterm.driver();
     let worker = Worker::<Calc>::spawn_with(driver, options)
         .await
         .map_err(fail)?;
     let pid = pid_of(&worker).await?;
-    let socket = RogueLog::read(&log)
-        .socket
-        .ok_or("the rogue logged its socket before greeting")?;
-    let dir = socket.parent().ok_or("the socket has a directory")?;
-    assert!(dir.is_dir(), "{dir:?} exists while the worker runs");
 
     let started = Instant::now();
     close(&worker).await?;
@@ -228,7 +224,6 @@ async fn close_ends_a_worker_ignoring_shutdown_and_sigterm_within_two_grace_peri
         !process_exists(pid),
         "child {pid} is gone, not even a zombie, once Close resolves"
     );
-    assert!(!dir.exists(), "{dir:?} is removed once Close resolves");
     assert!(
         took >= 2 * grace,
         "Close took {took:?}: a worker ignoring SIGTERM can only be gone by SIGKILL, \
@@ -281,47 +276,70 @@ async fn close_sends_shutdown_then_sigterm_a_grace_period_later_then_sigkill() -
     Ok(())
 }
 
-async fn the_worker_socket_is_0600_in_a_0700_directory() -> Result<(), Failed> {
-    // The socket exists from before the child starts until the handshake,
-    // the window in which anyone else could connect: the worker looks at
-    // it just before it connects.
-    let scratch = tempfile::tempdir().map_err(fail)?;
-    let report = scratch.path().join("socket-modes");
-    let worker = Worker::<Calc>::spawn(calc().env(SOCKET_MODES_ENV, &report))
-        .await
-        .map_err(fail)?;
-    let socket = PathBuf::from(ask(&worker, SocketPath).await?);
-    close(&worker).await?;
+async fn a_worker_has_nothing_on_disk_until_disconnect_then_a_0600_socket_in_a_0700_directory(
+) -> Result<(), Failed> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let worker = spawn_calc().await?;
+    let pid = pid_of(&worker).await?;
+    assert_nothing_on_disk(pid, "at spawn")?;
+    assert_eq!(ask(&worker, Increment { by: 1 }).await?, 1);
+    assert_nothing_on_disk(pid, "while it serves its first host")?;
 
-    let seen = SocketModes::read(&report)?;
+    worker.send(Disconnect).await.map_err(fail)?.map_err(fail)?;
+    let dir = socket_dir(&worker).await?;
+    let socket = dir.join("attach.sock");
     let uid = nix::unistd::geteuid().as_raw();
-    assert_eq!(seen.socket, socket, "the worker looked at its own socket");
-    assert!(seen.socket_is_socket, "{socket:?} is a socket: {seen:?}");
-    assert!(seen.dir_is_dir, "its parent is a directory: {seen:?}");
-    assert_eq!(seen.socket_uid, uid, "{socket:?} is ours: {seen:?}");
-    assert_eq!(seen.dir_uid, uid, "its directory is ours: {seen:?}");
+    let dir_meta = std::fs::symlink_metadata(&dir).map_err(fail)?;
+    assert!(dir_meta.is_dir(), "{dir:?} is a directory: {dir_meta:?}");
+    assert_eq!(dir_meta.uid(), uid, "{dir:?} is ours");
     assert_eq!(
-        seen.socket_mode, 0o600,
+        dir_meta.mode() & 0o7777,
+        0o700,
+        "{dir:?} has mode {:o}",
+        dir_meta.mode() & 0o7777
+    );
+    assert!(
+        dir.starts_with(std::env::temp_dir()),
+        "{dir:?} is in the temporary directory"
+    );
+    let socket_meta = std::fs::symlink_metadata(&socket).map_err(fail)?;
+    assert!(
+        socket_meta.file_type().is_socket(),
+        "{socket:?} is a socket: {socket_meta:?}"
+    );
+    assert_eq!(socket_meta.uid(), uid, "{socket:?} is ours");
+    assert_eq!(
+        socket_meta.mode() & 0o7777,
+        0o600,
         "{socket:?} has mode {:o}",
-        seen.socket_mode
+        socket_meta.mode() & 0o7777
     );
-    assert_eq!(
-        seen.dir_mode, 0o700,
-        "its directory has mode {:o}",
-        seen.dir_mode
+
+    worker.send(Reconnect).await.map_err(fail)?.map_err(fail)?;
+    assert_eq!(ask(&worker, Increment { by: 1 }).await?, 2);
+    close(&worker).await?;
+    assert!(
+        !process_exists(pid),
+        "worker {pid} is reaped once Close resolves"
     );
+    assert!(!dir.exists(), "{dir:?} is removed once Close resolves");
     Ok(())
 }
 
-async fn when_the_host_is_killed_its_workers_exit_and_remove_their_socket_directories(
+async fn when_the_host_is_killed_its_workers_exit_and_remove_their_attach_directories(
 ) -> Result<(), Failed> {
     // The host's workers become our children when it dies (rather than
     // init's, which may never reap them), so that we can reap them and see
     // them gone.
     nix::sys::prctl::set_child_subreaper(true).map_err(fail)?;
+    // A private temporary directory for the host and its workers: no other
+    // process sweeps a directory a dead worker left there, so a directory
+    // gone is one its worker removed.
+    let tmp = tempfile::tempdir().map_err(fail)?;
     let exe = std::env::current_exe().map_err(fail)?;
     let mut host = tokio::process::Command::new(exe)
         .env(HOST_MODE_ENV, "1")
+        .env("TMPDIR", tmp.path())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .kill_on_drop(true)
@@ -331,21 +349,30 @@ async fn when_the_host_is_killed_its_workers_exit_and_remove_their_socket_direct
     let stdout = host.stdout.take().ok_or("the host's stdout is piped")?;
     let mut lines = BufReader::new(stdout).lines();
     let mut workers = Leftovers::default();
+    let mut disconnected = 0;
     for _ in 0..HOST_WORKERS {
         let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
             .await
             .map_err(|_| "the host did not report its workers within 30 s")?
             .map_err(fail)?
             .ok_or("the host ended before reporting its workers")?;
-        let (pid, dir) = line
+        let (pid, state) = line
             .split_once('\t')
-            .ok_or_else(|| format!("not a `pid<TAB>dir` line: {line:?}"))?;
+            .ok_or_else(|| format!("not a `pid<TAB>state` line: {line:?}"))?;
         let pid: u32 = pid.parse().map_err(fail)?;
-        workers.0.push((pid, PathBuf::from(dir)));
+        let dirs = attach_dirs_in(tmp.path(), pid);
+        match (state, &dirs[..]) {
+            ("connected", []) => {}
+            ("disconnected", [dir]) if dir.is_dir() => disconnected += 1,
+            _ => {
+                return Err(format!("{state} worker {pid} has attach directories {dirs:?}").into())
+            }
+        }
+        workers.0.push((pid, dirs));
     }
-    for (pid, dir) in &workers.0 {
+    assert!(disconnected > 0, "some of the workers wait for their host");
+    for (pid, _) in &workers.0 {
         assert!(process_exists(*pid), "worker {pid} runs");
-        assert!(dir.is_dir(), "{dir:?} exists");
     }
 
     kill(Pid::from_raw(host_pid as i32), Signal::SIGKILL).map_err(fail)?;
@@ -357,7 +384,7 @@ async fn when_the_host_is_killed_its_workers_exit_and_remove_their_socket_direct
         workers
             .0
             .iter()
-            .all(|(pid, dir)| !process_exists(*pid) && !dir.exists())
+            .all(|(pid, _)| !process_exists(*pid) && attach_dirs_in(tmp.path(), *pid).is_empty())
     })
     .await;
     let took = killed.elapsed();
@@ -365,15 +392,11 @@ async fn when_the_host_is_killed_its_workers_exit_and_remove_their_socket_direct
         let report: Vec<String> = workers
             .0
             .iter()
-            .map(|(pid, dir)| {
+            .map(|(pid, _)| {
                 format!(
-                    "worker {pid}: {}; {dir:?} {}",
+                    "worker {pid}: {}; attach directories {:?}",
                     process_state(*pid),
-                    if dir.exists() {
-                        "still exists"
-                    } else {
-                        "removed"
-                    }
+                    attach_dirs_in(tmp.path(), *pid)
                 )
             })
             .collect();
@@ -480,38 +503,43 @@ fn stat_fields(pid: u32) -> Option<(String, u32)> {
     Some((state, ppid))
 }
 
-/// Workers a test saw, killed and removed if they outlive it, so that a
-/// failing test leaves nothing behind either.
+/// Workers a test saw (with their attach directories), killed if they
+/// outlive it, so that a failing test leaves nothing behind either.
 #[derive(Default)]
-struct Leftovers(Vec<(u32, PathBuf)>);
+struct Leftovers(Vec<(u32, Vec<PathBuf>)>);
 
 impl Drop for Leftovers {
     fn drop(&mut self) {
-        for (pid, dir) in &self.0 {
+        for (pid, dirs) in &self.0 {
             reap(*pid);
             if process_exists(*pid) {
                 let pid = Pid::from_raw(*pid as i32);
                 let _ = kill(pid, Signal::SIGKILL);
                 let _ = waitpid(pid, None);
             }
-            if dir.exists() {
+            for dir in dirs {
                 let _ = std::fs::remove_dir_all(dir);
             }
         }
     }
 }
 
-/// The host of the host-death test: spawns its workers, reports them, and
-/// waits to be killed.
+/// The host of the host-death test: spawns its workers, disconnects every
+/// other one, reports them, and waits to be killed.
 fn host_mode() -> ! {
     let hosted = actix::System::new().block_on(async {
         let mut workers = Vec::new();
-        for _ in 0..HOST_WORKERS {
+        for i in 0..HOST_WORKERS {
             let worker = spawn_calc().await?;
             let pid = pid_of(&worker).await?;
-            let dir = socket_dir(&worker).await?;
+            let state = if i % 2 == 1 {
+                worker.send(Disconnect).await.map_err(fail)?.map_err(fail)?;
+                "disconnected"
+            } else {
+                "connected"
+            };
             // Line-buffered: each line reaches the test at once.
-            println!("{pid}\t{}", dir.display());
+            println!("{pid}\t{state}");
             workers.push(worker);
         }
         tokio::time::sleep(HOST_LINGER).await;
@@ -568,7 +596,7 @@ async fn cycles() -> Result<(), Failed> {
     let dirs_after = worker_dirs(&tmp)?;
     let dirs: Vec<_> = dirs_after.difference(&dirs_before).collect();
     if !dirs.is_empty() {
-        left.push(format!("socket directories in {tmp:?}: {dirs:?}"));
+        left.push(format!("attach directories in {tmp:?}: {dirs:?}"));
     }
     if left.is_empty() {
         Ok(())
@@ -578,6 +606,8 @@ async fn cycles() -> Result<(), Failed> {
 }
 
 /// [`CYCLES_AT_ONCE`] workers spawned, asked once, and closed, at once.
+/// While they serve, nothing of theirs is in the (private) temporary
+/// directory: a worker spawned has nothing on disk.
 async fn cycle_round() -> Result<(), Failed> {
     let cycles = (0..CYCLES_AT_ONCE).map(|i| async move {
         let worker = spawn_calc().await?;
@@ -585,6 +615,10 @@ async fn cycle_round() -> Result<(), Failed> {
         let pong = ask(&worker, ping(&text)).await?;
         if pong.text != format!("pong: {text}") {
             return Err(format!("wrong reply {pong:?}").into());
+        }
+        let on_disk = worker_dirs(&std::env::temp_dir())?;
+        if !on_disk.is_empty() {
+            return Err(format!("spawned workers serving, with {on_disk:?} on disk").into());
         }
         close(&worker).await
     });
@@ -623,7 +657,7 @@ fn children_of(parent: u32) -> Result<Vec<String>, Failed> {
     Ok(children)
 }
 
-/// The worker socket directories (`isolated-workers-*`) in `tmp`.
+/// The workers' attach directories (`isolated-workers-*`) in `tmp`.
 fn worker_dirs(tmp: &Path) -> Result<BTreeSet<PathBuf>, Failed> {
     let mut dirs = BTreeSet::new();
     for entry in std::fs::read_dir(tmp).map_err(fail)? {
@@ -631,7 +665,7 @@ fn worker_dirs(tmp: &Path) -> Result<BTreeSet<PathBuf>, Failed> {
         if entry
             .file_name()
             .to_string_lossy()
-            .starts_with("isolated-workers-")
+            .starts_with(ATTACH_DIR_PREFIX)
         {
             dirs.insert(entry.path());
         }

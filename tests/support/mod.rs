@@ -17,12 +17,10 @@ use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use actix::dev::{Request, ToEnvelope};
 use actix::prelude::*;
-use isolated_workers::testing::SOCKET_ENV;
 use isolated_workers::worker::Cancellable;
 use isolated_workers::{
     ChildProcess, Close, Contract, RemoteError, SpawnError, Status, Worker, WorkerError,
@@ -83,10 +81,6 @@ pub struct Echo {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct WhoAmI;
 
-/// Answers with the path of the socket the worker was told to connect to.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct SocketPath;
-
 isolated_workers::contract! {
     /// Everything the tests need a worker to do.
     pub Calc {
@@ -97,7 +91,6 @@ isolated_workers::contract! {
         Explode => (),
         Echo => Vec<u8>,
         WhoAmI => u32,
-        SocketPath => String,
         Spin => (),
         Spins => u64,
         ExplodeSoon => (),
@@ -279,13 +272,6 @@ impl Handler<WhoAmI> for CalcWorker {
     }
 }
 
-impl Handler<SocketPath> for CalcWorker {
-    type Result = Result<String, WorkerError>;
-    fn handle(&mut self, _: SocketPath, _: &mut Context<Self>) -> Self::Result {
-        Ok(SOCKET_PATH.get().cloned().unwrap_or_default())
-    }
-}
-
 /// Says hello from a worker of another contract.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Hail;
@@ -312,107 +298,9 @@ impl Handler<Hail> for OtherWorker {
     }
 }
 
-/// The socket path this worker process was given, captured before
-/// `worker_entry` removes it from the environment.
-static SOCKET_PATH: OnceLock<String> = OnceLock::new();
-
-/// When set, a spawned worker records how its socket and the socket's
-/// directory look before it connects (the listener's socket is gone once
-/// the handshake is done), as [`SocketModes`], to the file this names.
-pub const SOCKET_MODES_ENV: &str = "ISOLATED_WORKERS_TEST_SOCKET_MODES";
-
-/// How a worker found its socket and the socket's directory, before it
-/// connected (see [`SOCKET_MODES_ENV`]).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SocketModes {
-    pub socket: PathBuf,
-    pub socket_is_socket: bool,
-    /// Permission bits (`mode & 0o7777`).
-    pub socket_mode: u32,
-    pub socket_uid: u32,
-    pub dir_is_dir: bool,
-    pub dir_mode: u32,
-    pub dir_uid: u32,
-}
-
-impl SocketModes {
-    /// Looks at `socket` and its directory.
-    pub fn of(socket: &Path) -> std::io::Result<Self> {
-        use std::os::unix::fs::{FileTypeExt, MetadataExt};
-        let dir = socket.parent().unwrap_or(Path::new("/"));
-        let socket_meta = std::fs::symlink_metadata(socket)?;
-        let dir_meta = std::fs::symlink_metadata(dir)?;
-        Ok(Self {
-            socket: socket.to_owned(),
-            socket_is_socket: socket_meta.file_type().is_socket(),
-            socket_mode: socket_meta.mode() & 0o7777,
-            socket_uid: socket_meta.uid(),
-            dir_is_dir: dir_meta.is_dir(),
-            dir_mode: dir_meta.mode() & 0o7777,
-            dir_uid: dir_meta.uid(),
-        })
-    }
-
-    /// One line: `path is_socket mode uid is_dir mode uid` (modes in octal).
-    fn to_line(&self) -> String {
-        format!(
-            "{} {} {:o} {} {} {:o} {}",
-            self.socket.display(),
-            self.socket_is_socket,
-            self.socket_mode,
-            self.socket_uid,
-            self.dir_is_dir,
-            self.dir_mode,
-            self.dir_uid
-        )
-    }
-
-    /// Reads what a worker recorded at `report`.
-    pub fn read(report: &Path) -> Result<Self, String> {
-        let line = std::fs::read_to_string(report)
-            .map_err(|e| format!("the worker recorded no socket modes at {report:?}: {e}"))?;
-        let fields: Vec<&str> = line.trim_end().rsplitn(7, ' ').collect();
-        let bad = || format!("not a socket-modes line: {line:?}");
-        let [dir_uid, dir_mode, dir_is_dir, socket_uid, socket_mode, socket_is_socket, socket] =
-            fields[..]
-        else {
-            return Err(bad());
-        };
-        let octal = |s: &str| u32::from_str_radix(s, 8).map_err(|_| bad());
-        let number = |s: &str| s.parse::<u32>().map_err(|_| bad());
-        Ok(Self {
-            socket: socket.into(),
-            socket_is_socket: socket_is_socket == "true",
-            socket_mode: octal(socket_mode)?,
-            socket_uid: number(socket_uid)?,
-            dir_is_dir: dir_is_dir == "true",
-            dir_mode: octal(dir_mode)?,
-            dir_uid: number(dir_uid)?,
-        })
-    }
-}
-
-/// Records [`SocketModes`] if the test asked for them.
-fn record_socket_modes(socket: &str) {
-    let Some(report) = std::env::var_os(SOCKET_MODES_ENV) else {
-        return;
-    };
-    let line = match SocketModes::of(Path::new(socket)) {
-        Ok(modes) => modes.to_line(),
-        Err(e) => format!("could not look at {socket:?}: {e}"),
-    };
-    if let Err(e) = std::fs::write(&report, line) {
-        eprintln!("worker: could not record socket modes at {report:?}: {e}");
-    }
-}
-
 /// Call first in every test binary's `main`: in a spawned worker this
 /// serves (or misbehaves, see [`rogue`]) and never returns.
 pub fn enter_workers() {
-    if let Ok(socket) = std::env::var(SOCKET_ENV) {
-        record_socket_modes(&socket);
-        let _ = SOCKET_PATH.set(socket);
-    }
     rogue::enter();
     isolated_workers::worker_entry::<Calc, _>("calc", CalcWorker::default);
     isolated_workers::worker_entry::<Calc, _>(
@@ -582,14 +470,70 @@ pub async fn pid_of<C: Contract>(worker: &Addr<Worker<C>>) -> Result<u32, Failed
         .ok_or_else(|| "a child-process worker has a pid".into())
 }
 
-/// The private directory holding a Calc worker's socket.
-pub async fn socket_dir(worker: &Addr<Worker<Calc>>) -> Result<PathBuf, Failed> {
-    let socket = PathBuf::from(ask(worker, SocketPath).await?);
-    let dir = socket.parent().ok_or("the socket path has a parent")?;
-    if !dir.is_dir() {
-        return Err(format!("socket directory {dir:?} should exist while the worker runs").into());
+/// The prefix of a worker's attach directory in the temporary directory:
+/// the worker's pid follows, then `-` and a random part.
+pub const ATTACH_DIR_PREFIX: &str = "isolated-workers-";
+
+/// The attach directories (`isolated-workers-<pid>-*`) of worker `pid` in
+/// `tmp`. A worker makes one only when asked to wait for its host
+/// (`Disconnect`, `Detach`), so this is empty for a worker that never was.
+pub fn attach_dirs_in(tmp: &Path, pid: u32) -> Vec<PathBuf> {
+    let prefix = format!("{ATTACH_DIR_PREFIX}{pid}-");
+    let Ok(entries) = std::fs::read_dir(tmp) else {
+        return Vec::new();
+    };
+    let mut dirs: Vec<PathBuf> = entries
+        .flatten()
+        .filter(|entry| entry.file_name().to_string_lossy().starts_with(&prefix))
+        .map(|entry| entry.path())
+        .collect();
+    dirs.sort();
+    dirs
+}
+
+/// The attach directories of worker `pid` in this process's temporary
+/// directory, which the workers it spawns share (see [`attach_dirs_in`]).
+pub fn attach_dirs_of(pid: u32) -> Vec<PathBuf> {
+    attach_dirs_in(&std::env::temp_dir(), pid)
+}
+
+/// Fails unless worker `pid` has nothing on disk: no attach directory.
+pub fn assert_nothing_on_disk(pid: u32, when: &str) -> Result<(), Failed> {
+    let dirs = attach_dirs_of(pid);
+    if dirs.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("{when}, worker {pid} should have nothing on disk, but has {dirs:?}").into())
     }
-    Ok(dir.to_owned())
+}
+
+/// A Calc worker whose temporary directory is `tmp`: a directory of its
+/// own, where no other worker sweeps leftovers (the attach directories of
+/// dead workers), so that a directory gone from it is one its worker or
+/// host removed.
+pub fn calc_in(tmp: &Path) -> ChildProcess {
+    calc().env("TMPDIR", tmp)
+}
+
+/// The private directory a Calc worker made for its attach socket. It
+/// exists only once the worker was asked to wait for its host
+/// (`Disconnect`, `Detach`); fails before that.
+pub async fn socket_dir(worker: &Addr<Worker<Calc>>) -> Result<PathBuf, Failed> {
+    socket_dir_in(&std::env::temp_dir(), worker).await
+}
+
+/// [`socket_dir`] of a worker whose temporary directory is `tmp` (see
+/// [`calc_in`]).
+pub async fn socket_dir_in(tmp: &Path, worker: &Addr<Worker<Calc>>) -> Result<PathBuf, Failed> {
+    let pid = pid_of(worker).await?;
+    match &attach_dirs_in(tmp, pid)[..] {
+        [dir] if dir.is_dir() => Ok(dir.clone()),
+        [] => Err(format!(
+            "worker {pid} has no attach directory: it makes one only when asked to wait for its host"
+        )
+        .into()),
+        dirs => Err(format!("worker {pid} should have one attach directory, has {dirs:?}").into()),
+    }
 }
 
 /// Closes the worker.

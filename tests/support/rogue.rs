@@ -1,28 +1,23 @@
-//! Worker modes that misbehave on the wire. A rogue reads the socket path
-//! and token from the environment, exactly as a real worker does, and then
-//! talks raw bytes over a `std` Unix stream.
+//! Worker modes that misbehave on the wire. A rogue takes its connection
+//! to the host from the descriptor it inherits, exactly as a real worker
+//! does, and then talks raw bytes over a `std` Unix stream.
 
-use std::io::{Read, Write};
-use std::net::Shutdown;
+use std::io::Write;
+use std::os::fd::{FromRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use isolated_workers::testing::{
-    event_frame, hello_frame, read_frame, reply_frame, NAME_ENV, PROTOCOL, SOCKET_ENV, TOKEN_ENV,
+    event_frame, hello_frame, read_frame, reply_frame, CHANNEL_FD_ENV, NAME_ENV, PROTOCOL,
 };
 use isolated_workers::{ChildProcess, Contract, MessagePack, Serializer};
 
 use super::{Calc, Pong};
 
-/// Where [`Rogue::LeaksThenCalc`] hands its socket path and token: the path
-/// of a Unix socket the test listens on.
-pub const REPORT_ENV: &str = "ISOLATED_WORKERS_TEST_REPORT";
-
-/// The file where [`Rogue::IgnoresShutdownAndSigterm`] and
-/// [`Rogue::RecordsShutdownAndSigterm`] log what they see, a line each; read
-/// it with [`RogueLog::read`].
+/// The file where [`Rogue::RecordsShutdownAndSigterm`] logs what it sees, a
+/// line each; read it with [`RogueLog::read`].
 pub const ROGUE_LOG_ENV: &str = "ISOLATED_WORKERS_TEST_ROGUE_LOG";
 
 /// How [`Rogue::TruncatedFrame`] exits after cutting its frame short.
@@ -33,7 +28,7 @@ pub const STRAY_PONG: &str = "stray";
 
 /// A well-delimited frame (body of 8 bytes, header of 4) whose header is
 /// not MessagePack: 0xc1 is never valid.
-const GARBAGE_FRAME: [u8; 12] = [8, 0, 0, 0, 4, 0, 0, 0, 0xc1, 0xc1, 0xc1, 0xc1];
+pub const GARBAGE_FRAME: [u8; 12] = [8, 0, 0, 0, 4, 0, 0, 0, 0xc1, 0xc1, 0xc1, 0xc1];
 
 /// How long a rogue that waits to be killed waits before giving up, so
 /// that a host which never kills it leaves nothing behind for long.
@@ -42,15 +37,7 @@ const LINGER: Duration = Duration::from_secs(30);
 /// The ways a worker process can misbehave.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Rogue {
-    /// Opens impostor connections first (one silent and left open, one with
-    /// a wrong token, one with garbage, one with a length prefix of
-    /// 0xFFFF_FFFF, one with half a length prefix), waits until the host has
-    /// dropped each one that spoke, then serves Calc.
-    ImpostorsThenCalc,
-    /// Hands its socket path and token to the test (see [`REPORT_ENV`]),
-    /// waits until the test hangs up, then serves Calc.
-    LeaksThenCalc,
-    /// Greets with the right token and contract but protocol `PROTOCOL + 1`.
+    /// Greets with the right contract but protocol `PROTOCOL + 1`.
     WrongProtocol,
     /// Greets properly, reads one request, then sends a length prefix of
     /// 0xFFFF_FFF0 and waits to be killed.
@@ -70,20 +57,17 @@ pub enum Rogue {
     /// real one with a payload that is not its reply type; then waits for
     /// Shutdown and exits.
     StrayAndGarbledReplies,
-    /// Ignores SIGTERM (`SIG_IGN`), logs its socket path (see
-    /// [`ROGUE_LOG_ENV`]), greets properly, then never reads and never
-    /// exits (until [`LINGER`] has passed): only SIGKILL ends it.
+    /// Ignores SIGTERM (`SIG_IGN`), greets properly, then never reads and
+    /// never exits (until [`LINGER`] has passed): only SIGKILL ends it.
     IgnoresShutdownAndSigterm,
-    /// Blocks SIGTERM and logs each one it receives, logs its socket path,
+    /// Blocks SIGTERM and logs each one it receives (see [`ROGUE_LOG_ENV`]),
     /// greets properly, then reads frames and logs when Shutdown arrives,
     /// without exiting (until [`LINGER`] has passed): only SIGKILL ends it.
     RecordsShutdownAndSigterm,
 }
 
 impl Rogue {
-    const ALL: [Rogue; 10] = [
-        Rogue::ImpostorsThenCalc,
-        Rogue::LeaksThenCalc,
+    const ALL: [Rogue; 8] = [
         Rogue::WrongProtocol,
         Rogue::OversizedFrame,
         Rogue::GarbageFrame,
@@ -97,8 +81,6 @@ impl Rogue {
     /// The worker name this mode is started as.
     pub fn name(self) -> &'static str {
         match self {
-            Rogue::ImpostorsThenCalc => "rogue-impostors-then-calc",
-            Rogue::LeaksThenCalc => "rogue-leaks-then-calc",
             Rogue::WrongProtocol => "rogue-wrong-protocol",
             Rogue::OversizedFrame => "rogue-oversized-frame",
             Rogue::GarbageFrame => "rogue-garbage-frame",
@@ -121,21 +103,12 @@ impl Rogue {
         self.driver().env(ROGUE_LOG_ENV, log)
     }
 
-    /// Misbehaves as this mode says. Returns only for the modes that go on
-    /// to serve Calc, with the environment set up for `worker_entry`.
-    fn play(self, host: Host) {
+    /// Misbehaves as this mode says; never returns.
+    fn play(self, host: Host) -> ! {
         match self {
-            Rogue::ImpostorsThenCalc => {
-                host.send_impostors();
-                become_calc();
-            }
-            Rogue::LeaksThenCalc => {
-                host.leak();
-                become_calc();
-            }
             Rogue::WrongProtocol => {
-                let mut stream = host.connect();
-                write(&mut stream, &calc_hello(&host.token, PROTOCOL + 1));
+                let mut stream = host.stream;
+                write(&mut stream, &calc_hello("", PROTOCOL + 1));
                 linger();
             }
             Rogue::OversizedFrame => {
@@ -178,7 +151,6 @@ impl Rogue {
                 // SAFETY: no handler runs; the disposition becomes "ignore",
                 // set before this process starts any thread.
                 unsafe { signal(Signal::SIGTERM, SigHandler::SigIgn) }.expect("ignoring SIGTERM");
-                host.log(&format!("socket {}", host.socket.display()));
                 let stream = host.greet();
                 // Never read (Shutdown stays unread), never exit.
                 linger_holding(stream);
@@ -190,17 +162,20 @@ impl Rogue {
                 // Blocked here, and so in the thread spawned below, which
                 // takes each SIGTERM with sigwait instead of dying of it.
                 sigterm.thread_block().expect("blocking SIGTERM");
-                let log = host.log_path();
+                let log = log_path();
+                let sigterms = log.clone();
                 std::thread::spawn(move || loop {
                     if sigterm.wait().is_ok() {
-                        append(&log, &format!("sigterm {}", started.elapsed().as_millis()));
+                        append(
+                            &sigterms,
+                            &format!("sigterm {}", started.elapsed().as_millis()),
+                        );
                     }
                 });
-                host.log(&format!("socket {}", host.socket.display()));
                 let mut stream = host.greet();
                 while let Ok((_, header)) = read_frame(&mut stream) {
                     if header.contains("Shutdown") {
-                        host.log(&format!("shutdown {}", started.elapsed().as_millis()));
+                        append(&log, &format!("shutdown {}", started.elapsed().as_millis()));
                     }
                 }
                 linger_holding(stream);
@@ -209,12 +184,9 @@ impl Rogue {
     }
 }
 
-/// What [`Rogue::IgnoresShutdownAndSigterm`] or
-/// [`Rogue::RecordsShutdownAndSigterm`] logged.
+/// What [`Rogue::RecordsShutdownAndSigterm`] logged.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct RogueLog {
-    /// The socket it was told to connect to.
-    pub socket: Option<PathBuf>,
     /// When Shutdown arrived, in ms after the rogue started.
     pub shutdown_at_ms: Option<u64>,
     /// When each SIGTERM arrived, in ms after the rogue started.
@@ -231,7 +203,6 @@ impl RogueLog {
                 continue;
             };
             match what {
-                "socket" => log.socket = Some(value.into()),
                 "shutdown" => log.shutdown_at_ms = value.parse().ok(),
                 "sigterm" => log.sigterms_at_ms.extend(value.parse::<u64>().ok()),
                 _ => {}
@@ -241,8 +212,8 @@ impl RogueLog {
     }
 }
 
-/// The Hello a Calc worker sends, sent from this process with `token` and
-/// `protocol`.
+/// The Hello a Calc worker sends, sent from this process with `token` (a
+/// spawned worker's is empty) and `protocol`.
 pub fn calc_hello(token: &str, protocol: u32) -> Vec<u8> {
     hello_frame(
         token,
@@ -263,99 +234,51 @@ pub(super) fn enter() {
     }
 }
 
-/// What a worker learns from its environment.
+/// The rogue's side of the connection its host spawned it with.
 struct Host {
-    socket: PathBuf,
-    token: String,
+    stream: UnixStream,
 }
 
 impl Host {
+    /// Takes the connection from the descriptor named by [`CHANNEL_FD_ENV`].
     fn from_env() -> Self {
-        Self {
-            socket: std::env::var_os(SOCKET_ENV)
-                .expect("a spawned worker has a socket path")
-                .into(),
-            token: std::env::var(TOKEN_ENV).expect("a spawned worker has a token"),
-        }
+        let fd: RawFd = std::env::var(CHANNEL_FD_ENV)
+            .expect("a spawned worker is told its descriptor")
+            .parse()
+            .expect("the descriptor is a number");
+        // SAFETY: the host passed this descriptor down as the worker's end
+        // of its socketpair, open and for this process alone; it is taken
+        // here once, and nothing else in this process uses it.
+        let stream = unsafe { UnixStream::from_raw_fd(fd) };
+        Self { stream }
     }
 
-    fn connect(&self) -> UnixStream {
-        UnixStream::connect(&self.socket).expect("the host listens on the worker socket")
-    }
-
-    /// Connects and sends a good Hello.
-    fn greet(&self) -> UnixStream {
-        let mut stream = self.connect();
-        write(&mut stream, &calc_hello(&self.token, PROTOCOL));
+    /// Sends a good Hello.
+    fn greet(self) -> UnixStream {
+        let mut stream = self.stream;
+        write(&mut stream, &calc_hello("", PROTOCOL));
         stream
-    }
-
-    /// Where to log (see [`ROGUE_LOG_ENV`]).
-    fn log_path(&self) -> PathBuf {
-        std::env::var_os(ROGUE_LOG_ENV)
-            .expect("the test says where to log")
-            .into()
-    }
-
-    /// Appends `line` to the log.
-    fn log(&self, line: &str) {
-        append(&self.log_path(), line);
     }
 
     /// Completes a good handshake and reads the first request: the
     /// connection and the request's id.
-    fn first_request(&self) -> (UnixStream, u64) {
-        let mut stream = self.connect();
-        write(&mut stream, &calc_hello(&self.token, PROTOCOL));
+    fn first_request(self) -> (UnixStream, u64) {
+        let mut stream = self.greet();
         let (id, header) = read_frame(&mut stream).expect("the host sends a request");
         let id = id.unwrap_or_else(|| panic!("expected a request, got {header}"));
         (stream, id)
     }
-
-    fn send_impostors(&self) {
-        let silent = self.connect();
-        let spoken = [
-            calc_hello("not-the-token", PROTOCOL),
-            GARBAGE_FRAME.to_vec(),
-            u32::MAX.to_le_bytes().to_vec(),
-            vec![0x10, 0x00],
-        ]
-        .map(|bytes| {
-            let mut stream = self.connect();
-            write(&mut stream, &bytes);
-            stream
-        });
-        // The half prefix is all that impostor will ever say.
-        let _ = spoken[3].shutdown(Shutdown::Write);
-        for stream in spoken {
-            wait_for_close(stream);
-        }
-        // Keep the silent one open while the real worker connects and serves.
-        std::mem::forget(silent);
-    }
-
-    fn leak(&self) {
-        let report = std::env::var_os(REPORT_ENV).expect("the test says where to report");
-        let mut stream = UnixStream::connect(report).expect("the test listens for the report");
-        let leaked = format!("{}\n{}\n", self.socket.display(), self.token);
-        write(&mut stream, leaked.as_bytes());
-        wait_for_close(stream);
-    }
 }
 
-/// Lets `worker_entry` take over as the real Calc worker.
-fn become_calc() {
-    std::env::set_var(NAME_ENV, "calc");
+/// Where to log (see [`ROGUE_LOG_ENV`]).
+fn log_path() -> PathBuf {
+    std::env::var_os(ROGUE_LOG_ENV)
+        .expect("the test says where to log")
+        .into()
 }
 
 fn write(stream: &mut UnixStream, bytes: &[u8]) {
     stream.write_all(bytes).expect("writing to the host");
-}
-
-/// Blocks until the peer closes the connection.
-fn wait_for_close(mut stream: UnixStream) {
-    let mut buf = [0u8; 256];
-    while let Ok(1..) = stream.read(&mut buf) {}
 }
 
 /// Reads frames until the host asks to shut down (or hangs up), then exits.

@@ -57,8 +57,11 @@ pub use status::{MemberReport, PoolCounters, PoolReport, PoolState, PoolStatus};
 ///   of their message type ([`WorkerOptions::on_crash`](crate::WorkerOptions::on_crash)),
 ///   as for a lone worker. A member that gives up tells the pool, which
 ///   removes it and starts a fresh one if the pool is below its minimum or
-///   requests are waiting; a request that reached it first gets
-///   [`WorkerError::GaveUp`].
+///   requests are waiting. A request it had gets [`WorkerError::GaveUp`],
+///   unless its crash policy retries it ([`CrashPolicy::Retry`](crate::CrashPolicy::Retry)):
+///   then it goes to another member, its tries counted on, and gets
+///   `GaveUp` only once as many members as the pool may have
+///   ([`PoolOptions::max_members`]) gave up on it.
 /// - **Close**: [`Close`] fails the waiting requests with
 ///   [`WorkerError::Closed`], closes every member (their requests in flight
 ///   resolve `Closed`) and resolves when all are closed; afterwards every

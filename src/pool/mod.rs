@@ -308,17 +308,13 @@ impl<C: Contract, D: Driver<C> + Clone> WorkerPool<C, D> {
         D: Carries<M::Portability>,
     {
         reroute.gave_up += 1;
-        let message = M::decode::<C::Serializer>(&reroute.payload);
-        let message = match message {
-            Ok(message)
-                if self.state == PoolState::Open && reroute.gave_up < self.options.ceiling() =>
-            {
-                message
-            }
-            _ => {
-                self.counters.failed += 1;
-                return caller.resolve(Err(error));
-            }
+        let goes_on = self.state == PoolState::Open && reroute.gave_up < self.options.ceiling();
+        let message = goes_on
+            .then(|| M::decode::<C::Serializer>(&reroute.payload).ok())
+            .flatten();
+        let Some(message) = message else {
+            self.counters.failed += 1;
+            return caller.resolve(Err(error));
         };
         self.counters.rerouted += 1;
         tracing::debug!(

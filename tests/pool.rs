@@ -8,6 +8,7 @@
 mod support;
 
 use std::future::Future;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
@@ -44,10 +45,19 @@ struct Done {
     pid: u32,
 }
 
+/// Crashes the worker that handles it while the file `crashes` counts
+/// crashes left (taking one first); once none are left, answers the
+/// worker's pid.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Fragile {
+    crashes: PathBuf,
+}
+
 isolated_workers::contract! {
     /// Jobs whose answers say who did them.
     Jobs {
         Job => Done,
+        Fragile => u32,
     }
 }
 
@@ -71,6 +81,24 @@ impl Handler<Job> for JobWorker {
     }
 }
 
+impl Handler<Fragile> for JobWorker {
+    type Result = Result<u32, WorkerError>;
+    fn handle(&mut self, fragile: Fragile, _: &mut Context<Self>) -> Self::Result {
+        let left = crashes_left(&fragile.crashes).expect("the crash count is readable");
+        if left > 0 {
+            std::fs::write(&fragile.crashes, (left - 1).to_string()).expect("crash counted");
+            panic!("fragile: {left} crashes left");
+        }
+        Ok(std::process::id())
+    }
+}
+
+/// The crashes the file `crashes` still allows.
+fn crashes_left(crashes: &Path) -> Result<u32, Failed> {
+    let text = std::fs::read_to_string(crashes).map_err(fail)?;
+    text.trim().parse().map_err(fail)
+}
+
 fn main() {
     enter_workers();
     isolated_workers::worker_entry::<Jobs, _>("jobs", JobWorker::default);
@@ -84,6 +112,22 @@ fn main() {
         actix_test(
             "child_process::a_member_killed_under_load_reports_its_job_with_reject",
             killed_under_load_with_reject,
+        ),
+        actix_test(
+            "child_process::under_retry_a_request_whose_member_gives_up_goes_to_another",
+            retry_goes_to_another_member,
+        ),
+        actix_test(
+            "child_process::a_request_sent_on_to_another_member_counts_its_tries_on",
+            rerouted_tries_count_on,
+        ),
+        actix_test(
+            "child_process::under_retry_a_request_fails_gave_up_once_every_member_gave_up",
+            every_member_gives_up,
+        ),
+        actix_test(
+            "child_process::under_reject_a_request_whose_member_gives_up_fails_crashed",
+            reject_is_not_sent_on,
         ),
         actix_test(
             "child_process::close_ends_every_member_process",
@@ -532,6 +576,110 @@ async fn killed_under_load_with_reject() -> Result<(), Failed> {
         }) => {}
         other => return Err(format!("expected the long job killed, got {other:?}").into()),
     }
+    Ok(())
+}
+
+/// A pool of `members` `Jobs` workers, each giving up at its first crash,
+/// with `Fragile` under `policy`; and where `Fragile`'s crashes are counted.
+struct FragilePool {
+    pool: Addr<WorkerPool<Jobs, ChildProcess>>,
+    /// Holds the count.
+    _dir: tempfile::TempDir,
+    crashes: PathBuf,
+}
+
+impl FragilePool {
+    async fn start(members: usize, policy: CrashPolicy) -> Result<Self, Failed> {
+        let member = WorkerOptions::default()
+            .restart_budget(0, Duration::from_secs(60))
+            .on_crash::<Fragile>(policy);
+        let options = PoolOptions::default()
+            .members(members)
+            .member_options(member);
+        let pool = WorkerPool::<Jobs, _>::spawn_with(ChildProcess::current_exe("jobs"), options)
+            .await
+            .map_err(fail)?;
+        let dir = tempfile::tempdir().map_err(fail)?;
+        let crashes = dir.path().join("crashes");
+        Ok(Self {
+            pool,
+            _dir: dir,
+            crashes,
+        })
+    }
+
+    /// Sends a `Fragile` that crashes the first `crashes` workers to handle it.
+    async fn send(&self, crashes: u32) -> Result<Result<u32, WorkerError>, Failed> {
+        std::fs::write(&self.crashes, crashes.to_string()).map_err(fail)?;
+        let fragile = Fragile {
+            crashes: self.crashes.clone(),
+        };
+        outcome(self.pool.send(fragile)).await
+    }
+
+    /// How many crashes are left of those the last `send` allowed.
+    fn crashes_left(&self) -> Result<u32, Failed> {
+        crashes_left(&self.crashes)
+    }
+}
+
+async fn retry_goes_to_another_member() -> Result<(), Failed> {
+    let fragile = FragilePool::start(2, CrashPolicy::Retry { attempts: 2 }).await?;
+    for round in 1..=3 {
+        // Its member crashes and gives up; another answers: the one left
+        // of those before, or the fresh one that replaces a member gone.
+        let pid = fragile.send(1).await?.map_err(fail)?;
+        assert_eq!(fragile.crashes_left()?, 0, "round {round}: crashed once");
+        let report = report_of(&fragile.pool).await?;
+        assert_eq!(report.counters.rerouted, round, "{report:#?}");
+        assert_eq!(report.counters.replaced, round, "{report:#?}");
+        assert!(
+            report.pids().contains(&pid),
+            "{pid} is a member: {report:#?}"
+        );
+    }
+    fragile.pool.send(Close).await?;
+    Ok(())
+}
+
+async fn rerouted_tries_count_on() -> Result<(), Failed> {
+    // One retry: the first member's crash is the first try, the second's
+    // the last, though that member never had it before.
+    let fragile = FragilePool::start(3, CrashPolicy::Retry { attempts: 1 }).await?;
+    let error = expect_error(fragile.send(2).await?)?;
+    assert!(
+        matches!(error, WorkerError::Crashed { attempt: 2, .. }),
+        "{error:?}"
+    );
+    assert_eq!(fragile.crashes_left()?, 0, "tried twice");
+    let report = report_of(&fragile.pool).await?;
+    assert_eq!(report.counters.rerouted, 1, "{report:#?}");
+    fragile.pool.send(Close).await?;
+    Ok(())
+}
+
+async fn every_member_gives_up() -> Result<(), Failed> {
+    let fragile = FragilePool::start(2, CrashPolicy::Retry { attempts: 5 }).await?;
+    let error = expect_error(fragile.send(10).await?)?;
+    assert!(matches!(error, WorkerError::GaveUp { .. }), "{error:?}");
+    assert_eq!(fragile.crashes_left()?, 8, "tried once on each member");
+    let report = report_of(&fragile.pool).await?;
+    assert_eq!(report.counters.rerouted, 1, "{report:#?}");
+    assert_eq!(report.counters.replaced, 2, "{report:#?}");
+    fragile.pool.send(Close).await?;
+    Ok(())
+}
+
+async fn reject_is_not_sent_on() -> Result<(), Failed> {
+    let fragile = FragilePool::start(2, CrashPolicy::Reject).await?;
+    let error = expect_error(fragile.send(1).await?)?;
+    assert!(
+        matches!(error, WorkerError::Crashed { attempt: 1, .. }),
+        "{error:?}"
+    );
+    let report = report_of(&fragile.pool).await?;
+    assert_eq!(report.counters.rerouted, 0, "{report:#?}");
+    fragile.pool.send(Close).await?;
     Ok(())
 }
 

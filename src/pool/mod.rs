@@ -14,7 +14,7 @@ use tokio::sync::oneshot;
 use crate::contract::{Contract, InContract};
 use crate::driver::{Carries, ChildProcess, Driver};
 use crate::error::{CrashReason, SpawnError, WorkerError};
-use crate::proxy::{Close, LifecycleEvent, Status, Worker, WorkerState, WorkerStatus};
+use crate::proxy::{Attempt, Close, LifecycleEvent, Status, Worker, WorkerState, WorkerStatus};
 use crate::unreferenced::StopWhenUnreferenced;
 
 mod member;
@@ -23,7 +23,7 @@ mod request;
 mod status;
 
 use member::Member;
-use request::{Caller, Deadline, Queued, Request};
+use request::{Caller, Deadline, Queued, Request, Reroute};
 
 pub use options::PoolOptions;
 pub use request::PoolReply;
@@ -57,8 +57,11 @@ pub use status::{MemberReport, PoolCounters, PoolReport, PoolState, PoolStatus};
 ///   of their message type ([`WorkerOptions::on_crash`](crate::WorkerOptions::on_crash)),
 ///   as for a lone worker. A member that gives up tells the pool, which
 ///   removes it and starts a fresh one if the pool is below its minimum or
-///   requests are waiting; a request that reached it first gets
-///   [`WorkerError::GaveUp`].
+///   requests are waiting. A request it had gets [`WorkerError::GaveUp`],
+///   unless its crash policy retries it ([`CrashPolicy::Retry`](crate::CrashPolicy::Retry)):
+///   then it goes to another member, its tries counted on, and gets
+///   `GaveUp` only once as many members as the pool may have
+///   ([`PoolOptions::max_members`]) gave up on it.
 /// - **Close**: [`Close`] fails the waiting requests with
 ///   [`WorkerError::Closed`], closes every member (their requests in flight
 ///   resolve `Closed`) and resolves when all are closed; afterwards every
@@ -236,6 +239,7 @@ impl<C: Contract, D: Driver<C> + Clone> WorkerPool<C, D> {
             message,
             caller,
             deadline,
+            reroute,
         } = request;
         let left = waited.then(|| deadline.at.saturating_duration_since(Instant::now()));
         if left.is_some_and(|left| left.is_zero()) {
@@ -247,7 +251,8 @@ impl<C: Contract, D: Driver<C> + Clone> WorkerPool<C, D> {
         member.took();
         let id = member.id;
         self.counters.dispatched += 1;
-        let sent = member.worker.send(message);
+        let tries = reroute.as_ref().map(|reroute| reroute.tries.clone());
+        let sent = member.worker.send(Attempt { message, tries });
         let gone = caller.gone();
         let answered = async move {
             // Only a request that waited needs a timer of its own: the
@@ -267,18 +272,72 @@ impl<C: Contract, D: Driver<C> + Clone> WorkerPool<C, D> {
             }
         };
         ctx.spawn(answered.into_actor(self).map(move |outcome, pool, ctx| {
-            match &outcome {
-                Some(Ok(_)) => pool.counters.answered += 1,
-                Some(Err(_)) => pool.counters.failed += 1,
-                None => pool.counters.abandoned += 1,
-            }
             let error = outcome.as_ref().and_then(|outcome| outcome.as_ref().err());
             pool.answered(id, error, ctx);
-            if let Some(outcome) = outcome {
-                caller.resolve(outcome);
+            let gave_up = matches!(error, Some(WorkerError::GaveUp { .. }));
+            match (outcome, reroute) {
+                (Some(Err(error)), Some(reroute)) if gave_up => {
+                    pool.reroute(caller, deadline, reroute, error, ctx);
+                }
+                (Some(outcome), _) => {
+                    match &outcome {
+                        Ok(_) => pool.counters.answered += 1,
+                        Err(_) => pool.counters.failed += 1,
+                    }
+                    caller.resolve(outcome);
+                }
+                (None, _) => pool.counters.abandoned += 1,
             }
             pool.pump(ctx);
         }));
+    }
+
+    /// A member gave up on a request its crash policy retries: sends it
+    /// on, counting its tries on, to another member — at once if one has
+    /// room, else first in the queue. Fails it with `error` once as many
+    /// members as the pool may have gave up on it.
+    fn reroute<M>(
+        &mut self,
+        caller: Caller<M>,
+        deadline: Deadline,
+        mut reroute: Reroute,
+        error: WorkerError,
+        ctx: &mut Context<Self>,
+    ) where
+        M: InContract<C>,
+        D: Carries<M::Portability>,
+    {
+        reroute.gave_up += 1;
+        let goes_on = self.state == PoolState::Open && reroute.gave_up < self.options.ceiling();
+        let message = goes_on
+            .then(|| M::decode::<C::Serializer>(&reroute.payload).ok())
+            .flatten();
+        let Some(message) = message else {
+            self.counters.failed += 1;
+            return caller.resolve(Err(error));
+        };
+        self.counters.rerouted += 1;
+        tracing::debug!(
+            contract = C::NAME,
+            message = M::NAME,
+            "a member gave up on a request; sending it to another"
+        );
+        let request = Request {
+            message,
+            caller,
+            deadline,
+            reroute: Some(reroute),
+        };
+        match self.least_loaded() {
+            Some(index) => self.dispatch(index, request, true, ctx),
+            // First: it waited longest. It was counted against the queue's
+            // bound when it was accepted, so it may go over it now.
+            None => {
+                self.queue.push_front(Box::new(request));
+                self.sweep_by(deadline.at, ctx);
+                self.grow(ctx);
+            }
+        }
     }
 
     /// Member `id` is done with a request, which ended with `error` if
@@ -647,10 +706,12 @@ where
         }
         let (caller, reply) = Caller::new();
         let deadline = Deadline::after(self.options.member.timeout_of(M::NAME));
+        let reroute = Reroute::of::<C, M>(&message, &self.options.member);
         let request = Request {
             message,
             caller,
             deadline,
+            reroute,
         };
         match free {
             Some(index) => self.dispatch(index, request, false, ctx),

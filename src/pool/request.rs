@@ -6,16 +6,21 @@
 use std::cell::RefCell;
 use std::future::Future;
 use std::rc::Rc;
+use std::sync::atomic::AtomicU32;
+use std::sync::Arc;
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use actix::dev::{MessageResponse, OneshotSender};
 use actix::prelude::*;
+use bytes::{Bytes, BytesMut};
 
 use super::WorkerPool;
+use crate::config::{CrashPolicy, WorkerOptions};
 use crate::contract::{Contract, WorkerMessage};
 use crate::driver::Driver;
 use crate::error::WorkerError;
+use crate::proxy::Tries;
 
 /// The reply channel of one request: actix hands it over just after the
 /// pool accepted the request (see [`PoolReply`]); it stays empty for a
@@ -59,6 +64,44 @@ pub(super) struct Request<M: WorkerMessage> {
     pub(super) message: M,
     pub(super) caller: Caller<M>,
     pub(super) deadline: Deadline,
+    /// Set when its crash policy retries it: it then goes to another
+    /// member when its own gives up.
+    pub(super) reroute: Option<Reroute>,
+}
+
+/// What a request needs to go to another member when the one that has it
+/// gives up.
+pub(super) struct Reroute {
+    /// The message, encoded: the member's copy goes down with it.
+    pub(super) payload: Bytes,
+    /// Its tries so far, counted on by each member it goes to.
+    pub(super) tries: Tries,
+    /// Members that gave up while they had it.
+    pub(super) gave_up: usize,
+}
+
+impl Reroute {
+    /// For `message` if its crash policy in `options` retries it (and it
+    /// can be encoded, which a `#[local]` message cannot: that one is
+    /// moved into its member and goes down with it).
+    pub(super) fn of<C: Contract, M: WorkerMessage>(
+        message: &M,
+        options: &WorkerOptions,
+    ) -> Option<Self> {
+        let CrashPolicy::Retry { attempts } = options.crash_policy_of(M::NAME) else {
+            return None;
+        };
+        if attempts == 0 {
+            return None;
+        }
+        let mut payload = BytesMut::new();
+        message.encode::<C::Serializer>(&mut payload).ok()?;
+        Some(Self {
+            payload: payload.freeze(),
+            tries: Arc::new(AtomicU32::new(1)),
+            gave_up: 0,
+        })
+    }
 }
 
 impl<M: WorkerMessage> Request<M> {

@@ -85,6 +85,9 @@ pub struct PoolCounters {
     pub answered: u64,
     /// Requests a member answered with an error (any [`WorkerError`](crate::WorkerError)).
     pub failed: u64,
+    /// Requests sent on to another member after theirs gave up, because
+    /// their crash policy retries them.
+    pub rerouted: u64,
     /// Requests whose caller gave up before they were answered (dropped
     /// while queued or in flight).
     pub abandoned: u64,

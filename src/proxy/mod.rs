@@ -36,6 +36,7 @@ pub use counters::{Counters, MessageCounts};
 pub use events::{EventStream, Subscribe, SubscribeStream, WorkerEvent, SUBSCRIBER_CAPACITY};
 pub use lifecycle::{Close, Drain, Status, WorkerState, WorkerStatus};
 pub use reply::Reply;
+pub(crate) use request::{Attempt, Tries};
 pub use restart::{LifecycleEvent, Watch, WorkerId};
 
 /// The host's proxy for one worker of contract `C`, reached through driver

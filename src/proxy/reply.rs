@@ -143,11 +143,13 @@ impl<M: WorkerMessage> std::fmt::Debug for Reply<M> {
     }
 }
 
-impl<C, D, M> MessageResponse<Worker<C, D>, M> for Reply<M>
+/// The answer to `M`, or to a message that wraps it (`Attempt<M>`).
+impl<C, D, M, N> MessageResponse<Worker<C, D>, N> for Reply<M>
 where
     C: Contract,
     D: Driver<C>,
     M: WorkerMessage,
+    N: Message<Result = M::Result>,
 {
     #[inline]
     fn handle(self, _: &mut Context<Worker<C, D>>, reply: Option<OneshotSender<M::Result>>) {

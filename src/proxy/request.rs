@@ -2,14 +2,34 @@
 //! driver made, and resolves with the reply, a timeout, or the worker's
 //! failure.
 
+use std::sync::atomic::AtomicU32;
+use std::sync::Arc;
+
 use actix::prelude::*;
 
 use super::reply::Reply;
 use super::{Accepted, Link, Worker};
-use crate::contract::{Contract, InContract};
+use crate::contract::{Contract, InContract, WorkerMessage};
 use crate::driver::{Carries, Driver};
 use crate::error::WorkerError;
 use crate::middleware::Typed;
+
+/// The number of a request's next try, shared between a pool and the
+/// member it sent the request to: the member counts its tries from it and
+/// leaves there the next one's number when it gives up, so that the pool
+/// can send the request on to another member with its attempts counted.
+pub(crate) type Tries = Arc<AtomicU32>;
+
+/// A contract message with, if a pool sent it, the count of its tries so
+/// far (see [`Tries`]).
+pub(crate) struct Attempt<M> {
+    pub(crate) message: M,
+    pub(crate) tries: Option<Tries>,
+}
+
+impl<M: WorkerMessage> Message for Attempt<M> {
+    type Result = M::Result;
+}
 
 impl<C, D, M> Accepted<C, D> for M
 where
@@ -19,35 +39,67 @@ where
 {
     type Response = Reply<M>;
 
-    fn handle(mut self, worker: &mut Worker<C, D>, ctx: &mut Context<Worker<C, D>>) -> Reply<M> {
-        if worker.needs_respawn() {
+    fn handle(self, worker: &mut Worker<C, D>, ctx: &mut Context<Worker<C, D>>) -> Reply<M> {
+        worker.request(self, None, ctx)
+    }
+}
+
+impl<C, D, M> Accepted<C, D> for Attempt<M>
+where
+    C: Contract,
+    D: Driver<C> + Carries<M::Portability>,
+    M: InContract<C>,
+{
+    type Response = Reply<M>;
+
+    fn handle(self, worker: &mut Worker<C, D>, ctx: &mut Context<Worker<C, D>>) -> Reply<M> {
+        worker.request(self.message, self.tries, ctx)
+    }
+}
+
+impl<C: Contract, D: Driver<C>> Worker<C, D> {
+    /// Sends `message` to the worker, counting its tries in `tries` if a
+    /// pool shares them.
+    fn request<M>(
+        &mut self,
+        mut message: M,
+        tries: Option<Tries>,
+        ctx: &mut Context<Self>,
+    ) -> Reply<M>
+    where
+        D: Carries<M::Portability>,
+        M: InContract<C>,
+    {
+        if self.needs_respawn() {
             // Start a fresh worker, then handle this message again: it
             // waits in the mailbox behind the restart.
-            worker.respawn(ctx, Vec::new());
-            let again = ctx.address().send(self);
+            self.respawn(ctx, Vec::new());
+            let again = ctx.address().send(Attempt { message, tries });
             return Reply::later(Box::pin(async move {
                 again.await.unwrap_or(Err(WorkerError::Closed))
             }));
         }
-        if let Some(error) = worker.unavailable() {
+        if let Some(error) = self.unavailable() {
             return Reply::now(Err(error));
         }
-        let typed = worker.options.middleware.for_type::<M>();
+        let typed = self.options.middleware.for_type::<M>();
         if let Some(typed) = &typed {
-            if let Err(refused) = typed.request(&mut self) {
+            if let Err(refused) = typed.request(&mut message) {
                 let mut outcome = Err(WorkerError::Rejected(refused.error));
                 typed.reply_before(refused.at, &mut outcome);
                 return Reply::now(outcome);
             }
         }
-        let options = &worker.options;
-        match &mut worker.link {
+        let options = &self.options;
+        match &mut self.link {
             Link::Stream(link) => {
                 let back = typed.as_ref().map(Typed::share);
-                link.submit::<M, C::Serializer>(&self, options, back)
+                link.submit::<M, C::Serializer>(&message, options, back, tries)
                     .through(typed.as_ref())
             }
-            Link::Local(local) => Reply::later(local.request(self, options, typed)),
+            // A thread worker does not retry (the message moves into it),
+            // so there are no tries to count.
+            Link::Local(local) => Reply::later(local.request(message, options, typed)),
             Link::Parked(_) => Reply::now(Err(WorkerError::Disconnected)).through(typed.as_ref()),
             Link::Released => Reply::now(Err(WorkerError::Closed)).through(typed.as_ref()),
         }

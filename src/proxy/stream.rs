@@ -22,7 +22,7 @@ use tokio::sync::oneshot;
 
 use super::counters::{SharedTally, Slot};
 use super::reply::{Caller, Reply, Returning};
-use super::{Link, Worker, WorkerState};
+use super::{Link, Tries, Worker, WorkerState};
 use crate::config::{CrashPolicy, WorkerOptions};
 use crate::contract::{Contract, WorkerMessage};
 use crate::driver::child_process::session::Session;
@@ -113,6 +113,8 @@ struct Pending {
     attempt: u32,
     /// The encoded request, kept while its crash policy may send it again.
     retry_payload: Option<Bytes>,
+    /// Shared with the pool that sent it, if one did (see [`Tries`]).
+    tries: Option<Tries>,
     /// Who waits for the outcome; `None` for `do_send` (nobody waits, but
     /// the request still runs).
     caller: Option<Box<dyn Caller>>,
@@ -155,6 +157,7 @@ pub(super) struct Retry {
     /// The first try's deadline: retries do not extend it.
     deadline: Instant,
     attempt: u32,
+    tries: Option<Tries>,
     caller: Option<Box<dyn Caller>>,
     tally: SharedTally,
 }
@@ -162,6 +165,11 @@ pub(super) struct Retry {
 impl Retry {
     /// Gives up on the request with `error`.
     pub(super) fn fail(self, error: WorkerError) {
+        // The try it would have made next: where a pool that sends it on
+        // to another member goes on counting.
+        if let Some(tries) = &self.tries {
+            tries.store(self.attempt, Ordering::Relaxed);
+        }
         self.tally.borrow_mut().ended_at(self.counted, false, 0);
         if let Some(caller) = self.caller {
             caller.resolve(Err(error));
@@ -257,6 +265,7 @@ impl StreamLink {
         message: &M,
         options: &WorkerOptions,
         typed: Option<Typed<M>>,
+        tries: Option<Tries>,
     ) -> Reply<M> {
         if self.hanging_up {
             return Reply::now(Err(WorkerError::Disconnected));
@@ -329,8 +338,13 @@ impl StreamLink {
             counted,
             timeout,
             deadline: Instant::now() + timeout,
-            attempt: 1,
+            // A request a pool sends on from a member that gave up goes on
+            // counting where that member stopped.
+            attempt: tries
+                .as_ref()
+                .map_or(1, |tries| tries.load(Ordering::Relaxed)),
             retry_payload,
+            tries,
             caller: None,
             sent: can_send,
             span: RequestSpan::default(),
@@ -395,6 +409,7 @@ impl StreamLink {
                     timeout: pending.timeout,
                     deadline: pending.deadline,
                     attempt: pending.attempt + 1,
+                    tries: pending.tries,
                     caller: pending.caller,
                     tally: self.tally.clone(),
                 }),
@@ -431,6 +446,7 @@ impl StreamLink {
             deadline: retry.deadline,
             attempt: retry.attempt,
             retry_payload: Some(retry.payload.clone()),
+            tries: retry.tries,
             caller: retry.caller,
             sent: send,
             span: RequestSpan::default(),

@@ -38,6 +38,14 @@ pub use routes::{Routes, ServedBy};
 /// `Result<M::Reply, WorkerError>`. The worker exits when the host closes
 /// it, when the host goes away, or after reporting a panic to the host.
 ///
+/// A panic that ends the actor is reported before it is printed: with
+/// `RUST_BACKTRACE` set (and not `0`), the worker prints the panic and its
+/// backtrace (std's `Backtrace` format) from a thread of its own, so that
+/// the host does not wait for symbols to be resolved, and waits for that
+/// printing before it exits, up to
+/// [`close_grace`](crate::WorkerOptions::close_grace) (the host kills the
+/// worker after that long).
+///
 /// ```no_run
 /// use actix::prelude::*;
 /// use isolated_workers::{RemoteError, WorkerError};
@@ -129,7 +137,7 @@ where
     ] {
         std::env::remove_var(key);
     }
-    panic::install_hook();
+    panic::install_worker_hook();
     let routes = C::routes();
     let system = System::new();
     let socket_path = std::path::PathBuf::from(&socket);
@@ -164,6 +172,9 @@ where
     if let Some(dir) = socket_dir {
         remove_socket_directory(&dir);
     }
+    // A panic is reported before its backtrace is printed; the host gives
+    // the worker its grace to finish printing.
+    panic::finish_printing(grace);
     std::process::exit(code);
 }
 

@@ -2,7 +2,8 @@
 //! requests become frames, written by actix's framed writer inside the
 //! proxy's own context (queued frames coalesce into one write), and replies
 //! are read by a `StreamHandler` on the same context, so a request costs no
-//! extra task hop. The end of the stream turns into a `Crashed` error for
+//! extra task hop. The end of the stream, or a panic the worker reports
+//! (at once, before the worker exits), turns into a `Crashed` error for
 //! every request still waiting.
 
 use std::any::Any;

@@ -188,8 +188,9 @@ pub enum CrashReason {
     Exit(i32),
     /// The process was killed by this signal.
     Signal(i32),
-    /// The worker panicked (thread workers; child processes report their
-    /// panic message and then exit with code 101).
+    /// The worker panicked: a thread worker, or a worker that reported its
+    /// panic (a child process then exits with code 101, which the host
+    /// does not wait for).
     Panic,
     /// The connection broke but the cause could not be learned.
     ConnectionLost,

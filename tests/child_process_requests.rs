@@ -1,5 +1,6 @@
 //! Requests to a child-process worker, beyond what the conformance suite
-//! checks for every driver: large payloads, how a panic kills the process,
+//! checks for every driver: large payloads, how a panic kills the process
+//! (reported before it is printed),
 //! the pid in `Status`, and requests queued in the proxy.
 
 mod support;
@@ -19,8 +20,12 @@ fn main() {
             a_one_mebibyte_echo_round_trips_byte_exactly,
         ),
         actix_test(
-            "a_panicking_handler_crashes_every_request_with_exit_101_and_the_panic_text",
-            a_panicking_handler_crashes_every_request_with_exit_101_and_the_panic_text,
+            "a_panicking_handler_crashes_every_request_with_the_panic_text",
+            a_panicking_handler_crashes_every_request_with_the_panic_text,
+        ),
+        actix_test(
+            "a_panic_is_reported_before_the_worker_prints_it_and_its_backtrace",
+            a_panic_is_reported_before_the_worker_prints_it_and_its_backtrace,
         ),
         actix_test(
             "status_reports_the_workers_pid_state_and_requests_in_flight",
@@ -48,11 +53,10 @@ async fn a_one_mebibyte_echo_round_trips_byte_exactly() -> Result<(), Failed> {
     close(&worker).await
 }
 
-async fn a_panicking_handler_crashes_every_request_with_exit_101_and_the_panic_text(
-) -> Result<(), Failed> {
+async fn a_panicking_handler_crashes_every_request_with_the_panic_text() -> Result<(), Failed> {
     const PANIC_TEXT: &str = "kaboom 42";
     let crashed = |e: &WorkerError| {
-        matches!(e, WorkerError::Crashed { reason: CrashReason::Exit(101), message: Some(m), .. }
+        matches!(e, WorkerError::Crashed { reason: CrashReason::Panic, message: Some(m), .. }
             if m.contains(PANIC_TEXT))
     };
     let worker = spawn_calc().await?;
@@ -68,7 +72,7 @@ async fn a_panicking_handler_crashes_every_request_with_exit_101_and_the_panic_t
         matches!(
             status(&worker).await?.state,
             WorkerState::Crashed {
-                reason: CrashReason::Exit(101),
+                reason: CrashReason::Panic,
                 ..
             }
         ),
@@ -78,6 +82,67 @@ async fn a_panicking_handler_crashes_every_request_with_exit_101_and_the_panic_t
     assert_eq!(
         pong.text, "pong: hello?",
         "a fresh worker serves later requests"
+    );
+    close(&worker).await
+}
+
+/// A panic reaches the host before anything slow runs in the worker: with
+/// `RUST_BACKTRACE=full`, printing the panic resolves its backtrace's
+/// symbols, 100 ms and more. Rather than time that (a bound loose enough
+/// for a slow machine would hide it), the worker's stderr is a full FIFO
+/// that nobody reads yet, so that printing anything blocks until this test
+/// reads it: the crash must be reported all the same. Then the panic and
+/// its backtrace are printed after all, and the worker exits by itself.
+async fn a_panic_is_reported_before_the_worker_prints_it_and_its_backtrace() -> Result<(), Failed> {
+    use tokio::io::AsyncReadExt;
+    const PANIC_TEXT: &str = "kaboom, unprinted";
+    /// Only for a test that fails: the report arrives in milliseconds.
+    const REPORT_LIMIT: Duration = Duration::from_secs(10);
+    let dir = tempfile::tempdir().map_err(fail)?;
+    let fifo = dir.path().join("stderr");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).map_err(fail)?;
+    // Open before the worker, which opens the other end as it starts.
+    let mut stderr = tokio::net::unix::pipe::OpenOptions::new()
+        .open_receiver(&fifo)
+        .map_err(fail)?;
+    let driver = calc()
+        .env("RUST_BACKTRACE", "full")
+        .env(BLOCKED_STDERR_ENV, &fifo);
+    // Time enough to print, however slow the machine.
+    let options = WorkerOptions::default().close_grace(Duration::from_secs(30));
+    let worker = isolated_workers::Worker::<Calc>::spawn_with(driver, options)
+        .await
+        .map_err(fail)?;
+    let pid = ask(&worker, WhoAmI).await?;
+    let explode = Explode {
+        message: PANIC_TEXT.into(),
+    };
+    let crashed = tokio::time::timeout(REPORT_LIMIT, refused(&worker, explode))
+        .await
+        .map_err(|_| "no crash report while the worker cannot print")??;
+    match &crashed {
+        WorkerError::Crashed {
+            reason: CrashReason::Panic,
+            message: Some(message),
+            ..
+        } if message.contains(PANIC_TEXT) && message.contains("support/mod.rs") => {}
+        other => return Err(format!("expected the panic with its location, got {other:?}").into()),
+    }
+    assert!(running(pid), "the worker is still there, printing");
+    // Read to the end: the worker exits once it has printed.
+    let mut printed = Vec::new();
+    stderr.read_to_end(&mut printed).await.map_err(fail)?;
+    let printed = String::from_utf8_lossy(&printed);
+    let printed = printed.trim_start_matches('.');
+    assert!(
+        printed.contains("panicked at tests/support/mod.rs")
+            && printed.contains(PANIC_TEXT)
+            && printed.contains("stack backtrace:"),
+        "the panic and its backtrace are printed: {printed}"
+    );
+    assert!(
+        eventually(Duration::from_secs(10), || !running(pid)).await,
+        "the worker exits by itself"
     );
     close(&worker).await
 }

@@ -2,7 +2,8 @@
 //! requests become frames, written by actix's framed writer inside the
 //! proxy's own context (queued frames coalesce into one write), and replies
 //! are read by a `StreamHandler` on the same context, so a request costs no
-//! extra task hop. The end of the stream turns into a `Crashed` error for
+//! extra task hop. The end of the stream, or a panic the worker reports
+//! (at once, before the worker exits), turns into a `Crashed` error for
 //! every request still waiting.
 
 use std::any::Any;
@@ -67,8 +68,6 @@ pub(super) struct StreamLink {
     queue: VecDeque<Frame>,
     in_flight: usize,
     next_id: u64,
-    /// The message of a `Panicked` frame, reported with the crash.
-    last_words: Option<String>,
     /// Reused for encoding requests, so that large payloads do not cost a
     /// fresh allocation (and its page faults) each time.
     scratch: BytesMut,
@@ -211,7 +210,6 @@ impl StreamLink {
             queue: VecDeque::new(),
             in_flight: 0,
             next_id: 1,
-            last_words: None,
             scratch: BytesMut::new(),
             last_sweep: Instant::now(),
             drain_waiters: Vec::new(),
@@ -631,6 +629,20 @@ impl StreamLink {
         self.session.as_ref().is_some_and(Session::is_detached)
     }
 
+    /// Stops using the connection (its end or its worker's panic is being
+    /// reported); `false` if that was done already.
+    fn give_up_connection(&mut self) -> bool {
+        self.listening = None;
+        let Some(mut writer) = self.writer.take() else {
+            return false;
+        };
+        // Let actix's writer finish (and leave the context) now, without
+        // reporting errors of a connection given up.
+        self.severed.set(true);
+        writer.close();
+        true
+    }
+
     /// Kills the worker process, if there is one.
     pub(super) fn kill(&mut self) {
         if let Some(process) = &mut self.process {
@@ -668,15 +680,8 @@ impl<C: Contract, D: Driver<C>> Worker<C, D> {
         let Some(link) = self.stream_link() else {
             return;
         };
-        link.listening = None;
-        match link.writer.take() {
-            Some(mut writer) => {
-                // Let actix's writer finish (and leave the context) now,
-                // without reporting errors of a connection given up.
-                link.severed.set(true);
-                writer.close();
-            }
-            None => return, // already handled
+        if !link.give_up_connection() {
+            return; // already handled
         }
         if detail.is_some() {
             // The worker broke the protocol: it cannot be trusted to go on.
@@ -696,7 +701,6 @@ impl<C: Contract, D: Driver<C>> Worker<C, D> {
             let Link::Stream(link) = &mut act.link else {
                 return;
             };
-            let last_words = link.last_words.take();
             let reason = match exit {
                 Some(Some(ended)) => ended.reason(),
                 Some(None) => {
@@ -704,21 +708,53 @@ impl<C: Contract, D: Driver<C>> Worker<C, D> {
                     link.kill();
                     CrashReason::ConnectionLost
                 }
-                None if last_words.is_some() => CrashReason::Panic,
                 None => CrashReason::ConnectionLost,
             };
-            let message = detail.or(last_words);
-            let retries = link.crashed(&act.options, &reason, &message);
-            if act.state == WorkerState::Running {
-                tracing::warn!(contract = C::NAME, pid = ?link.pid(), %reason, ?message, "worker crashed");
-                act.crashed(reason, message);
-                return act.after_crash(ctx, retries);
-            }
-            let error = act.unavailable().unwrap_or(WorkerError::Closed);
-            for retry in retries {
-                retry.fail(error.clone());
-            }
+            act.report_crash(reason, detail, ctx);
         }));
+    }
+
+    /// The worker reported a panic: its requests fail `Crashed` at once,
+    /// without waiting for it to exit (it may still be printing the
+    /// panic's backtrace). It gets the close grace to exit by itself.
+    fn panicked(&mut self, message: String, ctx: &mut Context<Self>) {
+        let grace = self.options.close_grace;
+        if !self
+            .stream_link()
+            .is_some_and(StreamLink::give_up_connection)
+        {
+            return;
+        }
+        self.report_crash(CrashReason::Panic, Some(message), ctx);
+        // Out of the link, which a restart drops, killing its process.
+        if let Some(process) = self.stream_link().and_then(|link| link.process.take()) {
+            actix_rt::spawn(async move {
+                // Dropped, the handle kills the process if it is still there.
+                let _ = process.exited_within(grace).await;
+            });
+        }
+    }
+
+    /// Fails (or keeps for retrying) the requests of a worker that died.
+    fn report_crash(
+        &mut self,
+        reason: CrashReason,
+        message: Option<String>,
+        ctx: &mut Context<Self>,
+    ) {
+        let Link::Stream(link) = &mut self.link else {
+            return;
+        };
+        let retries = link.crashed(&self.options, &reason, &message);
+        if self.state == WorkerState::Running {
+            tracing::warn!(contract = C::NAME, pid = ?link.pid(), %reason, ?message, "worker crashed");
+            self.crashed(reason, message);
+            return self.after_crash(ctx, retries);
+        }
+        let error = self.unavailable().unwrap_or(WorkerError::Closed);
+        for retry in retries {
+            retry.fail(error.clone());
+        }
     }
 
     /// Checks the Hello a stream worker opens with (drivers that
@@ -790,7 +826,7 @@ impl<C: Contract, D: Driver<C>> StreamHandler<Inbound> for Worker<C, D> {
             Header::Error { id, error } => {
                 link.resolve(id, Err(WorkerError::Remote(error)), max_in_flight)
             }
-            Header::Panicked { message } => link.last_words = Some(message),
+            Header::Panicked { message } => self.panicked(message, ctx),
             Header::Event => {
                 if let Err(e) = self.events.received::<C::Serializer>(&frame.payload) {
                     let detail = format!("protocol error: undecodable event: {e}");

@@ -38,6 +38,14 @@ pub use routes::{Routes, ServedBy};
 /// `Result<M::Reply, WorkerError>`. The worker exits when the host closes
 /// it, when the host goes away, or after reporting a panic to the host.
 ///
+/// A panic that ends the actor is reported before it is printed: with
+/// `RUST_BACKTRACE` set (and not `0`), the worker prints the panic and its
+/// backtrace (std's `Backtrace` format) from a thread of its own, so that
+/// the host does not wait for symbols to be resolved, and waits for that
+/// printing before it exits, up to
+/// [`close_grace`](crate::WorkerOptions::close_grace) (the host kills the
+/// worker after that long).
+///
 /// ```no_run
 /// use actix::prelude::*;
 /// use isolated_workers::{RemoteError, WorkerError};
@@ -136,7 +144,7 @@ where
             std::process::exit(1);
         }
     };
-    panic::install_hook();
+    panic::install_worker_hook();
     let routes = C::routes();
     let system = System::new();
     let served = system.block_on(async move {
@@ -163,6 +171,9 @@ where
     // A worker that listened for its host leaves no directory behind; a
     // living host removes it too: whoever comes second finds nothing.
     attach::remove_own_directory();
+    // A panic is reported before its backtrace is printed; the host gives
+    // the worker its grace to finish printing.
+    panic::finish_printing(grace);
     std::process::exit(code);
 }
 

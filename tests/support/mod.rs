@@ -298,9 +298,39 @@ impl Handler<Hail> for OtherWorker {
     }
 }
 
+/// When set, names a FIFO that a spawned worker fills to the brim and then
+/// makes its stderr: whatever the worker prints then blocks until the test
+/// reads the FIFO.
+pub const BLOCKED_STDERR_ENV: &str = "ISOLATED_WORKERS_TEST_BLOCKED_STDERR";
+
+/// Makes the FIFO [`BLOCKED_STDERR_ENV`] names this worker's stderr, full,
+/// if the test asked for it. (The test opened the FIFO for reading first.)
+fn block_stderr() {
+    use nix::fcntl::{fcntl, FcntlArg, OFlag};
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let Some(fifo) = std::env::var_os(BLOCKED_STDERR_ENV) else {
+        return;
+    };
+    let mut pipe = std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(OFlag::O_NONBLOCK.bits())
+        .open(&fifo)
+        .expect("the test's FIFO opens");
+    // Whole pages, then single bytes, until not one more byte fits.
+    for chunk in [&[b'.'; 4096][..], b"."] {
+        while pipe.write(chunk).is_ok() {}
+    }
+    fcntl(&pipe, FcntlArg::F_SETFL(OFlag::empty())).expect("the FIFO blocks again");
+    nix::unistd::dup2_stderr(&pipe).expect("the FIFO becomes stderr");
+}
+
 /// Call first in every test binary's `main`: in a spawned worker this
 /// serves (or misbehaves, see [`rogue`]) and never returns.
 pub fn enter_workers() {
+    if std::env::var_os(isolated_workers::testing::CHANNEL_FD_ENV).is_some() {
+        block_stderr();
+    }
     rogue::enter();
     isolated_workers::worker_entry::<Calc, _>("calc", CalcWorker::default);
     isolated_workers::worker_entry::<Calc, _>(

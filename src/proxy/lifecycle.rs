@@ -206,7 +206,8 @@ impl<C: Contract, D: Driver<C>> Worker<C, D> {
     fn released(&mut self) {
         let link = std::mem::replace(&mut self.link, Link::Released);
         // A detached worker removes its directory as it exits; if it was
-        // killed, it could not.
+        // killed, it could not. (Another worker's session removes it when
+        // dropped, with the link.)
         if let Some(session) = link.session() {
             session.remove_directory();
         }

@@ -60,9 +60,22 @@ impl Watchdog {
         });
         let (alarm, alarms) = mpsc::unbounded_channel();
         let watched = shared.clone();
-        let started = std::thread::Builder::new()
-            .name("isolated-workers-watchdog".into())
-            .spawn(move || watch(watched, host, grace + FLUSH_MARGIN, alarm));
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build();
+        let started = runtime.and_then(|runtime| {
+            // Handled from here on, before the worker says hello: a SIGTERM
+            // that came before the thread runs would otherwise kill it.
+            let terminate = {
+                let _in_runtime = runtime.enter();
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok()
+            };
+            std::thread::Builder::new()
+                .name("isolated-workers-watchdog".into())
+                .spawn(move || {
+                    runtime.block_on(watch(watched, terminate, host, grace + FLUSH_MARGIN, alarm))
+                })
+        });
         if let Err(e) = started {
             report(&format!("could not start the worker's watchdog: {e}"));
         }
@@ -90,54 +103,44 @@ impl Watchdog {
     }
 }
 
-/// The watchdog thread: its own small runtime, so that it runs whatever
-/// the worker's thread is doing.
-fn watch(
+/// The watchdog thread's work, on its own small runtime, so that it runs
+/// whatever the worker's thread is doing. `terminate` is SIGTERM's stream
+/// (`None` if it could not be had: the default action, exit, stays).
+async fn watch(
     shared: Arc<Shared>,
+    mut terminate: Option<tokio::signal::unix::Signal>,
     host: Option<u32>,
     grace: Duration,
     alarm: mpsc::UnboundedSender<Alarm>,
 ) {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build();
-    let runtime = match runtime {
-        Ok(runtime) => runtime,
-        Err(e) => return report(&format!("the worker's watchdog has no runtime: {e}")),
-    };
-    runtime.block_on(async move {
-        use tokio::signal::unix::{signal, SignalKind};
-        // Without a handler the default action (exit) stays in place.
-        let mut terminate = signal(SignalKind::terminate()).ok();
-        let host_gone = host_gone(host);
-        tokio::pin!(host_gone);
-        let mut watching_host = host.is_some();
-        let mut deadline: Option<Instant> = None;
-        loop {
-            let stopping = shared.stopping.notified();
-            tokio::select! {
-                Some(()) = async { terminate.as_mut()?.recv().await } => {
-                    let _ = alarm.send(Alarm::Terminate);
+    let host_gone = host_gone(host);
+    tokio::pin!(host_gone);
+    let mut watching_host = host.is_some();
+    let mut deadline: Option<Instant> = None;
+    loop {
+        let stopping = shared.stopping.notified();
+        tokio::select! {
+            Some(()) = async { terminate.as_mut()?.recv().await } => {
+                let _ = alarm.send(Alarm::Terminate);
+                deadline.get_or_insert(Instant::now() + grace);
+            }
+            () = &mut host_gone, if watching_host => {
+                watching_host = false;
+                if !shared.detached.load(Ordering::Relaxed) {
+                    let _ = alarm.send(Alarm::HostGone);
                     deadline.get_or_insert(Instant::now() + grace);
                 }
-                () = &mut host_gone, if watching_host => {
-                    watching_host = false;
-                    if !shared.detached.load(Ordering::Relaxed) {
-                        let _ = alarm.send(Alarm::HostGone);
-                        deadline.get_or_insert(Instant::now() + grace);
-                    }
-                }
-                () = stopping, if deadline.is_none() => {
-                    deadline = Some(Instant::now() + grace);
-                }
-                () = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
-                    report("the worker did not stop within its grace period; ending it");
-                    super::attach::remove_own_directory();
-                    std::process::exit(FORCED_EXIT_CODE);
-                }
+            }
+            () = stopping, if deadline.is_none() => {
+                deadline = Some(Instant::now() + grace);
+            }
+            () = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
+                report("the worker did not stop within its grace period; ending it");
+                super::attach::remove_own_directory();
+                std::process::exit(FORCED_EXIT_CODE);
             }
         }
-    });
+    }
 }
 
 /// Resolves once process `host` is gone: on Linux through a pidfd (woken

@@ -114,6 +114,17 @@ impl Session {
     }
 }
 
+/// A worker that does not outlive this host is gone (or being killed) when
+/// the host lets go of its session: a killed worker cannot remove its
+/// attach directory itself, so the host does.
+impl Drop for Session {
+    fn drop(&mut self) {
+        if !self.detached {
+            self.remove_directory();
+        }
+    }
+}
+
 /// Makes this process's private attach directory (mode 0700, named after
 /// its pid so that a later process can tell a leftover whose owner is dead)
 /// and returns the socket path in it. Leftovers of dead processes are swept

@@ -28,6 +28,10 @@ fn main() {
             a_panic_is_reported_before_the_worker_prints_it_and_its_backtrace,
         ),
         actix_test(
+            "a_panic_the_handler_catches_is_not_reported_and_the_worker_serves_on",
+            a_panic_the_handler_catches_is_not_reported_and_the_worker_serves_on,
+        ),
+        actix_test(
             "status_reports_the_workers_pid_state_and_requests_in_flight",
             status_reports_the_workers_pid_state_and_requests_in_flight,
         ),
@@ -40,6 +44,30 @@ fn main() {
             requests_beyond_max_in_flight_wait_in_the_proxy_and_all_complete,
         ),
     ]);
+}
+
+async fn a_panic_the_handler_catches_is_not_reported_and_the_worker_serves_on() -> Result<(), Failed>
+{
+    // With backtraces on, a worker's hook defers printing them: a caught
+    // panic must still be nothing more than printed.
+    let driver = calc().env("RUST_BACKTRACE", "1");
+    let worker = isolated_workers::Worker::<Calc>::spawn(driver)
+        .await
+        .map_err(fail)?;
+    let pid = pid_of(&worker).await?;
+    let caught = ask(
+        &worker,
+        CatchPanic {
+            message: "recovered 7".into(),
+        },
+    )
+    .await?;
+    assert_eq!(caught, "recovered 7");
+    assert_eq!(ask(&worker, ping("still here")).await?.text, "pong: still here");
+    let status = status(&worker).await?;
+    assert_eq!(status.state, WorkerState::Running);
+    assert_eq!(status.pid, Some(pid), "the same process serves on");
+    close(&worker).await
 }
 
 async fn a_one_mebibyte_echo_round_trips_byte_exactly() -> Result<(), Failed> {

@@ -13,6 +13,7 @@
 
 use std::backtrace::Backtrace;
 use std::collections::HashMap;
+use std::io::Write as _;
 use std::sync::mpsc::{self, Sender};
 use std::sync::{Condvar, Mutex, Once, OnceLock};
 use std::thread::ThreadId;
@@ -128,7 +129,6 @@ struct Printout {
 
 impl Printout {
     fn print(self) {
-        use std::io::Write;
         // Formatted first, written at once: the slow part (resolving
         // symbols) does not hold stderr, and lines do not interleave.
         let text = match self.style {
@@ -157,7 +157,11 @@ fn print_later(printout: Printout) {
                 }
             });
         if let Err(e) = started {
-            eprintln!("isolated-workers: cannot print backtraces: {e}");
+            // Not `eprintln!`: a second panic (a closed stderr) would abort.
+            let _ = writeln!(
+                std::io::stderr(),
+                "isolated-workers: cannot print backtraces: {e}"
+            );
         }
         sender
     });

@@ -94,7 +94,16 @@ isolated_workers::contract! {
         Spin => (),
         Spins => u64,
         ExplodeSoon => (),
+        CatchPanic => String,
     }
+}
+
+/// Panics with `message` inside the handler and catches it there
+/// (`catch_unwind`), answering the caught message: a panic the worker's own
+/// code recovers from.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CatchPanic {
+    pub message: String,
 }
 
 /// Answers at once, then panics 20 ms later, with no request in flight.
@@ -248,6 +257,15 @@ impl Handler<ExplodeSoon> for CalcWorker {
             panic!("{}", explode.message)
         });
         Ok(())
+    }
+}
+
+impl Handler<CatchPanic> for CalcWorker {
+    type Result = Result<String, WorkerError>;
+    fn handle(&mut self, catch: CatchPanic, _: &mut Context<Self>) -> Self::Result {
+        let caught = std::panic::catch_unwind(|| panic!("{}", catch.message))
+            .expect_err("the closure panics");
+        Ok(caught.downcast_ref::<String>().cloned().unwrap_or_default())
     }
 }
 

@@ -63,7 +63,10 @@ async fn a_panic_the_handler_catches_is_not_reported_and_the_worker_serves_on() 
     )
     .await?;
     assert_eq!(caught, "recovered 7");
-    assert_eq!(ask(&worker, ping("still here")).await?.text, "pong: still here");
+    assert_eq!(
+        ask(&worker, ping("still here")).await?.text,
+        "pong: still here"
+    );
     let status = status(&worker).await?;
     assert_eq!(status.state, WorkerState::Running);
     assert_eq!(status.pid, Some(pid), "the same process serves on");

@@ -1,7 +1,8 @@
 //! A worker whose host dies stops within its grace period, whatever its
 //! handler is doing: blocking the worker's thread (a CPU-bound job), awaiting
 //! something, or nothing; and whether the host was SIGKILLed or exited
-//! normally. Nothing of it is left on disk.
+//! normally. Nothing of it is left on disk. (And a host with its stdin
+//! and stderr closed, as a daemon may have, still reaches its workers.)
 //!
 //! Each case runs a host (this binary again, see [`HOST_MODE_ENV`]) that
 //! spawns a worker, starts the case's work, says so on stdout, and is then
@@ -23,6 +24,9 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 /// Set to a [`Work`]'s name when this binary runs as a host.
 const HOST_MODE_ENV: &str = "ISOLATED_WORKERS_TEST_HOST_DEATH";
+/// Set when this binary runs as a host with its stdin and stderr closed,
+/// which spawns a worker, asks it something, and prints `answered`.
+const CLOSED_STDIN_ENV: &str = "ISOLATED_WORKERS_TEST_CLOSED_STDIN";
 /// The workers' grace period: how long they have to stop once their host
 /// is gone.
 const GRACE: Duration = Duration::from_secs(1);
@@ -116,6 +120,9 @@ enum Death {
 
 fn main() {
     isolated_workers::worker_entry::<Busy, _>("busy", || BusyWorker);
+    if std::env::var_os(CLOSED_STDIN_ENV).is_some() {
+        closed_stdin_host();
+    }
     if let Ok(mode) = std::env::var(HOST_MODE_ENV) {
         let work = Work::ALL.into_iter().find(|w| w.name() == mode);
         host_mode(work.expect("a known kind of work"));
@@ -136,7 +143,59 @@ fn main() {
             }));
         }
     }
+    trials.push(Trial::test(
+        "a_host_with_its_stdin_and_stderr_closed_spawns_and_reaches_a_worker",
+        || {
+            actix::System::new()
+                .block_on(a_host_with_its_stdin_and_stderr_closed_spawns_and_reaches_a_worker())
+        },
+    ));
     libtest_mimic::run(&Arguments::from_args(), trials).exit()
+}
+
+/// A host whose descriptors 0 and 2 are closed, so that the next sockets it
+/// makes take those numbers (which the worker's stdio would take over).
+fn closed_stdin_host() -> ! {
+    actix::System::new().block_on(async {
+        // Closed here, after the runtime took its own descriptors, so that
+        // the socketpair's two ends are numbered 0 and 2.
+        let _ = nix::unistd::close(0);
+        let _ = nix::unistd::close(2);
+        let worker = Worker::<Busy>::spawn(ChildProcess::current_exe("busy"))
+            .await
+            .expect("the worker starts");
+        worker
+            .send(Wait { ms: 0 })
+            .await
+            .expect("mailbox")
+            .expect("answered");
+        println!("answered");
+    });
+    std::process::exit(0);
+}
+
+async fn a_host_with_its_stdin_and_stderr_closed_spawns_and_reaches_a_worker() -> Result<(), Failed>
+{
+    let exe = std::env::current_exe().map_err(fail)?;
+    let ran = tokio::process::Command::new(exe)
+        .env(CLOSED_STDIN_ENV, "1")
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let ran = tokio::time::timeout(STARTUP, ran)
+        .await
+        .map_err(|_| "the host hung")?
+        .map_err(fail)?;
+    let stdout = String::from_utf8_lossy(&ran.stdout);
+    if !ran.status.success() || !stdout.contains("answered") {
+        return Err(format!(
+            "the host ({}) said {stdout:?}; stderr: {}",
+            ran.status,
+            String::from_utf8_lossy(&ran.stderr)
+        )
+        .into());
+    }
+    Ok(())
 }
 
 /// The host: spawns a worker, sets it to `work`, prints `worker <pid>` and

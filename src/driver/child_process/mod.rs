@@ -12,7 +12,8 @@
 
 use std::ffi::OsString;
 use std::io;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::Arc;
@@ -195,11 +196,10 @@ impl ChildProcess {
         // Both ends are close-on-exec here, so that no other child this host
         // spawns meanwhile inherits the worker's end; the child clears the
         // flag on its own copy between fork and exec.
-        let (ours, theirs) =
-            std::os::unix::net::UnixStream::pair().map_err(|source| SpawnError::Io {
-                what: "socketpair",
-                source,
-            })?;
+        let (ours, theirs) = socketpair().map_err(|source| SpawnError::Io {
+            what: "socketpair",
+            source,
+        })?;
         let channel = theirs.as_raw_fd();
         let mut command = tokio::process::Command::new(&program);
         if self.clear_env {
@@ -283,6 +283,20 @@ impl ChildProcess {
             other => other,
         })
     }
+}
+
+/// A connected pair of sockets, both close-on-exec, the second (the
+/// worker's) numbered 3 or above: a host whose stdin, stdout or stderr is
+/// closed would otherwise hand the worker a number its stdio takes over.
+fn socketpair() -> io::Result<(UnixStream, UnixStream)> {
+    let (ours, theirs) = UnixStream::pair()?;
+    if theirs.as_raw_fd() > 2 {
+        return Ok((ours, theirs));
+    }
+    let above_stdio = nix::fcntl::fcntl(&theirs, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(3))?;
+    // SAFETY: `fcntl` just made this descriptor, and nothing else owns it.
+    let theirs = unsafe { UnixStream::from_raw_fd(above_stdio) };
+    Ok((ours, theirs))
 }
 
 /// Sweeps the attach directories of dead workers once per host process

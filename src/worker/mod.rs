@@ -11,6 +11,7 @@ use interprocess::local_socket::GenericFilePath;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::driver::child_process::env;
+use crate::driver::child_process::read_mark::ReadMark;
 use crate::driver::child_process::session::remove_socket_directory;
 use crate::middleware::Middlewares;
 use crate::wire::envelope::Hello;
@@ -117,6 +118,9 @@ where
     let records = std::env::var(env::TRACE)
         .ok()
         .and_then(|level| forward::install(&level));
+    let read_mark = std::env::var(env::READ_MARK)
+        .ok()
+        .and_then(|fd| ReadMark::inherited(&fd));
     // Nothing the worker starts (code it runs, workers it spawns) inherits
     // the secret or mistakes itself for this worker.
     for key in [
@@ -126,6 +130,7 @@ where
         env::MAX_FRAME,
         env::GRACE_MS,
         env::TRACE,
+        env::READ_MARK,
     ] {
         std::env::remove_var(key);
     }
@@ -145,6 +150,7 @@ where
             writer: Box::new(writer),
             reattach: Some(attach::Reattach::new(token.clone(), &socket_path)),
             records,
+            read_mark,
             middleware,
             token,
             max_frame_len,
@@ -215,6 +221,7 @@ pub fn serve_io_with<C, A, T>(
         writer: Box::new(writer),
         reattach: None,
         records: None,
+        read_mark: None,
         middleware,
         token: String::new(),
         max_frame_len: options.max_frame_len,
@@ -232,6 +239,9 @@ struct Served {
     reattach: Option<attach::Reattach>,
     /// The worker's `tracing` events, to forward, if the host wants them.
     records: Option<tokio::sync::mpsc::Receiver<forward::Record>>,
+    /// For a worker process the host shares one with: counts the requests
+    /// read.
+    read_mark: Option<ReadMark>,
     middleware: Middlewares,
     max_frame_len: usize,
     /// For a worker process: how long its actor gets to stop when asked.
@@ -260,6 +270,7 @@ where
         token,
         reattach,
         records,
+        read_mark,
         middleware,
         max_frame_len,
         process,
@@ -282,6 +293,7 @@ where
             hello: Hello::ours::<C>(token),
             reattach,
             records,
+            read_mark,
             outbox,
             max_frame_len,
             middleware,

@@ -10,12 +10,14 @@
 
 use std::ffi::OsString;
 use std::io;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub(crate) mod read_mark;
 pub(crate) mod session;
 pub(crate) mod socket;
 
@@ -30,6 +32,7 @@ use crate::config::WorkerOptions;
 use crate::contract::Contract;
 use crate::error::SpawnError;
 use crate::wire::envelope::Header;
+use read_mark::ReadMark;
 pub use session::DetachedWorker;
 use session::Session;
 use socket::{random_token, read_first_frame, Expected, Verdict};
@@ -49,6 +52,9 @@ pub(crate) mod env {
     /// The most verbose level of `tracing` event the host wants forwarded
     /// (unset: none).
     pub(crate) const TRACE: &str = "ISOLATED_WORKERS_TRACE";
+    /// The descriptor of the read mark the host shares with the worker
+    /// (unset: none).
+    pub(crate) const READ_MARK: &str = "ISOLATED_WORKERS_READ_MARK";
 }
 
 /// Prefix of the private directories worker sockets live in.
@@ -206,6 +212,9 @@ impl ChildProcess {
             program: "<current executable>".into(),
             source: io::Error::other(e),
         })?;
+        // Inherited by this child only: the fd stays close-on-exec here.
+        let mark = ReadMark::create();
+        let passed = mark.as_ref().map(|(_, fd)| fd.as_raw_fd());
         let mut command = tokio::process::Command::new(&program);
         if self.clear_env {
             command.env_clear();
@@ -219,17 +228,18 @@ impl ChildProcess {
             .env(env::MAX_FRAME, options.max_frame_len.to_string())
             .env(env::GRACE_MS, options.close_grace.as_millis().to_string())
             .envs(forwarded_tracing().map(|level| (env::TRACE, level)))
+            .envs(passed.map(|fd| (env::READ_MARK, fd.to_string())))
             .stdin(Stdio::null())
             .stderr(Stdio::piped());
         let limits = self.limits.clone();
         let hook = self.pre_exec.clone();
         let host = std::process::id();
         // SAFETY: the closure only makes async-signal-safe system calls
-        // (prctl, getppid, setrlimit) and calls the user's hook, whose own
+        // (prctl, getppid, fcntl, setrlimit) and calls the user's hook, whose own
         // safety the user vouched for in `ChildProcess::pre_exec`.
         unsafe {
             command.pre_exec(move || {
-                in_child_before_exec(host, &limits)?;
+                in_child_before_exec(host, &limits, passed)?;
                 match &hook {
                     Some(hook) => hook(),
                     None => Ok(()),
@@ -240,6 +250,8 @@ impl ChildProcess {
             program: program.display().to_string(),
             source,
         })?;
+        // The child has its copy of the descriptor; the mapping is enough here.
+        let mark = mark.map(|(mark, _fd)| mark);
         let mut process = ProcessHandle::watch(child, &self.worker_name);
         tracing::debug!(pid = process.pid(), worker = %self.worker_name, "spawned worker");
 
@@ -258,7 +270,7 @@ impl ChildProcess {
                         Ok(()) => {
                             tracing::debug!(pid = process.pid(), "worker handshake complete");
                             let halves = crate::wire::stream::split(stream).map_err(|source| SpawnError::Io { what: "socket", source })?;
-                            let session = Session::spawned(dir, expected.token, process.pid());
+                            let session = Session::spawned(dir, expected.token, process.pid(), mark);
                             return Ok(Connection::child_stream(halves, process, session));
                         }
                         Err(Verdict::Impostor(why)) => tracing::warn!("dropped a peer on the worker socket: {why}"),
@@ -299,8 +311,13 @@ impl ChildProcess {
 
 /// Set-up in the child between `fork` and `exec`: die with the host (on
 /// Linux, a parent-death signal; elsewhere the closed socket tells the
-/// worker) and apply resource limits. Only async-signal-safe calls.
-fn in_child_before_exec(host: u32, limits: &[(Resource, u64, u64)]) -> io::Result<()> {
+/// worker), keep the read mark's descriptor, and apply resource limits.
+/// Only async-signal-safe calls.
+fn in_child_before_exec(
+    host: u32,
+    limits: &[(Resource, u64, u64)],
+    mark: Option<std::os::fd::RawFd>,
+) -> io::Result<()> {
     #[cfg(target_os = "linux")]
     {
         // SIGTERM, not SIGKILL: the worker then stops like on Close and
@@ -316,6 +333,9 @@ fn in_child_before_exec(host: u32, limits: &[(Resource, u64, u64)]) -> io::Resul
     }
     #[cfg(not(target_os = "linux"))]
     let _ = host;
+    if let Some(fd) = mark {
+        read_mark::keep_across_exec(fd)?;
+    }
     for &(resource, soft, hard) in limits {
         nix::sys::resource::setrlimit(resource, soft, hard)?;
     }

@@ -10,6 +10,7 @@ use interprocess::local_socket::tokio::{prelude::*, Stream as LocalStream};
 use interprocess::local_socket::GenericFilePath;
 use serde::{Deserialize, Serialize};
 
+use super::read_mark::ReadMark;
 use super::socket::{read_first_frame, write_bare, Expected, Verdict};
 use super::DIR_PREFIX;
 use crate::contract::Contract;
@@ -34,6 +35,8 @@ pub(crate) struct Session {
     dir: SocketDir,
     token: String,
     pid: u32,
+    /// Shared with a worker this host spawned, where it could be made.
+    read_mark: Option<ReadMark>,
 }
 
 #[derive(Debug)]
@@ -56,11 +59,17 @@ impl SocketDir {
 
 impl Session {
     /// A freshly spawned worker's session; the directory goes with it.
-    pub(crate) fn spawned(dir: tempfile::TempDir, token: String, pid: u32) -> Self {
+    pub(crate) fn spawned(
+        dir: tempfile::TempDir,
+        token: String,
+        pid: u32,
+        read_mark: Option<ReadMark>,
+    ) -> Self {
         Self {
             dir: SocketDir::Owned(dir),
             token,
             pid,
+            read_mark,
         }
     }
 
@@ -71,6 +80,7 @@ impl Session {
             dir: SocketDir::Kept(dir),
             token: handle.token.clone(),
             pid: handle.pid,
+            read_mark: None,
         }
     }
 
@@ -80,6 +90,11 @@ impl Session {
 
     fn socket(&self) -> PathBuf {
         self.dir.path().join(ATTACH_SOCKET)
+    }
+
+    /// The read mark the worker keeps, if it has one.
+    pub(crate) fn read_mark(&self) -> Option<&ReadMark> {
+        self.read_mark.as_ref()
     }
 
     /// Whether the worker outlives this host.

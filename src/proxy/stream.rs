@@ -42,6 +42,12 @@ const EXIT_STATUS_WAIT: Duration = Duration::from_millis(500);
 /// Header and length prefixes of a request stay well under this.
 const FRAME_OVERHEAD: usize = 256;
 
+/// What the request encoding buffer starts with, and so (by how `BytesMut`
+/// grows a buffer still shared) the least it allocates when it must: the
+/// payloads of pending requests share it, so small ones are encoded many
+/// to an allocation rather than one each.
+const SCRATCH_CHUNK: usize = 8 << 10;
+
 /// How often, while requests are pending, the proxy looks for requests
 /// whose caller dropped its future, to tell the worker to cancel them.
 const ABANDONED_SWEEP: Duration = Duration::from_millis(100);
@@ -211,7 +217,7 @@ impl StreamLink {
             written: 0,
             next_id: 1,
             last_words: None,
-            scratch: BytesMut::new(),
+            scratch: BytesMut::with_capacity(SCRATCH_CHUNK),
             last_sweep: Instant::now(),
             drain_waiters: Vec::new(),
             session: connection.session,

@@ -21,13 +21,15 @@ use std::os::fd::{OwnedFd, RawFd};
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+#[cfg(target_os = "linux")]
+use linux as platform;
+#[cfg(not(target_os = "linux"))]
+use unsupported as platform;
+
 /// The mark as the host makes it: more than any request count, so that
 /// every request counts as read until the worker takes the mark up.
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))] // made on Linux only
 pub(crate) const UNTAKEN: u64 = u64::MAX;
-
-/// Size of the shared file: the one `u64` counter.
-#[cfg(target_os = "linux")]
-const LEN: usize = std::mem::size_of::<AtomicU64>();
 
 /// A mapping of the shared counter, in the host or in the worker.
 pub(crate) struct ReadMark {
@@ -47,16 +49,13 @@ impl ReadMark {
     /// so no other child gets it; see [`keep_across_exec`]). `None` where
     /// no mark can be made.
     pub(crate) fn create() -> Option<(Self, OwnedFd)> {
-        #[cfg(target_os = "linux")]
-        match linux::create() {
+        match platform::create() {
             Ok(made) => Some(made),
             Err(e) => {
                 tracing::debug!("no read mark for this worker: {e}");
                 None
             }
         }
-        #[cfg(not(target_os = "linux"))]
-        None
     }
 
     /// For the worker: maps the mark the host passed as descriptor
@@ -65,18 +64,12 @@ impl ReadMark {
     /// a sealed memfd of the mark's size.
     pub(crate) fn inherited(number: &str) -> Option<Self> {
         let fd: RawFd = number.parse().ok().filter(|fd| *fd >= 0)?;
-        #[cfg(target_os = "linux")]
-        match linux::inherit(fd) {
+        match platform::inherit(fd) {
             Ok(mark) => Some(mark),
             Err(e) => {
                 eprintln!("isolated-workers: ignoring the read mark passed as fd {fd}: {e}");
                 None
             }
-        }
-        #[cfg(not(target_os = "linux"))]
-        {
-            let _ = fd;
-            None
         }
     }
 
@@ -110,28 +103,37 @@ impl ReadMark {
 
 impl Drop for ReadMark {
     fn drop(&mut self) {
-        #[cfg(target_os = "linux")]
-        // SAFETY: the mapping `linux::map` made, of `LEN` bytes; no
-        // reference into it outlives `self`.
-        unsafe {
-            let _ = rustix::mm::munmap(self.counter.as_ptr().cast(), LEN);
-        }
+        platform::unmap(self);
     }
 }
 
 /// In the child, between `fork` and `exec`: lets descriptor `fd` (the
 /// mark the host passes) survive the `exec`. Async-signal-safe (`fcntl`).
 pub(crate) fn keep_across_exec(fd: RawFd) -> std::io::Result<()> {
-    #[cfg(target_os = "linux")]
-    {
-        // SAFETY: the host keeps the descriptor open until the spawn has
-        // returned, and the fork copied it into this child.
-        let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
-        rustix::io::fcntl_setfd(fd, rustix::io::FdFlags::empty())?;
+    platform::keep_across_exec(fd)
+}
+
+/// Where no mark can be made: nothing is shared, nothing is passed.
+#[cfg(not(target_os = "linux"))]
+mod unsupported {
+    use std::io;
+    use std::os::fd::{OwnedFd, RawFd};
+
+    use super::ReadMark;
+
+    pub(super) fn create() -> io::Result<(ReadMark, OwnedFd)> {
+        Err(io::ErrorKind::Unsupported.into())
     }
-    #[cfg(not(target_os = "linux"))]
-    let _ = fd;
-    Ok(())
+
+    pub(super) fn inherit(_: RawFd) -> io::Result<ReadMark> {
+        Err(io::ErrorKind::Unsupported.into())
+    }
+
+    pub(super) fn unmap(_: &mut ReadMark) {}
+
+    pub(super) fn keep_across_exec(_: RawFd) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 #[cfg(target_os = "linux")]
@@ -143,7 +145,10 @@ mod linux {
     use rustix::fs::{FileType, MemfdFlags, SealFlags};
     use rustix::mm::{MapFlags, ProtFlags};
 
-    use super::{ReadMark, LEN, UNTAKEN};
+    use super::{ReadMark, UNTAKEN};
+
+    /// Size of the shared file: the one `u64` counter.
+    const LEN: usize = std::mem::size_of::<u64>();
 
     /// Neither side can resize the file: touching a mapping past the end
     /// of its file faults (SIGBUS), so a worker must not be able to
@@ -159,6 +164,23 @@ mod linux {
         mark.counter()
             .store(UNTAKEN, std::sync::atomic::Ordering::Release);
         Ok((mark, fd))
+    }
+
+    /// In the child before `exec`: see [`super::keep_across_exec`].
+    pub(super) fn keep_across_exec(fd: RawFd) -> io::Result<()> {
+        // SAFETY: the host keeps the descriptor open until the spawn has
+        // returned, and the fork copied it into this child.
+        let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+        rustix::io::fcntl_setfd(fd, rustix::io::FdFlags::empty())?;
+        Ok(())
+    }
+
+    pub(super) fn unmap(mark: &mut ReadMark) {
+        // SAFETY: the mapping `map` made, of `LEN` bytes; the mark is being
+        // dropped, so no reference into it is left.
+        unsafe {
+            let _ = rustix::mm::munmap(mark.counter.as_ptr().cast(), LEN);
+        }
     }
 
     pub(super) fn inherit(number: RawFd) -> io::Result<ReadMark> {

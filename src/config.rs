@@ -64,7 +64,14 @@ pub struct WorkerOptions {
     pub(crate) middleware: Middlewares,
 }
 
-/// What happens to a request in flight when its worker crashes.
+/// What happens to a request in flight when its worker crashes, if the
+/// worker may have started it.
+///
+/// A request the worker never read is sent to the fresh worker whatever
+/// its policy, as the same attempt: nothing of it ran. A child worker on
+/// Linux tells which requests it read through a counter it shares with
+/// the host; where it cannot (other systems, attached workers, custom
+/// stream drivers), every request written to the worker counts as read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum CrashPolicy {
@@ -176,7 +183,7 @@ impl WorkerOptions {
     }
 
     /// Sets what happens to requests of message type `M` when the worker
-    /// crashes while they are in flight.
+    /// crashes while they are in flight (and may have started).
     pub fn on_crash<M: WorkerMessage>(mut self, policy: CrashPolicy) -> Self {
         self.policies.insert(M::NAME, policy);
         self

@@ -66,6 +66,12 @@ async fn kill_9_with_100_in_flight_resolves_all_as_crashed_within_a_second() -> 
     let sleeps: Vec<_> = (0..100)
         .map(|_| enqueue(&worker, Sleep { ms: 60_000 }))
         .collect();
+    // Answered after the worker read every Sleep before it: all started,
+    // so none can go to a fresh worker instead.
+    assert_eq!(
+        ask(&worker, ping("read them?")).await?.text,
+        "pong: read them?"
+    );
     assert_eq!(status(&worker).await?.in_flight, 100);
 
     kill(Pid::from_raw(pid as i32), Signal::SIGKILL).map_err(fail)?;

@@ -76,6 +76,10 @@ fn main() {
             a_worker_killed_while_disconnected_shows_crashed_and_the_next_request_gets_a_fresh_one,
         ),
         actix_test(
+            "after_a_reconnect_a_request_sent_right_after_sigkill_goes_to_a_fresh_worker",
+            after_a_reconnect_a_request_sent_right_after_sigkill_goes_to_a_fresh_worker,
+        ),
+        actix_test(
             "disconnect_and_reconnect_are_idempotent",
             disconnect_and_reconnect_are_idempotent,
         ),
@@ -248,6 +252,23 @@ async fn a_worker_killed_while_disconnected_shows_crashed_and_the_next_request_g
         !dir.exists(),
         "the killed worker's attach directory {dir:?} is removed"
     );
+    close(&worker).await
+}
+
+/// The read mark outlives the connection: the new connection's requests
+/// are counted from its start, not after the first connection's.
+async fn after_a_reconnect_a_request_sent_right_after_sigkill_goes_to_a_fresh_worker(
+) -> Result<(), Failed> {
+    let worker = spawn_calc().await?;
+    assert_eq!(ask(&worker, Increment { by: 3 }).await?, 3);
+    assert_eq!(ask(&worker, Increment { by: 3 }).await?, 6);
+    worker.send(Disconnect).await.map_err(fail)?.map_err(fail)?;
+    worker.send(Reconnect).await.map_err(fail)?.map_err(fail)?;
+    let pid = pid_of(&worker).await?;
+    kill(Pid::from_raw(pid as i32), Signal::SIGKILL).map_err(fail)?;
+    // The dead worker never read it: not `Crashed`, despite `Reject`.
+    let fresh = outcome(enqueue(&worker, WhoAmI)).await?.map_err(fail)?;
+    assert_ne!(fresh, pid, "answered by the killed worker");
     close(&worker).await
 }
 

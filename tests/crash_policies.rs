@@ -34,11 +34,20 @@ struct Nap {
     ms: u64,
 }
 
+/// Creates the file `marker`, then naps like [`Nap`]: once the marker is
+/// there, the request has surely started.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct MarkThenNap {
+    marker: PathBuf,
+    ms: u64,
+}
+
 isolated_workers::contract! {
     Flaky {
         CrashOnce => u32,
         CrashAlways => (),
         Nap => u32,
+        MarkThenNap => u32,
     }
 }
 
@@ -80,6 +89,14 @@ impl Handler<Nap> for FlakyWorker {
     }
 }
 
+impl Handler<MarkThenNap> for FlakyWorker {
+    type Result = ResponseFuture<Result<u32, WorkerError>>;
+    fn handle(&mut self, nap: MarkThenNap, ctx: &mut Context<Self>) -> Self::Result {
+        std::fs::write(&nap.marker, b"started").expect("marker written");
+        self.handle(Nap { ms: nap.ms }, ctx)
+    }
+}
+
 fn flaky_worker() -> FlakyWorker {
     if let Some(blocker) = std::env::var_os(START_BLOCKER_ENV) {
         assert!(
@@ -112,6 +129,14 @@ fn main() {
         actix_test(
             "kill_9_with_1000_retried_requests_in_flight_answers_each_once",
             kill_storm_with_retry,
+        ),
+        actix_test(
+            "a_request_sent_right_after_sigkill_goes_to_a_fresh_worker_unsupervised_too",
+            unread_request_goes_to_fresh_worker,
+        ),
+        actix_test(
+            "a_request_being_handled_at_sigkill_still_fails_crashed_under_reject",
+            started_request_is_rejected,
         ),
         actix_test(
             "a_thread_worker_cannot_retry_a_moved_message",
@@ -240,11 +265,7 @@ async fn kill_storm_with_retry() -> Result<(), Failed> {
         .collect();
     // Every nap is in flight once Status (queued behind them) answers.
     assert_eq!(worker.send(Status).await?.in_flight, 1000);
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid as i32),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .map_err(fail)?;
+    sigkill(pid)?;
     let outcomes = tokio::time::timeout(Duration::from_secs(20), join_all(naps))
         .await
         .map_err(|_| "the retried naps did not all finish")?;
@@ -253,6 +274,74 @@ async fn kill_storm_with_retry() -> Result<(), Failed> {
         let answered_by = outcome?.map_err(fail)?;
         assert_ne!(answered_by, pid, "answered by the fresh worker");
     }
+    worker.send(isolated_workers::Close).await?;
+    Ok(())
+}
+
+fn sigkill(pid: u32) -> Result<(), Failed> {
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .map_err(fail)
+}
+
+/// Room for `restarts` restarts, without waiting between them.
+fn restarts_at_once(restarts: u32) -> WorkerOptions {
+    WorkerOptions::default()
+        .restart_budget(restarts, Duration::from_secs(3600))
+        .restart_backoff(Duration::from_millis(1), Duration::from_millis(1))
+}
+
+async fn unread_request_goes_to_fresh_worker() -> Result<(), Failed> {
+    const CYCLES: u32 = 20;
+    let worker = spawn(restarts_at_once(CYCLES)).await?;
+    for cycle in 0..CYCLES {
+        let killed = worker.send(Status).await?.pid.ok_or("a child has a pid")?;
+        sigkill(killed)?;
+        // Under the default `Reject`, yet never read by the dead worker.
+        match enqueue(&worker, Nap { ms: 1 }).await? {
+            Ok(pid) if pid != killed => {}
+            other => {
+                return Err(
+                    format!("cycle {cycle}: expected a fresh worker's pid, got {other:?}").into(),
+                )
+            }
+        }
+    }
+    worker.send(isolated_workers::Close).await?;
+    Ok(())
+}
+
+async fn started_request_is_rejected() -> Result<(), Failed> {
+    let worker = Worker::<Flaky, _>::supervise(flaky(), restarts_at_once(1))
+        .await
+        .map_err(fail)?;
+    let killed = worker.send(Status).await?.pid.ok_or("a child has a pid")?;
+    let dir = temp_dir()?;
+    let marker = dir.path().join("started");
+    let nap = enqueue(
+        &worker,
+        MarkThenNap {
+            marker: marker.clone(),
+            ms: 600_000,
+        },
+    );
+    if !support::eventually(Duration::from_secs(20), || marker.exists()).await {
+        return Err("the handler did not start".into());
+    }
+    sigkill(killed)?;
+    match nap.await? {
+        Err(WorkerError::Crashed {
+            reason: CrashReason::Signal(9),
+            attempt: 1,
+            ..
+        }) => {}
+        other => return Err(format!("expected Crashed by SIGKILL, got {other:?}").into()),
+    }
+    // The fresh worker serves on.
+    let pid = worker.send(Nap { ms: 1 }).await?.map_err(fail)?;
+    assert_ne!(pid, killed);
     worker.send(isolated_workers::Close).await?;
     Ok(())
 }

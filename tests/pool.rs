@@ -32,11 +32,22 @@ const WAIT: Duration = Duration::from_secs(20);
 const FOREVER: u64 = 300_000;
 
 /// A job that takes `ms` milliseconds and answers which job it was and
-/// which worker process did it.
+/// which worker process did it. It first creates the file `started`, if
+/// given: evidence that the job has started.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Job {
     id: u32,
     ms: u64,
+    started: Option<std::path::PathBuf>,
+}
+
+/// Job `id`, of `ms` milliseconds, with no marker.
+fn job(id: u32, ms: u64) -> Job {
+    Job {
+        id,
+        ms,
+        started: None,
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -71,6 +82,9 @@ impl Actor for JobWorker {
 impl Handler<Job> for JobWorker {
     type Result = ResponseFuture<Result<Done, WorkerError>>;
     fn handle(&mut self, job: Job, _: &mut Context<Self>) -> Self::Result {
+        if let Some(started) = &job.started {
+            std::fs::write(started, b"started").expect("marker written");
+        }
         Box::pin(async move {
             tokio::time::sleep(Duration::from_millis(job.ms)).await;
             Ok(Done {
@@ -498,15 +512,27 @@ async fn kill_under_load(member: WorkerOptions) -> Result<Killed, Failed> {
         .await
         .map_err(fail)?;
     let pids = report_of(&pool).await?.pids();
-    let long = enqueue(&pool, Job { id: 0, ms: 2_000 });
-    let short: Vec<_> = (1..=20)
-        .map(|id| enqueue(&pool, Job { id, ms: 30 }))
-        .collect();
+    let dir = tempfile::tempdir().map_err(fail)?;
+    let started = dir.path().join("started");
+    let long = enqueue(
+        &pool,
+        Job {
+            id: 0,
+            ms: 2_000,
+            started: Some(started.clone()),
+        },
+    );
+    let short: Vec<_> = (1..=20).map(|id| enqueue(&pool, job(id, 30))).collect();
     let loaded = report_when(&pool, "the long job running, others waiting", |r| {
         in_flight(r) == [1, 1] && r.members[0].status.in_flight == 1 && r.queued > 0
     })
     .await?;
     let victim = loaded.members[0].status.pid.ok_or("a member has a pid")?;
+    // Started for sure: a job its worker never read would go to the fresh
+    // worker whatever its crash policy.
+    if !eventually(WAIT, || started.exists()).await {
+        return Err("the long job did not start".into());
+    }
     kill(Pid::from_raw(victim as i32), Signal::SIGKILL).map_err(fail)?;
     let long = outcome(long).await?;
     let mut answers = Vec::new();
@@ -514,7 +540,7 @@ async fn kill_under_load(member: WorkerOptions) -> Result<Killed, Failed> {
         answers.push(outcome(request).await?);
     }
     // A member whose worker crashed serves on with a fresh worker.
-    let after = ask(&pool, Job { id: 99, ms: 0 }).await?;
+    let after = ask(&pool, job(99, 0)).await?;
     assert_eq!(after.id, 99);
     let report = report_of(&pool).await?;
     assert_eq!(report.members.len(), 2, "{report:#?}");

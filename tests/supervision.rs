@@ -65,6 +65,10 @@ fn main() {
             retried_request_completes,
         ),
         actix_test(
+            "a_request_sent_right_after_sigkill_goes_to_the_fresh_worker_100_of_100",
+            request_after_sigkill_goes_to_fresh_worker,
+        ),
+        actix_test(
             "a_crash_loop_stops_at_the_restart_budget_and_says_so",
             crash_loop_gives_up,
         ),
@@ -317,6 +321,40 @@ async fn retried_request_completes() -> Result<(), Failed> {
         LifecycleEvent::Restarted { .. }
     ));
     assert_eq!(worker.send(Status).await?.counters.crashes, 1);
+    close(&worker).await
+}
+
+/// Kill+send cycles of [`request_after_sigkill_goes_to_fresh_worker`].
+const KILL_AND_SEND_CYCLES: u32 = 100;
+
+async fn request_after_sigkill_goes_to_fresh_worker() -> Result<(), Failed> {
+    // Room for a restart per cycle, without waiting between them.
+    let options = WorkerOptions::default()
+        .restart_budget(KILL_AND_SEND_CYCLES + 1, Duration::from_secs(3600))
+        .restart_backoff(Duration::from_millis(1), Duration::from_millis(1));
+    let worker = supervised_calc(options).await?;
+    for cycle in 0..KILL_AND_SEND_CYCLES {
+        let killed = pid_of(&worker).await?;
+        sigkill(killed)?;
+        // Before the proxy can have seen the death: under the default
+        // `Reject` it must still not fail, since the dead worker never
+        // read it.
+        let answered = outcome(enqueue(&worker, WhoAmI)).await?;
+        match answered {
+            Ok(pid) if pid != killed => {}
+            other => {
+                return Err(format!(
+                    "cycle {cycle}: expected the fresh worker's pid, got {other:?}"
+                )
+                .into())
+            }
+        }
+    }
+    assert_eq!(
+        worker.send(Status).await?.restarts,
+        KILL_AND_SEND_CYCLES,
+        "one restart per kill"
+    );
     close(&worker).await
 }
 

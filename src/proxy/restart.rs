@@ -132,7 +132,8 @@ impl<C: Contract, D: Driver<C>> Worker<C, D> {
     /// The `Addr` stays valid throughout. Requests sent during the restart
     /// wait for the fresh worker or fail at once, as
     /// [`WorkerOptions::while_restarting`] says; requests in flight at the
-    /// crash follow their [`CrashPolicy`](crate::CrashPolicy).
+    /// crash follow their [`CrashPolicy`](crate::CrashPolicy), except those
+    /// the dead worker never read, which go to the fresh worker.
     ///
     /// Restarts follow the restart budget
     /// ([`WorkerOptions::restart_budget`]), each after its backoff

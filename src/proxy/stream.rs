@@ -4,7 +4,8 @@
 //! are read by a `StreamHandler` on the same context, so a request costs no
 //! extra task hop. The end of the stream, or a panic the worker reports
 //! (at once, before the worker exits), turns into a `Crashed` error for
-//! every request still waiting.
+//! every request still waiting that the worker may have started; those its
+//! read mark shows it never read go to a fresh worker instead.
 
 use std::any::Any;
 use std::borrow::Cow;
@@ -42,6 +43,12 @@ const EXIT_STATUS_WAIT: Duration = Duration::from_millis(500);
 /// Header and length prefixes of a request stay well under this.
 const FRAME_OVERHEAD: usize = 256;
 
+/// What the request encoding buffer starts with, and so (by how `BytesMut`
+/// grows a buffer still shared) the least it allocates when it must: the
+/// payloads of pending requests share it, so small ones are encoded many
+/// to an allocation rather than one each.
+const SCRATCH_CHUNK: usize = 8 << 10;
+
 /// How often, while requests are pending, the proxy looks for requests
 /// whose caller dropped its future, to tell the worker to cancel them.
 const ABANDONED_SWEEP: Duration = Duration::from_millis(100);
@@ -67,6 +74,9 @@ pub(super) struct StreamLink {
     /// Requests waiting for an in-flight slot, oldest first.
     queue: VecDeque<Frame>,
     in_flight: usize,
+    /// Request frames written on this connection: the last one's number
+    /// (see `Pending::written`).
+    written: u64,
     next_id: u64,
     /// Reused for encoding requests, so that large payloads do not cost a
     /// fresh allocation (and its page faults) each time.
@@ -110,15 +120,17 @@ struct Pending {
     deadline: Instant,
     /// Which try this is; 1 for the first.
     attempt: u32,
-    /// The encoded request, kept while its crash policy may send it again.
-    retry_payload: Option<Bytes>,
+    /// The encoded request, kept to send it again should the worker crash
+    /// (before reading it, or under a `Retry` policy).
+    payload: Bytes,
     /// Shared with the pool that sent it, if one did (see [`Tries`]).
     tries: Option<Tries>,
     /// Who waits for the outcome; `None` for `do_send` (nobody waits, but
     /// the request still runs).
     caller: Option<Box<dyn Caller>>,
-    /// Written to the worker (as opposed to waiting in the queue).
-    sent: bool,
+    /// Its number among the request frames written on this connection,
+    /// from 1; 0 while it waits in the queue.
+    written: u64,
     /// `request{message, id, attempt}`, at DEBUG: what is logged about the
     /// request happens in it.
     span: RequestSpan,
@@ -209,8 +221,9 @@ impl StreamLink {
             requests: Rc::default(),
             queue: VecDeque::new(),
             in_flight: 0,
+            written: 0,
             next_id: 1,
-            scratch: BytesMut::new(),
+            scratch: BytesMut::with_capacity(SCRATCH_CHUNK),
             last_sweep: Instant::now(),
             drain_waiters: Vec::new(),
             session: connection.session,
@@ -326,11 +339,8 @@ impl StreamLink {
             return Reply::now(Err(error));
         }
         let timeout = options.timeout_of(M::NAME);
-        let retry_payload = match options.crash_policy_of(M::NAME) {
-            CrashPolicy::Retry { attempts } if attempts > 0 => Some(payload.clone()),
-            _ => None,
-        };
         let counted = self.tally.borrow_mut().sent(M::NAME, payload.len());
+        let written = self.number(can_send);
         let id = self.register(Pending {
             message: M::NAME,
             counted,
@@ -341,10 +351,10 @@ impl StreamLink {
             attempt: tries
                 .as_ref()
                 .map_or(1, |tries| tries.load(Ordering::Relaxed)),
-            retry_payload,
+            payload: payload.clone(),
             tries,
             caller: None,
-            sent: can_send,
+            written,
             span: RequestSpan::default(),
         });
         self.send_or_queue(id, M::NAME, payload, can_send);
@@ -361,11 +371,21 @@ impl StreamLink {
             id,
             attempt = pending.attempt
         ));
-        tracing::trace!(parent: pending.span.get(), queued = !pending.sent, "sent");
+        tracing::trace!(parent: pending.span.get(), queued = pending.written == 0, "sent");
         let mut requests = self.requests.borrow_mut();
         requests.deadlines.insert((pending.deadline, id));
         requests.pending.insert(id, pending);
         id
+    }
+
+    /// The number of the request frame about to be written, if `send`;
+    /// else 0, for a request that waits in the queue.
+    fn number(&mut self, send: bool) -> u64 {
+        if !send {
+            return 0;
+        }
+        self.written += 1;
+        self.written
     }
 
     fn send_or_queue(&mut self, id: u64, message: &'static str, payload: Bytes, send: bool) {
@@ -384,34 +404,59 @@ impl StreamLink {
         }
     }
 
+    /// How many of the request frames written on this connection the
+    /// worker read, by its read mark, if it has one. Only once the worker
+    /// is dead is this final: a live one may read more.
+    pub(super) fn read_through(&self) -> Option<u64> {
+        let mark = self.session.as_ref()?.read_mark()?;
+        // The worker writes the mark: believe no more than was written.
+        Some(mark.load().min(self.written))
+    }
+
     /// The worker crashed: resolves each request `Crashed`, except those
-    /// its crash policy sends again, which are returned for a fresh worker.
+    /// returned for a fresh worker: those the worker never read (by
+    /// `read_through`, the read mark of the dead worker; `None` without
+    /// one), as they are, and those their crash policy retries, as their
+    /// next attempt.
     pub(super) fn crashed(
         &mut self,
         options: &WorkerOptions,
         reason: &CrashReason,
         message: &Option<String>,
+        read_through: Option<u64>,
     ) -> Vec<Retry> {
         let mut retries = Vec::new();
         for mut pending in self.take_all() {
             let span = pending.span.take();
-            let retry = match options.crash_policy_of(pending.message) {
-                CrashPolicy::Retry { attempts } => pending.attempt <= attempts,
-                CrashPolicy::Reject => false,
+            // Not read: no handler started it, so it is safe to run anew.
+            // (Queued requests, numbered 0, were not even written.)
+            let unread =
+                read_through.is_some_and(|read| pending.written == 0 || pending.written > read);
+            let attempt = match options.crash_policy_of(pending.message) {
+                _ if unread => Some(pending.attempt), // not a try: it never ran
+                CrashPolicy::Retry { attempts } if pending.attempt <= attempts => {
+                    Some(pending.attempt + 1)
+                }
+                CrashPolicy::Retry { .. } | CrashPolicy::Reject => None,
             };
-            match (retry, pending.retry_payload) {
-                (true, Some(payload)) => retries.push(Retry {
-                    message: pending.message,
-                    counted: pending.counted,
-                    payload,
-                    timeout: pending.timeout,
-                    deadline: pending.deadline,
-                    attempt: pending.attempt + 1,
-                    tries: pending.tries,
-                    caller: pending.caller,
-                    tally: self.tally.clone(),
-                }),
-                _ => {
+            match attempt {
+                Some(attempt) => {
+                    if unread {
+                        tracing::debug!(parent: &span, "the worker crashed before reading it");
+                    }
+                    retries.push(Retry {
+                        message: pending.message,
+                        counted: pending.counted,
+                        payload: pending.payload,
+                        timeout: pending.timeout,
+                        deadline: pending.deadline,
+                        attempt,
+                        tries: pending.tries,
+                        caller: pending.caller,
+                        tally: self.tally.clone(),
+                    })
+                }
+                None => {
                     tracing::debug!(parent: &span, %reason, "the worker crashed");
                     self.tally.borrow_mut().ended_at(pending.counted, false, 0);
                     if let Some(caller) = pending.caller {
@@ -437,16 +482,17 @@ impl StreamLink {
         );
         let send = self.in_flight < max_in_flight;
         self.tally.borrow_mut().resent(retry.payload.len());
+        let written = self.number(send);
         let id = self.register(Pending {
             message: retry.message,
             counted: retry.counted,
             timeout: retry.timeout,
             deadline: retry.deadline,
             attempt: retry.attempt,
-            retry_payload: Some(retry.payload.clone()),
+            payload: retry.payload.clone(),
             tries: retry.tries,
             caller: retry.caller,
-            sent: send,
+            written,
             span: RequestSpan::default(),
         });
         self.send_or_queue(id, retry.message, retry.payload, send);
@@ -510,11 +556,13 @@ impl StreamLink {
                 continue;
             };
             // Requests that timed out while queued are skipped.
+            let number = self.written + 1;
             if let Some(pending) = self.requests.borrow_mut().pending.get_mut(&id) {
-                pending.sent = true;
+                pending.written = number;
             } else {
                 continue;
             }
+            self.written = number;
             self.in_flight += 1;
             self.write(frame);
         }
@@ -533,7 +581,7 @@ impl StreamLink {
         let Some(pending) = removed else {
             return; // a reply to a request already given up on
         };
-        if pending.sent {
+        if pending.written > 0 {
             self.in_flight -= 1;
         }
         let received = outcome.as_ref().map_or(0, Bytes::len);
@@ -586,7 +634,7 @@ impl StreamLink {
                 .borrow()
                 .pending
                 .get(&id)
-                .map(|p| (p.sent, p.message, p.timeout, p.span.get().clone()));
+                .map(|p| (p.written > 0, p.message, p.timeout, p.span.get().clone()));
             let Some((sent, message, after, span)) = pending else {
                 continue;
             };
@@ -701,6 +749,11 @@ impl<C: Contract, D: Driver<C>> Worker<C, D> {
             let Link::Stream(link) = &mut act.link else {
                 return;
             };
+            // Only a worker known to be dead has read all it ever will.
+            let read_through = match exit {
+                Some(Some(_)) => link.read_through(),
+                _ => None,
+            };
             let reason = match exit {
                 Some(Some(ended)) => ended.reason(),
                 Some(None) => {
@@ -710,7 +763,7 @@ impl<C: Contract, D: Driver<C>> Worker<C, D> {
                 }
                 None => CrashReason::ConnectionLost,
             };
-            act.report_crash(reason, detail, ctx);
+            act.report_crash(reason, detail, read_through, ctx);
         }));
     }
 
@@ -725,7 +778,10 @@ impl<C: Contract, D: Driver<C>> Worker<C, D> {
         {
             return;
         }
-        self.report_crash(CrashReason::Panic, Some(message), ctx);
+        // The worker's actor is gone: whatever the worker reads from now on
+        // it cannot start, so its read mark can be trusted already.
+        let read_through = self.stream_link().and_then(|link| link.read_through());
+        self.report_crash(CrashReason::Panic, Some(message), read_through, ctx);
         // Out of the link, which a restart drops, killing its process.
         if let Some(process) = self.stream_link().and_then(|link| link.process.take()) {
             actix_rt::spawn(async move {
@@ -735,17 +791,19 @@ impl<C: Contract, D: Driver<C>> Worker<C, D> {
         }
     }
 
-    /// Fails (or keeps for retrying) the requests of a worker that died.
+    /// Fails (or keeps for sending again) the requests of a worker that
+    /// died, which read `read_through` of them, if that is known.
     fn report_crash(
         &mut self,
         reason: CrashReason,
         message: Option<String>,
+        read_through: Option<u64>,
         ctx: &mut Context<Self>,
     ) {
         let Link::Stream(link) = &mut self.link else {
             return;
         };
-        let retries = link.crashed(&self.options, &reason, &message);
+        let retries = link.crashed(&self.options, &reason, &message, read_through);
         if self.state == WorkerState::Running {
             tracing::warn!(contract = C::NAME, pid = ?link.pid(), %reason, ?message, "worker crashed");
             self.crashed(reason, message);

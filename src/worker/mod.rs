@@ -9,6 +9,7 @@ use actix::prelude::*;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::driver::child_process::env;
+use crate::driver::child_process::read_mark::ReadMark;
 use crate::middleware::Middlewares;
 use crate::wire::envelope::Hello;
 
@@ -125,6 +126,9 @@ where
     let records = std::env::var(env::TRACE)
         .ok()
         .and_then(|level| forward::install(&level));
+    let read_mark = std::env::var(env::READ_MARK)
+        .ok()
+        .and_then(|fd| ReadMark::inherited(&fd));
     // Nothing the worker starts (code it runs, workers it spawns) mistakes
     // itself for this worker.
     for key in [
@@ -134,6 +138,7 @@ where
         env::MAX_FRAME,
         env::GRACE_MS,
         env::TRACE,
+        env::READ_MARK,
     ] {
         std::env::remove_var(key);
     }
@@ -156,6 +161,7 @@ where
             reattach: Some(attach::Reattach::default()),
             watchdog: Some(watchdog::Watchdog::start(host, grace)),
             records,
+            read_mark,
             middleware,
             max_frame_len,
             process: Some(grace),
@@ -259,6 +265,7 @@ pub fn serve_io_with<C, A, T>(
         reattach: None,
         watchdog: None,
         records: None,
+        read_mark: None,
         middleware,
         max_frame_len: options.max_frame_len,
         process: None,
@@ -276,6 +283,9 @@ struct Served {
     watchdog: Option<watchdog::Watchdog>,
     /// The worker's `tracing` events, to forward, if the host wants them.
     records: Option<tokio::sync::mpsc::Receiver<forward::Record>>,
+    /// For a worker process the host shares one with: counts the requests
+    /// read.
+    read_mark: Option<ReadMark>,
     middleware: Middlewares,
     max_frame_len: usize,
     /// For a worker process: how long its actor gets to stop when asked.
@@ -304,6 +314,7 @@ where
         reattach,
         mut watchdog,
         records,
+        read_mark,
         middleware,
         max_frame_len,
         process,
@@ -327,6 +338,7 @@ where
             reattach,
             watchdog,
             records,
+            read_mark,
             outbox,
             max_frame_len,
             middleware,

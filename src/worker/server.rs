@@ -26,6 +26,7 @@ use super::forward::Record;
 use super::panic;
 use super::routes::{Outcome, Routes};
 use super::watchdog::{Alarm, Watchdog};
+use crate::driver::child_process::read_mark::ReadMark;
 use crate::error::{RemoteError, WorkerError};
 use crate::middleware::{Body, Direction, Middlewares, Passage, Side};
 use crate::wire::envelope::{Header, Hello};
@@ -68,6 +69,9 @@ pub(crate) struct Server<A: Actor, S> {
     pub(crate) middleware: Middlewares,
     /// The worker's `tracing` events to forward, if the host wants them.
     pub(crate) records: Option<mpsc::Receiver<Record>>,
+    /// Counts the current connection's requests read, for the host to tell
+    /// after a crash which ones no handler can have started.
+    pub(crate) read_mark: Option<ReadMark>,
     /// The events the worker emitted, waiting to be written.
     pub(crate) outbox: Outbox,
     /// Requests being handled. One set polled as one item of the context,
@@ -138,6 +142,11 @@ impl<A: Actor, S: Serializer> Server<A, S> {
     ) {
         let id = self.next_link;
         self.next_link += 1;
+        // Before the Hello: the host numbers this connection's requests
+        // from 1 once it has read it.
+        if let Some(mark) = &self.read_mark {
+            mark.reset();
+        }
         ctx.add_stream(inbound(reader, self.max_frame_len, id));
         let (writer, severed) = Severable::new(writer);
         let (writer, codec) = self.outbox.metered(Box::new(writer), self.max_frame_len);
@@ -582,7 +591,14 @@ impl<A: Actor, S: Serializer> StreamHandler<Inbound> for Server<A, S> {
             }
         };
         match frame.header {
-            Header::Request { id, name } => self.request(id, name, frame.payload),
+            Header::Request { id, name } => {
+                // Counted before anything of it runs (the handler runs
+                // later, in the actor's own task).
+                if let Some(mark) = &self.read_mark {
+                    mark.bump();
+                }
+                self.request(id, name, frame.payload)
+            }
             Header::Cancel { id } => {
                 if let Some(cancel) = self.cancels.remove(&id) {
                     cancel.abort();

@@ -12,13 +12,14 @@
 
 use std::ffi::OsString;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub(crate) mod read_mark;
 pub(crate) mod session;
 pub(crate) mod socket;
 
@@ -31,6 +32,7 @@ use crate::config::WorkerOptions;
 use crate::contract::Contract;
 use crate::error::SpawnError;
 use crate::wire::envelope::Header;
+use read_mark::ReadMark;
 pub use session::DetachedWorker;
 use session::Session;
 use socket::read_first_frame;
@@ -51,6 +53,9 @@ pub(crate) mod env {
     /// The most verbose level of `tracing` event the host wants forwarded
     /// (unset: none).
     pub(crate) const TRACE: &str = "ISOLATED_WORKERS_TRACE";
+    /// The descriptor of the read mark the host shares with the worker
+    /// (unset: none).
+    pub(crate) const READ_MARK: &str = "ISOLATED_WORKERS_READ_MARK";
 }
 
 /// Prefix of the private directories attach sockets live in.
@@ -201,6 +206,10 @@ impl ChildProcess {
             source,
         })?;
         let channel = theirs.as_raw_fd();
+        // Inherited by this child only, as the worker's end is.
+        let mark =
+            ReadMark::create().and_then(|(mark, fd)| above_stdio(fd).ok().map(|fd| (mark, fd)));
+        let passed = mark.as_ref().map(|(_, fd)| fd.as_raw_fd());
         let mut command = tokio::process::Command::new(&program);
         if self.clear_env {
             command.env_clear();
@@ -214,6 +223,7 @@ impl ChildProcess {
             .env(env::MAX_FRAME, options.max_frame_len.to_string())
             .env(env::GRACE_MS, options.close_grace.as_millis().to_string())
             .envs(forwarded_tracing().map(|level| (env::TRACE, level)))
+            .envs(passed.map(|fd| (env::READ_MARK, fd.to_string())))
             .stdin(Stdio::null())
             .stderr(Stdio::piped());
         let limits = self.limits.clone();
@@ -224,7 +234,7 @@ impl ChildProcess {
         // own safety the user vouched for in `ChildProcess::pre_exec`.
         unsafe {
             command.pre_exec(move || {
-                in_child_before_exec(host, channel, &limits)?;
+                in_child_before_exec(host, [Some(channel), passed], &limits)?;
                 match &hook {
                     Some(hook) => hook(),
                     None => Ok(()),
@@ -232,9 +242,11 @@ impl ChildProcess {
             });
         }
         let spawned = command.spawn();
-        // The child has its copy (or there is no child): the host's copy of
-        // the worker's end must go, or the host would never see it close.
+        // The child has its copies (or there is no child): the host's copy
+        // of the worker's end must go, or the host would never see it
+        // close; of the mark, the mapping is enough here.
         drop(theirs);
+        let mark = mark.map(|(mark, _fd)| mark);
         let child = spawned.map_err(|source| SpawnError::Launch {
             program: program.display().to_string(),
             source,
@@ -253,7 +265,7 @@ impl ChildProcess {
                 Ok((stream, Header::Hello(hello))) => match hello.compatible_with::<C>() {
                     Ok(()) => {
                         tracing::debug!(pid = process.pid(), "worker handshake complete");
-                        let session = Session::spawned(process.pid());
+                        let session = Session::spawned(process.pid(), mark);
                         return Ok(Connection::child_stream(stream.into_split(), process, session));
                     }
                     Err(why) => SpawnError::Handshake(why),
@@ -285,18 +297,23 @@ impl ChildProcess {
     }
 }
 
-/// A connected pair of sockets, both close-on-exec, the second (the
-/// worker's) numbered 3 or above: a host whose stdin, stdout or stderr is
-/// closed would otherwise hand the worker a number its stdio takes over.
+/// A connected pair of sockets, both close-on-exec, the second being the
+/// worker's end (see [`above_stdio`]).
 fn socketpair() -> io::Result<(UnixStream, UnixStream)> {
     let (ours, theirs) = UnixStream::pair()?;
-    if theirs.as_raw_fd() > 2 {
-        return Ok((ours, theirs));
+    Ok((ours, above_stdio(theirs.into())?.into()))
+}
+
+/// `fd`, or a close-on-exec copy of it numbered 3 or above, for a child to
+/// inherit: a host whose stdin, stdout or stderr is closed would otherwise
+/// hand the child a number its stdio takes over.
+fn above_stdio(fd: OwnedFd) -> io::Result<OwnedFd> {
+    if fd.as_raw_fd() > 2 {
+        return Ok(fd);
     }
-    let above_stdio = nix::fcntl::fcntl(&theirs, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(3))?;
+    let copy = nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(3))?;
     // SAFETY: `fcntl` just made this descriptor, and nothing else owns it.
-    let theirs = unsafe { UnixStream::from_raw_fd(above_stdio) };
-    Ok((ours, theirs))
+    Ok(unsafe { OwnedFd::from_raw_fd(copy) })
 }
 
 /// Sweeps the attach directories of dead workers once per host process
@@ -309,11 +326,11 @@ fn sweep_leftovers_once() {
 
 /// Set-up in the child between `fork` and `exec`: die with the host (on
 /// Linux, a parent-death signal; elsewhere the closed socket tells the
-/// worker), keep the worker's end of the socketpair across `exec`, and
-/// apply resource limits. Only async-signal-safe calls.
+/// worker), keep the worker's end of the socketpair and the read mark
+/// across `exec`, and apply resource limits. Only async-signal-safe calls.
 fn in_child_before_exec(
     host: u32,
-    channel: RawFd,
+    inherited: [Option<RawFd>; 2],
     limits: &[(Resource, u64, u64)],
 ) -> io::Result<()> {
     #[cfg(target_os = "linux")]
@@ -331,13 +348,15 @@ fn in_child_before_exec(
     }
     #[cfg(not(target_os = "linux"))]
     let _ = host;
-    // SAFETY: `channel` is open in this (forked) process: the parent holds
-    // it until `spawn` returns.
-    let channel = unsafe { std::os::fd::BorrowedFd::borrow_raw(channel) };
-    nix::fcntl::fcntl(
-        channel,
-        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
-    )?;
+    for fd in inherited.into_iter().flatten() {
+        // SAFETY: the parent holds each of these open until `spawn` has
+        // returned, and the fork copied them into this child.
+        let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+        nix::fcntl::fcntl(
+            fd,
+            nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
+        )?;
+    }
     for &(resource, soft, hard) in limits {
         nix::sys::resource::setrlimit(resource, soft, hard)?;
     }

@@ -12,6 +12,7 @@ use interprocess::local_socket::tokio::{prelude::*, Stream as LocalStream};
 use interprocess::local_socket::GenericFilePath;
 use serde::{Deserialize, Serialize};
 
+use super::read_mark::ReadMark;
 use super::socket::{check_peer, read_first_frame, token_matches, write_bare};
 use super::DIR_PREFIX;
 use crate::contract::Contract;
@@ -32,15 +33,18 @@ pub(crate) struct Session {
     attach: Option<AttachPoint>,
     /// Whether the worker outlives this host.
     detached: bool,
+    /// Shared with a worker this host spawned, where it could be made.
+    read_mark: Option<ReadMark>,
 }
 
 impl Session {
     /// A freshly spawned worker's session.
-    pub(crate) fn spawned(pid: u32) -> Self {
+    pub(crate) fn spawned(pid: u32, read_mark: Option<ReadMark>) -> Self {
         Self {
             pid,
             attach: None,
             detached: false,
+            read_mark,
         }
     }
 
@@ -53,6 +57,7 @@ impl Session {
                 token: handle.token.clone(),
             }),
             detached: true,
+            read_mark: None,
         }
     }
 
@@ -63,6 +68,11 @@ impl Session {
     /// The worker said where it now accepts its host.
     pub(crate) fn listening_at(&mut self, point: AttachPoint) {
         self.attach = Some(point);
+    }
+
+    /// The read mark the worker keeps, if it has one.
+    pub(crate) fn read_mark(&self) -> Option<&ReadMark> {
+        self.read_mark.as_ref()
     }
 
     /// Whether the worker outlives this host.

@@ -31,10 +31,10 @@ use crate::driver::child_process::session::Session;
 use crate::driver::{Driver, ProcessHandle, StreamConnection};
 use crate::error::{CrashReason, WorkerError};
 use crate::middleware::{Body, Direction, Passage, Side, Typed};
-use crate::wire::envelope::{Header, Hello};
+use crate::wire::envelope::Header;
 use crate::wire::frame::{Frame, FrameCodec, FrameError};
 use crate::wire::stream::{inbound, Inbound, Severable};
-use crate::wire::{Serializer, PROTOCOL_VERSION};
+use crate::wire::Serializer;
 
 /// How long after the connection ends the proxy waits to learn the child's
 /// exit status before reporting the crash without it.
@@ -814,34 +814,6 @@ impl<C: Contract, D: Driver<C>> Worker<C, D> {
             retry.fail(error.clone());
         }
     }
-
-    /// Checks the Hello a stream worker opens with (drivers that
-    /// authenticate the peer check it themselves).
-    fn check_hello(hello: &Hello) -> Result<(), String> {
-        if hello.protocol != PROTOCOL_VERSION {
-            return Err(format!(
-                "the worker speaks protocol version {}, the host {PROTOCOL_VERSION}",
-                hello.protocol
-            ));
-        }
-        if hello.contract != C::NAME || hello.contract_version != C::VERSION {
-            return Err(format!(
-                "the worker serves contract `{}` v{}, the host expects `{}` v{}",
-                hello.contract,
-                hello.contract_version,
-                C::NAME,
-                C::VERSION
-            ));
-        }
-        if hello.serializer != <C::Serializer as Serializer>::NAME {
-            return Err(format!(
-                "the worker encodes with `{}`, the host with `{}`",
-                hello.serializer,
-                <C::Serializer as Serializer>::NAME
-            ));
-        }
-        Ok(())
-    }
 }
 
 impl<C: Contract, D: Driver<C>> StreamHandler<Inbound> for Worker<C, D> {
@@ -871,7 +843,7 @@ impl<C: Contract, D: Driver<C>> StreamHandler<Inbound> for Worker<C, D> {
         };
         if !link.greeted {
             let verdict = match &frame.header {
-                Header::Hello(hello) => Self::check_hello(hello),
+                Header::Hello(hello) => hello.compatible_with::<C>(),
                 other => Err(format!("expected a hello, got {other:?}")),
             };
             return match verdict {

@@ -278,9 +278,16 @@ async fn connect<C: Contract>(
         write_bare(&mut stream, &ours)
             .await
             .map_err(|e| gone(socket, pid, &e))?;
-        let (stream, header) = read_first_frame(stream)
-            .await
-            .map_err(AttachError::Handshake)?;
+        let (stream, header) = match read_first_frame(stream).await {
+            Ok(read) => read,
+            // A worker killed as it was reached (its last threads still
+            // exiting) accepts, then resets the connection.
+            Err(_) if !crate::driver::process::is_running(pid) => {
+                let reset = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
+                return Err(gone(socket, pid, &reset));
+            }
+            Err(why) => return Err(AttachError::Handshake(why)),
+        };
         match header {
             Header::Hello(hello) => {
                 // The worker proves it knows the secret too, and is the

@@ -435,10 +435,20 @@ async fn another_user_cannot_reach_the_attach_socket_nor_is_served_when_let_thro
         println!("skipped: only root can run a process as `nobody` here");
         return Ok(());
     }
-    let worker = spawn_calc().await?;
+    // The worker's temporary directory, where it makes its own, is one
+    // `nobody` may pass through (the test's may not be: CI's is 0700), so
+    // that only the attach directory and socket keep it out.
+    let tmp = tempfile::Builder::new()
+        .prefix("passable-")
+        .tempdir_in("/tmp")
+        .map_err(fail)?;
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o711)).map_err(fail)?;
+    let worker = isolated_workers::Worker::<Calc>::spawn(calc_in(tmp.path()))
+        .await
+        .map_err(fail)?;
     let pid = pid_of(&worker).await?;
     worker.send(Disconnect).await.map_err(fail)?.map_err(fail)?;
-    let dir = socket_dir(&worker).await?;
+    let dir = socket_dir_in(tmp.path(), &worker).await?;
     let socket = dir.join(ATTACH_SOCKET);
     // What a host with a wrong token says first: the worker answers it
     // (Refused) if it comes from the worker's user.

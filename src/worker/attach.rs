@@ -96,6 +96,7 @@ impl Reattach {
         if let Some(dir) = socket.parent() {
             *OWN_DIRECTORY.lock().unwrap_or_else(|e| e.into_inner()) = Some(dir.to_owned());
         }
+        super::watchdog::attach_socket_made(&socket);
         let listener = listen(&socket)?;
         let point = AttachPoint {
             socket,

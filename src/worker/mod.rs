@@ -24,8 +24,6 @@ pub(crate) mod routes;
 mod server;
 mod watchdog;
 
-use watchdog::Watchdog;
-
 pub use cancellable::Cancellable;
 pub use events::{EmitError, Events, EVENT_BACKLOG};
 pub use routes::{Routes, ServedBy};
@@ -118,7 +116,6 @@ where
         return;
     }
     let channel = take_channel();
-    let host = env_number(env::HOST_PID).and_then(|pid| u32::try_from(pid).ok());
     let defaults = crate::WorkerOptions::default();
     let max_frame_len =
         env_number(env::MAX_FRAME).unwrap_or(defaults.max_frame_len as u64) as usize;
@@ -134,7 +131,6 @@ where
     for key in [
         env::NAME,
         env::CHANNEL_FD,
-        env::HOST_PID,
         env::MAX_FRAME,
         env::GRACE_MS,
         env::TRACE,
@@ -150,6 +146,11 @@ where
         }
     };
     panic::install_worker_hook();
+    if let Err(e) = watchdog::install(grace) {
+        // Served all the same: only a worker whose thread is blocked when
+        // it should stop outlives its grace period then.
+        eprintln!("isolated-workers: worker `{name}` has no deadline to stop by: {e}");
+    }
     let routes = C::routes();
     let system = System::new();
     let served = system.block_on(async move {
@@ -159,7 +160,6 @@ where
             reader: Box::new(reader),
             writer: Box::new(writer),
             reattach: Some(attach::Reattach::default()),
-            watchdog: Some(watchdog::Watchdog::start(host, grace)),
             records,
             read_mark,
             middleware,
@@ -263,7 +263,6 @@ pub fn serve_io_with<C, A, T>(
         reader: Box::new(reader),
         writer: Box::new(writer),
         reattach: None,
-        watchdog: None,
         records: None,
         read_mark: None,
         middleware,
@@ -279,8 +278,6 @@ struct Served {
     writer: Box<dyn AsyncWrite + Unpin>,
     /// For a worker process: how hosts reach it again.
     reattach: Option<attach::Reattach>,
-    /// For a worker process: what ends it when its thread cannot.
-    watchdog: Option<watchdog::Watchdog>,
     /// The worker's `tracing` events, to forward, if the host wants them.
     records: Option<tokio::sync::mpsc::Receiver<forward::Record>>,
     /// For a worker process the host shares one with: counts the requests
@@ -312,7 +309,6 @@ where
         reader,
         writer,
         reattach,
-        mut watchdog,
         records,
         read_mark,
         middleware,
@@ -326,8 +322,8 @@ where
                 server.actor_ended(ended, ctx)
             },
         ));
-        if let Some(alarms) = watchdog.as_mut().and_then(Watchdog::take_alarms) {
-            ctx.add_stream(alarms);
+        if process.is_some() {
+            server::Server::on_terminate_signal(ctx);
         }
         let mut server = server::Server {
             actor: Some(inbox),
@@ -336,7 +332,6 @@ where
             next_link: 0,
             hello: Hello::ours::<C>(String::new()),
             reattach,
-            watchdog,
             records,
             read_mark,
             outbox,

@@ -25,7 +25,7 @@ use super::events::{MeteredCodec, Outbox};
 use super::forward::Record;
 use super::panic;
 use super::routes::{Outcome, Routes};
-use super::watchdog::{Alarm, Watchdog};
+use super::watchdog;
 use crate::driver::child_process::read_mark::ReadMark;
 use crate::error::{RemoteError, WorkerError};
 use crate::middleware::{Body, Direction, Middlewares, Passage, Side};
@@ -62,8 +62,6 @@ pub(crate) struct Server<A: Actor, S> {
     /// For a worker process: how hosts reach it again. `None` for a worker
     /// served in-process, which serves one connection only.
     pub(crate) reattach: Option<Reattach>,
-    /// For a worker process: what ends it when its thread cannot.
-    pub(crate) watchdog: Option<Watchdog>,
     pub(crate) max_frame_len: usize,
     /// The worker side's middleware.
     pub(crate) middleware: Middlewares,
@@ -228,7 +226,7 @@ impl<A: Actor, S: Serializer> Server<A, S> {
         }
         if !reattach.detached {
             // Waits for the host that said it would return (whose own
-            // death the watchdog reports).
+            // death its parent-death signal reports).
             return;
         }
         if let Some(idle) = reattach.idle_timeout {
@@ -309,9 +307,6 @@ impl<A: Actor, S: Serializer> Server<A, S> {
                 }
                 reattach.detached = true;
                 reattach.idle_timeout = idle_timeout_ms.map(Duration::from_millis);
-                if let Some(watchdog) = &self.watchdog {
-                    watchdog.detach();
-                }
             }
             Leaving::Disconnect => {
                 reattach.host_will_return = true;
@@ -453,8 +448,8 @@ impl<A: Actor, S: Serializer> Server<A, S> {
             return;
         }
         self.stopping = true;
-        if let Some(watchdog) = &self.watchdog {
-            watchdog.stopping();
+        if self.process.is_some() {
+            watchdog::arm();
         }
         self.drop_requests();
         self.actor = None;
@@ -464,6 +459,18 @@ impl<A: Actor, S: Serializer> Server<A, S> {
             }
             None => self.exit(0, ctx),
         }
+    }
+
+    /// Stops on SIGTERM (also the parent-death signal: the host is gone)
+    /// like on Shutdown; a second SIGTERM exits at once. (Should the
+    /// thread be too busy to see it, the [`watchdog`] ends the process.)
+    pub(crate) fn on_terminate_signal(ctx: &mut Context<Self>) {
+        use actix_rt::signal::unix::{signal, SignalKind};
+        let Ok(mut terminate) = signal(SignalKind::terminate()) else {
+            return; // the default action (exit) stays in place
+        };
+        let signals = futures::stream::poll_fn(move |task| terminate.poll_recv(task));
+        ctx.add_stream(signals.map(|()| TerminateSignal));
     }
 
     /// The frame carrying a reply, or an error if it cannot be sent.
@@ -500,8 +507,8 @@ impl<A: Actor, S: Serializer> Server<A, S> {
     fn exit(&mut self, code: i32, ctx: &mut Context<Self>) {
         self.exit_code = code;
         self.stopping = true;
-        if let Some(watchdog) = &self.watchdog {
-            watchdog.stopping();
+        if self.process.is_some() {
+            watchdog::arm();
         }
         self.actor = None;
         // Nothing more is read; in-flight handlers are dropped.
@@ -521,13 +528,15 @@ impl<A: Actor, S: Serializer> Server<A, S> {
     }
 }
 
-/// What the watchdog saw: a SIGTERM stops the worker as Shutdown does (a
-/// second one exits at once); the host's death stops it too.
-impl<A: Actor, S: Serializer> StreamHandler<Alarm> for Server<A, S> {
-    fn handle(&mut self, alarm: Alarm, ctx: &mut Context<Self>) {
-        match alarm {
-            Alarm::Terminate if self.stopping => self.exit(TERMINATED_EXIT_CODE, ctx),
-            Alarm::Terminate | Alarm::HostGone => self.stop_serving(ctx),
+/// A SIGTERM arrived.
+struct TerminateSignal;
+
+impl<A: Actor, S: Serializer> StreamHandler<TerminateSignal> for Server<A, S> {
+    fn handle(&mut self, _: TerminateSignal, ctx: &mut Context<Self>) {
+        if self.stopping {
+            self.exit(TERMINATED_EXIT_CODE, ctx);
+        } else {
+            self.stop_serving(ctx);
         }
     }
 

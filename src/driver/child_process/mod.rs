@@ -42,8 +42,6 @@ pub(crate) mod env {
     /// The number of the inherited descriptor that is the worker's end of
     /// its connection to the host.
     pub(crate) const CHANNEL_FD: &str = "ISOLATED_WORKERS_FD";
-    /// The host's process id: the worker stops when that process is gone.
-    pub(crate) const HOST_PID: &str = "ISOLATED_WORKERS_HOST_PID";
     /// Which of the binary's workers to run.
     pub(crate) const NAME: &str = "ISOLATED_WORKERS_NAME";
     /// Largest frame either side accepts.
@@ -218,7 +216,6 @@ impl ChildProcess {
             .args(&self.args)
             .envs(self.envs.iter().map(|(k, v)| (k, v)))
             .env(env::CHANNEL_FD, channel.to_string())
-            .env(env::HOST_PID, std::process::id().to_string())
             .env(env::NAME, &self.worker_name)
             .env(env::MAX_FRAME, options.max_frame_len.to_string())
             .env(env::GRACE_MS, options.close_grace.as_millis().to_string())

@@ -464,13 +464,25 @@ impl<A: Actor, S: Serializer> Server<A, S> {
     /// Stops on SIGTERM (also the parent-death signal: the host is gone)
     /// like on Shutdown; a second SIGTERM exits at once. (Should the
     /// thread be too busy to see it, the [`watchdog`] ends the process.)
+    ///
+    /// Awaited in a task of its own that messages the server, not as a
+    /// stream of the server's context: actix polls every stream of a
+    /// context each time the context wakes, and this one would cost every
+    /// request's wake-up hundreds of instructions.
     pub(crate) fn on_terminate_signal(ctx: &mut Context<Self>) {
         use actix_rt::signal::unix::{signal, SignalKind};
         let Ok(mut terminate) = signal(SignalKind::terminate()) else {
             return; // the default action (exit) stays in place
         };
-        let signals = futures::stream::poll_fn(move |task| terminate.poll_recv(task));
-        ctx.add_stream(signals.map(|()| TerminateSignal));
+        let server = ctx.address().downgrade();
+        actix_rt::spawn(async move {
+            while terminate.recv().await.is_some() {
+                let Some(server) = server.upgrade() else {
+                    return;
+                };
+                server.do_send(TerminateSignal);
+            }
+        });
     }
 
     /// The frame carrying a reply, or an error if it cannot be sent.
@@ -531,7 +543,13 @@ impl<A: Actor, S: Serializer> Server<A, S> {
 /// A SIGTERM arrived.
 struct TerminateSignal;
 
-impl<A: Actor, S: Serializer> StreamHandler<TerminateSignal> for Server<A, S> {
+impl Message for TerminateSignal {
+    type Result = ();
+}
+
+impl<A: Actor, S: Serializer> Handler<TerminateSignal> for Server<A, S> {
+    type Result = ();
+
     fn handle(&mut self, _: TerminateSignal, ctx: &mut Context<Self>) {
         if self.stopping {
             self.exit(TERMINATED_EXIT_CODE, ctx);
@@ -539,8 +557,6 @@ impl<A: Actor, S: Serializer> StreamHandler<TerminateSignal> for Server<A, S> {
             self.stop_serving(ctx);
         }
     }
-
-    fn finished(&mut self, _: &mut Context<Self>) {}
 }
 
 /// Polls the running requests and writes each outcome as it arrives, and

@@ -11,7 +11,9 @@
 //! requests; a signal handler runs on the one thread whatever it is doing.
 //!
 //! Everything here that runs in a signal handler is async-signal-safe:
-//! atomics, `setitimer`, `unlink`, `rmdir`, `write` and `_exit`.
+//! atomics, `setitimer`, `unlink`, `rmdir`, `write` and `_exit`. The
+//! deadline takes the process's `ITIMER_REAL` once armed; a SIGALRM that
+//! comes before (user code's own timer) is not taken for it.
 
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
@@ -110,6 +112,9 @@ pub(crate) fn attach_socket_made(socket: &Path) {
 /// The deadline passed: removes the attach socket and its directory, says
 /// so, and exits. Async-signal-safe.
 fn end_now() {
+    if !ARMED.load(Ordering::Acquire) {
+        return; // someone else's timer: not the deadline
+    }
     let paths = ATTACH.load(Ordering::Acquire);
     // SAFETY: `paths`, if set, is a leaked `AttachPaths` that stays valid;
     // unlink, rmdir, write and _exit are async-signal-safe system calls.

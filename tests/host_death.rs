@@ -9,7 +9,8 @@
 //! killed or told to exit. The worker prints to the same stdout (it
 //! inherits the host's), which is how the test knows its handler runs.
 
-use std::path::PathBuf;
+mod support;
+
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
@@ -20,6 +21,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag};
 use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
+use support::{attach_dirs_of, fail, running};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 /// Set to a [`Work`]'s name when this binary runs as a host.
@@ -270,7 +272,7 @@ async fn host_dies(work: Work, death: Death) -> Result<(), Failed> {
     if !matches!(reported, Ok(Ok(true))) {
         return Err(format!("the host did not report its worker busy: {reported:?}").into());
     }
-    let dirs_before = dirs_of(worker);
+    let dirs_before = attach_dirs_of(worker);
     if (work == Work::Disconnected) == dirs_before.is_empty() {
         return Err(format!("attach directories of a {work:?} worker: {dirs_before:?}").into());
     }
@@ -304,35 +306,11 @@ async fn host_dies(work: Work, death: Death) -> Result<(), Failed> {
         )
         .into());
     }
-    let left = dirs_of(worker);
+    let left = attach_dirs_of(worker);
     if !left.is_empty() {
         return Err(format!("left behind: {left:?}").into());
     }
     Ok(())
-}
-
-/// The attach directories worker `pid` made (`isolated-workers-<pid>-*`).
-fn dirs_of(pid: u32) -> Vec<PathBuf> {
-    let prefix = format!("isolated-workers-{pid}-");
-    std::fs::read_dir(std::env::temp_dir())
-        .map(|entries| {
-            entries
-                .flatten()
-                .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
-                .map(|e| e.path())
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-/// Whether `pid` runs: exists and is not a zombie.
-fn running(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => stat
-            .rsplit_once(')')
-            .is_some_and(|(_, rest)| !rest.trim_start().starts_with(['Z', 'X'])),
-        Err(_) => false,
-    }
 }
 
 /// Reaps `pid` if it is this process's child and has exited.
@@ -351,8 +329,4 @@ impl Drop for Reap {
         }
         reap(self.0);
     }
-}
-
-fn fail(e: impl std::fmt::Display) -> Failed {
-    e.to_string().into()
 }

@@ -3,6 +3,8 @@
 //! state, and silent connections on the attach socket neither fill it up
 //! nor delay an honest host.
 
+mod support;
+
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -13,6 +15,7 @@ use isolated_workers::{
 };
 use libtest_mimic::{Arguments, Failed, Trial};
 use serde::{Deserialize, Serialize};
+use support::{attach_dirs_of, fail};
 
 /// How long a `Reconnect` (and a spawn) may take here.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -184,19 +187,8 @@ async fn reconnect_succeeds_within_a_second_with_64_silent_connections_on_the_at
 
 /// The attach socket worker `pid` listens on, in the directory it made.
 fn attach_socket_of(pid: u32) -> Result<PathBuf, Failed> {
-    let prefix = format!("isolated-workers-{pid}-");
-    let dirs: Vec<PathBuf> = std::fs::read_dir(std::env::temp_dir())
-        .map_err(fail)?
-        .flatten()
-        .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
-        .map(|e| e.path())
-        .collect();
-    match dirs.as_slice() {
+    match attach_dirs_of(pid).as_slice() {
         [dir] => Ok(dir.join("attach.sock")),
         other => Err(format!("attach directories of worker {pid}: {other:?}").into()),
     }
-}
-
-fn fail(e: impl std::fmt::Display) -> Failed {
-    e.to_string().into()
 }

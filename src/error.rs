@@ -276,7 +276,8 @@ pub enum SpawnError {
         /// The panic message.
         message: String,
     },
-    /// The worker presented the right token but disagreed about the protocol.
+    /// The worker said hello but disagreed about the protocol, contract or
+    /// serializer (or did not say hello).
     #[error("handshake failed: {0}")]
     Handshake(String),
     /// A local resource (directory, socket, thread) could not be set up.

@@ -1,5 +1,5 @@
 //! Hooks for this crate's own integration tests, which play a misbehaving
-//! worker or an impostor on the worker socket. Not part of the public API.
+//! worker or an impostor on an attach socket. Not part of the public API.
 
 use std::io::{self, Read};
 

@@ -83,7 +83,7 @@ pub(crate) async fn read_first_frame<S: tokio::io::AsyncRead + Unpin>(
     Ok((stream, frame.header))
 }
 
-/// A fresh per-spawn secret: 32 random bytes, hex.
+/// A fresh secret for an attach socket: 32 random bytes, hex.
 pub(crate) fn random_token() -> io::Result<String> {
     let mut bytes = [0u8; 32];
     getrandom::fill(&mut bytes).map_err(|e| io::Error::other(e.to_string()))?;

@@ -6,8 +6,6 @@
 //! the worker's user).
 
 use std::collections::VecDeque;
-use std::path::PathBuf;
-use std::sync::Mutex;
 use std::time::Duration;
 
 use actix::SpawnHandle;
@@ -16,7 +14,7 @@ use interprocess::local_socket::traits::tokio::Listener as _;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use crate::driver::child_process::session::{attach_directory, remove_socket_directory};
+use crate::driver::child_process::session::attach_directory;
 use crate::driver::child_process::socket::{
     check_peer, listen, random_token, read_first_frame, token_matches, write_bare,
 };
@@ -31,22 +29,6 @@ const MAX_GREETINGS: usize = 32;
 /// How long accepting pauses after a failed accept (out of descriptors,
 /// say), so that the failure does not spin.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(10);
-
-/// The directory this worker process made for its attach socket, if any:
-/// removed when the process exits, however it exits (see
-/// [`remove_own_directory`]).
-static OWN_DIRECTORY: Mutex<Option<PathBuf>> = Mutex::new(None);
-
-/// Removes this process's attach directory, if it made one.
-pub(crate) fn remove_own_directory() {
-    let dir = OWN_DIRECTORY
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .take();
-    if let Some(dir) = dir {
-        remove_socket_directory(&dir);
-    }
-}
 
 /// A peer that presented the worker's secret: the host to serve next.
 pub(crate) struct NewHost(pub(crate) LocalStream);
@@ -93,9 +75,7 @@ impl Reattach {
             return Ok((listening.point.clone(), None));
         }
         let socket = attach_directory()?;
-        if let Some(dir) = socket.parent() {
-            *OWN_DIRECTORY.lock().unwrap_or_else(|e| e.into_inner()) = Some(dir.to_owned());
-        }
+        // Removed as the process exits, however it exits.
         super::watchdog::attach_socket_made(&socket);
         let listener = listen(&socket)?;
         let point = AttachPoint {

@@ -176,7 +176,7 @@ where
     let code = system.run_with_code().unwrap_or(1);
     // A worker that listened for its host leaves no directory behind; a
     // living host removes it too: whoever comes second finds nothing.
-    attach::remove_own_directory();
+    watchdog::remove_attach_socket();
     // A panic is reported before its backtrace is printed; the host gives
     // the worker its grace to finish printing.
     panic::finish_printing(grace);

@@ -89,7 +89,8 @@ pub(crate) fn arm() {
 }
 
 /// Remembers the attach socket this worker made, to remove it (and its
-/// directory) if the worker is ended here.
+/// directory) as the process exits, by itself or ended here (see
+/// [`remove_attach_socket`]).
 pub(crate) fn attach_socket_made(socket: &Path) {
     let Some(dir) = socket.parent() else {
         return;
@@ -115,15 +116,25 @@ fn end_now() {
     if !ARMED.load(Ordering::Acquire) {
         return; // someone else's timer: not the deadline
     }
+    remove_attach_socket();
+    // SAFETY: write and _exit are async-signal-safe system calls.
+    unsafe {
+        libc::write(2, ENDING.as_ptr().cast(), ENDING.len());
+        libc::_exit(FORCED_EXIT_CODE);
+    }
+}
+
+/// Removes the attach socket this worker made, and its directory, if it
+/// made one. Async-signal-safe; whoever comes second (the host, which
+/// removes it too once the worker is gone) finds nothing.
+pub(crate) fn remove_attach_socket() {
     let paths = ATTACH.load(Ordering::Acquire);
     // SAFETY: `paths`, if set, is a leaked `AttachPaths` that stays valid;
-    // unlink, rmdir, write and _exit are async-signal-safe system calls.
+    // unlink and rmdir are async-signal-safe system calls.
     unsafe {
         if let Some(paths) = paths.as_ref() {
             libc::unlink(paths.socket.as_ptr());
             libc::rmdir(paths.dir.as_ptr());
         }
-        libc::write(2, ENDING.as_ptr().cast(), ENDING.len());
-        libc::_exit(FORCED_EXIT_CODE);
     }
 }

@@ -46,8 +46,8 @@ impl std::fmt::Debug for ReadMark {
 impl ReadMark {
     /// For the host, before it spawns a worker: a fresh mark, and the
     /// descriptor for the child to inherit (close-on-exec in this process,
-    /// so no other child gets it; the child clears the flag on its copy). `None` where
-    /// no mark can be made.
+    /// so no other child gets it; the child clears the flag on its copy).
+    /// `None` where no mark can be made.
     pub(crate) fn create() -> Option<(Self, OwnedFd)> {
         match platform::create() {
             Ok(made) => Some(made),

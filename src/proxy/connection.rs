@@ -16,7 +16,7 @@ use crate::driver::child_process::session::Session;
 use crate::driver::child_process::DetachedWorker;
 use crate::driver::process::Ended;
 use crate::driver::{CanDetach, CanReconnect, ChildProcess, Connection, Driver, ProcessHandle};
-use crate::error::{AttachError, CrashReason, WorkerError};
+use crate::error::{AttachError, ConnectionError, CrashReason, WorkerError};
 use crate::wire::envelope::Header;
 
 /// How long a detached worker waits for a host by default before it stops.
@@ -41,12 +41,15 @@ const EXIT_STATUS_WAIT: Duration = Duration::from_millis(500);
 /// Disconnecting an already disconnected worker does nothing.
 ///
 /// # Errors
-/// What a request would get if the worker is not running (`Closed`,
-/// `Crashed`, `GaveUp`); [`WorkerError::Timeout`] if the worker does not
-/// confirm within [`WorkerOptions::startup_timeout`] (the connection is
-/// then kept).
+/// A [`ConnectionError`]: [`Closed`](ConnectionError::Closed),
+/// [`Crashed`](ConnectionError::Crashed) or
+/// [`GaveUp`](ConnectionError::GaveUp) if the worker is not running (or
+/// dies before it confirms); [`NotConfirmed`](ConnectionError::NotConfirmed)
+/// if it does not confirm within [`WorkerOptions::startup_timeout`] (the
+/// connection is then kept); [`UnderWay`](ConnectionError::UnderWay) while
+/// another `Disconnect` or [`Detach`] waits for its confirmation.
 #[derive(Debug, Clone, Copy, Default, Message)]
-#[rtype(result = "Result<(), WorkerError>")]
+#[rtype(result = "Result<(), ConnectionError>")]
 pub struct Disconnect;
 
 /// Connects again to the worker [`Disconnect`] left running: a fresh
@@ -55,14 +58,15 @@ pub struct Disconnect;
 /// driver [`CanReconnect`]. Reconnecting a connected worker does nothing.
 ///
 /// # Errors
-/// [`WorkerError::Crashed`] if the worker died while disconnected: the
-/// state becomes `Crashed`, and, as after any crash, the next request
+/// [`ConnectionError::Crashed`] if the worker died while disconnected:
+/// the state becomes `Crashed`, and, as after any crash, the next request
 /// starts a fresh worker (which does not have the old one's state).
-/// [`WorkerError::Unreachable`] if the worker could not be reached for
-/// another reason (the worker stays disconnected). `Closed` or `GaveUp` as
-/// for a request.
+/// [`ConnectionError::Unreachable`] if the worker could not be reached for
+/// another reason (the worker stays disconnected).
+/// [`Closed`](ConnectionError::Closed) or
+/// [`GaveUp`](ConnectionError::GaveUp) if the worker is not running.
 #[derive(Debug, Clone, Copy, Default, Message)]
-#[rtype(result = "Result<(), WorkerError>")]
+#[rtype(result = "Result<(), ConnectionError>")]
 pub struct Reconnect;
 
 /// Lets the worker outlive the host, and answers the [`DetachedWorker`]
@@ -85,10 +89,12 @@ pub struct Reconnect;
 /// Detaching again answers the same handle.
 ///
 /// # Errors
-/// `Disconnected` while disconnected (reconnect first); otherwise as for
+/// [`ConnectionError::Disconnected`] while disconnected (reconnect
+/// first); [`ConnectionError::NotListening`] if the worker confirmed
+/// without saying where it waits for its host; otherwise as for
 /// [`Disconnect`].
 #[derive(Debug, Clone, Copy, Message)]
-#[rtype(result = "Result<DetachedWorker, WorkerError>")]
+#[rtype(result = "Result<DetachedWorker, ConnectionError>")]
 pub struct Detach {
     /// How long the worker waits for a host to attach before it stops;
     /// `None` for as long as it takes (until `Close`, a signal, or a
@@ -136,7 +142,7 @@ impl Parked {
 // proxy reads only while its mailbox runs.
 
 impl<C: Contract, D: Driver<C> + CanReconnect> Accepted<C, D> for Disconnect {
-    type Response = ResponseActFuture<Worker<C, D>, Result<(), WorkerError>>;
+    type Response = ResponseActFuture<Worker<C, D>, Result<(), ConnectionError>>;
 
     fn handle(self, worker: &mut Worker<C, D>, _: &mut Context<Worker<C, D>>) -> Self::Response {
         worker.disconnect()
@@ -144,7 +150,7 @@ impl<C: Contract, D: Driver<C> + CanReconnect> Accepted<C, D> for Disconnect {
 }
 
 impl<C: Contract, D: Driver<C> + CanReconnect> Accepted<C, D> for Reconnect {
-    type Response = AtomicResponse<Worker<C, D>, Result<(), WorkerError>>;
+    type Response = AtomicResponse<Worker<C, D>, Result<(), ConnectionError>>;
 
     fn handle(self, worker: &mut Worker<C, D>, _: &mut Context<Worker<C, D>>) -> Self::Response {
         AtomicResponse::new(worker.reconnect())
@@ -152,55 +158,67 @@ impl<C: Contract, D: Driver<C> + CanReconnect> Accepted<C, D> for Reconnect {
 }
 
 impl<C: Contract, D: Driver<C> + CanDetach> Accepted<C, D> for Detach {
-    type Response = ResponseActFuture<Worker<C, D>, Result<DetachedWorker, WorkerError>>;
+    type Response = ResponseActFuture<Worker<C, D>, Result<DetachedWorker, ConnectionError>>;
 
     fn handle(self, worker: &mut Worker<C, D>, _: &mut Context<Worker<C, D>>) -> Self::Response {
         worker.detach(self)
     }
 }
 
-/// Refused while the worker has not yet confirmed an earlier `Disconnect`
-/// or `Detach`.
-const UNDER_WAY: WorkerError = WorkerError::Unsupported {
-    what: "a Disconnect or Detach while another is under way",
-};
+/// The answer of a connection command, once the proxy has it.
+type Answer<C, D, T> = ResponseActFuture<Worker<C, D>, Result<T, ConnectionError>>;
 
-/// A detached worker whose host never learned where it listens (it cannot
-/// happen with this crate's workers, which say so before `Detach` is
-/// confirmed).
-const NOT_LISTENING: WorkerError = WorkerError::Unsupported {
-    what: "a handle to a worker that never said where it listens",
-};
-
-type Answer<C, D, T> = ResponseActFuture<Worker<C, D>, Result<T, WorkerError>>;
-
+/// An answer known at once.
 fn answer<C: Contract, D: Driver<C>, T: 'static>(
-    result: Result<T, WorkerError>,
+    result: Result<T, ConnectionError>,
 ) -> Answer<C, D, T> {
     Box::pin(fut::ready(result))
 }
 
 impl<C: Contract, D: Driver<C>> Worker<C, D> {
+    /// Why a connection command cannot be carried out in the proxy's
+    /// state, if it cannot: the worker is closed, crashed, gave up, or is
+    /// disconnected. What a request would get, said as a command's error.
+    fn not_connected(&self) -> Option<ConnectionError> {
+        Some(match self.unavailable()? {
+            WorkerError::Crashed {
+                reason, message, ..
+            } => ConnectionError::Crashed { reason, message },
+            WorkerError::GaveUp {
+                restarts,
+                within,
+                last,
+            } => ConnectionError::GaveUp {
+                restarts,
+                within,
+                last,
+            },
+            WorkerError::Disconnected => ConnectionError::Disconnected,
+            // `Closed`, the one other error of an unavailable worker.
+            _ => ConnectionError::Closed,
+        })
+    }
+
     fn disconnect(&mut self) -> Answer<C, D, ()> {
         if self.state == WorkerState::Disconnected {
             return answer(Ok(()));
         }
-        if let Some(error) = self.unavailable() {
+        if let Some(error) = self.not_connected() {
             return answer(Err(error));
         }
         let Link::Stream(link) = &mut self.link else {
-            return answer(Err(WorkerError::Unsupported { what: "Disconnect" }));
+            return answer(Err(ConnectionError::NoProcess));
         };
         if link.session.is_none() {
-            return answer(Err(WorkerError::Unsupported { what: "Disconnect" }));
+            return answer(Err(ConnectionError::NoProcess));
         }
         if link.listening.is_some() {
-            return answer(Err(UNDER_WAY));
+            return answer(Err(ConnectionError::UnderWay));
         }
         // From now on requests fail at once, as they will once parked.
         link.hanging_up = true;
         link.fail_all(|| WorkerError::Disconnected);
-        let confirmed = self.confirmation(Header::Disconnect, "Disconnect");
+        let confirmed = self.confirmation(Header::Disconnect);
         Box::pin(confirmed.map(|confirmed, worker: &mut Self, ctx| {
             if let Err(error) = confirmed {
                 if let Link::Stream(link) = &mut worker.link {
@@ -217,8 +235,7 @@ impl<C: Contract, D: Driver<C>> Worker<C, D> {
     fn confirmation(
         &mut self,
         header: Header,
-        what: &'static str,
-    ) -> impl ActorFuture<Self, Output = Result<(), WorkerError>> + 'static {
+    ) -> impl ActorFuture<Self, Output = Result<(), ConnectionError>> + 'static {
         let within = self.options.startup_timeout;
         let listening = match &mut self.link {
             Link::Stream(link) => Some(link.ask_to_listen(header)),
@@ -232,21 +249,17 @@ impl<C: Contract, D: Driver<C>> Worker<C, D> {
                 Ok(Ok(())) => Ok(()),
                 // The connection was lost first.
                 Ok(Err(_)) => Err(None),
-                Err(_) => Err(Some(WorkerError::Timeout {
-                    after: within,
-                    message: what,
-                })),
+                Err(_) => Err(Some(ConnectionError::NotConfirmed { after: within })),
             }
         }
         .into_actor(self)
         .map(|confirmed, worker, _| {
             confirmed.map_err(|error| {
                 error
-                    .or_else(|| worker.unavailable())
-                    .unwrap_or(WorkerError::Crashed {
+                    .or_else(|| worker.not_connected())
+                    .unwrap_or(ConnectionError::Crashed {
                         reason: CrashReason::ConnectionLost,
                         message: None,
-                        attempt: 1,
                     })
             })
         })
@@ -293,10 +306,10 @@ impl<C: Contract, D: Driver<C>> Worker<C, D> {
         match &self.state {
             WorkerState::Running => return answer(Ok(())),
             WorkerState::Disconnected => {}
-            _ => return answer(Err(self.unavailable().unwrap_or(WorkerError::Closed))),
+            _ => return answer(Err(self.not_connected().unwrap_or(ConnectionError::Closed))),
         }
         let Link::Parked(parked) = &self.link else {
-            return answer(Err(WorkerError::Unsupported { what: "Reconnect" }));
+            return answer(Err(ConnectionError::NoProcess));
         };
         let connecting = parked.session.reconnect::<C>(self.options.startup_timeout);
         let ended = parked.process.exited_within(EXIT_STATUS_WAIT);
@@ -310,7 +323,7 @@ impl<C: Contract, D: Driver<C>> Worker<C, D> {
         };
         Box::pin(attempt.into_actor(self).map(|attempt, worker, ctx| {
             let Link::Parked(_) = &worker.link else {
-                return Err(worker.unavailable().unwrap_or(WorkerError::Closed));
+                return Err(worker.not_connected().unwrap_or(ConnectionError::Closed));
             };
             match attempt {
                 Ok(stream) => {
@@ -333,44 +346,43 @@ impl<C: Contract, D: Driver<C>> Worker<C, D> {
                     let reason = ended.map_or(CrashReason::ConnectionLost, Ended::reason);
                     tracing::warn!(contract = C::NAME, %reason, "the disconnected worker is gone");
                     worker.crashed(reason.clone(), None);
-                    Err(WorkerError::Crashed {
+                    Err(ConnectionError::Crashed {
                         reason,
                         message: None,
-                        attempt: 1,
                     })
                 }
-                Err(Ok(error)) => Err(WorkerError::Unreachable(error)),
+                Err(Ok(error)) => Err(ConnectionError::Unreachable(error)),
             }
         }))
     }
 
     fn detach(&mut self, detach: Detach) -> Answer<C, D, DetachedWorker> {
-        if let Some(error) = self.unavailable() {
+        if let Some(error) = self.not_connected() {
             return answer(Err(error));
         }
         let Some(session) = self.link.session() else {
-            return answer(Err(WorkerError::Unsupported { what: "Detach" }));
+            return answer(Err(ConnectionError::NoProcess));
         };
         if session.is_detached() {
-            return answer(session.handle::<C>().ok_or(NOT_LISTENING));
+            return answer(session.handle::<C>().ok_or(ConnectionError::NotListening));
         }
         if matches!(&self.link, Link::Stream(link) if link.listening.is_some()) {
-            return answer(Err(UNDER_WAY));
+            return answer(Err(ConnectionError::UnderWay));
         }
         let idle_timeout_ms = detach
             .idle_timeout
             .map(|idle| u64::try_from(idle.as_millis()).unwrap_or(u64::MAX));
-        let confirmed = self.confirmation(Header::Detach { idle_timeout_ms }, "Detach");
+        let confirmed = self.confirmation(Header::Detach { idle_timeout_ms });
         Box::pin(confirmed.map(|confirmed, worker: &mut Self, _| {
             confirmed?;
             let Link::Stream(link) = &mut worker.link else {
-                return Err(worker.unavailable().unwrap_or(WorkerError::Closed));
+                return Err(worker.not_connected().unwrap_or(ConnectionError::Closed));
             };
             if let Some(process) = link.process_mut() {
                 process.detach();
             }
             let Some(session) = link.session.as_mut() else {
-                return Err(WorkerError::Unsupported { what: "Detach" });
+                return Err(ConnectionError::NoProcess);
             };
             session.detach();
             tracing::info!(
@@ -378,7 +390,7 @@ impl<C: Contract, D: Driver<C>> Worker<C, D> {
                 pid = session.pid(),
                 "detached the worker"
             );
-            session.handle::<C>().ok_or(NOT_LISTENING)
+            session.handle::<C>().ok_or(ConnectionError::NotListening)
         }))
     }
 }

@@ -856,6 +856,9 @@ impl<C: Contract, D: Driver<C>> StreamHandler<Inbound> for Worker<C, D> {
             Header::Error { id, error } => {
                 link.resolve(id, Err(WorkerError::Remote(error)), max_in_flight)
             }
+            Header::Unserved { id, why } => {
+                link.resolve(id, Err(WorkerError::Protocol(why)), max_in_flight)
+            }
             Header::Panicked { message } => self.panicked(message, ctx),
             Header::Event => {
                 if let Err(e) = self.events.received::<C::Serializer>(&frame.payload) {

@@ -83,14 +83,24 @@ pub enum WorkerError {
     #[error("no pool member could be started: {cause}")]
     NoMember {
         /// Why the last member the pool tried to start did not start.
-        #[source]
+        /// (Its text is part of this error's, so it is not repeated as
+        /// the `source()`.)
         cause: Arc<SpawnError>,
     },
-    /// The request or its reply could not be encoded or decoded on this side.
-    #[error("could not {what}: {detail}")]
-    Codec {
-        /// What was being done, e.g. "encode `Ping`".
-        what: String,
+    /// The request could not be encoded on this host; it was not sent.
+    #[error("could not encode `{message}`: {detail}")]
+    Unencodable {
+        /// The wire name of the message.
+        message: &'static str,
+        /// The serializer's own error text.
+        detail: String,
+    },
+    /// The worker's reply could not be decoded on this host: the worker
+    /// did handle the request.
+    #[error("could not decode the reply to `{message}`: {detail}")]
+    UndecodableReply {
+        /// The wire name of the message.
+        message: &'static str,
         /// The serializer's own error text.
         detail: String,
     },

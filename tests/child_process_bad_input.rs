@@ -216,7 +216,13 @@ async fn a_stray_reply_is_ignored_and_an_undecodable_reply_is_a_codec_error() ->
     // Had the stray reply been taken for this request, it would succeed.
     let err = refused(&worker, ping("hi")).await?;
     assert!(
-        matches!(&err, WorkerError::Codec { what, .. } if what.contains("decode the reply to `Ping`")),
+        matches!(
+            &err,
+            WorkerError::UndecodableReply {
+                message: "Ping",
+                ..
+            }
+        ),
         "{err:?}"
     );
     let after = status(&worker).await?;

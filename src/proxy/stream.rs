@@ -289,8 +289,8 @@ impl StreamLink {
         }
         if let Err(e) = message.encode::<S>(&mut self.scratch) {
             self.scratch.clear();
-            return Reply::now(Err(WorkerError::Codec {
-                what: format!("encode `{}`", M::NAME),
+            return Reply::now(Err(WorkerError::Unencodable {
+                message: M::NAME,
                 detail: e.0,
             }));
         }

@@ -9,7 +9,10 @@ use std::time::Duration;
 
 use actix::prelude::*;
 
-use super::{Accepted, Link, Worker, WorkerState};
+use tokio::sync::oneshot;
+
+use super::phase::{Crash, Phase};
+use super::{Accepted, Link, Worker};
 use crate::config::WorkerOptions;
 use crate::contract::Contract;
 use crate::driver::child_process::session::Session;
@@ -106,10 +109,10 @@ impl Default for Detach {
 
 /// A worker process left running without a connection.
 pub(super) struct Parked {
-    process: ProcessHandle,
-    session: Session,
+    pub(super) process: ProcessHandle,
+    pub(super) session: Session,
     /// Notices the process's death while parked; cancelled on reconnect.
-    watcher: Option<SpawnHandle>,
+    pub(super) watcher: Option<SpawnHandle>,
 }
 
 impl Parked {
@@ -182,121 +185,120 @@ fn answer<C: Contract, D: Driver<C>, T: 'static>(
 
 impl<C: Contract, D: Driver<C>> Worker<C, D> {
     fn disconnect(&mut self) -> Answer<C, D, ()> {
-        if self.state == WorkerState::Disconnected {
+        if matches!(self.phase, Phase::Parked(_)) {
             return answer(Ok(()));
+        }
+        if self.phase.is_asking() {
+            return answer(Err(UNDER_WAY));
         }
         if let Some(error) = self.unavailable() {
             return answer(Err(error));
         }
-        let Link::Stream(link) = &mut self.link else {
+        let Some(Link::Stream(link)) = self.phase.serving_mut() else {
             return answer(Err(WorkerError::Unsupported { what: "Disconnect" }));
         };
         if link.session.is_none() {
             return answer(Err(WorkerError::Unsupported { what: "Disconnect" }));
         }
-        if link.listening.is_some() {
-            return answer(Err(UNDER_WAY));
-        }
         // From now on requests fail at once, as they will once parked.
-        link.hanging_up = true;
         link.fail_all(|| WorkerError::Disconnected);
-        let confirmed = self.confirmation(Header::Disconnect, "Disconnect");
+        let confirmed = self.confirmation(Header::Disconnect, true, "Disconnect");
         Box::pin(confirmed.map(|confirmed, worker: &mut Self, ctx| {
-            if let Err(error) = confirmed {
-                if let Link::Stream(link) = &mut worker.link {
-                    link.hanging_up = false; // not confirmed: serve on
-                }
-                return Err(error);
-            }
+            confirmed?;
             worker.park(ctx);
             Ok(())
         }))
     }
 
-    /// Sends `header` and waits for the worker's `Listening`.
+    /// Sends `header` (`Disconnect` when `hanging_up`, else `Detach`) and
+    /// waits for the worker's `Listening`. The phase is `Asking` meanwhile;
+    /// `Serving` again once answered, or if the worker does not answer in
+    /// time (the connection is then kept).
     fn confirmation(
         &mut self,
         header: Header,
+        hanging_up: bool,
         what: &'static str,
     ) -> impl ActorFuture<Self, Output = Result<(), WorkerError>> + 'static {
         let within = self.options.startup_timeout;
-        let listening = match &mut self.link {
-            Link::Stream(link) => Some(link.ask_to_listen(header)),
-            _ => None,
-        };
-        async move {
-            let Some(listening) = listening else {
-                return Err(None);
-            };
-            match tokio::time::timeout(within, listening).await {
-                Ok(Ok(())) => Ok(()),
-                // The connection was lost first.
-                Ok(Err(_)) => Err(None),
-                Err(_) => Err(Some(WorkerError::Timeout {
-                    after: within,
-                    message: what,
-                })),
-            }
+        let (told, listening) = oneshot::channel();
+        if let Some(Link::Stream(link)) = self.phase.serving_mut() {
+            link.ask_to_listen(header);
+            self.phase.ask(told, hanging_up);
         }
-        .into_actor(self)
-        .map(|confirmed, worker, _| {
-            confirmed.map_err(|error| {
-                error
-                    .or_else(|| worker.unavailable())
-                    .unwrap_or(WorkerError::Crashed {
-                        reason: CrashReason::ConnectionLost,
-                        message: None,
-                        attempt: 1,
+        async move { tokio::time::timeout(within, listening).await }
+            .into_actor(self)
+            .map(move |answered, worker, _| match answered {
+                Ok(Ok(())) => Ok(()),
+                // Not in time: serve on.
+                Err(_) => {
+                    worker.phase.answered(false);
+                    Err(WorkerError::Timeout {
+                        after: within,
+                        message: what,
                     })
+                }
+                // The connection was lost first (or it was never asked).
+                Ok(Err(_)) => Err(worker.unavailable().unwrap_or(WorkerError::Crashed {
+                    reason: CrashReason::ConnectionLost,
+                    message: None,
+                    attempt: 1,
+                })),
             })
-        })
     }
 
     /// Hangs up on a worker that confirmed it will wait, keeping the
     /// process and session.
     fn park(&mut self, ctx: &mut Context<Self>) {
-        let Link::Stream(link) = std::mem::replace(&mut self.link, Link::Released) else {
-            return;
-        };
-        let (Some(process), Some(session)) = link.hang_up() else {
-            return;
-        };
-        let pid = process.pid();
-        let watcher = ctx.spawn(
-            process
-                .ended()
-                .into_actor(self)
-                .map(move |ended, worker, _| {
-                    worker.parked_worker_ended(pid, ended);
-                }),
-        );
-        tracing::info!(contract = C::NAME, pid, "disconnected from the worker");
-        self.link = Link::Parked(Parked {
-            process,
-            session,
-            watcher: Some(watcher),
+        let mut parked_pid = None;
+        self.phase.park(|link| {
+            let Link::Stream(link) = link else {
+                return None;
+            };
+            let (Some(process), Some(session)) = link.hang_up() else {
+                return None;
+            };
+            parked_pid = Some(process.pid());
+            Some(Parked {
+                process,
+                session,
+                watcher: None,
+            })
         });
-        self.state = WorkerState::Disconnected;
+        let Some(pid) = parked_pid else {
+            return;
+        };
+        let Some(parked) = self.phase.parked() else {
+            return;
+        };
+        let ended = parked.process.ended();
+        let watcher = ctx.spawn(ended.into_actor(self).map(move |ended, worker, _| {
+            worker.parked_worker_ended(pid, ended);
+        }));
+        if let Phase::Parked(parked) = &mut self.phase {
+            parked.watcher = Some(watcher);
+        }
+        tracing::info!(contract = C::NAME, pid, "disconnected from the worker");
     }
 
     fn parked_worker_ended(&mut self, pid: u32, ended: Option<Ended>) {
-        let parked = matches!(&self.link, Link::Parked(parked) if parked.pid() == pid);
-        if !parked || self.state != WorkerState::Disconnected {
+        if self.phase.parked().is_none_or(|parked| parked.pid() != pid) {
             return;
         }
         let reason = ended.map_or(CrashReason::ConnectionLost, Ended::reason);
         tracing::warn!(contract = C::NAME, pid, %reason, "disconnected worker died");
-        self.crashed(reason, None);
+        self.crashed(Crash {
+            reason,
+            message: None,
+        });
     }
 
     fn reconnect(&mut self) -> Answer<C, D, ()> {
-        match &self.state {
-            WorkerState::Running => return answer(Ok(())),
-            WorkerState::Disconnected => {}
-            _ => return answer(Err(self.unavailable().unwrap_or(WorkerError::Closed))),
+        if self.phase.is_serving() {
+            return answer(Ok(()));
         }
-        let Link::Parked(parked) = &self.link else {
-            return answer(Err(WorkerError::Unsupported { what: "Reconnect" }));
+        let Some(parked) = self.phase.parked() else {
+            return answer(Err(self.unavailable().unwrap_or(WorkerError::Closed)));
         };
         let connecting = parked.session.reconnect::<C>(self.options.startup_timeout);
         let ended = parked.process.exited_within(EXIT_STATUS_WAIT);
@@ -309,14 +311,13 @@ impl<C: Contract, D: Driver<C>> Worker<C, D> {
             }
         };
         Box::pin(attempt.into_actor(self).map(|attempt, worker, ctx| {
-            let Link::Parked(_) = &worker.link else {
+            if worker.phase.parked().is_none() {
                 return Err(worker.unavailable().unwrap_or(WorkerError::Closed));
-            };
+            }
             match attempt {
                 Ok(stream) => {
-                    let Link::Parked(parked) = std::mem::replace(&mut worker.link, Link::Released)
-                    else {
-                        unreachable!("matched above");
+                    let Some(parked) = worker.phase.unpark() else {
+                        unreachable!("parked, as checked above");
                     };
                     if let Some(watcher) = parked.watcher {
                         ctx.cancel_future(watcher);
@@ -324,15 +325,18 @@ impl<C: Contract, D: Driver<C>> Worker<C, D> {
                     let connection =
                         Connection::child_stream(stream, parked.process, parked.session);
                     let (options, tally) = (&worker.options, &worker.tally);
-                    worker.link = Link::start(connection, options, tally, &worker.events, ctx);
-                    worker.state = WorkerState::Running;
+                    let link = Link::start(connection, options, tally, &worker.events, ctx);
+                    worker.phase.serve(link);
                     tracing::info!(contract = C::NAME, "reconnected to the worker");
                     Ok(())
                 }
                 Err(Err(ended)) => {
                     let reason = ended.map_or(CrashReason::ConnectionLost, Ended::reason);
                     tracing::warn!(contract = C::NAME, %reason, "the disconnected worker is gone");
-                    worker.crashed(reason.clone(), None);
+                    worker.crashed(Crash {
+                        reason: reason.clone(),
+                        message: None,
+                    });
                     Err(WorkerError::Crashed {
                         reason,
                         message: None,
@@ -345,25 +349,25 @@ impl<C: Contract, D: Driver<C>> Worker<C, D> {
     }
 
     fn detach(&mut self, detach: Detach) -> Answer<C, D, DetachedWorker> {
+        if self.phase.is_asking() {
+            return answer(Err(UNDER_WAY));
+        }
         if let Some(error) = self.unavailable() {
             return answer(Err(error));
         }
-        let Some(session) = self.link.session() else {
+        let Some(session) = self.phase.link().and_then(Link::session) else {
             return answer(Err(WorkerError::Unsupported { what: "Detach" }));
         };
         if session.is_detached() {
             return answer(session.handle::<C>().ok_or(NOT_LISTENING));
         }
-        if matches!(&self.link, Link::Stream(link) if link.listening.is_some()) {
-            return answer(Err(UNDER_WAY));
-        }
         let idle_timeout_ms = detach
             .idle_timeout
             .map(|idle| u64::try_from(idle.as_millis()).unwrap_or(u64::MAX));
-        let confirmed = self.confirmation(Header::Detach { idle_timeout_ms }, "Detach");
+        let confirmed = self.confirmation(Header::Detach { idle_timeout_ms }, false, "Detach");
         Box::pin(confirmed.map(|confirmed, worker: &mut Self, _| {
             confirmed?;
-            let Link::Stream(link) = &mut worker.link else {
+            let Some(Link::Stream(link)) = worker.phase.serving_mut() else {
                 return Err(worker.unavailable().unwrap_or(WorkerError::Closed));
             };
             if let Some(process) = link.process_mut() {

@@ -1,16 +1,15 @@
-//! Lifecycle messages accepted by every worker: [`Close`], [`Drain`] and
-//! [`Status`]. (Those that need a capability are in `connection`.)
+//! Ending a worker: [`Close`] and [`Drain`], accepted by every worker, and
+//! the escalation from a Shutdown frame to SIGTERM to SIGKILL. (The
+//! lifecycle messages that need a capability are in `connection`.)
 
 use std::time::Duration;
 
 use actix::prelude::*;
 
-use futures::future::LocalBoxFuture;
-
+use super::phase::Phase;
 use super::{Accepted, Link, Worker};
 use crate::contract::Contract;
 use crate::driver::Driver;
-use crate::error::{CrashReason, WorkerError};
 
 /// How long to wait for the kernel to reap a worker after SIGKILL.
 const KILL_WAIT: Duration = Duration::from_secs(5);
@@ -44,108 +43,28 @@ pub struct Drain {
     pub within: Duration,
 }
 
-/// Asks for a [`WorkerStatus`].
-#[derive(Debug, Clone, Copy, Default, Message)]
-#[rtype(result = "WorkerStatus")]
-pub struct Status;
-
-/// A snapshot of a worker, answered to [`Status`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct WorkerStatus {
-    /// Which proxy this is (as named in its [`LifecycleEvent`](super::LifecycleEvent)s).
-    pub id: super::WorkerId,
-    /// The worker's process id (child-process workers).
-    pub pid: Option<u32>,
-    /// Where the worker is in its life.
-    pub state: WorkerState,
-    /// Requests sent to the worker and not yet answered.
-    pub in_flight: usize,
-    /// Requests waiting for an in-flight slot.
-    pub queued: usize,
-    /// Fresh workers started after crashes, within the restart window.
-    pub restarts: u32,
-    /// Whether the worker outlives the host (see
-    /// [`Detach`](crate::proxy::Detach)).
-    pub detached: bool,
-    /// How long the current worker has been running (since it was
-    /// spawned, restarted, or attached to).
-    pub uptime: Duration,
-    /// What the proxy has counted.
-    pub counters: super::Counters,
-}
-
-/// Where a worker is in its life.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum WorkerState {
-    /// Serving requests.
-    Running,
-    /// The connection was closed with [`Disconnect`](crate::proxy::Disconnect);
-    /// the worker runs on, keeping its state, until
-    /// [`Reconnect`](crate::proxy::Reconnect).
-    Disconnected,
-    /// `Close` was received; shutting down.
-    Closing,
-    /// Closed: the worker is gone and its resources are released.
-    Closed,
-    /// The worker died without being asked to. A fresh one is started at
-    /// once if the worker is [supervised](crate::Worker::supervise), else
-    /// by the next request.
-    Crashed {
-        /// Exit code, signal, or lost connection.
-        reason: CrashReason,
-        /// What the worker said before dying, if anything.
-        message: Option<String>,
-    },
-    /// The worker crashed more often than the restart budget allows; the
-    /// proxy no longer restarts it and fails every request.
-    GaveUp {
-        /// Restarts made within the restart window.
-        restarts: u32,
-        /// What went wrong last.
-        last: String,
-    },
-}
-
 impl<C: Contract, D: Driver<C>> Accepted<C, D> for Close {
     type Response = ResponseActFuture<Worker<C, D>, ()>;
 
     fn handle(self, worker: &mut Worker<C, D>, _: &mut Context<Worker<C, D>>) -> Self::Response {
-        if worker.state == WorkerState::Closed {
+        if matches!(worker.phase, Phase::Closed) {
             return Box::pin(fut::ready(()));
         }
-        if worker.restart.launching {
+        if worker.phase.is_restarting() {
             // A restart still in its backoff does not start; one already
             // starting is closed once it is up (or has failed), so that
             // nothing of it is left once `Close` resolves.
-            if let Some(cancel) = worker.restart.cancel.take() {
-                let _ = cancel.send(());
-            }
+            worker.phase.cancel_restart();
             return worker.after_launch(self);
         }
         tracing::debug!(contract = C::NAME, "closing worker");
-        worker.state = WorkerState::Closing;
+        worker.phase.close();
         let grace = worker.options.close_grace;
         // A Shutdown frame, then SIGTERM, then SIGKILL, each after the
         // grace period, until the worker has exited.
-        let asked: LocalBoxFuture<'static, bool> = match &mut worker.link {
-            Link::Stream(link) => {
-                link.fail_all(|| WorkerError::Closed);
-                link.shut_down();
-                Box::pin(link.exited_within(grace))
-            }
-            // No connection to say it on: start with SIGTERM.
-            Link::Parked(_) => Box::pin(std::future::ready(false)),
-            Link::Local(local) => {
-                return Box::pin(
-                    local
-                        .join()
-                        .into_actor(worker)
-                        .map(|(), worker, _| worker.released()),
-                )
-            }
-            Link::Released => Box::pin(std::future::ready(true)),
+        let asked = match worker.phase.link_mut() {
+            Some(link) => link.shut_down(grace),
+            None => Box::pin(std::future::ready(true)),
         };
         Box::pin(
             asked
@@ -176,7 +95,7 @@ fn escalate<C: Contract, D: Driver<C>>(
     wait: Duration,
     step: Escalation,
 ) -> impl ActorFuture<Worker<C, D>, Output = bool> {
-    let waited = match worker.link.process_mut() {
+    let waited = match worker.phase.link_mut().and_then(Link::process_mut) {
         Some(process) if !exited => {
             tracing::debug!(
                 pid = process.pid(),
@@ -204,15 +123,13 @@ impl<C: Contract, D: Driver<C>> Worker<C, D> {
     /// Drops what the worker held (removing a child's socket directory) and
     /// marks it closed.
     fn released(&mut self) {
-        let link = std::mem::replace(&mut self.link, Link::Released);
         // A detached worker removes its directory as it exits; if it was
         // killed, it could not. (Another worker's session removes it when
         // dropped, with the link.)
-        if let Some(session) = link.session() {
+        if let Some(session) = self.phase.closed().as_ref().and_then(Link::session) {
             session.remove_directory();
         }
         self.events.released();
-        self.state = WorkerState::Closed;
         tracing::debug!(contract = C::NAME, "worker closed");
     }
 }
@@ -221,18 +138,17 @@ impl<C: Contract, D: Driver<C>> Accepted<C, D> for Drain {
     type Response = ResponseActFuture<Worker<C, D>, ()>;
 
     fn handle(self, worker: &mut Worker<C, D>, _: &mut Context<Worker<C, D>>) -> Self::Response {
-        if worker.state == WorkerState::Closed {
+        if matches!(worker.phase, Phase::Closed) {
             return Box::pin(fut::ready(()));
         }
-        if worker.restart.launching {
+        if worker.phase.is_restarting() {
             return worker.after_launch(self);
         }
         tracing::debug!(contract = C::NAME, within = ?self.within, "draining worker");
-        worker.state = WorkerState::Closing;
-        let drained: LocalBoxFuture<'static, ()> = match &mut worker.link {
-            Link::Stream(link) => Box::pin(link.drained()),
-            Link::Local(local) => Box::pin(local.drained()),
-            Link::Parked(_) | Link::Released => Box::pin(std::future::ready(())),
+        worker.phase.close();
+        let drained = match worker.phase.link_mut() {
+            Some(link) => link.drained(),
+            None => Box::pin(std::future::ready(())),
         };
         let within = self.within;
         Box::pin(
@@ -242,29 +158,5 @@ impl<C: Contract, D: Driver<C>> Accepted<C, D> for Drain {
             .into_actor(worker)
             .then(|(), worker, ctx| Accepted::<C, D>::handle(Close, worker, ctx)),
         )
-    }
-}
-
-impl<C: Contract, D: Driver<C>> Accepted<C, D> for Status {
-    type Response = MessageResult<Status>;
-
-    fn handle(self, worker: &mut Worker<C, D>, _: &mut Context<Worker<C, D>>) -> Self::Response {
-        let (pid, in_flight, queued) = match &worker.link {
-            Link::Stream(link) => (link.pid(), link.in_flight(), link.queued()),
-            Link::Parked(parked) => (Some(parked.pid()), 0, 0),
-            Link::Local(local) => (None, local.in_flight(), local.queued()),
-            Link::Released => (None, 0, 0),
-        };
-        MessageResult(WorkerStatus {
-            id: worker.id,
-            pid,
-            state: worker.state.clone(),
-            in_flight,
-            queued,
-            restarts: worker.restart.count(),
-            detached: worker.link.session().is_some_and(|s| s.is_detached()),
-            uptime: worker.started.elapsed(),
-            counters: worker.tally.borrow().snapshot(),
-        })
     }
 }

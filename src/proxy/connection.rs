@@ -9,7 +9,10 @@ use std::time::Duration;
 
 use actix::prelude::*;
 
-use super::{Accepted, Link, Worker, WorkerState};
+use tokio::sync::oneshot;
+
+use super::phase::{Crash, Phase};
+use super::{Accepted, Link, Worker};
 use crate::config::WorkerOptions;
 use crate::contract::Contract;
 use crate::driver::child_process::session::Session;
@@ -35,7 +38,7 @@ const EXIT_STATUS_WAIT: Duration = Duration::from_millis(500);
 /// handlers (as on a timeout); to let them finish, await them before
 /// disconnecting. While disconnected, every request fails at once with
 /// [`WorkerError::Disconnected`] (no timeout is waited out), and
-/// [`Status`](super::Status) says [`WorkerState::Disconnected`]. A worker
+/// [`Status`](super::Status) says [`WorkerState::Disconnected`](super::WorkerState::Disconnected). A worker
 /// that dies meanwhile is noticed: the state becomes `Crashed`.
 ///
 /// Disconnecting an already disconnected worker does nothing.
@@ -112,10 +115,10 @@ impl Default for Detach {
 
 /// A worker process left running without a connection.
 pub(super) struct Parked {
-    process: ProcessHandle,
-    session: Session,
+    pub(super) process: ProcessHandle,
+    pub(super) session: Session,
     /// Notices the process's death while parked; cancelled on reconnect.
-    watcher: Option<SpawnHandle>,
+    pub(super) watcher: Option<SpawnHandle>,
 }
 
 impl Parked {
@@ -200,116 +203,115 @@ impl<C: Contract, D: Driver<C>> Worker<C, D> {
     }
 
     fn disconnect(&mut self) -> Answer<C, D, ()> {
-        if self.state == WorkerState::Disconnected {
+        if matches!(self.phase, Phase::Parked(_)) {
             return answer(Ok(()));
+        }
+        if self.phase.is_asking() {
+            return answer(Err(ConnectionError::UnderWay));
         }
         if let Some(error) = self.not_connected() {
             return answer(Err(error));
         }
-        let Link::Stream(link) = &mut self.link else {
+        let Some(Link::Stream(link)) = self.phase.serving_mut() else {
             return answer(Err(ConnectionError::NoProcess));
         };
         if link.session.is_none() {
             return answer(Err(ConnectionError::NoProcess));
         }
-        if link.listening.is_some() {
-            return answer(Err(ConnectionError::UnderWay));
-        }
         // From now on requests fail at once, as they will once parked.
-        link.hanging_up = true;
         link.fail_all(|| WorkerError::Disconnected);
-        let confirmed = self.confirmation(Header::Disconnect);
+        let confirmed = self.confirmation(Header::Disconnect, true);
         Box::pin(confirmed.map(|confirmed, worker: &mut Self, ctx| {
-            if let Err(error) = confirmed {
-                if let Link::Stream(link) = &mut worker.link {
-                    link.hanging_up = false; // not confirmed: serve on
-                }
-                return Err(error);
-            }
+            confirmed?;
             worker.park(ctx);
             Ok(())
         }))
     }
 
-    /// Sends `header` and waits for the worker's `Listening`.
+    /// Sends `header` (`Disconnect` when `hanging_up`, else `Detach`) and
+    /// waits for the worker's `Listening`. The phase is `Asking` meanwhile;
+    /// `Serving` again once answered, or if the worker does not answer in
+    /// time (the connection is then kept).
     fn confirmation(
         &mut self,
         header: Header,
+        hanging_up: bool,
     ) -> impl ActorFuture<Self, Output = Result<(), ConnectionError>> + 'static {
         let within = self.options.startup_timeout;
-        let listening = match &mut self.link {
-            Link::Stream(link) => Some(link.ask_to_listen(header)),
-            _ => None,
-        };
-        async move {
-            let Some(listening) = listening else {
-                return Err(None);
-            };
-            match tokio::time::timeout(within, listening).await {
-                Ok(Ok(())) => Ok(()),
-                // The connection was lost first.
-                Ok(Err(_)) => Err(None),
-                Err(_) => Err(Some(ConnectionError::NotConfirmed { after: within })),
-            }
+        let (told, listening) = oneshot::channel();
+        if let Some(Link::Stream(link)) = self.phase.serving_mut() {
+            link.ask_to_listen(header);
+            self.phase.ask(told, hanging_up);
         }
-        .into_actor(self)
-        .map(|confirmed, worker, _| {
-            confirmed.map_err(|error| {
-                error
-                    .or_else(|| worker.not_connected())
-                    .unwrap_or(ConnectionError::Crashed {
-                        reason: CrashReason::ConnectionLost,
-                        message: None,
-                    })
+        async move { tokio::time::timeout(within, listening).await }
+            .into_actor(self)
+            .map(move |answered, worker, _| match answered {
+                Ok(Ok(())) => Ok(()),
+                // Not in time: serve on.
+                Err(_) => {
+                    worker.phase.answered(false);
+                    Err(ConnectionError::NotConfirmed { after: within })
+                }
+                // The connection was lost first (or it was never asked).
+                Ok(Err(_)) => Err(worker.not_connected().unwrap_or(ConnectionError::Crashed {
+                    reason: CrashReason::ConnectionLost,
+                    message: None,
+                })),
             })
-        })
     }
 
     /// Hangs up on a worker that confirmed it will wait, keeping the
     /// process and session.
     fn park(&mut self, ctx: &mut Context<Self>) {
-        let Link::Stream(link) = std::mem::replace(&mut self.link, Link::Released) else {
-            return;
-        };
-        let (Some(process), Some(session)) = link.hang_up() else {
-            return;
-        };
-        let pid = process.pid();
-        let watcher = ctx.spawn(
-            process
-                .ended()
-                .into_actor(self)
-                .map(move |ended, worker, _| {
-                    worker.parked_worker_ended(pid, ended);
-                }),
-        );
-        tracing::info!(contract = C::NAME, pid, "disconnected from the worker");
-        self.link = Link::Parked(Parked {
-            process,
-            session,
-            watcher: Some(watcher),
+        let mut parked_pid = None;
+        self.phase.park(|link| {
+            let Link::Stream(link) = link else {
+                return None;
+            };
+            let (Some(process), Some(session)) = link.hang_up() else {
+                return None;
+            };
+            parked_pid = Some(process.pid());
+            Some(Parked {
+                process,
+                session,
+                watcher: None,
+            })
         });
-        self.state = WorkerState::Disconnected;
+        let Some(pid) = parked_pid else {
+            return;
+        };
+        let Some(parked) = self.phase.parked() else {
+            return;
+        };
+        let ended = parked.process.ended();
+        let watcher = ctx.spawn(ended.into_actor(self).map(move |ended, worker, _| {
+            worker.parked_worker_ended(pid, ended);
+        }));
+        if let Phase::Parked(parked) = &mut self.phase {
+            parked.watcher = Some(watcher);
+        }
+        tracing::info!(contract = C::NAME, pid, "disconnected from the worker");
     }
 
     fn parked_worker_ended(&mut self, pid: u32, ended: Option<Ended>) {
-        let parked = matches!(&self.link, Link::Parked(parked) if parked.pid() == pid);
-        if !parked || self.state != WorkerState::Disconnected {
+        if self.phase.parked().is_none_or(|parked| parked.pid() != pid) {
             return;
         }
         let reason = ended.map_or(CrashReason::ConnectionLost, Ended::reason);
         tracing::warn!(contract = C::NAME, pid, %reason, "disconnected worker died");
-        self.crashed(reason, None);
+        self.crashed(Crash {
+            reason,
+            message: None,
+        });
     }
 
     fn reconnect(&mut self) -> Answer<C, D, ()> {
-        match &self.state {
-            WorkerState::Running => return answer(Ok(())),
-            WorkerState::Disconnected => {}
-            _ => return answer(Err(self.not_connected().unwrap_or(ConnectionError::Closed))),
+        if self.phase.is_serving() {
+            return answer(Ok(()));
         }
-        let Link::Parked(parked) = &self.link else {
-            return answer(Err(ConnectionError::NoProcess));
+        let Some(parked) = self.phase.parked() else {
+            return answer(Err(self.not_connected().unwrap_or(ConnectionError::Closed)));
         };
         let connecting = parked.session.reconnect::<C>(self.options.startup_timeout);
         let ended = parked.process.exited_within(EXIT_STATUS_WAIT);
@@ -322,14 +324,13 @@ impl<C: Contract, D: Driver<C>> Worker<C, D> {
             }
         };
         Box::pin(attempt.into_actor(self).map(|attempt, worker, ctx| {
-            let Link::Parked(_) = &worker.link else {
+            if worker.phase.parked().is_none() {
                 return Err(worker.not_connected().unwrap_or(ConnectionError::Closed));
-            };
+            }
             match attempt {
                 Ok(stream) => {
-                    let Link::Parked(parked) = std::mem::replace(&mut worker.link, Link::Released)
-                    else {
-                        unreachable!("matched above");
+                    let Some(parked) = worker.phase.unpark() else {
+                        unreachable!("parked, as checked above");
                     };
                     if let Some(watcher) = parked.watcher {
                         ctx.cancel_future(watcher);
@@ -337,15 +338,18 @@ impl<C: Contract, D: Driver<C>> Worker<C, D> {
                     let connection =
                         Connection::child_stream(stream, parked.process, parked.session);
                     let (options, tally) = (&worker.options, &worker.tally);
-                    worker.link = Link::start(connection, options, tally, &worker.events, ctx);
-                    worker.state = WorkerState::Running;
+                    let link = Link::start(connection, options, tally, &worker.events, ctx);
+                    worker.phase.serve(link);
                     tracing::info!(contract = C::NAME, "reconnected to the worker");
                     Ok(())
                 }
                 Err(Err(ended)) => {
                     let reason = ended.map_or(CrashReason::ConnectionLost, Ended::reason);
                     tracing::warn!(contract = C::NAME, %reason, "the disconnected worker is gone");
-                    worker.crashed(reason.clone(), None);
+                    worker.crashed(Crash {
+                        reason: reason.clone(),
+                        message: None,
+                    });
                     Err(ConnectionError::Crashed {
                         reason,
                         message: None,
@@ -357,25 +361,25 @@ impl<C: Contract, D: Driver<C>> Worker<C, D> {
     }
 
     fn detach(&mut self, detach: Detach) -> Answer<C, D, DetachedWorker> {
+        if self.phase.is_asking() {
+            return answer(Err(ConnectionError::UnderWay));
+        }
         if let Some(error) = self.not_connected() {
             return answer(Err(error));
         }
-        let Some(session) = self.link.session() else {
+        let Some(session) = self.phase.link().and_then(Link::session) else {
             return answer(Err(ConnectionError::NoProcess));
         };
         if session.is_detached() {
             return answer(session.handle::<C>().ok_or(ConnectionError::NotListening));
         }
-        if matches!(&self.link, Link::Stream(link) if link.listening.is_some()) {
-            return answer(Err(ConnectionError::UnderWay));
-        }
         let idle_timeout_ms = detach
             .idle_timeout
             .map(|idle| u64::try_from(idle.as_millis()).unwrap_or(u64::MAX));
-        let confirmed = self.confirmation(Header::Detach { idle_timeout_ms });
+        let confirmed = self.confirmation(Header::Detach { idle_timeout_ms }, false);
         Box::pin(confirmed.map(|confirmed, worker: &mut Self, _| {
             confirmed?;
-            let Link::Stream(link) = &mut worker.link else {
+            let Some(Link::Stream(link)) = worker.phase.serving_mut() else {
                 return Err(worker.not_connected().unwrap_or(ConnectionError::Closed));
             };
             if let Some(process) = link.process_mut() {

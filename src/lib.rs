@@ -9,6 +9,7 @@ pub mod middleware;
 pub mod pool;
 pub mod proxy;
 mod unreferenced;
+mod waiters;
 pub(crate) mod wire;
 pub mod worker;
 

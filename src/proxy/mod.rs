@@ -31,13 +31,14 @@ mod restart;
 mod stream;
 mod timekeeper;
 
+pub use crate::lifecycle::{LifecycleEvent, WorkerId};
 pub use connection::{Detach, Disconnect, Reconnect, DEFAULT_IDLE_TIMEOUT};
 pub use counters::{Counters, MessageCounts};
 pub use events::{EventStream, Subscribe, SubscribeStream, WorkerEvent, SUBSCRIBER_CAPACITY};
 pub use lifecycle::{Close, Drain, Status, WorkerState, WorkerStatus};
 pub use reply::Reply;
 pub(crate) use request::{Attempt, Tries};
-pub use restart::{LifecycleEvent, Watch, WorkerId};
+pub use restart::Watch;
 
 /// The host's proxy for one worker of contract `C`, reached through driver
 /// `D`. An actix actor: `Addr<Worker<C, D>>` accepts exactly the messages of
@@ -146,7 +147,7 @@ impl Link {
     }
 
     /// How to reach a child worker again, if the worker is one.
-    fn session(&self) -> Option<&crate::driver::child_process::session::Session> {
+    fn session(&self) -> Option<&crate::socket::session::Session> {
         match self {
             Link::Stream(link) => link.session.as_ref(),
             Link::Parked(parked) => Some(parked.session()),

@@ -5,7 +5,7 @@
 //! **The two ends.** The host spawns the worker with one end of a
 //! socketpair as an inherited descriptor ([`env::CHANNEL_FD`]); the worker
 //! opens that connection with its Hello, which the host checks
-//! ([`handshake::Spawned`]). Only the two processes hold an end, so there
+//! ([`handshake::Greeting`]). Only the two processes hold an end, so there
 //! is nothing to prove and nothing on disk. After `Disconnect` or
 //! `Detach` the worker listens for its host ([`attach`]): a host that comes
 //! back, or another process holding a [`DetachedWorker`] handle, connects

@@ -36,9 +36,13 @@ use super::peer::token_matches;
 /// a worker only if the worker's Hello says the host's dialect.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Dialect {
+    /// [`PROTOCOL_VERSION`] of the build.
     protocol: u32,
+    /// The contract's name.
     contract: &'static str,
+    /// The contract's version.
     contract_version: u32,
+    /// The name of the contract's serializer.
     serializer: &'static str,
 }
 

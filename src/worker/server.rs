@@ -20,17 +20,18 @@ use futures::future::{AbortHandle, Abortable, Aborted, LocalBoxFuture};
 use futures::stream::{FuturesUnordered, StreamExt};
 use tokio::io::AsyncWrite;
 
-use super::attach::{refuse_busy, NewHost, Reattach};
+use super::attach::Reattach;
 use super::events::{MeteredCodec, Outbox};
 use super::forward::Record;
-use super::panic;
 use super::routes::{Outcome, Routes};
 use super::watchdog;
-use crate::driver::child_process::read_mark::ReadMark;
 use crate::error::{ProtocolFailure, WorkerError};
 use crate::middleware::{Body, Direction, Middlewares, Passage, Side};
+use crate::panic;
+use crate::socket::attach::{refuse_busy, NewHost};
+use crate::socket::read_mark::ReadMark;
 use crate::wire::envelope::{Header, Hello};
-use crate::wire::frame::{Frame, FrameError};
+use crate::wire::frame::{Frame, FrameError, MAX_OVERHEAD};
 use crate::wire::stream::{inbound, split, Inbound, Severable};
 use crate::wire::Serializer;
 use tokio::sync::mpsc;
@@ -301,7 +302,7 @@ impl<A: Actor, S: Serializer> Server<A, S> {
         };
         match asked {
             Leaving::Detach { idle_timeout_ms } => {
-                if let Err(e) = super::detach::leave_host() {
+                if let Err(e) = crate::socket::detach::leave_host() {
                     eprintln!("isolated-workers: could not detach from the host: {e}");
                     return self.exit(PROTOCOL_EXIT_CODE, ctx);
                 }
@@ -493,8 +494,7 @@ impl<A: Actor, S: Serializer> Server<A, S> {
     /// The frame carrying a reply, or saying why it cannot be sent.
     fn reply_frame(&mut self, id: u64, encode: super::routes::ReplyEncoder) -> Frame {
         let failure = match encode(&mut self.scratch) {
-            // Header and prefixes stay well under 256 bytes.
-            Ok(()) if self.scratch.len() + 256 > self.max_frame_len => {
+            Ok(()) if self.scratch.len() + MAX_OVERHEAD > self.max_frame_len => {
                 ProtocolFailure::ReplyTooLarge {
                     size: self.scratch.len(),
                     limit: self.max_frame_len,

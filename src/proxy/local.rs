@@ -78,28 +78,26 @@ struct Leave {
 }
 
 impl Leave {
-    /// The request ended with `outcome`: it leaves the table, counted.
-    fn ended<R>(mut self, outcome: &Result<R, WorkerError>) {
-        if let Some(requests) = self.requests.take() {
-            let mut requests = requests.borrow_mut();
-            if requests
-                .resolve(self.id, outcome.as_ref().map(|_| 0))
-                .is_some()
-            {
-                start_queued(&mut requests);
-            }
+    /// The request ended with `outcome`, or (`None`) its future was dropped
+    /// first: it leaves the table, counted, and the next queued one goes.
+    fn leave(&mut self, outcome: Option<Result<usize, &WorkerError>>) {
+        let Some(requests) = self.requests.take() else {
+            return;
+        };
+        let mut requests = requests.borrow_mut();
+        let left = match outcome {
+            Some(outcome) => requests.resolve(self.id, outcome),
+            None => requests.withdraw(self.id),
+        };
+        if left.is_some() {
+            start_queued(&mut requests);
         }
     }
 }
 
 impl Drop for Leave {
     fn drop(&mut self) {
-        if let Some(requests) = self.requests.take() {
-            let mut requests = requests.borrow_mut();
-            if requests.withdraw(self.id).is_some() {
-                start_queued(&mut requests);
-            }
-        }
+        self.leave(None);
     }
 }
 
@@ -240,8 +238,9 @@ impl LocalState {
             };
             return at_once(WorkerError::Protocol(unknown), &host_typed);
         };
-        // Take the slot (or the place in the queue) now, so that `Status`
-        // counts this request from the moment the proxy accepted it.
+        // Refused at once when every slot and the queue are taken. (It
+        // takes its slot, or place in the queue, when registered below, so
+        // that `Status` counts it from the moment the proxy accepted it.)
         let id = {
             let requests = self.requests.borrow();
             if let Err(overloaded) = requests.admit() {
@@ -279,7 +278,7 @@ impl LocalState {
             let span = requests.span_of(id).cloned();
             (span.unwrap_or_else(tracing::Span::none), started)
         };
-        let leave = Leave {
+        let mut leave = Leave {
             requests: Some(self.requests.clone()),
             id,
         };
@@ -314,7 +313,7 @@ impl LocalState {
             if let Some(publish) = &events {
                 publish();
             }
-            leave.ended(&outcome);
+            leave.leave(Some(outcome.as_ref().map(|_| 0)));
             if let Some(hooks) = &hooks {
                 hooks.back(Stage::Handled, &mut outcome);
             }

@@ -11,30 +11,30 @@
 //! What a request goes through in the table:
 //!
 //! ```text
-//!              admit + register
-//!   ─────────────────┬─────────────────────┐
-//!      room in flight│                     │ all slots taken
-//!                    │                     ▼ (queue full: `admit` refuses, Overloaded)
-//!                    │                  queued ──── start_next, once a slot frees
-//!                    ▼                     │                    │
-//!                in flight ◄───────────────┼────────────────────┘
-//!                    │                     │
-//!                    ▼                     ▼
-//!   resolved (answered or failed)   · timed out / abandoned (expire)
-//!   · failed all at once (fail_all) · crashed (crashed: failed, or carried
-//!     over to a fresh worker and registered there again)
+//!   admit ──(queue full)──► refused: Overloaded
+//!     │
+//!  register ──(a slot free)──────────────► in flight ──► resolved
+//!     │                                       ▲    (answered, or failed)
+//!     └──(no slot free)──► queued ─start_next─┘
+//!
+//!   queued or in flight ──► expired (deadline passed, or caller gone)
+//!                       ──► withdrawn (the transport saw the caller go)
+//!                       ──► failed (fail_all: close, disconnect)
+//!                       ──► crashed: failed, or carried over to a fresh
+//!                           worker's table (resubmit)
 //! ```
 //!
 //! | from | operation | to | the transport then |
 //! |---|---|---|---|
+//! | — | `admit`, every slot taken and the queue full | refused | answers `Overloaded` at once |
 //! | — | `register`, a slot free | in flight | writes (or hands over) the request |
 //! | — | `register`, no slot free | queued | nothing yet |
-//! | — | `admit`, queue full | refused | answers `Overloaded` at once |
-//! | queued | `start_next`, after a slot freed | in flight | writes it |
+//! | queued | `start_next`, once a slot freed | in flight | writes it |
 //! | in flight | `resolve` | gone | hands its caller the outcome |
 //! | either | `expire`: deadline passed, or caller gone | gone | cancels it if in flight; resolves `Timeout` |
+//! | either | `withdraw`: the caller went | gone | nothing (nobody waits) |
 //! | either | `fail_all` (close, disconnect) | gone | resolves each with the error |
-//! | either | `crashed` | gone | resolves the failed `Crashed`; sends the carried to a fresh worker |
+//! | either | `crashed` | gone | resolves the failed `Crashed`; resubmits the carried to a fresh worker |
 //!
 //! Once the table is empty, whoever waits for it to drain is told.
 

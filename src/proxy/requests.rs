@@ -114,8 +114,8 @@ pub(super) struct Request<T> {
 }
 
 /// A request in the table.
-pub(super) struct Pending<T> {
-    pub(super) request: Request<T>,
+struct Pending<T> {
+    request: Request<T>,
     /// Where its message's counts are.
     counted: Slot,
     /// Its number among the requests this table put in flight, from 1; 0

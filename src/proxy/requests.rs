@@ -44,11 +44,11 @@ use std::hash::{BuildHasherDefault, Hasher};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use tokio::sync::oneshot;
 
 use super::counters::{SharedTally, Slot};
 use crate::config::{CrashPolicy, WorkerOptions};
 use crate::error::{CrashReason, WorkerError};
+use crate::waiters::Waiters;
 
 /// How often, while requests are pending, the table looks for requests
 /// whose caller went away (for transports that need it, see
@@ -182,7 +182,7 @@ pub(super) struct Requests<T> {
     /// When abandoned requests were last looked for.
     last_sweep: Instant,
     /// Told when no request is pending any more.
-    drain_waiters: Vec<oneshot::Sender<()>>,
+    drain_waiters: Waiters,
     tally: SharedTally,
 }
 
@@ -198,7 +198,7 @@ impl<T: Held> Requests<T> {
             started: 0,
             limits,
             last_sweep: Instant::now(),
-            drain_waiters: Vec::new(),
+            drain_waiters: Waiters::default(),
             tally,
         }
     }
@@ -485,19 +485,14 @@ impl<T: Held> Requests<T> {
     /// Resolves once no request is pending (at once if none is). Dropping
     /// the table counts as drained too.
     pub(super) fn drained(&mut self) -> impl Future<Output = ()> + 'static {
-        let (told, drained) = oneshot::channel();
-        self.drain_waiters.push(told);
+        let drained = self.drain_waiters.wait();
         self.notify_if_drained();
-        async move {
-            let _ = drained.await;
-        }
+        drained
     }
 
     fn notify_if_drained(&mut self) {
         if self.pending.is_empty() {
-            for told in self.drain_waiters.drain(..) {
-                let _ = told.send(());
-            }
+            self.drain_waiters.tell_all();
         }
     }
 

@@ -31,6 +31,7 @@ mod local;
 mod phase;
 mod reply;
 mod request;
+mod requests;
 mod restart;
 mod status;
 mod stream;

@@ -35,12 +35,9 @@ use crate::middleware::{Body, Direction, Passage, Side, Typed};
 use crate::socket::handshake::Greeting;
 use crate::socket::session::Session;
 use crate::wire::envelope::Header;
-use crate::wire::frame::{Frame, FrameCodec, FrameError};
+use crate::wire::frame::{Frame, FrameCodec, FrameError, MAX_OVERHEAD};
 use crate::wire::stream::{inbound, Inbound, Severable};
 use crate::wire::Serializer;
-
-/// Header and length prefixes of a request stay well under this.
-const FRAME_OVERHEAD: usize = 256;
 
 /// What the request encoding buffer starts with, and so (by how `BytesMut`
 /// grows a buffer still shared) the least it allocates when it must: the
@@ -257,7 +254,7 @@ impl StreamLink {
         } else {
             None
         };
-        if payload.len() + FRAME_OVERHEAD > options.max_frame_len {
+        if payload.len() + MAX_OVERHEAD > options.max_frame_len {
             let error = WorkerError::TooLarge {
                 message: M::NAME,
                 size: payload.len(),

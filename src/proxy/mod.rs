@@ -26,6 +26,7 @@ mod close;
 mod connection;
 mod counters;
 mod events;
+mod inbound;
 mod link;
 mod local;
 mod phase;

@@ -9,10 +9,12 @@ use crate::contract::Contract;
 use crate::driver::Driver;
 use crate::proxy::Worker;
 
+/// A member as the pool keeps it.
 pub(super) struct Member<C: Contract, D: Driver<C>> {
     /// The member's number in the pool, from 1, never reused: a reply
     /// finds its member by it, even after members before it left.
     pub(super) id: u64,
+    /// Its worker proxy, to which the pool sends its requests.
     pub(super) worker: Addr<Worker<C, D>>,
     /// Requests the pool sent it that are not answered yet.
     pub(super) in_flight: usize,
@@ -24,6 +26,7 @@ pub(super) struct Member<C: Contract, D: Driver<C>> {
 }
 
 impl<C: Contract, D: Driver<C>> Member<C, D> {
+    /// Member `id`, just started: nothing in flight, idle from now.
     pub(super) fn new(id: u64, worker: Addr<Worker<C, D>>) -> Self {
         Self {
             id,

@@ -4,8 +4,6 @@
 //! idle, and replacing members that give up.
 
 use std::collections::VecDeque;
-use std::future::Future;
-use std::sync::Arc;
 use std::time::Instant;
 
 use actix::prelude::*;
@@ -14,17 +12,21 @@ use futures::future::join_all;
 use crate::contract::{Contract, InContract};
 use crate::driver::{Carries, ChildProcess, Driver};
 use crate::error::{SpawnError, WorkerError};
-use crate::proxy::{Attempt, Close, LifecycleEvent, Status, Worker, WorkerState, WorkerStatus};
+use crate::proxy::{Close, LifecycleEvent, Worker};
 use crate::unreferenced::StopWhenUnreferenced;
 use crate::waiters::Waiters;
 
 mod member;
 mod options;
+mod queue;
 mod request;
+mod routing;
+mod sizing;
 mod status;
 
 use member::Member;
-use request::{Caller, Deadline, Queued, Request, Reroute};
+use queue::Queued;
+use request::{Deadline, PoolCaller, PoolRequest, Reroute};
 
 pub use options::PoolOptions;
 pub use request::PoolReply;
@@ -101,6 +103,7 @@ pub use status::{MemberReport, PoolCounters, PoolReport, PoolState, PoolStatus};
 pub struct WorkerPool<C: Contract, D: Driver<C> + Clone = ChildProcess> {
     /// Each member is started from a clone of it.
     driver: D,
+    /// Its size, its bounds and its members' options.
     options: PoolOptions,
     /// Oldest first.
     members: Vec<Member<C, D>>,
@@ -110,7 +113,9 @@ pub struct WorkerPool<C: Contract, D: Driver<C> + Clone = ChildProcess> {
     starting: usize,
     /// The id the next member gets.
     next_id: u64,
+    /// Whether it takes requests.
     state: PoolState,
+    /// What it has counted, for [`PoolStatus`].
     counters: PoolCounters,
     /// Told when no member is being started any more (`Close` waits).
     settled: Waiters,
@@ -195,429 +200,9 @@ impl<C: Contract, D: Driver<C> + Clone> WorkerPool<C, D> {
         Ok(context.run(pool))
     }
 
-    /// Takes a freshly started member in.
-    fn add(&mut self, worker: Addr<Worker<C, D>>) -> usize {
-        let id = self.next_id;
-        self.next_id += 1;
-        self.counters.started += 1;
-        self.members.push(Member::new(id, worker));
-        tracing::debug!(contract = C::NAME, member = id, "pool member started");
-        self.members.len() - 1
-    }
-
     /// Where member `id` is in the list, if it is still a member.
     fn position(&self, id: u64) -> Option<usize> {
         self.members.iter().position(|member| member.id == id)
-    }
-
-    /// The member to send the next request to: the fewest in flight (the
-    /// oldest on a tie), among those below the per-member limit.
-    fn least_loaded(&self) -> Option<usize> {
-        let limit = self.options.per_member();
-        self.members
-            .iter()
-            .enumerate()
-            .filter(|(_, member)| member.in_flight < limit)
-            .min_by_key(|(_, member)| member.in_flight)
-            .map(|(index, _)| index)
-    }
-
-    /// Sends `request` to member `index`; its caller is resolved, and the
-    /// member's count lowered, when the member answers or the caller gives
-    /// up.
-    ///
-    /// A request that `waited` in the queue keeps the deadline it got when
-    /// the pool accepted it: it fails with `Timeout` at once if that has
-    /// passed, and is withdrawn from the member when it passes.
-    fn dispatch<M>(
-        &mut self,
-        index: usize,
-        request: Request<M>,
-        waited: bool,
-        ctx: &mut Context<Self>,
-    ) where
-        M: InContract<C>,
-        D: Carries<M::Portability>,
-    {
-        let Request {
-            message,
-            caller,
-            deadline,
-            reroute,
-        } = request;
-        let left = waited.then(|| deadline.at.saturating_duration_since(Instant::now()));
-        if left.is_some_and(|left| left.is_zero()) {
-            self.counters.expired += 1;
-            caller.resolve(Err(Request::<M>::timed_out(&deadline)));
-            return;
-        }
-        let member = &mut self.members[index];
-        member.took();
-        let id = member.id;
-        self.counters.dispatched += 1;
-        let tries = reroute.as_ref().map(|reroute| reroute.tries.clone());
-        let sent = member.worker.send(Attempt { message, tries });
-        let gone = caller.gone();
-        let answered = async move {
-            // Only a request that waited needs a timer of its own: the
-            // member's timeout is the right one for the rest.
-            let expired = async move {
-                match left {
-                    Some(left) => tokio::time::sleep(left).await,
-                    None => std::future::pending().await,
-                }
-            };
-            tokio::select! {
-                // A member whose proxy is gone is as good as closed.
-                outcome = sent => Some(outcome.unwrap_or(Err(WorkerError::Closed))),
-                // Dropping `sent` withdraws the request from the member.
-                () = gone => None,
-                () = expired => Some(Err(Request::<M>::timed_out(&deadline))),
-            }
-        };
-        ctx.spawn(answered.into_actor(self).map(move |outcome, pool, ctx| {
-            let error = outcome.as_ref().and_then(|outcome| outcome.as_ref().err());
-            pool.answered(id, error, ctx);
-            let gave_up = matches!(error, Some(WorkerError::GaveUp { .. }));
-            match (outcome, reroute) {
-                (Some(Err(error)), Some(reroute)) if gave_up => {
-                    pool.reroute(caller, deadline, reroute, error, ctx);
-                }
-                (Some(outcome), _) => {
-                    match &outcome {
-                        Ok(_) => pool.counters.answered += 1,
-                        Err(_) => pool.counters.failed += 1,
-                    }
-                    caller.resolve(outcome);
-                }
-                (None, _) => pool.counters.abandoned += 1,
-            }
-            pool.pump(ctx);
-        }));
-    }
-
-    /// A member gave up on a request its crash policy retries: sends it
-    /// on, counting its tries on, to another member — at once if one has
-    /// room, else first in the queue. Fails it with `error` once as many
-    /// members as the pool may have gave up on it.
-    fn reroute<M>(
-        &mut self,
-        caller: Caller<M>,
-        deadline: Deadline,
-        mut reroute: Reroute,
-        error: WorkerError,
-        ctx: &mut Context<Self>,
-    ) where
-        M: InContract<C>,
-        D: Carries<M::Portability>,
-    {
-        reroute.gave_up += 1;
-        let goes_on = self.state == PoolState::Open && reroute.gave_up < self.options.ceiling();
-        let message = goes_on
-            .then(|| M::decode::<C::Serializer>(&reroute.payload).ok())
-            .flatten();
-        let Some(message) = message else {
-            self.counters.failed += 1;
-            return caller.resolve(Err(error));
-        };
-        self.counters.rerouted += 1;
-        tracing::debug!(
-            contract = C::NAME,
-            message = M::NAME,
-            "a member gave up on a request; sending it to another"
-        );
-        let request = Request {
-            message,
-            caller,
-            deadline,
-            reroute: Some(reroute),
-        };
-        match self.least_loaded() {
-            Some(index) => self.dispatch(index, request, true, ctx),
-            // First: it waited longest. It was counted against the queue's
-            // bound when it was accepted, so it may go over it now.
-            None => {
-                self.queue.push_front(Box::new(request));
-                self.sweep_by(deadline.at, ctx);
-                self.grow(ctx);
-            }
-        }
-    }
-
-    /// Member `id` is done with a request, which ended with `error` if
-    /// it failed.
-    fn answered(&mut self, id: u64, error: Option<&WorkerError>, ctx: &mut Context<Self>) {
-        let Some(index) = self.position(id) else {
-            return; // it left the pool meanwhile
-        };
-        let gave_up = matches!(
-            error,
-            Some(WorkerError::GaveUp { .. } | WorkerError::Closed)
-        );
-        if gave_up && self.state == PoolState::Open {
-            self.replace(index, ctx);
-        } else if self.members[index].finished() {
-            self.watch_idle(index, ctx);
-        }
-    }
-
-    /// Sends waiting requests to members with room for them.
-    fn pump(&mut self, ctx: &mut Context<Self>) {
-        while !self.queue.is_empty() {
-            let Some(index) = self.least_loaded() else {
-                break;
-            };
-            let Some(request) = self.queue.pop_front() else {
-                break;
-            };
-            if request.abandoned() {
-                self.counters.abandoned += 1;
-                continue;
-            }
-            request.dispatch(self, index, ctx);
-        }
-    }
-
-    /// Makes sure the queue is swept for requests past their deadline by
-    /// `at`: one timer for the whole queue, due at its earliest deadline.
-    fn sweep_by(&mut self, at: Instant, ctx: &mut Context<Self>) {
-        if let Some((due, timer)) = self.sweep {
-            if due <= at {
-                return;
-            }
-            ctx.cancel_future(timer);
-        }
-        let timer = ctx.run_later(at.saturating_duration_since(Instant::now()), |pool, ctx| {
-            pool.sweep = None;
-            pool.sweep_queue(ctx);
-        });
-        self.sweep = Some((at, timer));
-    }
-
-    /// Fails the waiting requests whose deadline has passed, and drops
-    /// those whose caller gave up.
-    fn sweep_queue(&mut self, ctx: &mut Context<Self>) {
-        let now = Instant::now();
-        let mut kept = VecDeque::with_capacity(self.queue.len());
-        for request in self.queue.drain(..) {
-            if request.abandoned() {
-                self.counters.abandoned += 1;
-            } else if request.deadline() <= now {
-                self.counters.expired += 1;
-                request.expire();
-            } else {
-                kept.push_back(request);
-            }
-        }
-        self.queue = kept;
-        if let Some(next) = self.queue.iter().map(|request| request.deadline()).min() {
-            self.sweep_by(next, ctx);
-        }
-    }
-
-    /// Starts members until the pool has its minimum (counting those
-    /// being started).
-    fn ensure_min(&mut self, ctx: &mut Context<Self>) {
-        while self.members.len() + self.starting < self.options.min_members {
-            self.start_member(ctx);
-        }
-    }
-
-    /// Starts members for the waiting requests, up to the maximum, and no
-    /// more at once than those requests need.
-    fn grow(&mut self, ctx: &mut Context<Self>) {
-        let wanted = self.queue.len().div_ceil(self.options.per_member());
-        while self.starting < wanted && self.members.len() + self.starting < self.options.ceiling()
-        {
-            self.start_member(ctx);
-        }
-    }
-
-    /// Starts one member; it joins the pool (and takes waiting requests)
-    /// once ready.
-    fn start_member(&mut self, ctx: &mut Context<Self>) {
-        self.starting += 1;
-        let member = (self.options.member.clone()).watched_by(ctx.address().recipient());
-        let spawned = Worker::<C, D>::supervise(self.driver.clone(), member);
-        ctx.spawn(spawned.into_actor(self).map(|spawned, pool, ctx| {
-            pool.starting -= 1;
-            match spawned {
-                // While closing it joins too: `Close` closes it with the rest.
-                Ok(worker) => {
-                    let index = pool.add(worker);
-                    if pool.state == PoolState::Open {
-                        pool.watch_idle(index, ctx);
-                        pool.pump(ctx);
-                    }
-                }
-                Err(error) => pool.start_failed(error),
-            }
-            if pool.starting == 0 {
-                pool.settled.tell_all();
-            }
-        }));
-    }
-
-    /// A member could not be started. If the pool has no member left to
-    /// serve them, the waiting requests fail with
-    /// [`WorkerError::NoMember`]; otherwise they wait for the members there
-    /// are. The next request tries again.
-    fn start_failed(&mut self, error: SpawnError) {
-        self.counters.start_failures += 1;
-        tracing::warn!(contract = C::NAME, %error, "a pool member failed to start");
-        if self.members.is_empty() && self.starting == 0 {
-            let error = WorkerError::NoMember {
-                cause: Arc::new(error),
-            };
-            for request in self.queue.drain(..) {
-                request.fail(error.clone());
-            }
-        }
-    }
-
-    /// Removes member `index`, which gave up, and starts another if the
-    /// pool needs one.
-    fn replace(&mut self, index: usize, ctx: &mut Context<Self>) {
-        let member = self.members.remove(index);
-        self.counters.replaced += 1;
-        tracing::warn!(
-            contract = C::NAME,
-            member = member.id,
-            "a pool member gave up; removing it"
-        );
-        self.close_member(member, ctx);
-        self.ensure_min(ctx);
-        self.grow(ctx);
-    }
-
-    /// Closes a member that left the pool, in the background.
-    fn close_member(&mut self, member: Member<C, D>, ctx: &mut Context<Self>) {
-        let worker = member.worker;
-        ctx.spawn(
-            async move {
-                let _ = worker.send(Close).await;
-            }
-            .into_actor(self),
-        );
-    }
-
-    /// Looks at member `index` once it has idled for the idle timeout
-    /// (unless a look is already due).
-    fn watch_idle(&mut self, index: usize, ctx: &mut Context<Self>) {
-        let member = &mut self.members[index];
-        if member.idle_check {
-            return;
-        }
-        member.idle_check = true;
-        let id = member.id;
-        ctx.run_later(self.options.idle_timeout, move |pool, ctx| {
-            pool.idle_check(id, ctx);
-        });
-    }
-
-    /// Closes member `id` if it has idled for the idle timeout and the pool
-    /// has more than its minimum; looks again later if it was busy
-    /// meanwhile and is idle again.
-    fn idle_check(&mut self, id: u64, ctx: &mut Context<Self>) {
-        let Some(index) = self.position(id) else {
-            return;
-        };
-        let member = &mut self.members[index];
-        member.idle_check = false;
-        let Some(since) = member.idle_since else {
-            return; // busy: watched again when it goes idle
-        };
-        let idle = since.elapsed();
-        let timeout = self.options.idle_timeout;
-        if idle < timeout {
-            member.idle_check = true;
-            ctx.run_later(timeout - idle, move |pool, ctx| pool.idle_check(id, ctx));
-            return;
-        }
-        if self.state == PoolState::Open && self.members.len() > self.options.min_members {
-            let member = self.members.remove(index);
-            self.counters.retired += 1;
-            tracing::debug!(
-                contract = C::NAME,
-                member = member.id,
-                ?idle,
-                "closing an idle pool member"
-            );
-            self.close_member(member, ctx);
-        }
-    }
-
-    /// Resolves once no member is being started.
-    fn starts_settled(&mut self) -> impl Future<Output = ()> + 'static {
-        let waiting = (self.starting > 0).then(|| self.settled.wait());
-        async move {
-            if let Some(waiting) = waiting {
-                waiting.await;
-            }
-        }
-    }
-
-    /// Each member's id and `Status` (`None` if its proxy is gone).
-    fn member_statuses(&self) -> impl Future<Output = Vec<(u64, Option<WorkerStatus>)>> + 'static {
-        let asks: Vec<_> = self
-            .members
-            .iter()
-            .map(|member| {
-                let id = member.id;
-                let asked = member.worker.send(Status);
-                async move { (id, asked.await.ok()) }
-            })
-            .collect();
-        join_all(asks)
-    }
-
-    /// The report answered to `PoolStatus`, from the members' `statuses`;
-    /// removes members found given up or closed.
-    fn report(
-        &mut self,
-        statuses: Vec<(u64, Option<WorkerStatus>)>,
-        ctx: &mut Context<Self>,
-    ) -> PoolReport {
-        let mut members = Vec::new();
-        for (id, status) in statuses {
-            let Some(index) = self.position(id) else {
-                continue; // it left the pool meanwhile
-            };
-            let gone = status.as_ref().is_none_or(|status| {
-                matches!(
-                    status.state,
-                    WorkerState::GaveUp { .. } | WorkerState::Closed
-                )
-            });
-            match status {
-                _ if gone && self.state == PoolState::Open => self.replace(index, ctx),
-                Some(status) => {
-                    let member = &self.members[index];
-                    members.push(MemberReport {
-                        id,
-                        in_flight: member.in_flight,
-                        idle_for: member.idle_since.map(|since| since.elapsed()),
-                        status,
-                    });
-                }
-                None => {}
-            }
-        }
-        // Members that joined while the statuses were gathered are not
-        // listed; they count as still starting.
-        let joined = self.members.iter().filter(|member| {
-            !members
-                .iter()
-                .any(|listed: &MemberReport| listed.id == member.id)
-        });
-        let starting = self.starting + joined.count();
-        PoolReport {
-            state: self.state,
-            members,
-            starting,
-            queued: self.queue.len(),
-            counters: self.counters.clone(),
-        }
     }
 }
 
@@ -639,39 +224,6 @@ impl<C: Contract, D: Driver<C> + Clone> Actor for WorkerPool<C, D> {
         for request in self.queue.drain(..) {
             request.fail(WorkerError::Closed);
         }
-    }
-}
-
-impl<C, D, M> Queued<C, D> for Request<M>
-where
-    C: Contract,
-    D: Driver<C> + Carries<M::Portability> + Clone,
-    M: InContract<C>,
-{
-    fn dispatch(
-        self: Box<Self>,
-        pool: &mut WorkerPool<C, D>,
-        member: usize,
-        ctx: &mut Context<WorkerPool<C, D>>,
-    ) {
-        pool.dispatch(member, *self, true, ctx);
-    }
-
-    fn fail(self: Box<Self>, error: WorkerError) {
-        self.caller.resolve(Err(error));
-    }
-
-    fn deadline(&self) -> Instant {
-        self.deadline.at
-    }
-
-    fn expire(self: Box<Self>) {
-        let error = Request::<M>::timed_out(&self.deadline);
-        self.caller.resolve(Err(error));
-    }
-
-    fn abandoned(&self) -> bool {
-        self.caller.abandoned()
     }
 }
 
@@ -701,10 +253,10 @@ where
                 return PoolReply::now(Err(WorkerError::Overloaded { limit }));
             }
         }
-        let (caller, reply) = Caller::new();
+        let (caller, reply) = PoolCaller::new();
         let deadline = Deadline::after(self.options.member.timeout_of(M::NAME));
         let reroute = Reroute::of::<C, M>(&message, &self.options.member);
-        let request = Request {
+        let request = PoolRequest {
             message,
             caller,
             deadline,

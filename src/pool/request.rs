@@ -1,7 +1,7 @@
 //! One request on its way through the pool: the message, and where its
-//! outcome goes ([`Caller`]); what the pool answers actix with
-//! ([`PoolReply`]); and a request waiting in the queue, whatever its type
-//! ([`Queued`]).
+//! outcome goes ([`PoolCaller`]); and what the pool answers actix with
+//! ([`PoolReply`]). How a request waits in the queue, whatever its type, is
+//! in `queue.rs` (`Queued`).
 
 use std::cell::RefCell;
 use std::future::Future;
@@ -25,9 +25,9 @@ use crate::proxy::Tries;
 /// The reply channel of one request: actix hands it over just after the
 /// pool accepted the request (see [`PoolReply`]); it stays empty for a
 /// `do_send`, whose outcome nobody waits for.
-pub(super) struct Caller<M: WorkerMessage>(Rc<RefCell<Option<OneshotSender<M::Result>>>>);
+pub(super) struct PoolCaller<M: WorkerMessage>(Rc<RefCell<Option<OneshotSender<M::Result>>>>);
 
-impl<M: WorkerMessage> Caller<M> {
+impl<M: WorkerMessage> PoolCaller<M> {
     /// A caller, and the answer that connects it to actix's reply channel.
     pub(super) fn new() -> (Self, PoolReply<M>) {
         let slot = Rc::new(RefCell::new(None));
@@ -60,9 +60,12 @@ impl<M: WorkerMessage> Caller<M> {
 }
 
 /// A contract message the pool accepted, not yet answered.
-pub(super) struct Request<M: WorkerMessage> {
+pub(super) struct PoolRequest<M: WorkerMessage> {
+    /// The message, as the caller sent it.
     pub(super) message: M,
-    pub(super) caller: Caller<M>,
+    /// Where its outcome goes.
+    pub(super) caller: PoolCaller<M>,
+    /// When it times out.
     pub(super) deadline: Deadline,
     /// Set when its crash policy retries it: it then goes to another
     /// member when its own gives up.
@@ -104,7 +107,7 @@ impl Reroute {
     }
 }
 
-impl<M: WorkerMessage> Request<M> {
+impl<M: WorkerMessage> PoolRequest<M> {
     /// The error of a request whose deadline passed.
     pub(super) fn timed_out(deadline: &Deadline) -> WorkerError {
         WorkerError::Timeout {
@@ -118,12 +121,14 @@ impl<M: WorkerMessage> Request<M> {
 /// accepted it, as a lone worker counts it from when its proxy does.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Deadline {
+    /// When it passes.
     pub(super) at: Instant,
     /// The timeout it was made from.
     pub(super) after: Duration,
 }
 
 impl Deadline {
+    /// The deadline `timeout` from now.
     pub(super) fn after(timeout: Duration) -> Self {
         let now = Instant::now();
         // A timeout too long to add means none.
@@ -134,41 +139,23 @@ impl Deadline {
     }
 }
 
-/// A request waiting in the pool's queue for a member, of any message type.
-pub(super) trait Queued<C: Contract, D: Driver<C> + Clone> {
-    /// Sends it to member `member`.
-    fn dispatch(
-        self: Box<Self>,
-        pool: &mut WorkerPool<C, D>,
-        member: usize,
-        ctx: &mut Context<WorkerPool<C, D>>,
-    );
-
-    /// Fails it without sending it.
-    fn fail(self: Box<Self>, error: WorkerError);
-
-    /// When it times out.
-    fn deadline(&self) -> Instant;
-
-    /// Fails it with the timeout its deadline passed.
-    fn expire(self: Box<Self>);
-
-    /// Whether its caller is gone, so it need not be sent.
-    fn abandoned(&self) -> bool;
-}
-
 /// What the pool answers a contract message with: an outcome known at
 /// once (the pool is closed, or its queue is full), or a request accepted,
 /// whose caller is attached to it when actix hands over the reply channel
 /// and resolved by the pool when a member answers. No task per request.
 pub struct PoolReply<M: WorkerMessage>(Kind<M>);
 
+/// What a [`PoolReply`] holds.
 enum Kind<M: WorkerMessage> {
+    /// The outcome, known at once.
     Now(M::Result),
+    /// The slot through which the request's caller gets actix's reply
+    /// channel.
     Accepted(Rc<RefCell<Option<OneshotSender<M::Result>>>>),
 }
 
 impl<M: WorkerMessage> PoolReply<M> {
+    /// An outcome known at once.
     pub(super) fn now(outcome: Result<M::Reply, WorkerError>) -> Self {
         Self(Kind::Now(outcome))
     }

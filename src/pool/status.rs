@@ -1,11 +1,18 @@
 //! What a pool says about itself: [`PoolStatus`], answered with a
-//! [`PoolReport`] of its members, its queue and its counters.
+//! [`PoolReport`] of its members, its queue and its counters; and how the
+//! pool gathers it, asking each member for its status and removing those
+//! found given up or closed.
 
+use std::future::Future;
 use std::time::Duration;
 
 use actix::prelude::*;
+use futures::future::join_all;
 
-use crate::proxy::WorkerStatus;
+use super::WorkerPool;
+use crate::contract::Contract;
+use crate::driver::Driver;
+use crate::proxy::{Status, WorkerState, WorkerStatus};
 
 /// Asks a [`WorkerPool`](crate::WorkerPool) for a [`PoolReport`].
 ///
@@ -103,4 +110,71 @@ pub struct PoolCounters {
     pub replaced: u64,
     /// Members that failed to start.
     pub start_failures: u64,
+}
+
+impl<C: Contract, D: Driver<C> + Clone> WorkerPool<C, D> {
+    /// Each member's id and `Status` (`None` if its proxy is gone).
+    pub(super) fn member_statuses(
+        &self,
+    ) -> impl Future<Output = Vec<(u64, Option<WorkerStatus>)>> + 'static {
+        let asks: Vec<_> = self
+            .members
+            .iter()
+            .map(|member| {
+                let id = member.id;
+                let asked = member.worker.send(Status);
+                async move { (id, asked.await.ok()) }
+            })
+            .collect();
+        join_all(asks)
+    }
+
+    /// The report answered to `PoolStatus`, from the members' `statuses`;
+    /// removes members found given up or closed.
+    pub(super) fn report(
+        &mut self,
+        statuses: Vec<(u64, Option<WorkerStatus>)>,
+        ctx: &mut Context<Self>,
+    ) -> PoolReport {
+        let mut members = Vec::new();
+        for (id, status) in statuses {
+            let Some(index) = self.position(id) else {
+                continue; // it left the pool meanwhile
+            };
+            let gone = status.as_ref().is_none_or(|status| {
+                matches!(
+                    status.state,
+                    WorkerState::GaveUp { .. } | WorkerState::Closed
+                )
+            });
+            match status {
+                _ if gone && self.state == PoolState::Open => self.replace(index, ctx),
+                Some(status) => {
+                    let member = &self.members[index];
+                    members.push(MemberReport {
+                        id,
+                        in_flight: member.in_flight,
+                        idle_for: member.idle_since.map(|since| since.elapsed()),
+                        status,
+                    });
+                }
+                None => {}
+            }
+        }
+        // Members that joined while the statuses were gathered are not
+        // listed; they count as still starting.
+        let joined = self.members.iter().filter(|member| {
+            !members
+                .iter()
+                .any(|listed: &MemberReport| listed.id == member.id)
+        });
+        let starting = self.starting + joined.count();
+        PoolReport {
+            state: self.state,
+            members,
+            starting,
+            queued: self.queue.len(),
+            counters: self.counters.clone(),
+        }
+    }
 }

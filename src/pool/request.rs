@@ -43,7 +43,7 @@ impl<M: WorkerMessage> PoolCaller<M> {
     }
 
     /// Resolves when the caller drops its future (never for a `do_send`).
-    pub(super) fn gone(&self) -> impl Future<Output = ()> + 'static {
+    pub(super) fn hung_up(&self) -> impl Future<Output = ()> + 'static {
         let slot = self.0.clone();
         std::future::poll_fn(move |cx| match slot.borrow_mut().as_mut() {
             Some(reply) => reply.poll_closed(cx),

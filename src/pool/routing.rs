@@ -63,7 +63,7 @@ impl<C: Contract, D: Driver<C> + Clone> WorkerPool<C, D> {
         self.counters.dispatched += 1;
         let tries = reroute.as_ref().map(|reroute| reroute.tries.clone());
         let sent = member.worker.send(Attempt { message, tries });
-        let gone = caller.gone();
+        let gone = caller.hung_up();
         let answered = async move {
             // Only a request that waited needs a timer of its own: the
             // member's timeout is the right one for the rest.

@@ -58,10 +58,10 @@ pub(super) type SharedTally = Rc<RefCell<Tally>>;
 /// Where one message's counts are in a [`Tally`]: looked up once per
 /// request, when it is sent, and kept with it for when it ends.
 #[derive(Debug, Clone, Copy)]
-pub(super) struct Slot(u32);
+pub(super) struct CountsIndex(u32);
 
 impl Tally {
-    fn slot(&mut self, message: &'static str) -> Slot {
+    fn index_of(&mut self, message: &'static str) -> CountsIndex {
         let found = self
             .by_message
             .iter()
@@ -70,21 +70,21 @@ impl Tally {
             self.by_message.push((message, MessageCounts::default()));
             self.by_message.len() - 1
         });
-        Slot(at as u32)
+        CountsIndex(at as u32)
     }
 
     /// A request of `message` was handed to the worker; its counts are at
-    /// the slot returned.
-    pub(super) fn sent(&mut self, message: &'static str, bytes: usize) -> Slot {
-        let slot = self.slot(message);
-        self.by_message[slot.0 as usize].1.sent += 1;
+    /// the index returned.
+    pub(super) fn sent(&mut self, message: &'static str, bytes: usize) -> CountsIndex {
+        let index = self.index_of(message);
+        self.by_message[index.0 as usize].1.sent += 1;
         self.bytes_out += bytes as u64;
-        slot
+        index
     }
 
-    /// A request whose counts are at `slot` ended: answered, or not.
-    pub(super) fn ended_at(&mut self, slot: Slot, answered: bool, bytes_in: usize) {
-        let counts = &mut self.by_message[slot.0 as usize].1;
+    /// A request whose counts are at `index` ended: answered, or not.
+    pub(super) fn ended_at(&mut self, index: CountsIndex, answered: bool, bytes_in: usize) {
+        let counts = &mut self.by_message[index.0 as usize].1;
         if answered {
             counts.answered += 1;
         } else {

@@ -80,7 +80,7 @@ pub struct WorkerEvent<E> {
     /// because its buffer was full (0 when none).
     pub missed: u64,
     /// A `Recipient`'s place in its buffer, freed when this is dropped.
-    _slot: Option<Slot>,
+    _place: Option<BufferPlace>,
 }
 
 impl<E: Send + 'static> Message for WorkerEvent<E> {
@@ -89,9 +89,9 @@ impl<E: Send + 'static> Message for WorkerEvent<E> {
 
 /// Frees a place in a `Recipient` subscriber's buffer when dropped.
 #[derive(Debug)]
-struct Slot(Arc<AtomicUsize>);
+struct BufferPlace(Arc<AtomicUsize>);
 
-impl Drop for Slot {
+impl Drop for BufferPlace {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::AcqRel);
     }
@@ -319,7 +319,7 @@ struct Subscribers<E: Send + 'static> {
 }
 
 enum Source<E> {
-    Stream { link: u64, read_to_end: bool },
+    Stream { connection: u64, read_to_end: bool },
     Local(Rc<RefCell<mpsc::Receiver<E>>>),
 }
 
@@ -362,7 +362,7 @@ impl<E: Send + 'static> Subscriber<E> {
                 to.do_send(WorkerEvent {
                     event,
                     missed: std::mem::take(missed),
-                    _slot: Some(Slot(waiting.clone())),
+                    _place: Some(BufferPlace(waiting.clone())),
                 });
                 true
             }
@@ -370,7 +370,7 @@ impl<E: Send + 'static> Subscriber<E> {
                 let seen = WorkerEvent {
                     event,
                     missed: *missed,
-                    _slot: None,
+                    _place: None,
                 };
                 match to.try_send(seen) {
                     Ok(()) => *missed = 0,
@@ -425,10 +425,10 @@ impl<E: Clone + Send + 'static> Hub<E> {
         self.0.borrow_mut().publish(event);
     }
 
-    /// The worker's events now come over connection `link`.
-    pub(super) fn stream_started(&self, link: u64) {
+    /// The worker's events now come over connection `connection`.
+    pub(super) fn stream_started(&self, connection: u64) {
         self.0.borrow_mut().connection = Some(Source::Stream {
-            link,
+            connection,
             read_to_end: false,
         });
     }
@@ -446,16 +446,16 @@ impl<E: Clone + Send + 'static> Hub<E> {
         Ok(())
     }
 
-    /// Connection `link` ended (or broke): if the worker is closed, so are
+    /// Connection `connection` ended (or broke): if the worker is closed, so are
     /// the subscriptions.
-    pub(super) fn read_to_end(&self, link: u64) {
+    pub(super) fn read_to_end(&self, connection: u64) {
         let mut hub = self.0.borrow_mut();
         if let Some(Source::Stream {
-            link: current,
+            connection: current,
             read_to_end,
         }) = &mut hub.connection
         {
-            if *current == link {
+            if *current == connection {
                 *read_to_end = true;
                 if hub.ending {
                     hub.end();
@@ -467,13 +467,16 @@ impl<E: Clone + Send + 'static> Hub<E> {
     /// What a connection the proxy has given up still reads: the events
     /// the worker wrote to it before it was given up are still delivered
     /// (after `Close`, up to its end, which ends the subscriptions).
-    pub(super) fn given_up<S: Serializer>(&self, link: u64, read: Option<Result<Frame, FrameError>>)
-    where
+    pub(super) fn given_up<S: Serializer>(
+        &self,
+        connection: u64,
+        read: Option<Result<Frame, FrameError>>,
+    ) where
         E: serde::de::DeserializeOwned,
     {
         let ours = matches!(
             &self.0.borrow().connection,
-            Some(Source::Stream { link: current, .. }) if *current == link
+            Some(Source::Stream { connection: current, .. }) if *current == connection
         );
         if !ours {
             return;
@@ -488,7 +491,7 @@ impl<E: Clone + Send + 'static> Hub<E> {
                 }
             }
             Some(Ok(_)) => {}
-            None | Some(Err(_)) => self.read_to_end(link),
+            None | Some(Err(_)) => self.read_to_end(connection),
         }
     }
 

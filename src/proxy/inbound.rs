@@ -121,15 +121,15 @@ impl<C: Contract, D: Driver<C>> Worker<C, D> {
 }
 
 impl<C: Contract, D: Driver<C>> StreamHandler<Inbound> for Worker<C, D> {
-    fn handle(&mut self, Inbound { link, event }: Inbound, ctx: &mut Context<Self>) {
+    fn handle(&mut self, Inbound { connection, event }: Inbound, ctx: &mut Context<Self>) {
         let current =
-            matches!(self.phase.link(), Some(Link::Stream(current)) if current.id() == link);
+            matches!(self.phase.link(), Some(Link::Stream(current)) if current.id() == connection);
         if !current {
             // A connection already given up: only its events still count.
-            return self.events.given_up::<C::Serializer>(link, event);
+            return self.events.given_up::<C::Serializer>(connection, event);
         }
         if !matches!(event, Some(Ok(_))) {
-            self.events.read_to_end(link);
+            self.events.read_to_end(connection);
         }
         let Some(item) = event else {
             return self.connection_lost(None, ctx);

@@ -68,7 +68,7 @@ impl<M: WorkerMessage> Caller for TypedCaller<M> {
         }
     }
 
-    fn gone(&self) -> bool {
+    fn hung_up(&self) -> bool {
         // A `do_send` is never abandoned: nobody was waiting to begin with.
         self.reply.as_ref().is_some_and(OneshotSender::is_closed)
     }

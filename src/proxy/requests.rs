@@ -45,7 +45,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use super::counters::{SharedTally, Slot};
+use super::counters::{CountsIndex, SharedTally};
 use crate::config::{CrashPolicy, WorkerOptions};
 use crate::error::{CrashReason, WorkerError};
 use crate::waiters::Waiters;
@@ -61,7 +61,7 @@ pub(super) trait Caller {
     /// Hands the caller the outcome: the reply's payload, or the error.
     fn resolve(self: Box<Self>, outcome: Result<Bytes, WorkerError>);
     /// Whether the caller dropped its future, so nobody waits any more.
-    fn gone(&self) -> bool;
+    fn hung_up(&self) -> bool;
 }
 
 /// Where a request's caller is attached once actix hands over its reply
@@ -117,7 +117,7 @@ pub(super) struct Request<T> {
 struct Pending<T> {
     request: Request<T>,
     /// Where its message's counts are.
-    counted: Slot,
+    counted: CountsIndex,
     /// Its number among the requests this table put in flight, from 1; 0
     /// while it waits in the queue. (Over a byte stream, this is the
     /// number of its frame, which the worker's read mark counts.)
@@ -152,7 +152,7 @@ pub(super) struct Carried<T> {
     /// Its attempt is the one it makes on the fresh worker; its deadline
     /// is the first try's: retries do not extend it.
     pub(super) request: Request<T>,
-    counted: Slot,
+    counted: CountsIndex,
     /// Counts it should it never be sent again.
     tally: SharedTally,
 }
@@ -250,7 +250,7 @@ impl<T: Held> Requests<T> {
         self.insert(request, counted)
     }
 
-    fn insert(&mut self, request: Request<T>, counted: Slot) -> (u64, bool) {
+    fn insert(&mut self, request: Request<T>, counted: CountsIndex) -> (u64, bool) {
         let id = self.next_id;
         self.next_id += 1;
         let send = self.in_flight < self.limits.max_in_flight;

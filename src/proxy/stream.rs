@@ -48,7 +48,7 @@ type Writer = FramedWrite<Frame, Box<dyn AsyncWrite + Unpin>, FrameCodec>;
 /// The proxy's state for a worker reached over a byte stream.
 pub(super) struct StreamLink {
     /// Tells this connection's events from those of an earlier one.
-    link: u64,
+    connection: u64,
     /// Set when the connection is given up: its writer then discards what
     /// is left instead of failing (and reporting a lost connection again).
     severed: Rc<Cell<bool>>,
@@ -90,7 +90,7 @@ impl Held for Encoded {
     const SWEPT: bool = true;
 
     fn abandoned(&self) -> bool {
-        self.caller.as_ref().is_some_and(|caller| caller.gone())
+        self.caller.as_ref().is_some_and(|caller| caller.hung_up())
     }
 }
 
@@ -141,9 +141,9 @@ impl StreamLink {
     where
         A: Actor<Context = Context<A>> + StreamHandler<Inbound> + WriteHandler<FrameError>,
     {
-        static LINK_IDS: AtomicU64 = AtomicU64::new(0);
-        let link = LINK_IDS.fetch_add(1, Ordering::Relaxed);
-        ctx.add_stream(inbound(connection.reader, options.max_frame_len, link));
+        static CONNECTION_IDS: AtomicU64 = AtomicU64::new(0);
+        let id = CONNECTION_IDS.fetch_add(1, Ordering::Relaxed);
+        ctx.add_stream(inbound(connection.reader, options.max_frame_len, id));
         let (io, severed) = Severable::new(connection.writer);
         let mut writer = FramedWrite::new(
             Box::new(io) as Box<dyn AsyncWrite + Unpin>,
@@ -155,7 +155,7 @@ impl StreamLink {
         // two peers that both write large frames deadlock.
         writer.set_buffer_capacity(0, usize::MAX);
         Self {
-            link,
+            connection: id,
             severed,
             writer: Some(writer),
             process: connection.process,
@@ -189,7 +189,7 @@ impl StreamLink {
 
     /// Tells this connection's frames from an earlier one's.
     pub(super) fn id(&self) -> u64 {
-        self.link
+        self.connection
     }
 
     pub(super) fn in_flight(&self) -> usize {

@@ -223,11 +223,11 @@ async fn connect<C: Contract>(
             Ok(name) => LocalStream::connect(name).await,
             Err(e) => Err(e),
         };
-        let mut stream = connected.map_err(|e| gone(socket, pid, &e))?;
+        let mut stream = connected.map_err(|e| gone_error(socket, pid, &e))?;
         let (mut state, opening) = Attaching::start::<C>(token);
         write_bare(&mut stream, &opening)
             .await
-            .map_err(|e| gone(socket, pid, &e))?;
+            .map_err(|e| gone_error(socket, pid, &e))?;
         loop {
             state = match state {
                 Attaching::AwaitingHello { .. } => {
@@ -238,7 +238,7 @@ async fn connect<C: Contract>(
                         // connection.
                         Err(_) if !is_running(pid) => {
                             let reset = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
-                            return Err(gone(socket, pid, &reset));
+                            return Err(gone_error(socket, pid, &reset));
                         }
                         Err(why) => Input::NoFrame(why),
                     };
@@ -267,7 +267,7 @@ async fn connect<C: Contract>(
 /// The worker could not be reached. If nothing listens on its socket, or
 /// its process is gone too, its directory is a leftover (after SIGKILL,
 /// say): remove it.
-fn gone(socket: &Path, pid: u32, error: &std::io::Error) -> AttachError {
+fn gone_error(socket: &Path, pid: u32, error: &std::io::Error) -> AttachError {
     // A refused connection means the socket file is there but its listener
     // is not: the worker that bound it has exited (it listens until then).
     let refused = error.kind() == std::io::ErrorKind::ConnectionRefused;

@@ -39,20 +39,20 @@ pub(crate) fn split(stream: LocalStream) -> io::Result<Halves> {
 /// What one connection's reader reports: a frame (or a read error), or,
 /// as `None`, its end; tagged with the connection it came from.
 pub(crate) struct Inbound {
-    pub(crate) link: u64,
+    pub(crate) connection: u64,
     pub(crate) event: Option<Result<Frame, FrameError>>,
 }
 
-/// The frames read from connection `link`, then `None` at its end.
+/// The frames read from connection `connection`, then `None` at its end.
 pub(crate) fn inbound(
     reader: Box<dyn AsyncRead + Unpin>,
     max_frame_len: usize,
-    link: u64,
+    connection: u64,
 ) -> impl futures::Stream<Item = Inbound> {
     FramedRead::new(reader, FrameCodec::new(max_frame_len))
         .map(Some)
         .chain(futures::stream::once(std::future::ready(None)))
-        .map(move |event| Inbound { link, event })
+        .map(move |event| Inbound { connection, event })
 }
 
 /// The writing end of a connection, which can be cut off: once severed,

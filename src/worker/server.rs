@@ -600,7 +600,14 @@ impl<A: Actor, S: Serializer> Actor for Server<A, S> {
 }
 
 impl<A: Actor, S: Serializer> StreamHandler<Inbound> for Server<A, S> {
-    fn handle(&mut self, Inbound { link, event }: Inbound, ctx: &mut Context<Self>) {
+    fn handle(
+        &mut self,
+        Inbound {
+            connection: link,
+            event,
+        }: Inbound,
+        ctx: &mut Context<Self>,
+    ) {
         if self.host.as_ref().map(|host| host.id) != Some(link) {
             return; // a connection already given up
         }

@@ -52,8 +52,9 @@ pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(10 * 60);
 pub struct Disconnect;
 
 /// Connects again to the worker [`Disconnect`] left running: a fresh
-/// connection and handshake (the same token, uid and pid checks as at
-/// spawn), and the worker's actor as it was. Accepted by workers whose
+/// connection to the socket the worker listens on, and a handshake (the
+/// worker's secret presented; its uid and pid checked, as for
+/// [`Worker::attach`]), and the worker's actor as it was. Accepted by workers whose
 /// driver [`CanReconnect`]. Reconnecting a connected worker does nothing.
 ///
 /// # Errors

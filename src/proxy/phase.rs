@@ -2,7 +2,7 @@
 //! what each phase needs (the link to a live worker, the crash that ended
 //! one, the restart under way), and the transitions between phases, all in
 //! this file. The message handlers (`request.rs`, `close.rs`,
-//! `connection.rs`, `restart.rs`, `stream.rs`) ask for transitions; none of
+//! `connection.rs`, `restart.rs`, `inbound.rs`) ask for transitions; none of
 //! them sets a phase by hand. The public [`WorkerState`] is derived from it.
 //!
 //! # Transitions
@@ -15,6 +15,7 @@
 //!                             Close, Drain                    Closing
 //!  Asking       Running       the worker listens, or does     Serving
 //!                             not confirm in time
+//!                             Disconnect confirmed (park)     Parked
 //!                             the worker died                 Crashed
 //!                             Close, Drain                    Closing
 //!  Parked       Disconnected  Reconnect                       Serving
@@ -29,6 +30,9 @@
 //!  GaveUp       GaveUp        Close, Drain                    Closing
 //!  Closing      Closing       the worker is released          Closed
 //!  Closed       Closed        (final)
+//!  any          —             the proxy stops (its last Addr  Closed (a crash and what
+//!                             is gone, or actix restarts a    follows it stay, for the
+//!                             supervised one)                 supervisor's restart)
 //! ```
 //!
 //! What a request meets in each phase ([`Phase::refusal`]): `Serving` and
@@ -40,7 +44,7 @@
 //! # A request when its worker crashes (during a restart too)
 //!
 //! 1. The requests of a worker that crashes are sorted before the phase
-//!    becomes `Crashed` (`stream.rs`, `report_crash`, which asks the
+//!    becomes `Crashed` (`inbound.rs`, `report_crash`, which asks the
 //!    request table, `requests.rs`, `Requests::crashed`): those the dead
 //!    worker never read (by its read mark) and those their `CrashPolicy`
 //!    retries become retries; every other one fails `Crashed` at once. A
@@ -456,5 +460,150 @@ impl Phase {
             }
             Phase::GaveUp { .. } | Phase::Closed => None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The transitions that need no live link (a link needs a worker).
+
+    use std::time::Duration;
+
+    use futures::FutureExt;
+
+    use super::*;
+
+    fn crash() -> Crash {
+        Crash {
+            reason: CrashReason::Panic,
+            message: Some("boom".into()),
+        }
+    }
+
+    fn crashed() -> Phase {
+        Phase::Crashed {
+            crash: crash(),
+            dead: None,
+        }
+    }
+
+    const WINDOW: Duration = Duration::from_secs(60);
+
+    #[test]
+    fn each_phase_says_its_state_and_what_a_request_meets() {
+        let restarting = {
+            let mut phase = crashed();
+            phase.restart(oneshot::channel().0);
+            phase
+        };
+        let cases = [
+            (crashed(), "Crashed", "crashed"),
+            (restarting, "Crashed", "crashed"),
+            (
+                Phase::GaveUp {
+                    restarts: 3,
+                    last: "crashed (panic)".into(),
+                },
+                "GaveUp",
+                "gave up",
+            ),
+            (Phase::Closing(None), "Closing", "closed"),
+            (Phase::Closed, "Closed", "closed"),
+        ];
+        for (phase, state, refusal) in cases {
+            assert!(format!("{:?}", phase.state()).starts_with(state));
+            let error = phase.refusal(WINDOW).expect("refused").to_string();
+            assert!(error.contains(refusal), "{state}: {error}");
+            assert!(!phase.is_serving());
+        }
+    }
+
+    #[test]
+    fn close_cancels_a_restart_in_its_backoff_and_the_crash_stays() {
+        let mut phase = crashed();
+        let (cancel, cancelled) = oneshot::channel();
+        phase.restart(cancel);
+        assert!(phase.is_restarting());
+        let done = phase.restart_done();
+        phase.cancel_restart();
+        assert!(
+            cancelled.now_or_never().is_some(),
+            "the backoff was cut short"
+        );
+        phase.restart_cancelled();
+        assert!(matches!(phase, Phase::Crashed { .. }));
+        assert!(
+            done.now_or_never().is_some(),
+            "waiters hear the launch ended"
+        );
+    }
+
+    #[test]
+    fn a_launch_under_way_cannot_be_cancelled() {
+        let mut phase = crashed();
+        let (cancel, mut cancelled) = oneshot::channel();
+        phase.restart(cancel);
+        phase.launching();
+        phase.cancel_restart();
+        assert!(cancelled.try_recv().is_err(), "no cancel once launching");
+        assert!(phase.is_restarting());
+    }
+
+    #[test]
+    fn a_failed_launch_crashes_again_and_tells_who_waits() {
+        let mut phase = crashed();
+        phase.restart(oneshot::channel().0);
+        let done = phase.restart_done();
+        phase.crash(Crash {
+            reason: CrashReason::ConnectionLost,
+            message: Some("restart failed".into()),
+        });
+        assert!(done.now_or_never().is_some());
+        let Phase::Crashed { crash, .. } = &phase else {
+            panic!("not crashed: {:?}", phase.state());
+        };
+        assert_eq!(crash.message.as_deref(), Some("restart failed"));
+    }
+
+    #[test]
+    fn waiting_for_a_restart_that_is_not_under_way_ends_at_once() {
+        let mut phase = crashed();
+        assert!(phase.restart_done().now_or_never().is_some());
+    }
+
+    #[test]
+    fn a_crash_does_not_undo_giving_up_or_closing() {
+        for ended in [
+            Phase::GaveUp {
+                restarts: 1,
+                last: String::new(),
+            },
+            Phase::Closing(None),
+            Phase::Closed,
+        ] {
+            let mut phase = ended;
+            let before = phase.state();
+            phase.crash(crash());
+            assert_eq!(phase.state(), before);
+        }
+    }
+
+    #[test]
+    fn closing_keeps_nothing_of_a_dead_worker_without_a_link() {
+        let mut phase = crashed();
+        phase.close();
+        assert!(matches!(phase, Phase::Closing(None)));
+        assert!(phase.closed().is_none());
+        assert!(matches!(phase, Phase::Closed));
+    }
+
+    #[test]
+    fn a_stopped_proxy_keeps_its_crash_for_the_supervisor() {
+        let mut phase = crashed();
+        assert!(phase.stopped().is_none());
+        assert!(matches!(phase, Phase::Crashed { .. }));
+        let mut phase = Phase::Closing(None);
+        phase.stopped();
+        assert!(matches!(phase, Phase::Closed));
     }
 }

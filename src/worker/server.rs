@@ -28,7 +28,8 @@ use super::routes::{Outcome, Routes};
 use super::watchdog;
 use crate::driver::child_process::read_mark::ReadMark;
 use crate::error::{RemoteError, WorkerError};
-use crate::middleware::{Body, Direction, Middlewares, Passage, Side};
+use crate::middleware::trip::{Leg, Trip, Untyped};
+use crate::middleware::{Body, Middlewares};
 use crate::wire::envelope::{Header, Hello};
 use crate::wire::frame::{Frame, FrameError};
 use crate::wire::stream::{inbound, split, Inbound, Severable};
@@ -125,7 +126,7 @@ pub(crate) type InProgress =
 /// future too big for the allocator's fast path.)
 pub(crate) struct Traced {
     name: std::borrow::Cow<'static, str>,
-    started: std::time::Instant,
+    trip: Trip,
 }
 
 impl<A: Actor, S: Serializer> Server<A, S> {
@@ -365,20 +366,21 @@ impl<A: Actor, S: Serializer> Server<A, S> {
         // decoding) is forwarded with the request's id.
         let span = tracing::debug_span!("request", id);
         let _in_request = span.enter();
+        // The worker's untyped middleware is the request's first leg here
+        // (see `middleware::trip`); its route passes the typed one.
         let traced = if self.middleware.has_untyped() {
-            let body = Body::Bytes(&mut payload);
-            let mut passage = Passage::new(Side::Worker, Direction::Incoming, &name, id, body);
-            if let Err(refused) = self.middleware.request(&mut passage) {
-                let failed = WorkerError::Remote(refused.error.clone());
-                let body = Body::Failed(&failed);
-                let mut passage = Passage::new(Side::Worker, Direction::Outgoing, &name, id, body);
-                self.middleware.response_before(refused.at, &mut passage);
+            let mut trip = Trip::new();
+            let request = Untyped::new(&name, id, Body::Bytes(&mut payload));
+            if let Err(refused) = trip.pass_in(Leg::WorkerUntyped, &self.middleware, request) {
+                let failed = Leg::WorkerUntyped.refusal(refused.error.clone());
+                let back = Untyped::new(&name, id, Body::Failed(&failed));
+                trip.pass_out(Leg::WorkerUntyped, &self.middleware, back);
                 let error = refused.error;
                 return self.write(Frame::bare(Header::Error { id, error }));
             }
             Some(Box::new(Traced {
                 name: name.clone(),
-                started: std::time::Instant::now(),
+                trip,
             }))
         } else {
             None
@@ -413,10 +415,10 @@ impl<A: Actor, S: Serializer> Server<A, S> {
                 }
                 _ => Body::Bytes(&mut frame.payload),
             };
-            let mut passage =
-                Passage::new(Side::Worker, Direction::Outgoing, &traced.name, id, body)
-                    .after(traced.started.elapsed());
-            self.middleware.response(&mut passage);
+            let back = Untyped::new(&traced.name, id, body);
+            traced
+                .trip
+                .pass_out(Leg::WorkerUntyped, &self.middleware, back);
         }
         self.write(frame);
     }

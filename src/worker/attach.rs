@@ -8,7 +8,6 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
-use actix::SpawnHandle;
 use interprocess::local_socket::tokio::{Listener, Stream as LocalStream};
 use interprocess::local_socket::traits::tokio::Listener as _;
 use tokio::sync::mpsc;
@@ -33,20 +32,11 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(10);
 /// A peer that presented the worker's secret: the host to serve next.
 pub(crate) struct NewHost(pub(crate) LocalStream);
 
-/// The worker's side of reconnects and attaches.
+/// Where a worker process listens for its hosts, once asked to.
 #[derive(Default)]
 pub(crate) struct Reattach {
     /// Where and how hosts attach, once listening.
     listening: Option<Listening>,
-    /// Whether the worker outlives its host (it parks, rather than stops,
-    /// whenever its host goes).
-    pub(crate) detached: bool,
-    /// How long a detached worker waits for a host before it stops.
-    pub(crate) idle_timeout: Option<Duration>,
-    /// Set by `Disconnect`: the current host will hang up and come back.
-    pub(crate) host_will_return: bool,
-    /// Stops a parked detached worker after `idle_timeout`.
-    pub(crate) idle_timer: Option<SpawnHandle>,
 }
 
 struct Listening {
@@ -56,12 +46,6 @@ struct Listening {
 }
 
 impl Reattach {
-    /// Whether the end of the current connection parks the worker (to wait
-    /// for a host) rather than stops it.
-    pub(crate) fn parks_on_hangup(&self) -> bool {
-        self.detached || self.host_will_return
-    }
-
     /// Starts listening for hosts, unless already listening. Returns where
     /// hosts attach, and, the first time, the stream of hosts that
     /// presented the secret.

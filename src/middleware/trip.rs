@@ -141,11 +141,12 @@ impl Trip {
     }
 
     /// A request that went through every leg up to `leg`, timed from
-    /// `started`: for an outcome whose request was passed in elsewhere.
-    pub(crate) const fn through(leg: Leg, started: Instant) -> Self {
+    /// `started` (if an untyped leg timed it): for an outcome whose request
+    /// was passed in elsewhere.
+    pub(crate) const fn through(leg: Leg, started: Option<Instant>) -> Self {
         Self {
             reached: Reached::Through(leg),
-            started: Some(started),
+            started,
         }
     }
 
@@ -652,7 +653,7 @@ mod tests {
 
         // An outcome passed in elsewhere is timed from when it set out.
         let set_out = Instant::now() - Duration::from_secs(3);
-        let trip = Trip::through(Leg::HostUntyped, set_out);
+        let trip = Trip::through(Leg::HostUntyped, Some(set_out));
         let elapsed = Arc::new(Mutex::new(None));
         struct Clock(Arc<Mutex<Option<Duration>>>);
         impl Middleware for Clock {

@@ -48,7 +48,7 @@ impl<M: WorkerMessage> Returning<M> {
     /// The request's trip: it went through the host's chains, and set out
     /// when it was sent.
     fn trip(&self) -> Trip {
-        Trip::through(Leg::HostUntyped, self.sent)
+        Trip::through(Leg::HostUntyped, Some(self.sent))
     }
 
     /// Passes `outcome` through the untyped middleware, last to first.

@@ -184,6 +184,9 @@ where
         let Ok(mut outcome) = handled.await else {
             return Outcome::ActorStopped;
         };
+        // It went through the typed middleware (a refusal returned above).
+        // Said so here rather than carried in every request's future.
+        let trip = Trip::through(Leg::WorkerTyped, None);
         trip.pass_out(Leg::WorkerTyped, &typed, &mut outcome);
         Outcome::of::<M, S>(outcome)
     })

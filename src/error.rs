@@ -1,8 +1,11 @@
 //! Errors: what went wrong with a request ([`WorkerError`]), with starting a
-//! worker ([`SpawnError`]), inside the worker's handler ([`RemoteError`]), and
+//! worker ([`SpawnError`]), inside the worker's handler ([`RemoteError`]),
+//! with the request on the worker's side of the wire ([`ProtocolFailure`]),
+//! with a connection command ([`ConnectionError`], [`AttachError`]), and
 //! why a worker died ([`CrashReason`]).
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -13,9 +16,15 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum WorkerError {
-    /// The worker's handler returned an error (or could not decode the request).
+    /// The worker's handler (or the worker's middleware) returned an error.
     #[error("the worker answered with an error: {0}")]
     Remote(#[from] RemoteError),
+    /// The worker could not serve the request for a reason of the
+    /// protocol's, not the handler's: it does not know the message, could
+    /// not decode it, could not send the reply, or is shutting down. The
+    /// worker serves on.
+    #[error(transparent)]
+    Protocol(ProtocolFailure),
     /// No reply arrived within the request's deadline. The worker was told to cancel it.
     #[error("`{message}` timed out after {after:?}")]
     Timeout {
@@ -64,24 +73,34 @@ pub enum WorkerError {
     /// A middleware on this host refused the request; it was not sent.
     #[error("refused by the host's middleware: {0}")]
     Rejected(RemoteError),
-    /// The connection to the worker was closed with `Disconnect`; send
-    /// `Reconnect` to restore it.
+    /// The connection to the worker was closed with
+    /// [`Disconnect`](crate::Disconnect); send
+    /// [`Reconnect`](crate::Reconnect) to restore it.
     #[error("the worker is disconnected")]
     Disconnected,
-    /// `Reconnect` could not reach the worker.
-    #[error("could not reconnect to the worker: {0}")]
-    Unreachable(#[source] AttachError),
-    /// The worker's driver does not support this operation (yet).
-    #[error("`{what}` is not supported by this worker")]
-    Unsupported {
-        /// The operation.
-        what: &'static str,
+    /// A [`WorkerPool`](crate::WorkerPool) had no member to send the
+    /// request to, and could not start one. The next request tries again.
+    #[error("no pool member could be started: {cause}")]
+    NoMember {
+        /// Why the last member the pool tried to start did not start.
+        /// (Its text is part of this error's, so it is not repeated as
+        /// the `source()`.)
+        cause: Arc<SpawnError>,
     },
-    /// The request or its reply could not be encoded or decoded on this side.
-    #[error("could not {what}: {detail}")]
-    Codec {
-        /// What was being done, e.g. "encode `Ping`".
-        what: String,
+    /// The request could not be encoded on this host; it was not sent.
+    #[error("could not encode `{message}`: {detail}")]
+    Unencodable {
+        /// The wire name of the message.
+        message: &'static str,
+        /// The serializer's own error text.
+        detail: String,
+    },
+    /// The worker's reply could not be decoded on this host: the worker
+    /// did handle the request.
+    #[error("could not decode the reply to `{message}`: {detail}")]
+    UndecodableReply {
+        /// The wire name of the message.
+        message: &'static str,
         /// The serializer's own error text.
         detail: String,
     },
@@ -178,6 +197,117 @@ impl From<WorkerError> for RemoteError {
             other => RemoteError::new("WorkerError", other.to_string()),
         }
     }
+}
+
+/// Why a worker could not serve a request, for a reason of the protocol's
+/// rather than its handler's. Carried by [`WorkerError::Protocol`].
+///
+/// The worker answers with it and serves on; it travels on the wire in a
+/// frame of its own, so it cannot be mistaken for a [`RemoteError`] a
+/// handler returned.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[non_exhaustive]
+pub enum ProtocolFailure {
+    /// The worker's contract has no message of this wire name: the host's
+    /// contract has drifted from the worker's.
+    #[error("the worker does not handle a message named `{name}`")]
+    UnknownMessage {
+        /// The message's wire name.
+        name: String,
+    },
+    /// The worker could not decode the request: the host's message type
+    /// has drifted from the worker's.
+    #[error("the worker could not decode `{message}`: {detail}")]
+    Undecodable {
+        /// The message's wire name.
+        message: String,
+        /// The serializer's own error text.
+        detail: String,
+    },
+    /// The handler replied, but the worker could not encode the reply.
+    #[error("the worker could not encode the reply: {detail}")]
+    ReplyUnencodable {
+        /// The serializer's own error text.
+        detail: String,
+    },
+    /// The handler replied, but the encoded reply is larger than the frame
+    /// limit ([`WorkerOptions::max_frame_len`](crate::WorkerOptions::max_frame_len)).
+    #[error("the reply is {size} bytes, over the frame limit of {limit} bytes")]
+    ReplyTooLarge {
+        /// The reply's encoded size.
+        size: usize,
+        /// The frame limit.
+        limit: usize,
+    },
+    /// The worker is shutting down and takes no more requests.
+    #[error("the worker is shutting down")]
+    ShuttingDown,
+}
+
+/// Error returned by [`Disconnect`](crate::Disconnect),
+/// [`Reconnect`](crate::Reconnect) and [`Detach`](crate::Detach): why the
+/// worker's connection could not be closed, restored or handed over.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConnectionError {
+    /// The worker is closed (or closing).
+    #[error("the worker is closed")]
+    Closed,
+    /// The worker is not running: it crashed before the command, while it
+    /// was disconnected, or while the command waited for it. As after any
+    /// crash, the next request starts a fresh worker (if the worker has a
+    /// driver to start one with).
+    #[error(
+        "the worker crashed ({reason}){}",
+        message.as_deref().map(|m| format!(": {m}")).unwrap_or_default()
+    )]
+    Crashed {
+        /// Exit code, signal, or lost connection.
+        reason: CrashReason,
+        /// What the worker said before dying (its panic message), if anything.
+        message: Option<String>,
+    },
+    /// The worker kept crashing and the proxy gave up on it, as
+    /// [`WorkerError::GaveUp`] says.
+    #[error("gave up on the worker after {restarts} restarts within {within:?}; last: {last}")]
+    GaveUp {
+        /// Restarts made within the window.
+        restarts: u32,
+        /// The restart window.
+        within: Duration,
+        /// What went wrong last (a crash or a failed start).
+        last: String,
+    },
+    /// The worker is disconnected: send [`Reconnect`](crate::Reconnect)
+    /// first. (Returned by `Detach`.)
+    #[error("the worker is disconnected")]
+    Disconnected,
+    /// The worker did not confirm `Disconnect` or `Detach` within
+    /// [`WorkerOptions::startup_timeout`](crate::WorkerOptions::startup_timeout).
+    /// The connection is kept, and the worker serves on.
+    #[error("the worker did not confirm within {after:?}")]
+    NotConfirmed {
+        /// How long the proxy waited.
+        after: Duration,
+    },
+    /// An earlier `Disconnect` or `Detach` still waits for the worker's
+    /// confirmation.
+    #[error("another Disconnect or Detach is under way")]
+    UnderWay,
+    /// `Reconnect` could not reach the worker, which still runs (or is
+    /// not known to have ended). The worker stays disconnected.
+    #[error("could not reconnect to the worker: {0}")]
+    Unreachable(#[source] AttachError),
+    /// The worker confirmed `Detach` without saying where it accepts its
+    /// host again, so no handle can be made. (This crate's workers always
+    /// say it.)
+    #[error("the worker never said where it accepts its host")]
+    NotListening,
+    /// The proxy holds no connection to a worker process that it could
+    /// hang up, restore or hand over. This crate's drivers never leave a
+    /// proxy so; it is reported rather than assumed impossible.
+    #[error("the proxy holds no connection to a worker process")]
+    NoProcess,
 }
 
 /// Why a worker stopped without being asked to.

@@ -19,7 +19,10 @@ pub use config::{CrashPolicy, WhileRestarting, WorkerOptions};
 pub use contract::{Contract, InContract, LocalOnly, Portable, WorkerMessage};
 pub use driver::child_process::DetachedWorker;
 pub use driver::{ChildProcess, Connection, Driver, Thread};
-pub use error::{AttachError, CrashReason, RemoteError, SpawnError, WorkerError};
+pub use error::{
+    AttachError, ConnectionError, CrashReason, ProtocolFailure, RemoteError, SpawnError,
+    WorkerError,
+};
 pub use pool::{PoolOptions, PoolReport, PoolStatus, WorkerPool};
 pub use proxy::{
     Accepted, Close, Detach, Disconnect, Drain, LifecycleEvent, Reconnect, Status, Watch, Worker,

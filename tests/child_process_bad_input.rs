@@ -1,6 +1,7 @@
 //! Hostile or broken bytes on a worker's connection: a worker that speaks
-//! another protocol version or breaks the framing, and a host whose
-//! contract has drifted from the worker's. (Peers other than the host's
+//! another protocol version or breaks the framing, a host whose contract
+//! has drifted from the worker's, and replies the worker cannot send (too
+//! large, or unencodable). (Peers other than the host's
 //! worker have nothing to connect to at spawn; on the attach socket a
 //! worker makes when asked to wait for its host, see
 //! `child_process_reconnect.rs`.)
@@ -10,13 +11,65 @@ mod support;
 use std::time::{Duration, Instant};
 
 use isolated_workers::testing::PROTOCOL;
-use isolated_workers::{CrashReason, SpawnError, Worker, WorkerError, WorkerOptions, WorkerState};
+use isolated_workers::{
+    CrashReason, ProtocolFailure, SpawnError, Worker, WorkerError, WorkerOptions, WorkerState,
+};
 use libtest_mimic::Failed;
 use support::rogue::{Rogue, TRUNCATED_EXIT_CODE};
 use support::*;
 
+/// A contract whose one reply the worker cannot encode.
+mod unencodable {
+    use actix::prelude::*;
+    use isolated_workers::WorkerError;
+    use serde::{Deserialize, Serialize, Serializer};
+
+    /// The name this worker is started under.
+    pub const WORKER: &str = "unencodable";
+
+    /// Asks for an [`Opaque`].
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    pub struct Fetch;
+
+    /// A reply whose encoding always fails.
+    #[derive(Debug, Clone, Deserialize)]
+    pub struct Opaque;
+
+    impl Serialize for Opaque {
+        fn serialize<S: Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
+            Err(serde::ser::Error::custom("an opaque value has no encoding"))
+        }
+    }
+
+    isolated_workers::contract! {
+        /// One message, whose reply cannot be sent.
+        pub Unencodable {
+            Fetch => Opaque,
+        }
+    }
+
+    /// Replies with an [`Opaque`].
+    #[derive(Debug, Default)]
+    pub struct OpaqueWorker;
+
+    impl Actor for OpaqueWorker {
+        type Context = Context<Self>;
+    }
+
+    impl Handler<Fetch> for OpaqueWorker {
+        type Result = Result<Opaque, WorkerError>;
+        fn handle(&mut self, _: Fetch, _: &mut Context<Self>) -> Self::Result {
+            Ok(Opaque)
+        }
+    }
+}
+
 fn main() {
     enter_workers();
+    isolated_workers::worker_entry::<unencodable::Unencodable, _>(
+        unencodable::WORKER,
+        unencodable::OpaqueWorker::default,
+    );
     run(vec![
         actix_test(
             "a_worker_speaking_another_protocol_version_fails_the_handshake",
@@ -47,8 +100,16 @@ fn main() {
             a_message_the_worker_lacks_is_answered_unknown_message_and_the_worker_serves_on,
         ),
         actix_test(
-            "a_payload_of_the_wrong_type_is_answered_decode_error_and_the_worker_serves_on",
-            a_payload_of_the_wrong_type_is_answered_decode_error_and_the_worker_serves_on,
+            "a_payload_of_the_wrong_type_is_answered_undecodable_and_the_worker_serves_on",
+            a_payload_of_the_wrong_type_is_answered_undecodable_and_the_worker_serves_on,
+        ),
+        actix_test(
+            "a_reply_over_the_frame_limit_is_answered_reply_too_large_and_the_worker_serves_on",
+            a_reply_over_the_frame_limit_is_answered_reply_too_large_and_the_worker_serves_on,
+        ),
+        actix_test(
+            "a_reply_the_worker_cannot_encode_is_answered_reply_unencodable",
+            a_reply_the_worker_cannot_encode_is_answered_reply_unencodable,
         ),
     ]);
 }
@@ -155,7 +216,13 @@ async fn a_stray_reply_is_ignored_and_an_undecodable_reply_is_a_codec_error() ->
     // Had the stray reply been taken for this request, it would succeed.
     let err = refused(&worker, ping("hi")).await?;
     assert!(
-        matches!(&err, WorkerError::Codec { what, .. } if what.contains("decode the reply to `Ping`")),
+        matches!(
+            &err,
+            WorkerError::UndecodableReply {
+                message: "Ping",
+                ..
+            }
+        ),
         "{err:?}"
     );
     let after = status(&worker).await?;
@@ -180,27 +247,72 @@ async fn assert_skewed_host_still_served(
     Ok(())
 }
 
-fn assert_remote(err: &WorkerError, name: &str, mentions: &str) {
-    assert!(
-        matches!(err, WorkerError::Remote(r) if r.name == name && r.message.contains(mentions)),
-        "expected a remote {name} mentioning {mentions}, got {err:?}"
-    );
-}
-
 async fn a_message_the_worker_lacks_is_answered_unknown_message_and_the_worker_serves_on(
 ) -> Result<(), Failed> {
     let worker = spawn_skewed().await?;
     let err = refused(&worker, skewed::Launch {}).await?;
-    assert_remote(&err, "UnknownMessage", "`Launch`");
+    assert!(
+        matches!(&err, WorkerError::Protocol(ProtocolFailure::UnknownMessage { name }) if name == "Launch"),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("`Launch`"), "{err}");
     assert_skewed_host_still_served(&worker).await?;
     close(&worker).await
 }
 
-async fn a_payload_of_the_wrong_type_is_answered_decode_error_and_the_worker_serves_on(
+async fn a_payload_of_the_wrong_type_is_answered_undecodable_and_the_worker_serves_on(
 ) -> Result<(), Failed> {
     let worker = spawn_skewed().await?;
     let err = refused(&worker, skewed::Ping { text: 42 }).await?;
-    assert_remote(&err, "DecodeError", "`Ping`");
+    assert!(
+        matches!(&err, WorkerError::Protocol(ProtocolFailure::Undecodable { message, .. }) if message == "Ping"),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("`Ping`"), "{err}");
     assert_skewed_host_still_served(&worker).await?;
+    close(&worker).await
+}
+
+async fn a_reply_over_the_frame_limit_is_answered_reply_too_large_and_the_worker_serves_on(
+) -> Result<(), Failed> {
+    let limit = 4096;
+    let options = impatient().max_frame_len(limit);
+    let worker = Worker::<Calc>::spawn_with(calc(), options)
+        .await
+        .map_err(fail)?;
+    // The request carries the bytes as one binary string; the reply, a
+    // plain `Vec<u8>`, as an array of integers, two bytes for each of
+    // these: the request fits in a frame, its reply does not.
+    let data = vec![0xFF; 2000];
+    let err = refused(&worker, Echo { data }).await?;
+    assert!(
+        matches!(&err, WorkerError::Protocol(ProtocolFailure::ReplyTooLarge { size, limit: l }) if *size > 4000 && *l == limit),
+        "{err:?}"
+    );
+    let small = ask(
+        &worker,
+        Echo {
+            data: vec![1, 2, 3],
+        },
+    )
+    .await?;
+    assert_eq!(small, [1, 2, 3]);
+    close(&worker).await
+}
+
+async fn a_reply_the_worker_cannot_encode_is_answered_reply_unencodable() -> Result<(), Failed> {
+    use unencodable::{Fetch, Unencodable, WORKER};
+    let driver = isolated_workers::ChildProcess::current_exe(WORKER);
+    let worker = Worker::<Unencodable>::spawn_with(driver, impatient())
+        .await
+        .map_err(fail)?;
+    for _ in 0..2 {
+        let err = refused(&worker, Fetch).await?;
+        assert!(
+            matches!(&err, WorkerError::Protocol(ProtocolFailure::ReplyUnencodable { detail }) if detail.contains("no encoding")),
+            "{err:?}"
+        );
+    }
+    assert_eq!(status(&worker).await?.state, WorkerState::Running);
     close(&worker).await
 }

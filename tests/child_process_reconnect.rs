@@ -16,8 +16,8 @@ use actix::Addr;
 use isolated_workers::proxy::{Disconnect, Reconnect};
 use isolated_workers::testing::PROTOCOL;
 use isolated_workers::{
-    AttachError, Contract, CrashReason, DetachedWorker, Worker, WorkerError, WorkerState,
-    WorkerStatus,
+    AttachError, ConnectionError, Contract, CrashReason, DetachedWorker, Worker, WorkerError,
+    WorkerState, WorkerStatus,
 };
 use libtest_mimic::Failed;
 use nix::sys::signal::{kill, Signal};
@@ -230,7 +230,7 @@ async fn a_worker_killed_while_disconnected_shows_crashed_and_the_next_request_g
     assert!(
         matches!(
             err,
-            WorkerError::Crashed {
+            ConnectionError::Crashed {
                 reason: CrashReason::Signal(9),
                 ..
             }

@@ -16,7 +16,7 @@ use futures::future::join_all;
 use isolated_workers::pool::PoolState;
 use isolated_workers::{
     ChildProcess, Close, CrashPolicy, CrashReason, Driver, PoolOptions, PoolReport, PoolStatus,
-    Thread, WorkerError, WorkerOptions, WorkerPool,
+    SpawnError, Thread, WorkerError, WorkerOptions, WorkerPool,
 };
 use libtest_mimic::{Failed, Trial};
 use nix::sys::signal::{kill, Signal};
@@ -142,6 +142,10 @@ fn main() {
         actix_test(
             "child_process::under_reject_a_request_whose_member_gives_up_fails_crashed",
             reject_is_not_sent_on,
+        ),
+        actix_test(
+            "child_process::a_pool_that_cannot_start_a_member_fails_its_requests_with_no_member",
+            cannot_start_a_member,
         ),
         actix_test(
             "child_process::close_ends_every_member_process",
@@ -420,6 +424,35 @@ async fn an_empty_pool_starts_a_member_for_its_first_request<D: Driver<Calc> + C
     let emptied = report_when(&pool, "no member left", |r| r.members.is_empty()).await?;
     assert_eq!((emptied.counters.started, emptied.counters.retired), (1, 1));
     assert_eq!(ask(&pool, ping("again")).await?.text, "pong: again");
+    pool.send(Close).await?;
+    Ok(())
+}
+
+/// A pool whose members cannot start (the program does not exist) says
+/// so to the requests that wait for one, with the reason; each new
+/// request tries again.
+async fn cannot_start_a_member() -> Result<(), Failed> {
+    let missing = ChildProcess::program("/nonexistent/isolated-worker", "calc");
+    let options = PoolOptions::default().min_members(0).max_members(1);
+    let pool = pool(missing, options).await?;
+    for tries in 1..=2 {
+        let error = refused(&pool, ping("anyone")).await?;
+        let WorkerError::NoMember { cause } = &error else {
+            return Err(format!("expected NoMember, got {error:?}").into());
+        };
+        assert!(matches!(**cause, SpawnError::Launch { .. }), "{cause:?}");
+        assert!(
+            error
+                .to_string()
+                .contains("no pool member could be started"),
+            "{error}"
+        );
+        let report = report_of(&pool).await?;
+        assert_eq!(
+            (report.counters.start_failures, report.members.len()),
+            (tries, 0)
+        );
+    }
     pool.send(Close).await?;
     Ok(())
 }

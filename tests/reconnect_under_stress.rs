@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use isolated_workers::{
-    ChildProcess, Close, Disconnect, Reconnect, Status, Worker, WorkerError, WorkerOptions,
+    ChildProcess, Close, ConnectionError, Disconnect, Reconnect, Status, Worker, WorkerError,
+    WorkerOptions,
 };
 use libtest_mimic::{Arguments, Failed, Trial};
 use serde::{Deserialize, Serialize};
@@ -127,7 +128,7 @@ async fn a_reconnect_that_timed_out_while_the_worker_was_blocked_does_not_cost_i
     }
     let started = Instant::now();
     match worker.send(Reconnect).await.map_err(fail)? {
-        Err(WorkerError::Unreachable(_)) => {}
+        Err(ConnectionError::Unreachable(_)) => {}
         other => {
             return Err(format!(
                 "a Reconnect while the worker is blocked should time out, got {other:?} after {:?}",
@@ -141,7 +142,7 @@ async fn a_reconnect_that_timed_out_while_the_worker_was_blocked_does_not_cost_i
     let reconnected = loop {
         match worker.send(Reconnect).await.map_err(fail)? {
             Ok(()) => break true,
-            Err(WorkerError::Unreachable(_)) if started.elapsed() < BLOCKED * 3 => continue,
+            Err(ConnectionError::Unreachable(_)) if started.elapsed() < BLOCKED * 3 => continue,
             Err(e) => return Err(format!("Reconnect after the block: {e}").into()),
         }
     };

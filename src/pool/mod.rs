@@ -5,6 +5,7 @@
 
 use std::collections::VecDeque;
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Instant;
 
 use actix::prelude::*;
@@ -13,7 +14,7 @@ use tokio::sync::oneshot;
 
 use crate::contract::{Contract, InContract};
 use crate::driver::{Carries, ChildProcess, Driver};
-use crate::error::{CrashReason, SpawnError, WorkerError};
+use crate::error::{SpawnError, WorkerError};
 use crate::proxy::{Attempt, Close, LifecycleEvent, Status, Worker, WorkerState, WorkerStatus};
 use crate::unreferenced::StopWhenUnreferenced;
 
@@ -61,7 +62,10 @@ pub use status::{MemberReport, PoolCounters, PoolReport, PoolState, PoolStatus};
 ///   unless its crash policy retries it ([`CrashPolicy::Retry`](crate::CrashPolicy::Retry)):
 ///   then it goes to another member, its tries counted on, and gets
 ///   `GaveUp` only once as many members as the pool may have
-///   ([`PoolOptions::max_members`]) gave up on it.
+///   ([`PoolOptions::max_members`]) gave up on it. When the pool has no
+///   member and cannot start one, the waiting requests fail with
+///   [`WorkerError::NoMember`], which says why; the next request tries
+///   again.
 /// - **Close**: [`Close`] fails the waiting requests with
 ///   [`WorkerError::Closed`], closes every member (their requests in flight
 ///   resolve `Closed`) and resolves when all are closed; afterwards every
@@ -446,7 +450,7 @@ impl<C: Contract, D: Driver<C> + Clone> WorkerPool<C, D> {
                         pool.pump(ctx);
                     }
                 }
-                Err(error) => pool.start_failed(&error),
+                Err(error) => pool.start_failed(error),
             }
             if pool.starting == 0 {
                 for settled in pool.settled.drain(..) {
@@ -457,16 +461,15 @@ impl<C: Contract, D: Driver<C> + Clone> WorkerPool<C, D> {
     }
 
     /// A member could not be started. If the pool has no member left to
-    /// serve them, the waiting requests fail with the reason; otherwise
-    /// they wait for the members there are. The next request tries again.
-    fn start_failed(&mut self, error: &SpawnError) {
+    /// serve them, the waiting requests fail with
+    /// [`WorkerError::NoMember`]; otherwise they wait for the members there
+    /// are. The next request tries again.
+    fn start_failed(&mut self, error: SpawnError) {
         self.counters.start_failures += 1;
         tracing::warn!(contract = C::NAME, %error, "a pool member failed to start");
         if self.members.is_empty() && self.starting == 0 {
-            let error = WorkerError::Crashed {
-                reason: CrashReason::ConnectionLost,
-                message: Some(format!("no pool member could be started: {error}")),
-                attempt: 1,
+            let error = WorkerError::NoMember {
+                cause: Arc::new(error),
             };
             for request in self.queue.drain(..) {
                 request.fail(error.clone());

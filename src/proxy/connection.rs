@@ -9,14 +9,17 @@ use std::time::Duration;
 
 use actix::prelude::*;
 
-use super::{Accepted, Link, Worker, WorkerState};
+use tokio::sync::oneshot;
+
+use super::phase::{Crash, Phase};
+use super::{Accepted, Link, Worker};
 use crate::config::WorkerOptions;
 use crate::contract::Contract;
 use crate::driver::child_process::session::Session;
 use crate::driver::child_process::DetachedWorker;
 use crate::driver::process::Ended;
 use crate::driver::{CanDetach, CanReconnect, ChildProcess, Connection, Driver, ProcessHandle};
-use crate::error::{AttachError, CrashReason, WorkerError};
+use crate::error::{AttachError, ConnectionError, CrashReason, WorkerError};
 use crate::wire::envelope::Header;
 
 /// How long a detached worker waits for a host by default before it stops.
@@ -35,18 +38,21 @@ const EXIT_STATUS_WAIT: Duration = Duration::from_millis(500);
 /// handlers (as on a timeout); to let them finish, await them before
 /// disconnecting. While disconnected, every request fails at once with
 /// [`WorkerError::Disconnected`] (no timeout is waited out), and
-/// [`Status`](super::Status) says [`WorkerState::Disconnected`]. A worker
+/// [`Status`](super::Status) says [`WorkerState::Disconnected`](super::WorkerState::Disconnected). A worker
 /// that dies meanwhile is noticed: the state becomes `Crashed`.
 ///
 /// Disconnecting an already disconnected worker does nothing.
 ///
 /// # Errors
-/// What a request would get if the worker is not running (`Closed`,
-/// `Crashed`, `GaveUp`); [`WorkerError::Timeout`] if the worker does not
-/// confirm within [`WorkerOptions::startup_timeout`] (the connection is
-/// then kept).
+/// A [`ConnectionError`]: [`Closed`](ConnectionError::Closed),
+/// [`Crashed`](ConnectionError::Crashed) or
+/// [`GaveUp`](ConnectionError::GaveUp) if the worker is not running (or
+/// dies before it confirms); [`NotConfirmed`](ConnectionError::NotConfirmed)
+/// if it does not confirm within [`WorkerOptions::startup_timeout`] (the
+/// connection is then kept); [`UnderWay`](ConnectionError::UnderWay) while
+/// another `Disconnect` or [`Detach`] waits for its confirmation.
 #[derive(Debug, Clone, Copy, Default, Message)]
-#[rtype(result = "Result<(), WorkerError>")]
+#[rtype(result = "Result<(), ConnectionError>")]
 pub struct Disconnect;
 
 /// Connects again to the worker [`Disconnect`] left running: a fresh
@@ -55,14 +61,15 @@ pub struct Disconnect;
 /// driver [`CanReconnect`]. Reconnecting a connected worker does nothing.
 ///
 /// # Errors
-/// [`WorkerError::Crashed`] if the worker died while disconnected: the
-/// state becomes `Crashed`, and, as after any crash, the next request
+/// [`ConnectionError::Crashed`] if the worker died while disconnected:
+/// the state becomes `Crashed`, and, as after any crash, the next request
 /// starts a fresh worker (which does not have the old one's state).
-/// [`WorkerError::Unreachable`] if the worker could not be reached for
-/// another reason (the worker stays disconnected). `Closed` or `GaveUp` as
-/// for a request.
+/// [`ConnectionError::Unreachable`] if the worker could not be reached for
+/// another reason (the worker stays disconnected).
+/// [`Closed`](ConnectionError::Closed) or
+/// [`GaveUp`](ConnectionError::GaveUp) if the worker is not running.
 #[derive(Debug, Clone, Copy, Default, Message)]
-#[rtype(result = "Result<(), WorkerError>")]
+#[rtype(result = "Result<(), ConnectionError>")]
 pub struct Reconnect;
 
 /// Lets the worker outlive the host, and answers the [`DetachedWorker`]
@@ -85,10 +92,12 @@ pub struct Reconnect;
 /// Detaching again answers the same handle.
 ///
 /// # Errors
-/// `Disconnected` while disconnected (reconnect first); otherwise as for
+/// [`ConnectionError::Disconnected`] while disconnected (reconnect
+/// first); [`ConnectionError::NotListening`] if the worker confirmed
+/// without saying where it waits for its host; otherwise as for
 /// [`Disconnect`].
 #[derive(Debug, Clone, Copy, Message)]
-#[rtype(result = "Result<DetachedWorker, WorkerError>")]
+#[rtype(result = "Result<DetachedWorker, ConnectionError>")]
 pub struct Detach {
     /// How long the worker waits for a host to attach before it stops;
     /// `None` for as long as it takes (until `Close`, a signal, or a
@@ -106,10 +115,10 @@ impl Default for Detach {
 
 /// A worker process left running without a connection.
 pub(super) struct Parked {
-    process: ProcessHandle,
-    session: Session,
+    pub(super) process: ProcessHandle,
+    pub(super) session: Session,
     /// Notices the process's death while parked; cancelled on reconnect.
-    watcher: Option<SpawnHandle>,
+    pub(super) watcher: Option<SpawnHandle>,
 }
 
 impl Parked {
@@ -136,7 +145,7 @@ impl Parked {
 // proxy reads only while its mailbox runs.
 
 impl<C: Contract, D: Driver<C> + CanReconnect> Accepted<C, D> for Disconnect {
-    type Response = ResponseActFuture<Worker<C, D>, Result<(), WorkerError>>;
+    type Response = ResponseActFuture<Worker<C, D>, Result<(), ConnectionError>>;
 
     fn handle(self, worker: &mut Worker<C, D>, _: &mut Context<Worker<C, D>>) -> Self::Response {
         worker.disconnect()
@@ -144,7 +153,7 @@ impl<C: Contract, D: Driver<C> + CanReconnect> Accepted<C, D> for Disconnect {
 }
 
 impl<C: Contract, D: Driver<C> + CanReconnect> Accepted<C, D> for Reconnect {
-    type Response = AtomicResponse<Worker<C, D>, Result<(), WorkerError>>;
+    type Response = AtomicResponse<Worker<C, D>, Result<(), ConnectionError>>;
 
     fn handle(self, worker: &mut Worker<C, D>, _: &mut Context<Worker<C, D>>) -> Self::Response {
         AtomicResponse::new(worker.reconnect())
@@ -152,151 +161,157 @@ impl<C: Contract, D: Driver<C> + CanReconnect> Accepted<C, D> for Reconnect {
 }
 
 impl<C: Contract, D: Driver<C> + CanDetach> Accepted<C, D> for Detach {
-    type Response = ResponseActFuture<Worker<C, D>, Result<DetachedWorker, WorkerError>>;
+    type Response = ResponseActFuture<Worker<C, D>, Result<DetachedWorker, ConnectionError>>;
 
     fn handle(self, worker: &mut Worker<C, D>, _: &mut Context<Worker<C, D>>) -> Self::Response {
         worker.detach(self)
     }
 }
 
-/// Refused while the worker has not yet confirmed an earlier `Disconnect`
-/// or `Detach`.
-const UNDER_WAY: WorkerError = WorkerError::Unsupported {
-    what: "a Disconnect or Detach while another is under way",
-};
+/// The answer of a connection command, once the proxy has it.
+type Answer<C, D, T> = ResponseActFuture<Worker<C, D>, Result<T, ConnectionError>>;
 
-/// A detached worker whose host never learned where it listens (it cannot
-/// happen with this crate's workers, which say so before `Detach` is
-/// confirmed).
-const NOT_LISTENING: WorkerError = WorkerError::Unsupported {
-    what: "a handle to a worker that never said where it listens",
-};
-
-type Answer<C, D, T> = ResponseActFuture<Worker<C, D>, Result<T, WorkerError>>;
-
+/// An answer known at once.
 fn answer<C: Contract, D: Driver<C>, T: 'static>(
-    result: Result<T, WorkerError>,
+    result: Result<T, ConnectionError>,
 ) -> Answer<C, D, T> {
     Box::pin(fut::ready(result))
 }
 
 impl<C: Contract, D: Driver<C>> Worker<C, D> {
+    /// Why a connection command cannot be carried out in the proxy's
+    /// state, if it cannot: the worker is closed, crashed, gave up, or is
+    /// disconnected. What a request would get, said as a command's error.
+    fn not_connected(&self) -> Option<ConnectionError> {
+        Some(match self.unavailable()? {
+            WorkerError::Crashed {
+                reason, message, ..
+            } => ConnectionError::Crashed { reason, message },
+            WorkerError::GaveUp {
+                restarts,
+                within,
+                last,
+            } => ConnectionError::GaveUp {
+                restarts,
+                within,
+                last,
+            },
+            WorkerError::Disconnected => ConnectionError::Disconnected,
+            // `Closed`, the one other error of an unavailable worker.
+            _ => ConnectionError::Closed,
+        })
+    }
+
     fn disconnect(&mut self) -> Answer<C, D, ()> {
-        if self.state == WorkerState::Disconnected {
+        if matches!(self.phase, Phase::Parked(_)) {
             return answer(Ok(()));
         }
-        if let Some(error) = self.unavailable() {
+        if self.phase.is_asking() {
+            return answer(Err(ConnectionError::UnderWay));
+        }
+        if let Some(error) = self.not_connected() {
             return answer(Err(error));
         }
-        let Link::Stream(link) = &mut self.link else {
-            return answer(Err(WorkerError::Unsupported { what: "Disconnect" }));
+        let Some(Link::Stream(link)) = self.phase.serving_mut() else {
+            return answer(Err(ConnectionError::NoProcess));
         };
         if link.session.is_none() {
-            return answer(Err(WorkerError::Unsupported { what: "Disconnect" }));
-        }
-        if link.listening.is_some() {
-            return answer(Err(UNDER_WAY));
+            return answer(Err(ConnectionError::NoProcess));
         }
         // From now on requests fail at once, as they will once parked.
-        link.hanging_up = true;
         link.fail_all(|| WorkerError::Disconnected);
-        let confirmed = self.confirmation(Header::Disconnect, "Disconnect");
+        let confirmed = self.confirmation(Header::Disconnect, true);
         Box::pin(confirmed.map(|confirmed, worker: &mut Self, ctx| {
-            if let Err(error) = confirmed {
-                if let Link::Stream(link) = &mut worker.link {
-                    link.hanging_up = false; // not confirmed: serve on
-                }
-                return Err(error);
-            }
+            confirmed?;
             worker.park(ctx);
             Ok(())
         }))
     }
 
-    /// Sends `header` and waits for the worker's `Listening`.
+    /// Sends `header` (`Disconnect` when `hanging_up`, else `Detach`) and
+    /// waits for the worker's `Listening`. The phase is `Asking` meanwhile;
+    /// `Serving` again once answered, or if the worker does not answer in
+    /// time (the connection is then kept).
     fn confirmation(
         &mut self,
         header: Header,
-        what: &'static str,
-    ) -> impl ActorFuture<Self, Output = Result<(), WorkerError>> + 'static {
+        hanging_up: bool,
+    ) -> impl ActorFuture<Self, Output = Result<(), ConnectionError>> + 'static {
         let within = self.options.startup_timeout;
-        let listening = match &mut self.link {
-            Link::Stream(link) => Some(link.ask_to_listen(header)),
-            _ => None,
-        };
-        async move {
-            let Some(listening) = listening else {
-                return Err(None);
-            };
-            match tokio::time::timeout(within, listening).await {
-                Ok(Ok(())) => Ok(()),
-                // The connection was lost first.
-                Ok(Err(_)) => Err(None),
-                Err(_) => Err(Some(WorkerError::Timeout {
-                    after: within,
-                    message: what,
-                })),
-            }
+        let (told, listening) = oneshot::channel();
+        if let Some(Link::Stream(link)) = self.phase.serving_mut() {
+            link.ask_to_listen(header);
+            self.phase.ask(told, hanging_up);
         }
-        .into_actor(self)
-        .map(|confirmed, worker, _| {
-            confirmed.map_err(|error| {
-                error
-                    .or_else(|| worker.unavailable())
-                    .unwrap_or(WorkerError::Crashed {
-                        reason: CrashReason::ConnectionLost,
-                        message: None,
-                        attempt: 1,
-                    })
+        async move { tokio::time::timeout(within, listening).await }
+            .into_actor(self)
+            .map(move |answered, worker, _| match answered {
+                Ok(Ok(())) => Ok(()),
+                // Not in time: serve on.
+                Err(_) => {
+                    worker.phase.answered(false);
+                    Err(ConnectionError::NotConfirmed { after: within })
+                }
+                // The connection was lost first (or it was never asked).
+                Ok(Err(_)) => Err(worker.not_connected().unwrap_or(ConnectionError::Crashed {
+                    reason: CrashReason::ConnectionLost,
+                    message: None,
+                })),
             })
-        })
     }
 
     /// Hangs up on a worker that confirmed it will wait, keeping the
     /// process and session.
     fn park(&mut self, ctx: &mut Context<Self>) {
-        let Link::Stream(link) = std::mem::replace(&mut self.link, Link::Released) else {
-            return;
-        };
-        let (Some(process), Some(session)) = link.hang_up() else {
-            return;
-        };
-        let pid = process.pid();
-        let watcher = ctx.spawn(
-            process
-                .ended()
-                .into_actor(self)
-                .map(move |ended, worker, _| {
-                    worker.parked_worker_ended(pid, ended);
-                }),
-        );
-        tracing::info!(contract = C::NAME, pid, "disconnected from the worker");
-        self.link = Link::Parked(Parked {
-            process,
-            session,
-            watcher: Some(watcher),
+        let mut parked_pid = None;
+        self.phase.park(|link| {
+            let Link::Stream(link) = link else {
+                return None;
+            };
+            let (Some(process), Some(session)) = link.hang_up() else {
+                return None;
+            };
+            parked_pid = Some(process.pid());
+            Some(Parked {
+                process,
+                session,
+                watcher: None,
+            })
         });
-        self.state = WorkerState::Disconnected;
+        let Some(pid) = parked_pid else {
+            return;
+        };
+        let Some(parked) = self.phase.parked() else {
+            return;
+        };
+        let ended = parked.process.ended();
+        let watcher = ctx.spawn(ended.into_actor(self).map(move |ended, worker, _| {
+            worker.parked_worker_ended(pid, ended);
+        }));
+        if let Phase::Parked(parked) = &mut self.phase {
+            parked.watcher = Some(watcher);
+        }
+        tracing::info!(contract = C::NAME, pid, "disconnected from the worker");
     }
 
     fn parked_worker_ended(&mut self, pid: u32, ended: Option<Ended>) {
-        let parked = matches!(&self.link, Link::Parked(parked) if parked.pid() == pid);
-        if !parked || self.state != WorkerState::Disconnected {
+        if self.phase.parked().is_none_or(|parked| parked.pid() != pid) {
             return;
         }
         let reason = ended.map_or(CrashReason::ConnectionLost, Ended::reason);
         tracing::warn!(contract = C::NAME, pid, %reason, "disconnected worker died");
-        self.crashed(reason, None);
+        self.crashed(Crash {
+            reason,
+            message: None,
+        });
     }
 
     fn reconnect(&mut self) -> Answer<C, D, ()> {
-        match &self.state {
-            WorkerState::Running => return answer(Ok(())),
-            WorkerState::Disconnected => {}
-            _ => return answer(Err(self.unavailable().unwrap_or(WorkerError::Closed))),
+        if self.phase.is_serving() {
+            return answer(Ok(()));
         }
-        let Link::Parked(parked) = &self.link else {
-            return answer(Err(WorkerError::Unsupported { what: "Reconnect" }));
+        let Some(parked) = self.phase.parked() else {
+            return answer(Err(self.not_connected().unwrap_or(ConnectionError::Closed)));
         };
         let connecting = parked.session.reconnect::<C>(self.options.startup_timeout);
         let ended = parked.process.exited_within(EXIT_STATUS_WAIT);
@@ -309,14 +324,13 @@ impl<C: Contract, D: Driver<C>> Worker<C, D> {
             }
         };
         Box::pin(attempt.into_actor(self).map(|attempt, worker, ctx| {
-            let Link::Parked(_) = &worker.link else {
-                return Err(worker.unavailable().unwrap_or(WorkerError::Closed));
-            };
+            if worker.phase.parked().is_none() {
+                return Err(worker.not_connected().unwrap_or(ConnectionError::Closed));
+            }
             match attempt {
                 Ok(stream) => {
-                    let Link::Parked(parked) = std::mem::replace(&mut worker.link, Link::Released)
-                    else {
-                        unreachable!("matched above");
+                    let Some(parked) = worker.phase.unpark() else {
+                        unreachable!("parked, as checked above");
                     };
                     if let Some(watcher) = parked.watcher {
                         ctx.cancel_future(watcher);
@@ -324,53 +338,55 @@ impl<C: Contract, D: Driver<C>> Worker<C, D> {
                     let connection =
                         Connection::child_stream(stream, parked.process, parked.session);
                     let (options, tally) = (&worker.options, &worker.tally);
-                    worker.link = Link::start(connection, options, tally, &worker.events, ctx);
-                    worker.state = WorkerState::Running;
+                    let link = Link::start(connection, options, tally, &worker.events, ctx);
+                    worker.phase.serve(link);
                     tracing::info!(contract = C::NAME, "reconnected to the worker");
                     Ok(())
                 }
                 Err(Err(ended)) => {
                     let reason = ended.map_or(CrashReason::ConnectionLost, Ended::reason);
                     tracing::warn!(contract = C::NAME, %reason, "the disconnected worker is gone");
-                    worker.crashed(reason.clone(), None);
-                    Err(WorkerError::Crashed {
+                    worker.crashed(Crash {
+                        reason: reason.clone(),
+                        message: None,
+                    });
+                    Err(ConnectionError::Crashed {
                         reason,
                         message: None,
-                        attempt: 1,
                     })
                 }
-                Err(Ok(error)) => Err(WorkerError::Unreachable(error)),
+                Err(Ok(error)) => Err(ConnectionError::Unreachable(error)),
             }
         }))
     }
 
     fn detach(&mut self, detach: Detach) -> Answer<C, D, DetachedWorker> {
-        if let Some(error) = self.unavailable() {
+        if self.phase.is_asking() {
+            return answer(Err(ConnectionError::UnderWay));
+        }
+        if let Some(error) = self.not_connected() {
             return answer(Err(error));
         }
-        let Some(session) = self.link.session() else {
-            return answer(Err(WorkerError::Unsupported { what: "Detach" }));
+        let Some(session) = self.phase.link().and_then(Link::session) else {
+            return answer(Err(ConnectionError::NoProcess));
         };
         if session.is_detached() {
-            return answer(session.handle::<C>().ok_or(NOT_LISTENING));
-        }
-        if matches!(&self.link, Link::Stream(link) if link.listening.is_some()) {
-            return answer(Err(UNDER_WAY));
+            return answer(session.handle::<C>().ok_or(ConnectionError::NotListening));
         }
         let idle_timeout_ms = detach
             .idle_timeout
             .map(|idle| u64::try_from(idle.as_millis()).unwrap_or(u64::MAX));
-        let confirmed = self.confirmation(Header::Detach { idle_timeout_ms }, "Detach");
+        let confirmed = self.confirmation(Header::Detach { idle_timeout_ms }, false);
         Box::pin(confirmed.map(|confirmed, worker: &mut Self, _| {
             confirmed?;
-            let Link::Stream(link) = &mut worker.link else {
-                return Err(worker.unavailable().unwrap_or(WorkerError::Closed));
+            let Some(Link::Stream(link)) = worker.phase.serving_mut() else {
+                return Err(worker.not_connected().unwrap_or(ConnectionError::Closed));
             };
             if let Some(process) = link.process_mut() {
                 process.detach();
             }
             let Some(session) = link.session.as_mut() else {
-                return Err(WorkerError::Unsupported { what: "Detach" });
+                return Err(ConnectionError::NoProcess);
             };
             session.detach();
             tracing::info!(
@@ -378,7 +394,7 @@ impl<C: Contract, D: Driver<C>> Worker<C, D> {
                 pid = session.pid(),
                 "detached the worker"
             );
-            session.handle::<C>().ok_or(NOT_LISTENING)
+            session.handle::<C>().ok_or(ConnectionError::NotListening)
         }))
     }
 }

@@ -230,10 +230,10 @@ impl LocalState {
             Box::pin(std::future::ready(outcome)) as LocalBoxFuture<'static, _>
         };
         let Some(deliver) = self.deliveries.get::<M>().cloned() else {
-            return at_once(WorkerError::Codec {
-                what: format!("route `{}`", M::NAME),
-                detail: "the worker's contract has no such message".into(),
-            });
+            let unknown = crate::ProtocolFailure::UnknownMessage {
+                name: M::NAME.into(),
+            };
+            return at_once(WorkerError::Protocol(unknown));
         };
         let shared = self.shared.clone();
         let thread = self.thread;

@@ -17,27 +17,33 @@ use tracing::Instrument;
 
 use crate::config::WorkerOptions;
 use crate::contract::Contract;
-use crate::driver::{ChildProcess, Connection, ConnectionKind, Driver};
+use crate::driver::{ChildProcess, Connection, Driver};
 use crate::error::{CrashReason, SpawnError, WorkerError};
+use link::Link;
+use phase::{Crash, Phase};
 
+mod close;
 mod connection;
 mod counters;
 mod events;
-mod lifecycle;
+mod link;
 mod local;
+mod phase;
 mod reply;
 mod request;
 mod restart;
+mod status;
 mod stream;
 mod timekeeper;
 
+pub use close::{Close, Drain};
 pub use connection::{Detach, Disconnect, Reconnect, DEFAULT_IDLE_TIMEOUT};
 pub use counters::{Counters, MessageCounts};
 pub use events::{EventStream, Subscribe, SubscribeStream, WorkerEvent, SUBSCRIBER_CAPACITY};
-pub use lifecycle::{Close, Drain, Status, WorkerState, WorkerStatus};
 pub use reply::Reply;
 pub(crate) use request::{Attempt, Tries};
 pub use restart::{LifecycleEvent, Watch, WorkerId};
+pub use status::{Status, WorkerState, WorkerStatus};
 
 /// The host's proxy for one worker of contract `C`, reached through driver
 /// `D`. An actix actor: `Addr<Worker<C, D>>` accepts exactly the messages of
@@ -70,8 +76,8 @@ pub use restart::{LifecycleEvent, Watch, WorkerId};
 /// never the reason a request runs twice.
 pub struct Worker<C: Contract, D: Driver<C> = ChildProcess> {
     options: WorkerOptions,
-    state: WorkerState,
-    link: Link,
+    /// Where the worker is in its life, with the link to it (see `phase`).
+    phase: Phase,
     /// Starts a fresh worker after a crash; `None` for a worker this host
     /// attached to, which it cannot start again.
     driver: Option<D>,
@@ -90,77 +96,12 @@ pub struct Worker<C: Contract, D: Driver<C> = ChildProcess> {
     _contract: PhantomData<fn() -> (C, D)>,
 }
 
-/// How the proxy reaches its worker.
-// One per worker, matched on every request: boxing the big variant would
-// save nothing worth a pointer chase.
-#[allow(clippy::large_enum_variant)]
-enum Link {
-    Stream(stream::StreamLink),
-    Local(local::LocalState),
-    /// Disconnected from a worker process that runs on.
-    Parked(connection::Parked),
-    /// Released after `Close`.
-    Released,
-}
-
-impl Link {
-    /// The proxy's side of a freshly started worker.
-    fn start<C: Contract, D: Driver<C>>(
-        connection: Connection,
-        options: &WorkerOptions,
-        tally: &counters::SharedTally,
-        events: &events::Hub<C::Event>,
-        ctx: &mut Context<Worker<C, D>>,
-    ) -> Self {
-        let tally = tally.clone();
-        match connection.kind {
-            ConnectionKind::Stream(stream) => {
-                let link = stream::StreamLink::start(stream, options, tally, ctx);
-                events.stream_started(link.id());
-                Link::Stream(link)
-            }
-            ConnectionKind::Local(mut local) => {
-                let worker_events = std::mem::replace(&mut local.events, Box::new(()));
-                let (mut state, ended) = local::LocalState::new(local, options, tally);
-                state.before_replies(events::local_started(events, worker_events, ctx));
-                let thread = state.thread();
-                ctx.spawn(actix::fut::wrap_future(ended).map(
-                    move |ended, worker: &mut Worker<C, D>, ctx| {
-                        worker.actor_ended(thread, ended, ctx)
-                    },
-                ));
-                Link::Local(state)
-            }
-        }
-    }
-}
-
-impl Link {
-    /// The worker process, if the worker is one.
-    fn process_mut(&mut self) -> Option<&mut crate::driver::ProcessHandle> {
-        match self {
-            Link::Stream(link) => link.process_mut(),
-            Link::Parked(parked) => Some(parked.process_mut()),
-            Link::Local(_) | Link::Released => None,
-        }
-    }
-
-    /// How to reach a child worker again, if the worker is one.
-    fn session(&self) -> Option<&crate::driver::child_process::session::Session> {
-        match self {
-            Link::Stream(link) => link.session.as_ref(),
-            Link::Parked(parked) => Some(parked.session()),
-            Link::Local(_) | Link::Released => None,
-        }
-    }
-}
-
 impl<C: Contract, D: Driver<C>> std::fmt::Debug for Worker<C, D> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Worker")
             .field("contract", &C::NAME)
             .field("driver", &std::any::type_name::<D>())
-            .field("state", &self.state)
+            .field("state", &self.phase.state())
             .finish_non_exhaustive()
     }
 }
@@ -221,8 +162,7 @@ impl<C: Contract, D: Driver<C>> Worker<C, D> {
             events,
             watchers: options.watchers.clone(),
             options,
-            state: WorkerState::Running,
-            link,
+            phase: Phase::Serving(link),
             driver,
             tally,
             started: Instant::now(),
@@ -241,11 +181,13 @@ impl<C: Contract, D: Driver<C>> Worker<C, D> {
         ended: Result<(), tokio::task::JoinError>,
         ctx: &mut Context<Self>,
     ) {
-        let Link::Local(local) = &mut self.link else {
+        // Only the current worker's end, and only while serving: the
+        // proxy itself stops it in every other phase.
+        let Some(Link::Local(local)) = self.phase.serving_mut() else {
             return;
         };
-        if local.thread() != thread || self.state != WorkerState::Running {
-            return; // an earlier worker's end, or a stop the proxy asked for
+        if local.thread() != thread {
+            return;
         }
         let (reason, message) = match ended {
             Err(e) if e.is_panic() => (CrashReason::Panic, local.crash_message()),
@@ -253,38 +195,25 @@ impl<C: Contract, D: Driver<C>> Worker<C, D> {
         };
         tracing::warn!(contract = C::NAME, %reason, ?message, "thread worker died");
         local.crashed();
-        self.crashed(reason, message);
+        self.crashed(Crash { reason, message });
         self.after_crash(ctx, Vec::new());
     }
 
-    /// The worker died without being asked to.
-    fn crashed(&mut self, reason: CrashReason, message: Option<String>) {
+    /// The worker died without being asked to: the phase becomes
+    /// `Crashed`, and watchers are told.
+    fn crashed(&mut self, crash: Crash) {
         self.tell(LifecycleEvent::Crashed {
             worker: self.id,
-            reason: reason.clone(),
-            message: message.clone(),
+            reason: crash.reason.clone(),
+            message: crash.message.clone(),
         });
-        self.state = WorkerState::Crashed { reason, message };
+        self.phase.crash(crash);
         self.tally.borrow_mut().crashes += 1;
     }
 
-    /// The error a request gets when the worker can no longer take it.
+    /// The error a request gets when the worker cannot take it now.
     fn unavailable(&self) -> Option<WorkerError> {
-        match &self.state {
-            WorkerState::Running => None,
-            WorkerState::Closing | WorkerState::Closed => Some(WorkerError::Closed),
-            WorkerState::Disconnected => Some(WorkerError::Disconnected),
-            WorkerState::Crashed { reason, message } => Some(WorkerError::Crashed {
-                reason: reason.clone(),
-                message: message.clone(),
-                attempt: 1,
-            }),
-            WorkerState::GaveUp { restarts, last } => Some(WorkerError::GaveUp {
-                restarts: *restarts,
-                within: self.options.restart_window,
-                last: last.clone(),
-            }),
-        }
+        self.phase.refusal(self.options.restart_window)
     }
 }
 
@@ -304,25 +233,12 @@ impl<C: Contract, D: Driver<C>> Actor for Worker<C, D> {
 }
 
 impl<C: Contract, D: Driver<C>> Worker<C, D> {
-    /// Lets go of the worker: requests still waiting resolve `Closed`; a
-    /// child is killed (and reaped by its watcher) unless detached, and its
-    /// directory removed with the link; a thread worker's arbiter is
-    /// stopped.
+    /// Lets go of the worker at once (the proxy stopped): see
+    /// [`Link::let_go`].
     fn let_go(&mut self) {
-        match &mut self.link {
-            Link::Stream(link) => {
-                link.fail_all(|| WorkerError::Closed);
-                // A detached worker parks when the connection drops.
-                if !link.is_detached() {
-                    link.kill();
-                }
-            }
-            // Dropped with the link: killed unless detached.
-            Link::Parked(_) => {}
-            Link::Local(local) => local.stop(),
-            Link::Released => {}
+        if let Some(link) = self.phase.stopped() {
+            link.let_go();
         }
-        self.link = Link::Released;
     }
 }
 

@@ -70,8 +70,8 @@ impl<M: WorkerMessage> Caller for TypedCaller<M> {
             middleware.untyped(&mut outcome);
         }
         let mut result = outcome.and_then(|payload| {
-            (self.decode)(&payload).map_err(|e| WorkerError::Codec {
-                what: format!("decode the reply to `{}`", M::NAME),
+            (self.decode)(&payload).map_err(|e| WorkerError::UndecodableReply {
+                message: M::NAME,
                 detail: e.0,
             })
         });

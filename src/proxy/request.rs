@@ -93,17 +93,19 @@ impl<C: Contract, D: Driver<C>> Worker<C, D> {
             return Reply::now(outcome);
         }
         let options = &self.options;
-        match &mut self.link {
-            Link::Stream(link) => {
+        match self.phase.serving_mut() {
+            Some(Link::Stream(link)) => {
                 let back = typed.as_ref().map(Typed::share);
                 link.submit::<M, C::Serializer>(&message, options, back, tries)
                     .through(&trip, &typed)
             }
             // A thread worker does not retry (the message moves into it),
             // so there are no tries to count.
-            Link::Local(local) => Reply::later(local.request(message, options, typed)),
-            Link::Parked(_) => Reply::now(Err(WorkerError::Disconnected)).through(&trip, &typed),
-            Link::Released => Reply::now(Err(WorkerError::Closed)).through(&trip, &typed),
+            Some(Link::Local(local)) => Reply::later(local.request(message, options, typed)),
+            // `unavailable` answered for every other phase.
+            Some(Link::Parked(_)) | None => {
+                Reply::now(Err(WorkerError::Closed)).through(&trip, &typed)
+            }
         }
     }
 }

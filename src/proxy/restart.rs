@@ -10,25 +10,22 @@ use actix::prelude::*;
 use tokio::sync::oneshot;
 use tracing::Instrument;
 
-use super::{stream, Accepted, Link, Worker, WorkerState};
+use super::phase::{Crash, Phase};
+use super::{stream, Accepted, Link, Worker};
 use crate::config::{WhileRestarting, WorkerOptions};
 use crate::contract::Contract;
 use crate::driver::Driver;
 use crate::error::{CrashReason, SpawnError, WorkerError};
 
-/// What a proxy knows of restarting its worker.
+/// What a proxy keeps of restarting its worker across crashes (and across
+/// actix's restart of a supervised proxy). The restart under way itself is
+/// a phase (`Phase::Restarting`).
 #[derive(Default)]
 pub(super) struct Restarts {
     /// When the worker was restarted, within the restart window.
     at: VecDeque<Instant>,
     /// Started with [`Worker::supervise`]: restarts at once after a crash.
     supervised: bool,
-    /// A fresh worker is being launched.
-    pub(super) launching: bool,
-    /// Told when the launch in progress has ended (`Close` waits for it).
-    waiters: Vec<oneshot::Sender<()>>,
-    /// Cuts short the backoff before a launch (`Close` does).
-    pub(super) cancel: Option<oneshot::Sender<()>>,
     /// Set by `Supervised::restarting`: launch a fresh worker, after this
     /// backoff, once actix has restarted the proxy.
     after: Option<Duration>,
@@ -177,9 +174,7 @@ impl<C: Contract, D: Driver<C>> Worker<C, D> {
     /// Whether the worker is dead and the next request should start a
     /// fresh one.
     pub(super) fn needs_respawn(&self) -> bool {
-        self.driver.is_some()
-            && !self.restart.launching
-            && matches!(self.state, WorkerState::Crashed { .. })
+        self.driver.is_some() && matches!(self.phase, Phase::Crashed { .. })
     }
 
     /// The worker died: a supervised proxy stops so that actix restarts it,
@@ -220,12 +215,9 @@ impl<C: Contract, D: Driver<C>> Worker<C, D> {
             .retain(|at| now.duration_since(*at) < window);
         let restarts = self.restart.count();
         if restarts >= self.options.max_restarts {
-            let last = match &self.state {
-                WorkerState::Crashed { reason, message } => match message {
-                    Some(message) => format!("crashed ({reason}): {message}"),
-                    None => format!("crashed ({reason})"),
-                },
-                other => format!("{other:?}"),
+            let last = match &self.phase {
+                Phase::Crashed { crash, .. } => crash.describe(),
+                other => format!("{:?}", other.state()),
             };
             tracing::error!(contract = C::NAME, restarts, %last, "worker keeps crashing; giving up");
             self.tell(LifecycleEvent::GaveUp {
@@ -233,7 +225,7 @@ impl<C: Contract, D: Driver<C>> Worker<C, D> {
                 restarts,
                 last: last.clone(),
             });
-            self.state = WorkerState::GaveUp { restarts, last };
+            self.phase.give_up(restarts, last);
             return None;
         }
         self.restart.at.push_back(now);
@@ -264,8 +256,7 @@ impl<C: Contract, D: Driver<C>> Worker<C, D> {
         // The backoff first, which `Close` may cut short; the launch only
         // after it, so that nothing starts that is not wanted.
         let (cancel, cancelled) = oneshot::channel::<()>();
-        self.restart.cancel = Some(cancel);
-        self.restart.launching = true;
+        self.phase.restart(cancel);
         let waited = async move {
             tokio::select! {
                 () = tokio::time::sleep(backoff) => true,
@@ -273,7 +264,7 @@ impl<C: Contract, D: Driver<C>> Worker<C, D> {
             }
         };
         let launched = waited.into_actor(self).then(move |go_on, worker, _| {
-            worker.restart.cancel = None;
+            worker.phase.launching();
             let launch = match &worker.driver {
                 Some(driver) if go_on => Some(driver.launch(&worker.options)),
                 _ => None,
@@ -288,35 +279,29 @@ impl<C: Contract, D: Driver<C>> Worker<C, D> {
             .into_actor(worker)
         });
         let installed = launched.map(move |launched, worker, ctx| {
-            worker.restart.launching = false;
-            for waiter in worker.restart.waiters.drain(..) {
-                let _ = waiter.send(());
-            }
             let Some(launched) = launched else {
                 // Cancelled by `Close`.
+                worker.phase.restart_cancelled();
                 return worker.fail_retries(retry);
             };
             match launched {
-                Ok(connection) if !matches!(worker.state, WorkerState::Crashed { .. }) => {
-                    // Closed while it started: not wanted. (`Close` and
-                    // `Drain` wait for a launch in progress, so this is
-                    // only a guard against bringing a closed worker back.)
-                    let (options, tally, events) = (&worker.options, &worker.tally, &worker.events);
-                    worker.link = Link::start(connection, options, tally, events, ctx);
-                    worker.let_go();
-                    worker.fail_retries(retry);
-                }
                 Ok(connection) => {
                     let (options, tally, events) = (&worker.options, &worker.tally, &worker.events);
-                    worker.link = Link::start(connection, options, tally, events, ctx);
-                    worker.state = WorkerState::Running;
+                    let link = Link::start(connection, options, tally, events, ctx);
+                    if let Err(unwanted) = worker.phase.restarted(link) {
+                        // Closed while it started: not wanted. (`Close` and
+                        // `Drain` wait for a launch in progress, so this is
+                        // only a guard against bringing a closed worker back.)
+                        unwanted.let_go();
+                        return worker.fail_retries(retry);
+                    }
                     worker.started = Instant::now();
                     worker.tally.borrow_mut().restarts += 1;
                     worker.tell(LifecycleEvent::Restarted {
                         worker: worker.id,
                         restarts: restart,
                     });
-                    if let Link::Stream(link) = &mut worker.link {
+                    if let Some(Link::Stream(link)) = worker.phase.serving_mut() {
                         for request in retry {
                             link.resubmit(request, worker.options.max_in_flight);
                         }
@@ -324,10 +309,10 @@ impl<C: Contract, D: Driver<C>> Worker<C, D> {
                 }
                 Err(error) => {
                     tracing::warn!(contract = C::NAME, %error, "a fresh worker failed to start");
-                    worker.crashed(
-                        CrashReason::ConnectionLost,
-                        Some(format!("restart failed: {error}")),
-                    );
+                    worker.crashed(Crash {
+                        reason: CrashReason::ConnectionLost,
+                        message: Some(format!("restart failed: {error}")),
+                    });
                     if worker.restart.supervised {
                         worker.after_crash(ctx, retry);
                     } else {
@@ -352,24 +337,11 @@ impl<C: Contract, D: Driver<C>> Worker<C, D> {
         M: Accepted<C, D, Response = ResponseActFuture<Self, ()>> + 'static,
     {
         Box::pin(
-            self.restart_done()
+            self.phase
+                .restart_done()
                 .into_actor(self)
                 .then(move |(), worker, ctx| message.handle(worker, ctx)),
         )
-    }
-
-    /// Resolves once no fresh worker is being launched.
-    fn restart_done(&mut self) -> impl std::future::Future<Output = ()> + 'static {
-        let waiting = self.restart.launching.then(|| {
-            let (done, waiting) = oneshot::channel();
-            self.restart.waiters.push(done);
-            waiting
-        });
-        async move {
-            if let Some(waiting) = waiting {
-                let _ = waiting.await;
-            }
-        }
     }
 
     /// Resolves requests that will not be retried with the reason.

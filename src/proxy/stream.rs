@@ -23,8 +23,9 @@ use tokio::io::AsyncWrite;
 use tokio::sync::oneshot;
 
 use super::counters::{SharedTally, Slot};
+use super::phase::Crash;
 use super::reply::{Caller, Reply, Returning};
-use super::{Link, Tries, Worker, WorkerState};
+use super::{Link, Tries, Worker};
 use crate::config::{CrashPolicy, WorkerOptions};
 use crate::contract::{Contract, WorkerMessage};
 use crate::driver::child_process::session::Session;
@@ -87,11 +88,6 @@ pub(super) struct StreamLink {
     drain_waiters: Vec<oneshot::Sender<()>>,
     /// For a child worker: how to reach the same process again.
     pub(super) session: Option<Session>,
-    /// Told when the worker confirms `Disconnect` or `Detach`; dropped if
-    /// the connection is lost first.
-    pub(super) listening: Option<oneshot::Sender<()>>,
-    /// Set by `Disconnect`: new requests fail at once with `Disconnected`.
-    pub(super) hanging_up: bool,
     tally: SharedTally,
 }
 
@@ -227,19 +223,14 @@ impl StreamLink {
             last_sweep: Instant::now(),
             drain_waiters: Vec::new(),
             session: connection.session,
-            listening: None,
-            hanging_up: false,
             tally,
         }
     }
 
-    /// Writes a lifecycle frame; `listening` is told once the worker
-    /// answers `Listening`.
-    pub(super) fn ask_to_listen(&mut self, header: Header) -> oneshot::Receiver<()> {
-        let (told, listening) = oneshot::channel();
-        self.listening = Some(told);
+    /// Asks the worker to listen for a host (`Disconnect`, `Detach`); it
+    /// answers `Listening` (see `Phase::Asking`).
+    pub(super) fn ask_to_listen(&mut self, header: Header) {
         self.write(Frame::bare(header));
-        listening
     }
 
     /// Closes the connection gracefully, so that the worker sees it end,
@@ -278,9 +269,6 @@ impl StreamLink {
         typed: Option<Typed<M>>,
         tries: Option<Tries>,
     ) -> Reply<M> {
-        if self.hanging_up {
-            return Reply::now(Err(WorkerError::Disconnected));
-        }
         let can_send = self.in_flight < options.max_in_flight;
         if !can_send && self.queue.len() >= options.max_queued {
             return Reply::now(Err(WorkerError::Overloaded {
@@ -289,8 +277,8 @@ impl StreamLink {
         }
         if let Err(e) = message.encode::<S>(&mut self.scratch) {
             self.scratch.clear();
-            return Reply::now(Err(WorkerError::Codec {
-                what: format!("encode `{}`", M::NAME),
+            return Reply::now(Err(WorkerError::Unencodable {
+                message: M::NAME,
                 detail: e.0,
             }));
         }
@@ -680,7 +668,6 @@ impl StreamLink {
     /// Stops using the connection (its end or its worker's panic is being
     /// reported); `false` if that was done already.
     fn give_up_connection(&mut self) -> bool {
-        self.listening = None;
         let Some(mut writer) = self.writer.take() else {
             return false;
         };
@@ -715,9 +702,10 @@ impl StreamLink {
 }
 
 impl<C: Contract, D: Driver<C>> Worker<C, D> {
-    pub(super) fn stream_link(&mut self) -> Option<&mut StreamLink> {
-        match &mut self.link {
-            Link::Stream(link) => Some(link),
+    /// The byte-stream link of this phase (serving, closing, or dead).
+    fn stream_link(&mut self) -> Option<&mut StreamLink> {
+        match self.phase.link_mut() {
+            Some(Link::Stream(link)) => Some(link),
             _ => None,
         }
     }
@@ -746,7 +734,7 @@ impl<C: Contract, D: Driver<C>> Worker<C, D> {
             }
         };
         ctx.wait(waited.into_actor(self).map(move |exit, act, ctx| {
-            let Link::Stream(link) = &mut act.link else {
+            let Some(Link::Stream(link)) = act.phase.link_mut() else {
                 return;
             };
             // Only a worker known to be dead has read all it ever will.
@@ -772,23 +760,23 @@ impl<C: Contract, D: Driver<C>> Worker<C, D> {
     /// panic's backtrace). It gets the close grace to exit by itself.
     fn panicked(&mut self, message: String, ctx: &mut Context<Self>) {
         let grace = self.options.close_grace;
-        if !self
-            .stream_link()
-            .is_some_and(StreamLink::give_up_connection)
-        {
+        let Some(link) = self.stream_link() else {
+            return;
+        };
+        if !link.give_up_connection() {
             return;
         }
         // The worker's actor is gone: whatever the worker reads from now on
         // it cannot start, so its read mark can be trusted already.
-        let read_through = self.stream_link().and_then(|link| link.read_through());
-        self.report_crash(CrashReason::Panic, Some(message), read_through, ctx);
+        let read_through = link.read_through();
         // Out of the link, which a restart drops, killing its process.
-        if let Some(process) = self.stream_link().and_then(|link| link.process.take()) {
+        if let Some(process) = link.process.take() {
             actix_rt::spawn(async move {
                 // Dropped, the handle kills the process if it is still there.
                 let _ = process.exited_within(grace).await;
             });
         }
+        self.report_crash(CrashReason::Panic, Some(message), read_through, ctx);
     }
 
     /// Fails (or keeps for sending again) the requests of a worker that
@@ -800,13 +788,14 @@ impl<C: Contract, D: Driver<C>> Worker<C, D> {
         read_through: Option<u64>,
         ctx: &mut Context<Self>,
     ) {
-        let Link::Stream(link) = &mut self.link else {
+        let serving = self.phase.is_serving();
+        let Some(Link::Stream(link)) = self.phase.link_mut() else {
             return;
         };
         let retries = link.crashed(&self.options, &reason, &message, read_through);
-        if self.state == WorkerState::Running {
+        if serving {
             tracing::warn!(contract = C::NAME, pid = ?link.pid(), %reason, ?message, "worker crashed");
-            self.crashed(reason, message);
+            self.crashed(Crash { reason, message });
             return self.after_crash(ctx, retries);
         }
         let error = self.unavailable().unwrap_or(WorkerError::Closed);
@@ -818,7 +807,8 @@ impl<C: Contract, D: Driver<C>> Worker<C, D> {
 
 impl<C: Contract, D: Driver<C>> StreamHandler<Inbound> for Worker<C, D> {
     fn handle(&mut self, Inbound { link, event }: Inbound, ctx: &mut Context<Self>) {
-        let current = matches!(&self.link, Link::Stream(current) if current.link == link);
+        let current =
+            matches!(self.phase.link(), Some(Link::Stream(current)) if current.link == link);
         if !current {
             // A connection already given up: only its events still count.
             return self.events.given_up::<C::Serializer>(link, event);
@@ -838,7 +828,7 @@ impl<C: Contract, D: Driver<C>> StreamHandler<Inbound> for Worker<C, D> {
             }
             Err(e) => return self.connection_lost(Some(format!("protocol error: {e}")), ctx),
         };
-        let Some(link) = self.stream_link() else {
+        let Some(Link::Stream(link)) = self.phase.link_mut() else {
             return;
         };
         if !link.greeted {
@@ -855,6 +845,9 @@ impl<C: Contract, D: Driver<C>> StreamHandler<Inbound> for Worker<C, D> {
             Header::Reply { id } => link.resolve(id, Ok(frame.payload), max_in_flight),
             Header::Error { id, error } => {
                 link.resolve(id, Err(WorkerError::Remote(error)), max_in_flight)
+            }
+            Header::Unserved { id, why } => {
+                link.resolve(id, Err(WorkerError::Protocol(why)), max_in_flight)
             }
             Header::Panicked { message } => self.panicked(message, ctx),
             Header::Event => {
@@ -877,9 +870,7 @@ impl<C: Contract, D: Driver<C>> StreamHandler<Inbound> for Worker<C, D> {
                 if let Some(session) = &mut link.session {
                     session.listening_at(point);
                 }
-                if let Some(told) = link.listening.take() {
-                    let _ = told.send(());
-                }
+                self.phase.answered(true);
             }
             other => {
                 let detail = format!("protocol error: unexpected {other:?} from the worker");

@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use actix::prelude::*;
 
+use super::phase::Phase;
 use super::{Link, Worker};
 use crate::contract::Contract;
 use crate::driver::Driver;
@@ -42,12 +43,10 @@ impl<C: Contract, D: Driver<C>> ActorFuture<Worker<C, D>> for Timekeeper {
     ) -> Poll<()> {
         let max_in_flight = worker.options.max_in_flight;
         loop {
-            let next = match &worker.link {
-                Link::Stream(link) => link.next_check(),
-                Link::Local(local) => local.next_check(),
-                Link::Parked(_) => None,
-                Link::Released => return Poll::Ready(()),
-            };
+            if matches!(worker.phase, Phase::Closed) {
+                return Poll::Ready(());
+            }
+            let next = worker.phase.link().and_then(Link::next_check);
             let Some(wanted) = next else {
                 return Poll::Pending; // nothing pending: the timer may sleep
             };
@@ -60,10 +59,8 @@ impl<C: Contract, D: Driver<C>> ActorFuture<Worker<C, D>> for Timekeeper {
             }
             self.armed_for = None;
             let now = Instant::now();
-            match &mut worker.link {
-                Link::Stream(link) => link.check_requests(now, max_in_flight),
-                Link::Local(local) => local.check_requests(now),
-                Link::Parked(_) | Link::Released => {}
+            if let Some(link) = worker.phase.link_mut() {
+                link.check_requests(now, max_in_flight);
             }
         }
     }

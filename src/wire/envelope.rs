@@ -5,7 +5,7 @@ use std::borrow::Cow;
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::RemoteError;
+use crate::error::{ProtocolFailure, RemoteError};
 
 /// Who is who on a connection. The worker opens a spawned connection with
 /// it; a host reconnecting or attaching to a running worker opens with it
@@ -89,8 +89,14 @@ pub(crate) enum Header {
     Request { id: u64, name: Cow<'static, str> },
     /// Worker → host: the payload is the reply to request `id`.
     Reply { id: u64 },
-    /// Worker → host: request `id` failed.
+    /// Worker → host: request `id` failed in the worker's handler or
+    /// middleware, which said why.
     Error { id: u64, error: RemoteError },
+    /// Worker → host: request `id` was not served, for a reason of the
+    /// protocol's (an unknown message, an undecodable request, a reply
+    /// that cannot be sent, a worker shutting down). A frame of its own,
+    /// so that no name a handler gives its error can be taken for one.
+    Unserved { id: u64, why: ProtocolFailure },
     /// Host → worker: the host no longer waits for request `id`.
     Cancel { id: u64 },
     /// Host → worker: stop serving and exit.

@@ -21,4 +21,6 @@ pub(crate) use serializer::Serializer;
 /// 3: worker → host `Event` frames.
 /// 4: spawned over an inherited socketpair; `Listening` says where the
 /// worker accepts its host again.
-pub(crate) const PROTOCOL_VERSION: u32 = 4;
+/// 5: worker → host `Unserved` frames for the protocol's failures, which
+/// were `Error` frames with reserved names before.
+pub(crate) const PROTOCOL_VERSION: u32 = 5;

@@ -24,7 +24,7 @@ use super::serializer::Json;
 #[cfg(feature = "postcard")]
 use super::serializer::Postcard;
 use super::serializer::{alloc_meter, MessagePack, Serializer};
-use crate::error::RemoteError;
+use crate::error::{ProtocolFailure, RemoteError};
 
 /// Cases per property when `PROPTEST_CASES` is not set.
 const DEFAULT_CASES: u32 = 256;
@@ -76,6 +76,19 @@ fn remote_error() -> impl Strategy<Value = RemoteError> {
         })
 }
 
+/// Every kind of protocol failure, with arbitrary texts and sizes.
+fn protocol_failure() -> impl Strategy<Value = ProtocolFailure> {
+    prop_oneof![
+        text().prop_map(|name| ProtocolFailure::UnknownMessage { name }),
+        (text(), text())
+            .prop_map(|(message, detail)| ProtocolFailure::Undecodable { message, detail }),
+        text().prop_map(|detail| ProtocolFailure::ReplyUnencodable { detail }),
+        (any::<usize>(), any::<usize>())
+            .prop_map(|(size, limit)| ProtocolFailure::ReplyTooLarge { size, limit }),
+        Just(ProtocolFailure::ShuttingDown),
+    ]
+}
+
 fn hello() -> impl Strategy<Value = Hello> {
     (
         any::<u32>(),
@@ -107,6 +120,7 @@ fn header() -> impl Strategy<Value = Header> {
         }),
         any::<u64>().prop_map(|id| Header::Reply { id }),
         (any::<u64>(), remote_error()).prop_map(|(id, error)| Header::Error { id, error }),
+        (any::<u64>(), protocol_failure()).prop_map(|(id, why)| Header::Unserved { id, why }),
         any::<u64>().prop_map(|id| Header::Cancel { id }),
         Just(Header::Shutdown),
         text().prop_map(|message| Header::Panicked { message }),

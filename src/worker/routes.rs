@@ -10,7 +10,7 @@ use bytes::BytesMut;
 use futures::future::LocalBoxFuture;
 
 use crate::contract::{Contract, WorkerMessage};
-use crate::error::{RemoteError, WorkerError};
+use crate::error::{ProtocolFailure, RemoteError, WorkerError};
 use crate::middleware::trip::{Leg, Trip};
 use crate::middleware::Middlewares;
 use crate::wire::serializer::CodecError;
@@ -37,8 +37,10 @@ pub(crate) type ReplyEncoder = Box<dyn FnOnce(&mut BytesMut) -> Result<(), Codec
 pub(crate) enum Outcome {
     /// The handler's reply, to be encoded where it is written.
     Reply(ReplyEncoder),
-    /// The handler (or decoding) failed.
+    /// The handler (or the typed middleware) failed.
     Failed(RemoteError),
+    /// The request could not be served (unknown or undecodable).
+    Unserved(ProtocolFailure),
     /// The actor is gone (it panicked); the worker must report and exit.
     ActorStopped,
 }
@@ -127,10 +129,9 @@ impl<A: Actor, S: Serializer> Routes<A, S> {
     ) -> LocalBoxFuture<'static, Outcome> {
         match self.by_name.get(name) {
             Some(route) => route(actor, payload, middleware),
-            None => Box::pin(std::future::ready(Outcome::Failed(RemoteError::new(
-                "UnknownMessage",
-                format!("this worker does not handle a message named `{name}`"),
-            )))),
+            None => Box::pin(std::future::ready(Outcome::Unserved(
+                ProtocolFailure::UnknownMessage { name: name.into() },
+            ))),
         }
     }
 }
@@ -164,10 +165,12 @@ where
     let mut message: M = match M::decode::<S>(payload) {
         Ok(message) => message,
         Err(e) => {
-            return Box::pin(std::future::ready(Outcome::Failed(RemoteError::new(
-                "DecodeError",
-                format!("could not decode `{}`: {e}", M::NAME),
-            ))))
+            return Box::pin(std::future::ready(Outcome::Unserved(
+                ProtocolFailure::Undecodable {
+                    message: M::NAME.into(),
+                    detail: e.0,
+                },
+            )))
         }
     };
     // The worker's typed middleware is the request's last leg (see

@@ -25,7 +25,7 @@ use super::inbox::Inbox;
 use super::reattach::{Host, Leaving};
 use super::routes::{Outcome, Routes};
 use crate::driver::child_process::read_mark::ReadMark;
-use crate::error::{RemoteError, WorkerError};
+use crate::error::{ProtocolFailure, WorkerError};
 use crate::middleware::trip::{Leg, Trip, Untyped};
 use crate::middleware::{Body, Middlewares};
 use crate::wire::envelope::{Header, Hello};
@@ -279,8 +279,8 @@ impl<A: Actor, S: Serializer> Server<A, S> {
         mut payload: bytes::Bytes,
     ) {
         let Some(actor) = &self.actor else {
-            let error = RemoteError::new("ShuttingDown", "the worker is shutting down");
-            return self.write(Frame::bare(Header::Error { id, error }));
+            let why = ProtocolFailure::ShuttingDown;
+            return self.write(Frame::bare(Header::Unserved { id, why }));
         };
         // What the worker logs while it takes the request in (middleware,
         // decoding) is forwarded with the request's id.
@@ -321,6 +321,7 @@ impl<A: Actor, S: Serializer> Server<A, S> {
         let mut frame = match outcome {
             Outcome::Reply(encode) => self.reply_frame(id, encode),
             Outcome::Failed(error) => Frame::bare(Header::Error { id, error }),
+            Outcome::Unserved(why) => Frame::bare(Header::Unserved { id, why }),
             // The actor is gone; `actor_ended` reports why and exits.
             Outcome::ActorStopped => return,
         };
@@ -333,6 +334,10 @@ impl<A: Actor, S: Serializer> Server<A, S> {
                     failed = WorkerError::Remote(error.clone());
                     Body::Failed(&failed)
                 }
+                Header::Unserved { why, .. } => {
+                    failed = WorkerError::Protocol(why.clone());
+                    Body::Failed(&failed)
+                }
                 _ => Body::Bytes(&mut frame.payload),
             };
             let back = Untyped::new(&traced.name, id, body);
@@ -343,28 +348,26 @@ impl<A: Actor, S: Serializer> Server<A, S> {
         self.write(frame);
     }
 
-    /// The frame carrying a reply, or an error if it cannot be sent.
+    /// The frame carrying a reply, or saying why it cannot be sent.
     fn reply_frame(&mut self, id: u64, encode: super::routes::ReplyEncoder) -> Frame {
         let failure = match encode(&mut self.scratch) {
             // Header and prefixes stay well under 256 bytes.
-            Ok(()) if self.scratch.len() + 256 > self.max_frame_len => RemoteError::new(
-                "TooLarge",
-                format!(
-                    "the reply is {} bytes, over the frame limit of {} bytes",
-                    self.scratch.len(),
-                    self.max_frame_len
-                ),
-            ),
+            Ok(()) if self.scratch.len() + 256 > self.max_frame_len => {
+                ProtocolFailure::ReplyTooLarge {
+                    size: self.scratch.len(),
+                    limit: self.max_frame_len,
+                }
+            }
             Ok(()) => {
                 return Frame {
                     header: Header::Reply { id },
                     payload: self.scratch.split().freeze(),
                 }
             }
-            Err(e) => RemoteError::new("EncodeError", format!("could not encode the reply: {e}")),
+            Err(e) => ProtocolFailure::ReplyUnencodable { detail: e.0 },
         };
         self.scratch.clear();
-        Frame::bare(Header::Error { id, error: failure })
+        Frame::bare(Header::Unserved { id, why: failure })
     }
 
     pub(super) fn wake(&self) {

@@ -447,35 +447,38 @@ pub async fn spawn_error<C: Contract>(
 }
 
 /// Sends `message` and expects the worker's reply.
-pub async fn ask<A, M, R>(worker: &Addr<A>, message: M) -> Result<R, Failed>
+pub async fn ask<A, M, R, E>(worker: &Addr<A>, message: M) -> Result<R, Failed>
 where
     A: Handler<M>,
     A::Context: ToEnvelope<A, M>,
-    M: Message<Result = Result<R, WorkerError>> + Send + 'static,
+    M: Message<Result = Result<R, E>> + Send + 'static,
     R: Send + 'static,
+    E: std::fmt::Display + Send + 'static,
 {
     outcome(worker.send(message)).await?.map_err(fail)
 }
 
 /// Sends `message` and expects an error instead of a reply.
-pub async fn refused<A, M, R>(worker: &Addr<A>, message: M) -> Result<WorkerError, Failed>
+pub async fn refused<A, M, R, E>(worker: &Addr<A>, message: M) -> Result<E, Failed>
 where
     A: Handler<M>,
     A::Context: ToEnvelope<A, M>,
-    M: Message<Result = Result<R, WorkerError>> + Send + 'static,
+    M: Message<Result = Result<R, E>> + Send + 'static,
     R: std::fmt::Debug + Send + 'static,
+    E: Send + 'static,
 {
     expect_error(outcome(worker.send(message)).await?)
 }
 
 /// What a request resolved to, failing the test only if the proxy's
 /// mailbox itself failed.
-pub async fn outcome<A, M, R>(request: Request<A, M>) -> Result<Result<R, WorkerError>, Failed>
+pub async fn outcome<A, M, R, E>(request: Request<A, M>) -> Result<Result<R, E>, Failed>
 where
     A: Handler<M>,
     A::Context: ToEnvelope<A, M>,
-    M: Message<Result = Result<R, WorkerError>> + Send + 'static,
+    M: Message<Result = Result<R, E>> + Send + 'static,
     R: Send + 'static,
+    E: Send + 'static,
 {
     request
         .await
@@ -483,9 +486,7 @@ where
 }
 
 /// The error of an outcome that should have been one.
-pub fn expect_error<R: std::fmt::Debug>(
-    outcome: Result<R, WorkerError>,
-) -> Result<WorkerError, Failed> {
+pub fn expect_error<R: std::fmt::Debug, E>(outcome: Result<R, E>) -> Result<E, Failed> {
     match outcome {
         Ok(reply) => Err(format!("expected an error, got the reply {reply:?}").into()),
         Err(e) => Ok(e),

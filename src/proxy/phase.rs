@@ -1,0 +1,442 @@
+//! Where a proxy is in its worker's life: one enum, [`Phase`], that carries
+//! what each phase needs (the link to a live worker, the crash that ended
+//! one, the restart under way), and the transitions between phases, all in
+//! this file. The message handlers (`request.rs`, `close.rs`,
+//! `connection.rs`, `restart.rs`, `stream.rs`) ask for transitions; none of
+//! them sets a phase by hand. The public [`WorkerState`] is derived from it.
+//!
+//! # Transitions
+//!
+//! ```text
+//!  phase        state         left by                         to
+//!  ───────────  ────────────  ──────────────────────────────  ───────────────────
+//!  Serving      Running       Disconnect / Detach sent        Asking
+//!                             the worker died                 Crashed
+//!                             Close, Drain                    Closing
+//!  Asking       Running       the worker listens, or does     Serving
+//!                             not confirm in time
+//!                             the worker died                 Crashed
+//!                             Close, Drain                    Closing
+//!  Parked       Disconnected  Reconnect                       Serving
+//!                             the parked worker died          Crashed
+//!                             Close, Drain                    Closing
+//!  Crashed      Crashed       a restart begins                Restarting
+//!                             the restart budget is spent     GaveUp
+//!                             Close, Drain                    Closing
+//!  Restarting   Crashed       the fresh worker is up          Serving
+//!                             it failed to start              Crashed
+//!                             (Close waits for the launch to end, then acts on what it left)
+//!  GaveUp       GaveUp        Close, Drain                    Closing
+//!  Closing      Closing       the worker is released          Closed
+//!  Closed       Closed        (final)
+//! ```
+//!
+//! What a request meets in each phase ([`Phase::refusal`]): `Serving` and
+//! `Asking` for `Detach` send it on; `Asking` for `Disconnect` and `Parked`
+//! refuse it `Disconnected`; `Crashed` and `Restarting` refuse it `Crashed`
+//! (unless the proxy restarts the worker for it first: see
+//! `Worker::needs_respawn`); `GaveUp`, `Closing` and `Closed` refuse it.
+//!
+//! The requests of a worker that crashes are resolved before the phase
+//! becomes `Crashed` (see `stream.rs`, `report_crash`): those the dead
+//! worker never read, and those their `CrashPolicy` retries, travel with
+//! the restart (`restart.rs`); every other one fails `Crashed`.
+
+use tokio::sync::oneshot;
+
+use super::connection::Parked;
+use super::status::WorkerState;
+use super::Link;
+use crate::error::{CrashReason, WorkerError};
+
+/// Where the proxy is in its worker's life (see the module doc).
+pub(super) enum Phase {
+    /// Serving requests over the link.
+    Serving(Link),
+    /// `Disconnect` or `Detach` was sent; waiting for the worker to say it
+    /// listens for a host. Requests go on for `Detach`; they fail at once
+    /// with `Disconnected` while hanging up.
+    Asking {
+        /// The link, still serving (or draining, when hanging up).
+        link: Link,
+        /// Told when the worker says it listens; dropped if the connection
+        /// is lost first.
+        told: oneshot::Sender<()>,
+        /// `Disconnect`, as opposed to `Detach`.
+        hanging_up: bool,
+    },
+    /// Disconnected from a worker process that runs on.
+    Parked(Parked),
+    /// The worker died without being asked to.
+    Crashed {
+        /// How it died.
+        crash: Crash,
+        /// What is left of its link (the dead process and its session),
+        /// until a restart or `Close` lets go of it.
+        dead: Option<Link>,
+    },
+    /// A fresh worker is being started in place of a crashed one.
+    Restarting {
+        /// How the last worker died: what requests meet meanwhile.
+        crash: Crash,
+        /// Cuts the backoff before the launch short (`Close` does).
+        cancel: Option<oneshot::Sender<()>>,
+        /// Told when the launch has ended, however (`Close` and `Drain`
+        /// wait for it).
+        waiters: Vec<oneshot::Sender<()>>,
+    },
+    /// The restart budget is spent: the worker stays down.
+    GaveUp {
+        /// Restarts made within the restart window.
+        restarts: u32,
+        /// What went wrong last.
+        last: String,
+    },
+    /// `Close` or `Drain` is under way.
+    Closing(Option<Link>),
+    /// The worker is gone and its resources released.
+    Closed,
+}
+
+/// How a worker died.
+#[derive(Debug, Clone)]
+pub(super) struct Crash {
+    /// Exit code, signal, or lost connection.
+    pub(super) reason: CrashReason,
+    /// What the worker said before dying (its panic message), if anything.
+    pub(super) message: Option<String>,
+}
+
+impl Crash {
+    /// The error a request gets for it.
+    pub(super) fn error(&self) -> WorkerError {
+        WorkerError::Crashed {
+            reason: self.reason.clone(),
+            message: self.message.clone(),
+            attempt: 1,
+        }
+    }
+
+    /// One line, for `GaveUp`'s `last`.
+    pub(super) fn describe(&self) -> String {
+        match &self.message {
+            Some(message) => format!("crashed ({}): {message}", self.reason),
+            None => format!("crashed ({})", self.reason),
+        }
+    }
+}
+
+impl Phase {
+    /// The public view of this phase.
+    pub(super) fn state(&self) -> WorkerState {
+        match self {
+            Phase::Serving(_) | Phase::Asking { .. } => WorkerState::Running,
+            Phase::Parked(_) => WorkerState::Disconnected,
+            Phase::Crashed { crash, .. } | Phase::Restarting { crash, .. } => {
+                WorkerState::Crashed {
+                    reason: crash.reason.clone(),
+                    message: crash.message.clone(),
+                }
+            }
+            Phase::GaveUp { restarts, last } => WorkerState::GaveUp {
+                restarts: *restarts,
+                last: last.clone(),
+            },
+            Phase::Closing(_) => WorkerState::Closing,
+            Phase::Closed => WorkerState::Closed,
+        }
+    }
+
+    /// Whether requests are served (`Running`).
+    pub(super) fn is_serving(&self) -> bool {
+        matches!(self, Phase::Serving(_) | Phase::Asking { .. })
+    }
+
+    /// The error a request meets in this phase; `None` if it is sent on.
+    /// `within` is the restart window, for `GaveUp`.
+    pub(super) fn refusal(&self, within: std::time::Duration) -> Option<WorkerError> {
+        match self {
+            Phase::Serving(_)
+            | Phase::Asking {
+                hanging_up: false, ..
+            } => None,
+            Phase::Asking {
+                hanging_up: true, ..
+            }
+            | Phase::Parked(_) => Some(WorkerError::Disconnected),
+            Phase::Crashed { crash, .. } | Phase::Restarting { crash, .. } => Some(crash.error()),
+            Phase::GaveUp { restarts, last } => Some(WorkerError::GaveUp {
+                restarts: *restarts,
+                within,
+                last: last.clone(),
+            }),
+            Phase::Closing(_) | Phase::Closed => Some(WorkerError::Closed),
+        }
+    }
+
+    /// The link to a live worker, if requests can be sent over it.
+    pub(super) fn serving_mut(&mut self) -> Option<&mut Link> {
+        match self {
+            Phase::Serving(link) | Phase::Asking { link, .. } => Some(link),
+            _ => None,
+        }
+    }
+
+    /// The link of this phase, live or not.
+    pub(super) fn link(&self) -> Option<&Link> {
+        match self {
+            Phase::Serving(link) | Phase::Asking { link, .. } => Some(link),
+            Phase::Crashed { dead, .. } => dead.as_ref(),
+            Phase::Closing(link) => link.as_ref(),
+            _ => None,
+        }
+    }
+
+    /// The parked worker, while disconnected.
+    pub(super) fn parked(&self) -> Option<&Parked> {
+        match self {
+            Phase::Parked(parked) => Some(parked),
+            _ => None,
+        }
+    }
+
+    /// [`link`](Self::link), mutably.
+    pub(super) fn link_mut(&mut self) -> Option<&mut Link> {
+        match self {
+            Phase::Serving(link) | Phase::Asking { link, .. } => Some(link),
+            Phase::Crashed { dead, .. } => dead.as_mut(),
+            Phase::Closing(link) => link.as_mut(),
+            _ => None,
+        }
+    }
+
+    /// A `Disconnect` or `Detach` is waiting for the worker's answer.
+    pub(super) fn is_asking(&self) -> bool {
+        matches!(self, Phase::Asking { .. })
+    }
+
+    /// A fresh worker is being started.
+    pub(super) fn is_restarting(&self) -> bool {
+        matches!(self, Phase::Restarting { .. })
+    }
+
+    // ===== transitions =====
+
+    /// Takes the phase out, leaving `Closed` in its place for the moment
+    /// the caller builds the next one.
+    fn take(&mut self) -> Phase {
+        std::mem::replace(self, Phase::Closed)
+    }
+
+    /// Any phase → `Serving`: a worker is up (spawned, restarted,
+    /// reconnected, attached), or a `Disconnect`/`Detach` came to an end.
+    pub(super) fn serve(&mut self, link: Link) {
+        *self = Phase::Serving(link);
+    }
+
+    /// `Parked` → `Serving`, first step: takes the parked worker out to
+    /// reconnect to it; the caller then [`serve`](Self::serve)s the new link.
+    pub(super) fn unpark(&mut self) -> Option<Parked> {
+        match self.take() {
+            Phase::Parked(parked) => Some(parked),
+            other => {
+                *self = other;
+                None
+            }
+        }
+    }
+
+    /// `Serving` → `Asking`: `Disconnect` (`hanging_up`) or `Detach` was
+    /// sent; `told` hears the worker's answer.
+    pub(super) fn ask(&mut self, told: oneshot::Sender<()>, hanging_up: bool) {
+        match self.take() {
+            Phase::Serving(link) => {
+                *self = Phase::Asking {
+                    link,
+                    told,
+                    hanging_up,
+                }
+            }
+            other => *self = other,
+        }
+    }
+
+    /// `Asking` → `Serving`: the worker said it listens (`told` is told), or
+    /// the proxy stopped waiting for it (`told` is dropped).
+    pub(super) fn answered(&mut self, listening: bool) {
+        match self.take() {
+            Phase::Asking { link, told, .. } => {
+                if listening {
+                    let _ = told.send(());
+                }
+                *self = Phase::Serving(link);
+            }
+            other => *self = other,
+        }
+    }
+
+    /// `Serving` → `Parked`, with what `park` made of the link; a phase
+    /// that is not serving stays as it is (and `park` is not called).
+    pub(super) fn park(&mut self, park: impl FnOnce(Link) -> Option<Parked>) {
+        match self.take() {
+            Phase::Serving(link) | Phase::Asking { link, .. } => {
+                *self = match park(link) {
+                    Some(parked) => Phase::Parked(parked),
+                    None => Phase::Closed,
+                }
+            }
+            other => *self = other,
+        }
+    }
+
+    /// Any phase but the ending ones → `Crashed`. What was left of the link
+    /// stays with the phase (a parked worker's is let go of).
+    pub(super) fn crash(&mut self, crash: Crash) {
+        let dead = match self.take() {
+            Phase::Serving(link) | Phase::Asking { link, .. } => Some(link),
+            Phase::Parked(_) => None,
+            Phase::Crashed { dead, .. } => dead,
+            Phase::Restarting { waiters, .. } => {
+                tell_all(waiters);
+                None
+            }
+            ended @ (Phase::GaveUp { .. } | Phase::Closing(_) | Phase::Closed) => {
+                *self = ended;
+                return;
+            }
+        };
+        *self = Phase::Crashed { crash, dead };
+    }
+
+    /// `Crashed` → `Restarting`: the dead worker's link is let go of;
+    /// `cancel` cuts the backoff short.
+    pub(super) fn restart(&mut self, cancel: oneshot::Sender<()>) {
+        match self.take() {
+            Phase::Crashed { crash, .. } => {
+                *self = Phase::Restarting {
+                    crash,
+                    cancel: Some(cancel),
+                    waiters: Vec::new(),
+                }
+            }
+            other => *self = other,
+        }
+    }
+
+    /// `Restarting`: the backoff is over; `Close` can no longer cut it short.
+    pub(super) fn launching(&mut self) {
+        if let Phase::Restarting { cancel, .. } = self {
+            *cancel = None;
+        }
+    }
+
+    /// `Restarting`: cuts the backoff short, if the launch has not begun.
+    pub(super) fn cancel_restart(&mut self) {
+        if let Phase::Restarting { cancel, .. } = self {
+            if let Some(cancel) = cancel.take() {
+                let _ = cancel.send(());
+            }
+        }
+    }
+
+    /// `Restarting`: resolves once the launch has ended (at once if no
+    /// launch is under way).
+    pub(super) fn restart_done(&mut self) -> impl std::future::Future<Output = ()> + 'static {
+        let waiting = match self {
+            Phase::Restarting { waiters, .. } => {
+                let (done, waiting) = oneshot::channel();
+                waiters.push(done);
+                Some(waiting)
+            }
+            _ => None,
+        };
+        async move {
+            if let Some(waiting) = waiting {
+                let _ = waiting.await;
+            }
+        }
+    }
+
+    /// `Restarting` → `Crashed` with the same crash: the launch was
+    /// cancelled by `Close`.
+    pub(super) fn restart_cancelled(&mut self) {
+        if let Phase::Restarting { crash, waiters, .. } = self.take() {
+            tell_all(waiters);
+            *self = Phase::Crashed { crash, dead: None };
+        }
+    }
+
+    /// `Restarting` → `Serving`: the fresh worker is up. Answers the link
+    /// back (and leaves the phase) if no restart was under way.
+    // The link is moved in and, rarely, out again: boxing it would cost
+    // every restart an allocation to spare a copy.
+    #[allow(clippy::result_large_err)]
+    pub(super) fn restarted(&mut self, link: Link) -> Result<(), Link> {
+        match self.take() {
+            Phase::Restarting { waiters, .. } => {
+                tell_all(waiters);
+                *self = Phase::Serving(link);
+                Ok(())
+            }
+            other => {
+                *self = other;
+                Err(link)
+            }
+        }
+    }
+
+    /// `Crashed` → `GaveUp`.
+    pub(super) fn give_up(&mut self, restarts: u32, last: String) {
+        *self = Phase::GaveUp { restarts, last };
+    }
+
+    /// Any phase → `Closing`, keeping the link (live, parked or dead) by
+    /// which `Close` ends the worker. (A restart under way is waited for
+    /// first: see `Worker::after_launch`.)
+    pub(super) fn close(&mut self) {
+        let link = match self.take() {
+            Phase::Serving(link) | Phase::Asking { link, .. } => Some(link),
+            Phase::Parked(parked) => Some(Link::Parked(parked)),
+            Phase::Crashed { dead, .. } => dead,
+            Phase::Closing(link) => link,
+            Phase::Restarting { waiters, .. } => {
+                tell_all(waiters);
+                None
+            }
+            Phase::GaveUp { .. } | Phase::Closed => None,
+        };
+        *self = Phase::Closing(link);
+    }
+
+    /// The proxy stopped: answers the link, to be let go of. A crash and
+    /// what follows it stay (a supervised proxy is restarted by actix and
+    /// goes on from them); any other phase becomes `Closed`.
+    pub(super) fn stopped(&mut self) -> Option<Link> {
+        match self {
+            Phase::Crashed { dead, .. } => dead.take(),
+            Phase::Restarting { .. } | Phase::GaveUp { .. } => None,
+            _ => self.closed(),
+        }
+    }
+
+    /// Any phase → `Closed`: answers the link, to be let go of.
+    pub(super) fn closed(&mut self) -> Option<Link> {
+        match std::mem::replace(self, Phase::Closed) {
+            Phase::Serving(link) | Phase::Asking { link, .. } => Some(link),
+            Phase::Parked(parked) => Some(Link::Parked(parked)),
+            Phase::Crashed { dead, .. } | Phase::Closing(dead) => dead,
+            Phase::Restarting { waiters, .. } => {
+                tell_all(waiters);
+                None
+            }
+            Phase::GaveUp { .. } | Phase::Closed => None,
+        }
+    }
+}
+
+/// Tells every waiter (a launch ended).
+fn tell_all(waiters: Vec<oneshot::Sender<()>>) {
+    for waiter in waiters {
+        let _ = waiter.send(());
+    }
+}

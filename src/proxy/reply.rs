@@ -128,14 +128,14 @@ impl<M: WorkerMessage> Reply<M> {
     /// Passes an outcome known at once back through `M`'s typed
     /// middleware, as far as `trip` went in (the untyped middleware, if the
     /// request reached it, has seen the outcome already).
-    pub(super) fn through(self, trip: &Trip, typed: &Option<Typed<M>>) -> Self {
-        match self.0 {
-            ReplyKind::Now(mut outcome) => {
-                trip.pass_out(Leg::HostTyped, typed, &mut outcome);
-                Self(ReplyKind::Now(outcome))
-            }
-            kind => Self(kind),
+    // Inlined where the reply is made: out of line, every request's reply
+    // was moved in and out of it (callgrind: 28 instructions a request).
+    #[inline]
+    pub(super) fn through(mut self, trip: &Trip, typed: &Option<Typed<M>>) -> Self {
+        if let ReplyKind::Now(outcome) = &mut self.0 {
+            trip.pass_out(Leg::HostTyped, typed, outcome);
         }
+        self
     }
 
     pub(super) fn later(outcome: LocalBoxFuture<'static, Result<M::Reply, WorkerError>>) -> Self {

@@ -6,8 +6,8 @@ use std::time::Duration;
 use actix::{Recipient, WeakRecipient};
 
 use crate::contract::WorkerMessage;
+use crate::lifecycle::LifecycleEvent;
 use crate::middleware::Middlewares;
-use crate::proxy::LifecycleEvent;
 
 /// Options for one worker, set with a builder.
 ///

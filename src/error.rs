@@ -409,7 +409,7 @@ pub enum SpawnError {
     /// The worker said hello but disagreed about the protocol, contract or
     /// serializer (or did not say hello).
     #[error("handshake failed: {0}")]
-    Handshake(String),
+    Handshake(HandshakeError),
     /// A local resource (directory, socket, thread) could not be set up.
     #[error("could not set up the worker's {what}: {source}")]
     Io {
@@ -451,10 +451,98 @@ pub enum AttachError {
     /// The worker answered, but does not speak what the host does
     /// (protocol, contract or serializer), or is not who the handle says.
     #[error("handshake failed: {0}")]
-    Handshake(String),
+    Handshake(HandshakeError),
     /// The worker did not complete the handshake in time.
     #[error("the worker did not answer within {0:?}")]
     Timeout(Duration),
+}
+
+/// Why a host and a worker could not open a connection: what the worker's
+/// first frame said (or that there was none), or who the OS says is on the
+/// other end. Both [`SpawnError::Handshake`] and [`AttachError::Handshake`]
+/// carry it; its text is the sentence after "handshake failed: ".
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum HandshakeError {
+    /// The worker speaks another version of the wire protocol.
+    #[error("the worker speaks protocol version {worker}, the host {host}")]
+    Protocol {
+        /// The worker's protocol version.
+        worker: u32,
+        /// The host's.
+        host: u32,
+    },
+    /// The worker serves another contract, or another version of it.
+    #[error(
+        "the worker serves contract `{worker}` v{worker_version}, the host expects `{host}` v{host_version}"
+    )]
+    Contract {
+        /// The contract the worker serves.
+        worker: String,
+        /// Its version.
+        worker_version: u32,
+        /// The contract the host expects.
+        host: String,
+        /// Its version.
+        host_version: u32,
+    },
+    /// The worker encodes payloads with another
+    /// [`Serializer`](crate::Serializer).
+    #[error("the worker encodes with `{worker}`, the host with `{host}`")]
+    Serializer {
+        /// The worker's serializer, by its name.
+        worker: String,
+        /// The host's.
+        host: String,
+    },
+    /// The worker's first frame is not its Hello.
+    #[error("expected a hello, got {got}")]
+    Unexpected {
+        /// What came instead.
+        got: String,
+    },
+    /// The worker closed its connection before it said hello.
+    #[error("the worker closed its connection without a hello")]
+    Closed,
+    /// The worker's first frame could not be read: the connection ended
+    /// within it, it is over the size a first frame may have, or it is not
+    /// a frame of this protocol. The text says which.
+    #[error("{0}")]
+    Unreadable(String),
+    /// The worker's Hello does not carry the attach secret the host
+    /// presented: it is not the worker that listens there.
+    #[error("the worker's hello has the wrong token")]
+    WrongWorkerToken,
+    /// The process on the other end runs as another user.
+    #[error("peer runs as uid {uid}, not {ours}")]
+    ForeignUser {
+        /// The peer's effective user id.
+        uid: u32,
+        /// This process's.
+        ours: u32,
+    },
+    /// The process on the other end is not the worker the handle names.
+    #[error("peer is process {pid}, not {expected}")]
+    OtherProcess {
+        /// The peer's process id.
+        pid: i32,
+        /// The worker's, as the handle says.
+        expected: u32,
+    },
+    /// The handle was made by a host that speaks another protocol version.
+    #[error("the handle is for protocol version {handle}, this host speaks {host}")]
+    HandleProtocol {
+        /// The protocol version the handle names.
+        handle: u32,
+        /// This host's.
+        host: u32,
+    },
+    /// `Reconnect` to a worker that never said where it accepts its host.
+    #[error("the worker never said where it accepts its host")]
+    NotListening,
+    /// The connection could not be set up for frames.
+    #[error(transparent)]
+    Io(std::sync::Arc<std::io::Error>),
 }
 
 fn stderr_tail(stderr: &str) -> String {

@@ -5,10 +5,14 @@ pub mod config;
 pub mod contract;
 pub mod driver;
 pub mod error;
+mod lifecycle;
 pub mod middleware;
+mod panic;
 pub mod pool;
 pub mod proxy;
+mod socket;
 mod unreferenced;
+mod waiters;
 pub(crate) mod wire;
 pub mod worker;
 
@@ -20,8 +24,8 @@ pub use contract::{Contract, InContract, LocalOnly, Portable, WorkerMessage};
 pub use driver::child_process::DetachedWorker;
 pub use driver::{ChildProcess, Connection, Driver, Thread};
 pub use error::{
-    AttachError, ConnectionError, CrashReason, ProtocolFailure, RemoteError, SpawnError,
-    WorkerError,
+    AttachError, ConnectionError, CrashReason, HandshakeError, ProtocolFailure, RemoteError,
+    SpawnError, WorkerError,
 };
 pub use pool::{PoolOptions, PoolReport, PoolStatus, WorkerPool};
 pub use proxy::{

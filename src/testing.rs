@@ -5,7 +5,7 @@ use std::io::{self, Read};
 
 use bytes::BytesMut;
 
-use crate::driver::child_process::env;
+use crate::socket::env;
 use crate::wire::envelope::{Header, Hello};
 use crate::wire::frame::{decode_one, encode_parts};
 use crate::wire::PROTOCOL_VERSION;

@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 
 use isolated_workers::testing::PROTOCOL;
 use isolated_workers::{
-    CrashReason, ProtocolFailure, SpawnError, Worker, WorkerError, WorkerOptions, WorkerState,
+    CrashReason, HandshakeError, ProtocolFailure, SpawnError, Worker, WorkerError, WorkerOptions,
+    WorkerState,
 };
 use libtest_mimic::Failed;
 use support::rogue::{Rogue, TRUNCATED_EXIT_CODE};
@@ -128,13 +129,17 @@ async fn spawn_rogue(rogue: Rogue) -> Result<actix::Addr<Worker<Calc>>, Failed> 
 
 async fn a_worker_speaking_another_protocol_version_fails_the_handshake() -> Result<(), Failed> {
     let err = spawn_error::<Calc>(Rogue::WrongProtocol.driver(), impatient()).await?;
-    let SpawnError::Handshake(why) = &err else {
-        return Err(format!("expected Handshake, got {err:?}").into());
+    let SpawnError::Handshake(HandshakeError::Protocol { worker, host }) = &err else {
+        return Err(format!("expected a protocol mismatch, got {err:?}").into());
     };
-    assert!(
-        why.contains(&format!("protocol version {}", PROTOCOL + 1))
-            && why.contains(&format!("the host {PROTOCOL}")),
-        "names both versions: {why}"
+    assert_eq!((*worker, *host), (PROTOCOL + 1, PROTOCOL));
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "handshake failed: the worker speaks protocol version {}, the host {PROTOCOL}",
+            PROTOCOL + 1
+        ),
+        "names both versions"
     );
     Ok(())
 }

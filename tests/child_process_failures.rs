@@ -11,7 +11,8 @@ use actix::Addr;
 use futures::future::join_all;
 use isolated_workers::proxy::{Disconnect, Reconnect};
 use isolated_workers::{
-    ChildProcess, CrashReason, SpawnError, Worker, WorkerError, WorkerOptions, WorkerState,
+    ChildProcess, CrashReason, HandshakeError, SpawnError, Worker, WorkerError, WorkerOptions,
+    WorkerState,
 };
 use libtest_mimic::Failed;
 use nix::sys::signal::{kill, Signal};
@@ -263,11 +264,14 @@ async fn a_program_that_does_not_exist_fails_to_launch() -> Result<(), Failed> {
 async fn a_worker_serving_another_contract_fails_the_handshake_naming_both() -> Result<(), Failed> {
     let driver = ChildProcess::current_exe("other");
     let err = spawn_error::<Calc>(driver, WorkerOptions::default()).await?;
-    let SpawnError::Handshake(why) = &err else {
-        return Err(format!("expected Handshake, got {err:?}").into());
+    let SpawnError::Handshake(HandshakeError::Contract { worker, host, .. }) = &err else {
+        return Err(format!("expected a contract mismatch, got {err:?}").into());
     };
+    assert_eq!((worker.as_str(), host.as_str()), ("Other", "Calc"));
+    let why = err.to_string();
     assert!(
-        why.contains("`Other`") && why.contains("`Calc`"),
+        why.starts_with("handshake failed: the worker serves contract `Other` v")
+            && why.contains(", the host expects `Calc` v"),
         "names both contracts: {why}"
     );
     Ok(())

@@ -10,7 +10,9 @@
 
 mod support;
 
-use isolated_workers::{ChildProcess, RemoteError, SpawnError, WorkerError, WorkerOptions};
+use isolated_workers::{
+    ChildProcess, HandshakeError, RemoteError, SpawnError, WorkerError, WorkerOptions,
+};
 use libtest_mimic::Failed;
 use support::{actix_test, ask, close, fail, run, spawn_error};
 
@@ -251,13 +253,20 @@ async fn mismatch<C: isolated_workers::Contract>(
     worker_serializer: &str,
 ) -> Result<(), Failed> {
     let err = spawn_error::<C>(ChildProcess::current_exe(worker), WorkerOptions::default()).await?;
-    let SpawnError::Handshake(why) = &err else {
-        return Err(format!("expected Handshake, got {err:?}").into());
+    let SpawnError::Handshake(HandshakeError::Serializer { worker, host }) = &err else {
+        return Err(format!("expected a serializer mismatch, got {err:?}").into());
     };
-    assert!(
-        why.contains(&format!("`{host_serializer}`"))
-            && why.contains(&format!("`{worker_serializer}`")),
-        "names both serializers: {why}"
+    assert_eq!(
+        (worker.as_str(), host.as_str()),
+        (worker_serializer, host_serializer)
+    );
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "handshake failed: the worker encodes with `{worker_serializer}`, \
+             the host with `{host_serializer}`"
+        ),
+        "names both serializers"
     );
     Ok(())
 }

@@ -89,8 +89,13 @@ pub(crate) struct StreamConnection {
     /// Whether the driver already checked the worker's Hello; if not, the
     /// proxy expects it as the first frame.
     pub(crate) greeted: bool,
-    /// For a child worker: how to reach the same process again.
-    pub(crate) session: Option<child_process::session::Session>,
+    /// For a child worker: how to reach the same process again. This is
+    /// the one place the generic connection knows a concrete driver:
+    /// reconnecting and detaching are features of the proxy that only
+    /// [`ChildProcess`] workers have (see [`CanReconnect`], [`CanDetach`]),
+    /// and the proxy needs the session to offer them. `None` for every
+    /// other driver.
+    pub(crate) session: Option<crate::socket::session::Session>,
 }
 
 impl std::fmt::Debug for StreamConnection {
@@ -137,7 +142,7 @@ impl Connection {
     pub(crate) fn child_stream(
         (reader, writer): crate::wire::stream::Halves,
         process: ProcessHandle,
-        session: child_process::session::Session,
+        session: crate::socket::session::Session,
     ) -> Self {
         let mut connection = Self::halves(Box::new(reader), Box::new(writer), true);
         if let ConnectionKind::Stream(stream) = &mut connection.kind {

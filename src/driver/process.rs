@@ -14,25 +14,10 @@ use tokio::sync::{oneshot, watch};
 /// How many bytes of a child's stderr are kept for error reports.
 const STDERR_TAIL: usize = 4096;
 
-/// Whether process `pid` runs: exists and, on Linux, is not a zombie (dead,
-/// not yet reaped by its parent).
-pub(crate) fn is_running(pid: u32) -> bool {
-    #[cfg(target_os = "linux")]
-    {
-        match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-            // The state follows the command name, which is in parentheses.
-            Ok(stat) => stat
-                .rsplit_once(')')
-                .is_some_and(|(_, rest)| !rest.trim_start().starts_with(['Z', 'X'])),
-            Err(_) => false,
-        }
-    }
-    #[cfg(not(target_os = "linux"))]
-    {
-        i32::try_from(pid)
-            .is_ok_and(|pid| nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok())
-    }
-}
+/// How long the proxy waits to learn a worker's exit status once it knows
+/// the worker is gone or going (its connection ended, a reconnect failed),
+/// before it reports the crash without one.
+pub(crate) const EXIT_STATUS_WAIT: Duration = Duration::from_millis(500);
 
 /// How a watched process ended.
 #[derive(Debug, Clone, Copy)]

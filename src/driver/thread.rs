@@ -19,9 +19,9 @@ use super::{Connection, ConnectionKind, Driver};
 use crate::config::WorkerOptions;
 use crate::error::SpawnError;
 use crate::middleware::Middlewares;
+use crate::panic;
 use crate::worker::events::{Events, Scope};
 use crate::worker::inbox::Inbox;
-use crate::worker::panic;
 use crate::worker::routes::{Deliveries, ServedBy};
 
 /// Runs the worker actor made by a factory on a new arbiter thread.

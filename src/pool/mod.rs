@@ -10,13 +10,13 @@ use std::time::Instant;
 
 use actix::prelude::*;
 use futures::future::join_all;
-use tokio::sync::oneshot;
 
 use crate::contract::{Contract, InContract};
 use crate::driver::{Carries, ChildProcess, Driver};
 use crate::error::{SpawnError, WorkerError};
 use crate::proxy::{Attempt, Close, LifecycleEvent, Status, Worker, WorkerState, WorkerStatus};
 use crate::unreferenced::StopWhenUnreferenced;
+use crate::waiters::Waiters;
 
 mod member;
 mod options;
@@ -113,9 +113,9 @@ pub struct WorkerPool<C: Contract, D: Driver<C> + Clone = ChildProcess> {
     state: PoolState,
     counters: PoolCounters,
     /// Told when no member is being started any more (`Close` waits).
-    settled: Vec<oneshot::Sender<()>>,
+    settled: Waiters,
     /// Told when the pool is closed (a second `Close` waits).
-    closed: Vec<oneshot::Sender<()>>,
+    closed: Waiters,
     /// When the queue is next swept for requests past their deadline.
     sweep: Option<(Instant, SpawnHandle)>,
 }
@@ -185,8 +185,8 @@ impl<C: Contract, D: Driver<C> + Clone> WorkerPool<C, D> {
             next_id: 1,
             state: PoolState::Open,
             counters: PoolCounters::default(),
-            settled: Vec::new(),
-            closed: Vec::new(),
+            settled: Waiters::default(),
+            closed: Waiters::default(),
             sweep: None,
         };
         for worker in workers {
@@ -453,9 +453,7 @@ impl<C: Contract, D: Driver<C> + Clone> WorkerPool<C, D> {
                 Err(error) => pool.start_failed(error),
             }
             if pool.starting == 0 {
-                for settled in pool.settled.drain(..) {
-                    let _ = settled.send(());
-                }
+                pool.settled.tell_all();
             }
         }));
     }
@@ -551,14 +549,10 @@ impl<C: Contract, D: Driver<C> + Clone> WorkerPool<C, D> {
 
     /// Resolves once no member is being started.
     fn starts_settled(&mut self) -> impl Future<Output = ()> + 'static {
-        let waiting = (self.starting > 0).then(|| {
-            let (settled, waiting) = oneshot::channel();
-            self.settled.push(settled);
-            waiting
-        });
+        let waiting = (self.starting > 0).then(|| self.settled.wait());
         async move {
             if let Some(waiting) = waiting {
-                let _ = waiting.await;
+                waiting.await;
             }
         }
     }
@@ -735,16 +729,7 @@ impl<C: Contract, D: Driver<C> + Clone> Handler<Close> for WorkerPool<C, D> {
     fn handle(&mut self, _: Close, _: &mut Context<Self>) -> Self::Result {
         match self.state {
             PoolState::Closed => return Box::pin(fut::ready(())),
-            PoolState::Closing => {
-                let (closed, waiting) = oneshot::channel();
-                self.closed.push(closed);
-                return Box::pin(
-                    async move {
-                        let _ = waiting.await;
-                    }
-                    .into_actor(self),
-                );
-            }
+            PoolState::Closing => return Box::pin(self.closed.wait().into_actor(self)),
             PoolState::Open => {}
         }
         tracing::debug!(contract = C::NAME, "closing pool");
@@ -765,9 +750,7 @@ impl<C: Contract, D: Driver<C> + Clone> Handler<Close> for WorkerPool<C, D> {
                 })
                 .map(|_, pool, _| {
                     pool.state = PoolState::Closed;
-                    for closed in pool.closed.drain(..) {
-                        let _ = closed.send(());
-                    }
+                    pool.closed.tell_all();
                 }),
         )
     }

@@ -15,19 +15,15 @@ use super::phase::{Crash, Phase};
 use super::{Accepted, Link, Worker};
 use crate::config::WorkerOptions;
 use crate::contract::Contract;
-use crate::driver::child_process::session::Session;
-use crate::driver::child_process::DetachedWorker;
-use crate::driver::process::Ended;
+use crate::driver::process::{Ended, EXIT_STATUS_WAIT};
 use crate::driver::{CanDetach, CanReconnect, ChildProcess, Connection, Driver, ProcessHandle};
 use crate::error::{AttachError, ConnectionError, CrashReason, WorkerError};
+use crate::socket::session::Session;
+use crate::socket::DetachedWorker;
 use crate::wire::envelope::Header;
 
 /// How long a detached worker waits for a host by default before it stops.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(10 * 60);
-
-/// How long after a failed reconnect the proxy waits to learn the worker's
-/// exit status.
-const EXIT_STATUS_WAIT: Duration = Duration::from_millis(500);
 
 /// Closes the connection to a worker that keeps running and keeps its
 /// state, until [`Reconnect`]. Accepted by workers whose driver

@@ -13,9 +13,9 @@ use super::connection::Parked;
 use super::{counters, events, local, stream, Worker};
 use crate::config::WorkerOptions;
 use crate::contract::Contract;
-use crate::driver::child_process::session::Session;
 use crate::driver::{Connection, ConnectionKind, Driver, ProcessHandle};
 use crate::error::WorkerError;
+use crate::socket::session::Session;
 
 /// How the proxy reaches its worker.
 // One per worker, matched on every request: boxing the big variant would

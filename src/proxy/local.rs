@@ -25,7 +25,7 @@ use crate::contract::WorkerMessage;
 use crate::driver::LocalLink;
 use crate::error::{CrashReason, WorkerError};
 use crate::middleware::{Body, Direction, Middlewares, Passage, Side, Typed};
-use crate::worker::panic;
+use crate::panic;
 use crate::worker::routes::Deliveries;
 
 /// The proxy's state for a worker in this process.

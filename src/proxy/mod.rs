@@ -36,13 +36,14 @@ mod status;
 mod stream;
 mod timekeeper;
 
+pub use crate::lifecycle::{LifecycleEvent, WorkerId};
 pub use close::{Close, Drain};
 pub use connection::{Detach, Disconnect, Reconnect, DEFAULT_IDLE_TIMEOUT};
 pub use counters::{Counters, MessageCounts};
 pub use events::{EventStream, Subscribe, SubscribeStream, WorkerEvent, SUBSCRIBER_CAPACITY};
 pub use reply::Reply;
 pub(crate) use request::{Attempt, Tries};
-pub use restart::{LifecycleEvent, Watch, WorkerId};
+pub use restart::Watch;
 pub use status::{Status, WorkerState, WorkerStatus};
 
 /// The host's proxy for one worker of contract `C`, reached through driver

@@ -37,10 +37,33 @@
 //! (unless the proxy restarts the worker for it first: see
 //! `Worker::needs_respawn`); `GaveUp`, `Closing` and `Closed` refuse it.
 //!
-//! The requests of a worker that crashes are resolved before the phase
-//! becomes `Crashed` (see `stream.rs`, `report_crash`): those the dead
-//! worker never read, and those their `CrashPolicy` retries, travel with
-//! the restart (`restart.rs`); every other one fails `Crashed`.
+//! # A request when its worker crashes (during a restart too)
+//!
+//! 1. The requests of a worker that crashes are sorted before the phase
+//!    becomes `Crashed` (`stream.rs`, `report_crash`): those the dead worker
+//!    never read (by its read mark) and those their `CrashPolicy` retries
+//!    become retries; every other one fails `Crashed` at once. A thread
+//!    worker's requests all fail `Crashed` (their messages moved into it).
+//! 2. Retries travel with the restart (`restart.rs`): a supervised proxy
+//!    carries them over actix's restart of the actor; any other proxy
+//!    restarts at once for them. Without retries, an unsupervised proxy
+//!    restarts only when the next request comes (`needs_respawn`).
+//! 3. While `Restarting`, new requests wait in the mailbox
+//!    (`WhileRestarting::Queue`, the default) or fail `Crashed` at once
+//!    (`Reject`).
+//! 4. If the fresh worker starts, the retries are sent to it (keeping
+//!    their first deadline), then the waiting requests in mailbox order.
+//!    If it fails to start, the phase is `Crashed` again ("restart
+//!    failed"): a supervised proxy carries the retries to its next
+//!    restart; any other fails them. Each restart spends the budget;
+//!    once it is spent the phase is `GaveUp` and every retry and request
+//!    fails `GaveUp`.
+//! 5. If the fresh worker crashes in its turn, step 1 applies again: a
+//!    retry's attempt counts on (`Retry { attempts }` bounds it), and a
+//!    request it never read goes on without spending an attempt.
+//! 6. `Close` during a restart cancels one still in its backoff (the
+//!    retries fail `Crashed`), or waits for one already launching and then
+//!    closes the fresh worker (its requests fail `Closed`).
 
 use tokio::sync::oneshot;
 
@@ -48,6 +71,7 @@ use super::connection::Parked;
 use super::status::WorkerState;
 use super::Link;
 use crate::error::{CrashReason, WorkerError};
+use crate::waiters::Waiters;
 
 /// Where the proxy is in its worker's life (see the module doc).
 pub(super) enum Phase {
@@ -83,7 +107,7 @@ pub(super) enum Phase {
         cancel: Option<oneshot::Sender<()>>,
         /// Told when the launch has ended, however (`Close` and `Drain`
         /// wait for it).
-        waiters: Vec<oneshot::Sender<()>>,
+        waiters: Waiters,
     },
     /// The restart budget is spent: the worker stays down.
     GaveUp {
@@ -296,8 +320,8 @@ impl Phase {
             Phase::Serving(link) | Phase::Asking { link, .. } => Some(link),
             Phase::Parked(_) => None,
             Phase::Crashed { dead, .. } => dead,
-            Phase::Restarting { waiters, .. } => {
-                tell_all(waiters);
+            Phase::Restarting { mut waiters, .. } => {
+                waiters.tell_all();
                 None
             }
             ended @ (Phase::GaveUp { .. } | Phase::Closing(_) | Phase::Closed) => {
@@ -316,7 +340,7 @@ impl Phase {
                 *self = Phase::Restarting {
                     crash,
                     cancel: Some(cancel),
-                    waiters: Vec::new(),
+                    waiters: Waiters::default(),
                 }
             }
             other => *self = other,
@@ -343,16 +367,12 @@ impl Phase {
     /// launch is under way).
     pub(super) fn restart_done(&mut self) -> impl std::future::Future<Output = ()> + 'static {
         let waiting = match self {
-            Phase::Restarting { waiters, .. } => {
-                let (done, waiting) = oneshot::channel();
-                waiters.push(done);
-                Some(waiting)
-            }
+            Phase::Restarting { waiters, .. } => Some(waiters.wait()),
             _ => None,
         };
         async move {
             if let Some(waiting) = waiting {
-                let _ = waiting.await;
+                waiting.await;
             }
         }
     }
@@ -360,8 +380,11 @@ impl Phase {
     /// `Restarting` → `Crashed` with the same crash: the launch was
     /// cancelled by `Close`.
     pub(super) fn restart_cancelled(&mut self) {
-        if let Phase::Restarting { crash, waiters, .. } = self.take() {
-            tell_all(waiters);
+        if let Phase::Restarting {
+            crash, mut waiters, ..
+        } = self.take()
+        {
+            waiters.tell_all();
             *self = Phase::Crashed { crash, dead: None };
         }
     }
@@ -373,8 +396,8 @@ impl Phase {
     #[allow(clippy::result_large_err)]
     pub(super) fn restarted(&mut self, link: Link) -> Result<(), Link> {
         match self.take() {
-            Phase::Restarting { waiters, .. } => {
-                tell_all(waiters);
+            Phase::Restarting { mut waiters, .. } => {
+                waiters.tell_all();
                 *self = Phase::Serving(link);
                 Ok(())
             }
@@ -399,8 +422,8 @@ impl Phase {
             Phase::Parked(parked) => Some(Link::Parked(parked)),
             Phase::Crashed { dead, .. } => dead,
             Phase::Closing(link) => link,
-            Phase::Restarting { waiters, .. } => {
-                tell_all(waiters);
+            Phase::Restarting { mut waiters, .. } => {
+                waiters.tell_all();
                 None
             }
             Phase::GaveUp { .. } | Phase::Closed => None,
@@ -425,18 +448,11 @@ impl Phase {
             Phase::Serving(link) | Phase::Asking { link, .. } => Some(link),
             Phase::Parked(parked) => Some(Link::Parked(parked)),
             Phase::Crashed { dead, .. } | Phase::Closing(dead) => dead,
-            Phase::Restarting { waiters, .. } => {
-                tell_all(waiters);
+            Phase::Restarting { mut waiters, .. } => {
+                waiters.tell_all();
                 None
             }
             Phase::GaveUp { .. } | Phase::Closed => None,
         }
-    }
-}
-
-/// Tells every waiter (a launch ended).
-fn tell_all(waiters: Vec<oneshot::Sender<()>>) {
-    for waiter in waiters {
-        let _ = waiter.send(());
     }
 }

@@ -3,7 +3,6 @@
 //! and the [`LifecycleEvent`]s watchers are told.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
@@ -16,6 +15,7 @@ use crate::config::{WhileRestarting, WorkerOptions};
 use crate::contract::Contract;
 use crate::driver::Driver;
 use crate::error::{CrashReason, SpawnError, WorkerError};
+use crate::lifecycle::LifecycleEvent;
 
 /// What a proxy keeps of restarting its worker across crashes (and across
 /// actix's restart of a supervised proxy). The restart under way itself is
@@ -37,72 +37,6 @@ impl Restarts {
     /// Restarts made within the restart window (as last counted).
     pub(super) fn count(&self) -> u32 {
         self.at.len() as u32
-    }
-}
-
-/// Names one worker proxy for the life of the process: the `worker` of its
-/// [`LifecycleEvent`]s and of its [`WorkerStatus`](super::WorkerStatus).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct WorkerId(u64);
-
-impl WorkerId {
-    /// A name no other proxy in this process has.
-    pub(super) fn next() -> Self {
-        static NEXT: AtomicU64 = AtomicU64::new(1);
-        WorkerId(NEXT.fetch_add(1, Ordering::Relaxed))
-    }
-}
-
-impl std::fmt::Display for WorkerId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "worker#{}", self.0)
-    }
-}
-
-/// What happened to a worker, told to its watchers (see [`Watch`] and
-/// [`WorkerOptions::watched_by`]).
-#[derive(Debug, Clone, PartialEq, Eq, Message)]
-#[rtype(result = "()")]
-#[non_exhaustive]
-pub enum LifecycleEvent {
-    /// The worker died without being asked to. A restart follows: at once
-    /// for a [supervised](Worker::supervise) worker, else with the next
-    /// request.
-    Crashed {
-        /// Which worker.
-        worker: WorkerId,
-        /// Exit code, signal, or lost connection.
-        reason: CrashReason,
-        /// What the worker said before dying, if anything.
-        message: Option<String>,
-    },
-    /// A fresh worker is up in place of a crashed one.
-    Restarted {
-        /// Which worker.
-        worker: WorkerId,
-        /// Restarts within the restart window, this one included.
-        restarts: u32,
-    },
-    /// The restart budget is spent: the worker stays down and every request
-    /// fails with [`WorkerError::GaveUp`].
-    GaveUp {
-        /// Which worker.
-        worker: WorkerId,
-        /// Restarts made within the restart window.
-        restarts: u32,
-        /// What went wrong last.
-        last: String,
-    },
-}
-
-impl LifecycleEvent {
-    /// The worker it happened to.
-    pub fn worker(&self) -> WorkerId {
-        match self {
-            LifecycleEvent::Crashed { worker, .. }
-            | LifecycleEvent::Restarted { worker, .. }
-            | LifecycleEvent::GaveUp { worker, .. } => *worker,
-        }
     }
 }
 

@@ -28,18 +28,16 @@ use super::reply::{Caller, Reply, Returning};
 use super::{Link, Tries, Worker};
 use crate::config::{CrashPolicy, WorkerOptions};
 use crate::contract::{Contract, WorkerMessage};
-use crate::driver::child_process::session::Session;
+use crate::driver::process::EXIT_STATUS_WAIT;
 use crate::driver::{Driver, ProcessHandle, StreamConnection};
 use crate::error::{CrashReason, WorkerError};
 use crate::middleware::{Body, Direction, Passage, Side, Typed};
+use crate::socket::handshake::Greeting;
+use crate::socket::session::Session;
 use crate::wire::envelope::Header;
 use crate::wire::frame::{Frame, FrameCodec, FrameError};
 use crate::wire::stream::{inbound, Inbound, Severable};
 use crate::wire::Serializer;
-
-/// How long after the connection ends the proxy waits to learn the child's
-/// exit status before reporting the crash without it.
-const EXIT_STATUS_WAIT: Duration = Duration::from_millis(500);
 
 /// Header and length prefixes of a request stay well under this.
 const FRAME_OVERHEAD: usize = 256;
@@ -832,11 +830,7 @@ impl<C: Contract, D: Driver<C>> StreamHandler<Inbound> for Worker<C, D> {
             return;
         };
         if !link.greeted {
-            let verdict = match &frame.header {
-                Header::Hello(hello) => hello.compatible_with::<C>(),
-                other => Err(format!("expected a hello, got {other:?}")),
-            };
-            return match verdict {
+            return match Greeting::new::<C>().next(frame.header) {
                 Ok(()) => link.greeted = true,
                 Err(why) => self.connection_lost(Some(format!("handshake failed: {why}")), ctx),
             };

@@ -9,7 +9,9 @@ use crate::error::{ProtocolFailure, RemoteError};
 
 /// Who is who on a connection. The worker opens a spawned connection with
 /// it; a host reconnecting or attaching to a running worker opens with it
-/// (as [`Header::Attach`]), and the worker answers with its own.
+/// (as [`Header::Attach`]), and the worker answers with its own. Plain
+/// data: what a contract's Hello says, and whether two fit, is the
+/// handshake's business (`crate::socket::handshake`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct Hello {
     /// [`super::PROTOCOL_VERSION`] of the worker.
@@ -25,50 +27,6 @@ pub(crate) struct Hello {
     pub(crate) contract_version: u32,
     /// [`crate::Serializer::NAME`] of the worker's payload format.
     pub(crate) serializer: String,
-}
-
-impl Hello {
-    /// The Hello of this process for contract `C`, presenting `token`.
-    pub(crate) fn ours<C: crate::Contract>(token: String) -> Self {
-        Self {
-            protocol: super::PROTOCOL_VERSION,
-            token,
-            pid: std::process::id(),
-            contract: C::NAME.to_owned(),
-            contract_version: C::VERSION,
-            serializer: <C::Serializer as super::Serializer>::NAME.to_owned(),
-        }
-    }
-
-    /// Whether a peer saying this speaks what a host of contract `C` does:
-    /// the protocol, the contract and its version, the serializer. (Who the
-    /// peer is, is checked by whoever accepted the connection.)
-    pub(crate) fn compatible_with<C: crate::Contract>(&self) -> Result<(), String> {
-        use super::{Serializer, PROTOCOL_VERSION};
-        if self.protocol != PROTOCOL_VERSION {
-            return Err(format!(
-                "the worker speaks protocol version {}, the host {PROTOCOL_VERSION}",
-                self.protocol
-            ));
-        }
-        if self.contract != C::NAME || self.contract_version != C::VERSION {
-            return Err(format!(
-                "the worker serves contract `{}` v{}, the host expects `{}` v{}",
-                self.contract,
-                self.contract_version,
-                C::NAME,
-                C::VERSION
-            ));
-        }
-        if self.serializer != <C::Serializer as Serializer>::NAME {
-            return Err(format!(
-                "the worker encodes with `{}`, the host with `{}`",
-                self.serializer,
-                <C::Serializer as Serializer>::NAME
-            ));
-        }
-        Ok(())
-    }
 }
 
 /// Where a worker that was asked to wait for its host (`Disconnect`,

@@ -27,6 +27,13 @@ impl Frame {
 /// Bytes a frame adds around its header and payload.
 const PREFIX_LEN: usize = 8;
 
+/// What a frame adds to its payload, at most: the length prefixes and a
+/// header (a request's carries its message's wire name, the others less).
+/// A sender checks `payload + MAX_OVERHEAD` against the frame limit before
+/// it writes a request, a reply or an event, so that a frame it writes is
+/// never one the peer must refuse.
+pub(crate) const MAX_OVERHEAD: usize = 256;
+
 /// Encodes and decodes [`Frame`]s. The length prefix is checked against the
 /// maximum before any buffer grows to hold the body.
 ///

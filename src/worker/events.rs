@@ -37,7 +37,7 @@ use tokio_util::codec::Encoder;
 
 use crate::contract::Contract;
 use crate::wire::envelope::Header;
-use crate::wire::frame::{Frame, FrameCodec, FrameError};
+use crate::wire::frame::{Frame, FrameCodec, FrameError, MAX_OVERHEAD};
 use crate::wire::serializer::CodecError;
 use crate::wire::Serializer;
 
@@ -49,10 +49,6 @@ pub const EVENT_BACKLOG: usize = 1024;
 /// leave through the socket before it stops taking events out of the
 /// backlog.
 const WRITE_AHEAD: usize = 64 * 1024;
-
-/// Header and length prefixes of an event frame stay under this (checked
-/// with the payload against the frame limit).
-const FRAME_OVERHEAD: usize = 64;
 
 /// The handle a worker emits its contract's events with: cloneable,
 /// `Send`, usable from the handler, from a task it spawns, or from a
@@ -299,7 +295,7 @@ impl<C: Contract> Events<C> {
     fn encode(event: &C::Event, max_frame_len: usize) -> Result<Bytes, CodecError> {
         let mut payload = BytesMut::new();
         <C::Serializer as Serializer>::encode(event, &mut payload)?;
-        if payload.len() + FRAME_OVERHEAD > max_frame_len {
+        if payload.len() + MAX_OVERHEAD > max_frame_len {
             return Err(CodecError(format!(
                 "the event is {} bytes, over the frame limit of {max_frame_len} bytes",
                 payload.len()
@@ -559,7 +555,7 @@ mod tests {
 
     #[test]
     fn an_event_over_the_frame_limit_is_handed_back() {
-        let (events, _outbox) = Events::<Ticks>::encoded(FRAME_OVERHEAD + 2);
+        let (events, _outbox) = Events::<Ticks>::encoded(MAX_OVERHEAD + 2);
         match events.try_emit(Tick(u32::MAX)) {
             Err(EmitError::Codec(back, error)) => {
                 assert_eq!(back, Tick(u32::MAX));

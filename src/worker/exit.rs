@@ -11,9 +11,9 @@ use std::time::Duration;
 
 use actix::prelude::*;
 
-use super::panic;
 use super::server::Server;
 use super::watchdog;
+use crate::panic;
 use crate::wire::envelope::Header;
 use crate::wire::frame::Frame;
 use crate::wire::Serializer;

@@ -8,19 +8,17 @@ use std::time::Duration;
 use actix::prelude::*;
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use crate::driver::child_process::env;
-use crate::driver::child_process::read_mark::ReadMark;
 use crate::middleware::Middlewares;
+use crate::panic;
+use crate::socket::env;
+use crate::socket::read_mark::ReadMark;
 use crate::wire::envelope::Hello;
 
-mod attach;
 mod cancellable;
-mod detach;
 pub(crate) mod events;
 mod exit;
 mod forward;
 pub(crate) mod inbox;
-pub(crate) mod panic;
 mod reattach;
 pub(crate) mod routes;
 mod server;

@@ -3,8 +3,9 @@
 //! reaches it again. A worker process that was told its host will come
 //! back (`Disconnect`), or that outlives its host (`Detach`), parks when
 //! the connection ends, keeping its actor, and serves the next host that
-//! attaches on the socket it listens on ([`attach`](super::attach), the
-//! accept loop).
+//! attaches on the socket it listens on (the accept loop is
+//! [`socket::attach`](crate::socket::attach)). A worker is spawned over an
+//! inherited socketpair: it listens only once asked to.
 //!
 //! # States
 //!
@@ -32,10 +33,11 @@ use std::time::Duration;
 
 use actix::prelude::*;
 
-use super::attach::{refuse_busy, NewHost};
 use super::exit::{Ending, PROTOCOL_EXIT_CODE};
 use super::server::{HostLink, Server};
-use crate::wire::envelope::Header;
+use crate::socket::attach::{refuse_busy, Listening, NewHost};
+use crate::socket::directory::attach_directory;
+use crate::wire::envelope::{AttachPoint, Header};
 use crate::wire::frame::Frame;
 use crate::wire::stream::split;
 use crate::wire::Serializer;
@@ -199,6 +201,36 @@ fn afterwards(ending: Ending, expected_back: bool) -> Afterwards {
     }
 }
 
+/// Where a worker process listens for its hosts, once asked to.
+#[derive(Default)]
+pub(crate) struct Listener {
+    /// Where and how hosts attach, once listening.
+    listening: Option<Listening>,
+}
+
+impl Listener {
+    /// Starts listening for hosts, unless already listening. Returns where
+    /// hosts attach, and, the first time, the stream of hosts that
+    /// presented the secret.
+    fn listen(
+        &mut self,
+    ) -> std::io::Result<(
+        AttachPoint,
+        Option<impl futures::Stream<Item = NewHost> + 'static>,
+    )> {
+        if let Some(listening) = &self.listening {
+            return Ok((listening.point().clone(), None));
+        }
+        let socket = attach_directory()?;
+        // Removed as the process exits, however it exits.
+        super::watchdog::attach_socket_made(&socket);
+        let (listening, hosts) = Listening::start(socket)?;
+        let point = listening.point().clone();
+        self.listening = Some(listening);
+        Ok((point, Some(hosts)))
+    }
+}
+
 /// What the host asked when it said it would leave.
 #[derive(Debug, Clone, Copy)]
 pub(super) enum Leaving {
@@ -293,7 +325,7 @@ impl<A: Actor, S: Serializer> Server<A, S> {
         }
         match asked {
             Leaving::Detach { idle_timeout_ms } => {
-                if let Err(e) = super::detach::leave_host() {
+                if let Err(e) = crate::socket::detach::leave_host() {
                     eprintln!("isolated-workers: could not detach from the host: {e}");
                     return self.exit(PROTOCOL_EXIT_CODE, ctx);
                 }
@@ -307,7 +339,7 @@ impl<A: Actor, S: Serializer> Server<A, S> {
                 self.drop_requests();
             }
         }
-        match self.reattach.listen() {
+        match self.listener.listen() {
             Ok((point, hosts)) => {
                 if let Some(hosts) = hosts {
                     ctx.add_stream(hosts);

@@ -17,19 +17,18 @@ use futures::future::{AbortHandle, Abortable, Aborted, LocalBoxFuture};
 use futures::stream::{FuturesUnordered, StreamExt};
 use tokio::io::AsyncWrite;
 
-use super::attach::Reattach;
 use super::events::{MeteredCodec, Outbox};
 use super::exit::{Ending, PROTOCOL_EXIT_CODE};
 use super::forward::Record;
 use super::inbox::Inbox;
-use super::reattach::{Host, Leaving};
+use super::reattach::{Host, Leaving, Listener};
 use super::routes::{Outcome, Routes};
-use crate::driver::child_process::read_mark::ReadMark;
 use crate::error::{ProtocolFailure, WorkerError};
 use crate::middleware::trip::{Leg, Trip, Untyped};
 use crate::middleware::{Body, Middlewares};
+use crate::socket::read_mark::ReadMark;
 use crate::wire::envelope::{Header, Hello};
-use crate::wire::frame::{Frame, FrameError};
+use crate::wire::frame::{Frame, FrameError, MAX_OVERHEAD};
 use crate::wire::stream::{inbound, Inbound, Severable};
 use crate::wire::Serializer;
 use tokio::sync::mpsc;
@@ -51,7 +50,7 @@ pub(crate) struct Server<A: Actor, S> {
     /// What this worker opens each connection with.
     pub(super) hello: Hello,
     /// Where hosts reach a worker process again, once it listens.
-    pub(super) reattach: Reattach,
+    pub(super) listener: Listener,
     /// What kind of worker this is, as far as its end goes.
     pub(super) ending: Ending,
     /// The largest frame either side may send.
@@ -143,7 +142,7 @@ impl<A: Actor, S: Serializer> Server<A, S> {
             host: Host::new(),
             next_link: 0,
             hello,
-            reattach: Reattach::default(),
+            listener: Listener::default(),
             ending,
             max_frame_len,
             middleware,
@@ -351,8 +350,7 @@ impl<A: Actor, S: Serializer> Server<A, S> {
     /// The frame carrying a reply, or saying why it cannot be sent.
     fn reply_frame(&mut self, id: u64, encode: super::routes::ReplyEncoder) -> Frame {
         let failure = match encode(&mut self.scratch) {
-            // Header and prefixes stay well under 256 bytes.
-            Ok(()) if self.scratch.len() + 256 > self.max_frame_len => {
+            Ok(()) if self.scratch.len() + MAX_OVERHEAD > self.max_frame_len => {
                 ProtocolFailure::ReplyTooLarge {
                     size: self.scratch.len(),
                     limit: self.max_frame_len,

@@ -9,6 +9,10 @@
 //! bounded by [`WorkerOptions::startup_timeout`]. A worker makes a
 //! listening socket (in a private directory of its own) only when asked to
 //! wait for its host (`Disconnect`, `Detach`).
+//!
+//! What both ends of the connection share (the environment's names, the
+//! handshake, the attach socket, the session a host keeps) is in
+//! `crate::socket`; this module starts the process.
 
 use std::ffi::OsString;
 use std::io;
@@ -19,10 +23,6 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub(crate) mod read_mark;
-pub(crate) mod session;
-pub(crate) mod socket;
-
 use futures::future::LocalBoxFuture;
 pub use nix::sys::resource::Resource;
 
@@ -30,34 +30,14 @@ use super::process::ProcessHandle;
 use super::{Connection, Driver};
 use crate::config::WorkerOptions;
 use crate::contract::Contract;
-use crate::error::SpawnError;
-use crate::wire::envelope::Header;
-use read_mark::ReadMark;
-pub use session::DetachedWorker;
-use session::Session;
-use socket::read_first_frame;
-
-/// Environment variables the host sets for a child worker.
-pub(crate) mod env {
-    /// The number of the inherited descriptor that is the worker's end of
-    /// its connection to the host.
-    pub(crate) const CHANNEL_FD: &str = "ISOLATED_WORKERS_FD";
-    /// Which of the binary's workers to run.
-    pub(crate) const NAME: &str = "ISOLATED_WORKERS_NAME";
-    /// Largest frame either side accepts.
-    pub(crate) const MAX_FRAME: &str = "ISOLATED_WORKERS_MAX_FRAME";
-    /// How long the worker's actor gets to stop when asked, in milliseconds.
-    pub(crate) const GRACE_MS: &str = "ISOLATED_WORKERS_GRACE_MS";
-    /// The most verbose level of `tracing` event the host wants forwarded
-    /// (unset: none).
-    pub(crate) const TRACE: &str = "ISOLATED_WORKERS_TRACE";
-    /// The descriptor of the read mark the host shares with the worker
-    /// (unset: none).
-    pub(crate) const READ_MARK: &str = "ISOLATED_WORKERS_READ_MARK";
-}
-
-/// Prefix of the private directories attach sockets live in.
-pub(crate) const DIR_PREFIX: &str = "isolated-workers-";
+use crate::error::{HandshakeError, SpawnError};
+use crate::socket::directory::sweep_leftovers;
+use crate::socket::env;
+use crate::socket::first_frame::read_first_frame;
+use crate::socket::handshake::Greeting;
+use crate::socket::read_mark::ReadMark;
+use crate::socket::session::Session;
+pub use crate::socket::DetachedWorker;
 
 /// Runs the worker in a child process: by default the current executable
 /// again, which hands over to the worker in
@@ -253,13 +233,14 @@ impl ChildProcess {
 
         let greeted = async {
             ours.set_nonblocking(true)?;
-            let stream = tokio::net::UnixStream::from_std(ours)?;
-            read_first_frame(stream).await.map_err(io::Error::other)
+            let mut stream = tokio::net::UnixStream::from_std(ours)?;
+            let first = read_first_frame(&mut stream).await;
+            Ok::<_, io::Error>((stream, first.map_err(io::Error::other)?))
         };
         let exited = process.exited_within(options.startup_timeout);
         let failure = tokio::select! {
             greeted = greeted => match greeted {
-                Ok((stream, Header::Hello(hello))) => match hello.compatible_with::<C>() {
+                Ok((stream, first)) => match Greeting::new::<C>().next(first) {
                     Ok(()) => {
                         tracing::debug!(pid = process.pid(), "worker handshake complete");
                         let session = Session::spawned(process.pid(), mark);
@@ -267,7 +248,6 @@ impl ChildProcess {
                     }
                     Err(why) => SpawnError::Handshake(why),
                 },
-                Ok((_, other)) => SpawnError::Handshake(format!("the worker opened with {other:?}")),
                 // The worker's end closed before it said hello: it exited,
                 // which the process watcher will tell.
                 Err(_) => match exited.await {
@@ -276,7 +256,7 @@ impl ChildProcess {
                         let stderr = process.stderr_tail(Duration::from_secs(1)).await;
                         return Err(SpawnError::Exited { reason, stderr });
                     }
-                    None => SpawnError::Handshake("the worker closed its connection without a hello".into()),
+                    None => SpawnError::Handshake(HandshakeError::Closed),
                 },
             },
             _ = tokio::time::sleep_until(deadline) => SpawnError::Timeout {
@@ -314,11 +294,11 @@ fn above_stdio(fd: OwnedFd) -> io::Result<OwnedFd> {
 }
 
 /// Sweeps the attach directories of dead workers once per host process
-/// (see [`session::sweep_leftovers`]): a worker killed while it waited for
-/// its host could not remove its own.
+/// (see [`sweep_leftovers`]): a worker killed while it waited for its host
+/// could not remove its own.
 fn sweep_leftovers_once() {
     static SWEPT: std::sync::Once = std::sync::Once::new();
-    SWEPT.call_once(|| session::sweep_leftovers(&std::env::temp_dir()));
+    SWEPT.call_once(|| sweep_leftovers(&std::env::temp_dir()));
 }
 
 /// Set-up in the child between `fork` and `exec`: die with the host (on

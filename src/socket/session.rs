@@ -1,10 +1,9 @@
-//! A child worker's session: what a host holds to reach the same worker
-//! process again (its pid, and where it accepts its host once it said so)
-//! across connections, the [`DetachedWorker`] handle that carries it to
-//! another process, and the private directories attach sockets live in.
+//! The host's side of reaching a child worker again: what a host holds to
+//! reach the same worker process across connections (its pid, and where it
+//! accepts its host once it said so), the [`DetachedWorker`] handle that
+//! carries that to another process, and [`connect`]ing: the I/O around
+//! the [`Attaching`] handshake.
 
-use std::ffi::OsStr;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -12,17 +11,16 @@ use interprocess::local_socket::tokio::{prelude::*, Stream as LocalStream};
 use interprocess::local_socket::GenericFilePath;
 use serde::{Deserialize, Serialize};
 
+use super::directory::remove_socket_directory;
+use super::first_frame::{read_first_frame, write_bare};
+use super::handshake::{Attaching, Input};
+use super::peer::{check_peer, is_running};
 use super::read_mark::ReadMark;
-use super::socket::{check_peer, read_first_frame, token_matches, write_bare};
-use super::DIR_PREFIX;
 use crate::contract::Contract;
-use crate::error::AttachError;
-use crate::wire::envelope::{AttachPoint, Header, Hello, Refusal};
+use crate::error::{AttachError, HandshakeError};
+use crate::wire::envelope::{AttachPoint, Refusal};
 use crate::wire::stream::{split, Halves};
 use crate::wire::PROTOCOL_VERSION;
-
-/// The socket a worker accepts its host on again, in its private directory.
-const ATTACH_SOCKET: &str = "attach.sock";
 
 /// The host's hold on one worker process, kept across its connections.
 #[derive(Debug)]
@@ -107,9 +105,7 @@ impl Session {
         let (point, pid) = (self.attach.clone(), self.pid);
         async move {
             let Some(point) = point else {
-                return Err(AttachError::Handshake(
-                    "the worker never said where it accepts its host".into(),
-                ));
+                return Err(AttachError::Handshake(HandshakeError::NotListening));
             };
             connect::<C>(&point.socket, &point.token, pid, within).await
         }
@@ -132,53 +128,6 @@ impl Drop for Session {
         if !self.detached {
             self.remove_directory();
         }
-    }
-}
-
-/// Makes this process's private attach directory (mode 0700, named after
-/// its pid so that a later process can tell a leftover whose owner is dead)
-/// and returns the socket path in it. Leftovers of dead processes are swept
-/// first.
-pub(crate) fn attach_directory() -> std::io::Result<PathBuf> {
-    let tmp = std::env::temp_dir();
-    sweep_leftovers(&tmp);
-    let dir = tempfile::Builder::new()
-        .prefix(&format!("{DIR_PREFIX}{}-", std::process::id()))
-        .permissions(std::fs::Permissions::from_mode(0o700))
-        .tempdir_in(&tmp)?
-        .keep();
-    Ok(dir.join(ATTACH_SOCKET))
-}
-
-/// Removes the directories in `tmp` left by worker processes that are gone
-/// (killed before they could remove their own). A directory whose owner
-/// runs, or whose name does not say who made it, is left alone.
-pub(crate) fn sweep_leftovers(tmp: &Path) {
-    let Ok(entries) = std::fs::read_dir(tmp) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        let owner = name
-            .to_str()
-            .and_then(|name| name.strip_prefix(DIR_PREFIX))
-            .and_then(|rest| rest.split_once('-'))
-            .and_then(|(pid, _)| pid.parse::<u32>().ok());
-        if owner.is_some_and(|pid| !crate::driver::process::is_running(pid)) {
-            remove_socket_directory(&entry.path());
-        }
-    }
-}
-
-/// Removes a worker's private socket directory; only a directory of the
-/// shape workers make is touched. Whoever comes second finds nothing.
-pub(crate) fn remove_socket_directory(dir: &Path) {
-    let ours = dir
-        .file_name()
-        .and_then(OsStr::to_str)
-        .is_some_and(|name| name.starts_with(DIR_PREFIX));
-    if ours {
-        let _ = std::fs::remove_dir_all(dir);
     }
 }
 
@@ -249,19 +198,20 @@ impl DetachedWorker {
             });
         }
         if self.protocol != PROTOCOL_VERSION {
-            return Err(AttachError::Handshake(format!(
-                "the handle is for protocol version {}, this host speaks {PROTOCOL_VERSION}",
-                self.protocol
-            )));
+            return Err(AttachError::Handshake(HandshakeError::HandleProtocol {
+                handle: self.protocol,
+                host: PROTOCOL_VERSION,
+            }));
         }
         let stream = connect::<C>(&self.socket, &self.token, self.pid, within).await?;
         Ok((Session::attached(self), stream))
     }
 }
 
-/// Connects to the attach socket of worker `pid` and completes the
-/// handshake: presents `token`, and checks the worker's Hello (its token,
-/// uid and pid, and that it serves `C`).
+/// Connects to the attach socket of worker `pid` and runs the host's end
+/// of the [`Attaching`] handshake: presents `token`, then feeds the
+/// machine the worker's answer and the OS's word on the peer until it
+/// opens the connection or says why not.
 async fn connect<C: Contract>(
     socket: &Path,
     token: &str,
@@ -274,42 +224,39 @@ async fn connect<C: Contract>(
             Err(e) => Err(e),
         };
         let mut stream = connected.map_err(|e| gone(socket, pid, &e))?;
-        let ours = Header::Attach(Hello::ours::<C>(token.to_owned()));
-        write_bare(&mut stream, &ours)
+        let (mut state, opening) = Attaching::start::<C>(token);
+        write_bare(&mut stream, &opening)
             .await
             .map_err(|e| gone(socket, pid, &e))?;
-        let (stream, header) = match read_first_frame(stream).await {
-            Ok(read) => read,
-            // A worker killed as it was reached (its last threads still
-            // exiting) accepts, then resets the connection.
-            Err(_) if !crate::driver::process::is_running(pid) => {
-                let reset = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
-                return Err(gone(socket, pid, &reset));
-            }
-            Err(why) => return Err(AttachError::Handshake(why)),
-        };
-        match header {
-            Header::Hello(hello) => {
-                // The worker proves it knows the secret too, and is the
-                // process the handle names.
-                if !token_matches(&hello.token, token) {
-                    return Err(AttachError::Handshake(
-                        "the worker's hello has the wrong token".into(),
-                    ));
+        loop {
+            state = match state {
+                Attaching::AwaitingHello { .. } => {
+                    let input = match read_first_frame(&mut stream).await {
+                        Ok(header) => Input::Frame(header),
+                        // A worker killed as it was reached (its last
+                        // threads still exiting) accepts, then resets the
+                        // connection.
+                        Err(_) if !is_running(pid) => {
+                            let reset = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
+                            return Err(gone(socket, pid, &reset));
+                        }
+                        Err(why) => Input::NoFrame(why),
+                    };
+                    state.next(input)
                 }
-                check_peer(&stream, Some(pid)).map_err(AttachError::Handshake)?;
-                hello
-                    .compatible_with::<C>()
-                    .map_err(AttachError::Handshake)?;
-                split(stream).map_err(|e| AttachError::Handshake(e.to_string()))
-            }
-            Header::Refused {
-                why: Refusal::WrongToken,
-            } => Err(AttachError::WrongToken),
-            Header::Refused { why: Refusal::Busy } => Err(AttachError::Busy),
-            other => Err(AttachError::Handshake(format!(
-                "expected a hello, got {other:?}"
-            ))),
+                // The worker proved it knows the secret; it must also be
+                // the process the handle names.
+                Attaching::AwaitingPeer { .. } => {
+                    state.next(Input::Peer(check_peer(&stream, Some(pid))))
+                }
+                Attaching::Open => {
+                    let io = |e| AttachError::Handshake(HandshakeError::Io(std::sync::Arc::new(e)));
+                    return split(stream).map_err(io);
+                }
+                Attaching::Refused(Refusal::WrongToken) => return Err(AttachError::WrongToken),
+                Attaching::Refused(Refusal::Busy) => return Err(AttachError::Busy),
+                Attaching::Failed(why) => return Err(AttachError::Handshake(why)),
+            };
         }
     };
     tokio::time::timeout(within, attempt)
@@ -324,7 +271,7 @@ fn gone(socket: &Path, pid: u32, error: &std::io::Error) -> AttachError {
     // A refused connection means the socket file is there but its listener
     // is not: the worker that bound it has exited (it listens until then).
     let refused = error.kind() == std::io::ErrorKind::ConnectionRefused;
-    if refused || !crate::driver::process::is_running(pid) {
+    if refused || !is_running(pid) {
         if let Some(dir) = socket.parent() {
             remove_socket_directory(dir);
         }

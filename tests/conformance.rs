@@ -43,6 +43,7 @@ fn suite<D: Driver<Calc>>(driver: &str, make: fn() -> D) -> Vec<Trial> {
         a_panicking_handler_resolves_requests_in_flight_as_crashed,
         sends_after_close_are_closed,
         the_in_flight_bound_queues_then_overloads,
+        a_queued_request_that_times_out_frees_its_place_in_the_queue,
         a_timed_out_request_stops_running_on_the_worker,
         a_dropped_request_stops_running_on_the_worker,
         a_message_type_can_have_its_own_timeout,
@@ -225,6 +226,35 @@ async fn the_in_flight_bound_queues_then_overloads<D: Driver<Calc>>(
     let status = status?;
     assert_eq!((status.in_flight, status.queued), (1, 1), "{status:?}");
     worker.send(Close).await?;
+    Ok(())
+}
+
+async fn a_queued_request_that_times_out_frees_its_place_in_the_queue<D: Driver<Calc>>(
+    driver: D,
+) -> Result<(), Failed> {
+    let options = WorkerOptions::default()
+        .max_in_flight(1)
+        .max_queued(1)
+        .timeout_for::<Ping>(Duration::from_millis(50));
+    let worker = Worker::<Calc, D>::spawn_with(driver, options)
+        .await
+        .map_err(fail)?;
+    let stuck = worker.send(Sleep { ms: 30_000 });
+    // Each waits behind `stuck` in the only place in the queue, and times
+    // out there: the next one finds the place free again.
+    for _ in 0..2 {
+        let ping = Ping {
+            text: "waits".into(),
+        };
+        let waited = worker.send(ping).await?;
+        let timed_out =
+            matches!(&waited, Err(WorkerError::Timeout { message, .. }) if *message == "Ping");
+        assert!(timed_out, "{waited:?}");
+    }
+    let status = worker.send(Status).await?;
+    assert_eq!((status.in_flight, status.queued), (1, 0), "{status:?}");
+    worker.send(Close).await?;
+    assert!(matches!(stuck.await?, Err(WorkerError::Closed)));
     Ok(())
 }
 

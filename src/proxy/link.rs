@@ -115,9 +115,9 @@ impl Link {
 
     /// Times out the requests past their deadline (and, over a stream,
     /// cancels those whose caller went away).
-    pub(super) fn check_requests(&mut self, now: Instant, max_in_flight: usize) {
+    pub(super) fn check_requests(&mut self, now: Instant) {
         match self {
-            Link::Stream(link) => link.check_requests(now, max_in_flight),
+            Link::Stream(link) => link.check_requests(now),
             Link::Local(local) => local.check_requests(now),
             Link::Parked(_) => {}
         }

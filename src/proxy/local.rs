@@ -1,26 +1,26 @@
-//! The proxy over an in-process worker (the thread driver): each request is
-//! moved to the worker actor through a typed `Recipient`, without
-//! serialization. In-flight requests are bounded by a semaphore; a panic in
-//! the worker's handler resolves every request in flight as `Crashed` with
-//! the panic message.
+//! The proxy over an in-process worker (the thread driver): the transport
+//! for the request table (`requests.rs`). Each request is moved to the
+//! worker actor through a typed `Recipient`, without serialization, by a
+//! future of its own (the reply actix waits for). The table bounds the
+//! requests in flight and queues the rest; the proxy ends a request's
+//! future early through its `Signals` (at its deadline, on `Close`, when
+//! the worker's actor dies), and lets a queued one go when a slot frees. A
+//! panic in the worker's handler resolves every request in flight as
+//! `Crashed` with the panic message.
 
-use std::cell::RefCell;
-use std::collections::{BTreeSet, HashMap};
+use std::cell::{OnceCell, RefCell};
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
 use std::thread::ThreadId;
-
 use std::time::Instant;
-use tokio::task::JoinHandle;
-
-use futures::future::{AbortHandle, Abortable, Aborted, LocalBoxFuture};
 
 use actix::prelude::*;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use futures::future::LocalBoxFuture;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
 
 use super::counters::SharedTally;
-use crate::config::WorkerOptions;
+use super::requests::{Held, Limits, Request, Requests};
+use crate::config::{CrashPolicy, WorkerOptions};
 use crate::contract::WorkerMessage;
 use crate::driver::LocalLink;
 use crate::error::{CrashReason, WorkerError};
@@ -35,61 +35,79 @@ pub(super) struct LocalState {
     arbiter: Option<Arbiter>,
     /// The arbiter's thread, whose panic message reports a crash.
     thread: ThreadId,
-    shared: Arc<Shared>,
-    /// The requests in flight, by deadline; shared with their tasks (all on
-    /// the proxy's thread), which remove themselves when done.
-    running: Rc<RefCell<Running>>,
+    /// Shared with the requests' futures (all on the proxy's thread),
+    /// which leave it when they end.
+    requests: Rc<RefCell<Requests<Signals>>>,
+    /// The panic message of the worker's thread, taken once (by the first
+    /// request that finds the actor gone, or by the proxy when it learns
+    /// the actor ended) and reported by every request in flight.
+    crash: Rc<OnceCell<Option<String>>>,
     /// The worker side's middleware.
     middleware: Middlewares,
-    tally: SharedTally,
     /// Publishes the worker's events waiting to be published: called
     /// before a reply is handed on, so that the events emitted before it
     /// go first.
     events: Option<Rc<dyn Fn()>>,
 }
 
-/// Requests in flight to a thread worker, so that one timer per proxy (the
-/// `Timekeeper`) can end those past their deadline, and `Close` all of them.
-#[derive(Default)]
-struct Running {
-    next_id: u64,
-    deadlines: BTreeSet<(Instant, u64)>,
-    aborts: HashMap<u64, (Instant, AbortHandle)>,
+/// How the proxy reaches a thread worker's request future.
+pub(super) struct Signals {
+    /// Ends the request early with this error: its deadline passed, the
+    /// worker is closed, or its actor died.
+    end: oneshot::Sender<WorkerError>,
+    /// Lets a queued request go to the worker; `None` once it may.
+    start: Option<oneshot::Sender<()>>,
 }
 
-impl Running {
-    fn remove(&mut self, id: u64) -> Option<AbortHandle> {
-        let (deadline, abort) = self.aborts.remove(&id)?;
-        self.deadlines.remove(&(deadline, id));
-        Some(abort)
+impl Held for Signals {
+    /// A caller that goes away drops the request's future, which leaves
+    /// the table as it drops (see `Leave`): nothing to look for.
+    const SWEPT: bool = false;
+
+    fn abandoned(&self) -> bool {
+        false
     }
 }
 
-/// Takes a finished request out of the table, however it finished.
+/// Takes a request out of the table when its future ends, or is dropped
+/// before (its caller went away), and lets the next queued one go.
 struct Leave {
-    running: Rc<RefCell<Running>>,
+    /// `None` once the request left.
+    requests: Option<Rc<RefCell<Requests<Signals>>>>,
     id: u64,
+}
+
+impl Leave {
+    /// The request ended with `outcome`, or (`None`) its future was dropped
+    /// first: it leaves the table, counted, and the next queued one goes.
+    fn leave(&mut self, outcome: Option<Result<usize, &WorkerError>>) {
+        let Some(requests) = self.requests.take() else {
+            return;
+        };
+        let mut requests = requests.borrow_mut();
+        let left = match outcome {
+            Some(outcome) => requests.resolve(self.id, outcome),
+            None => requests.withdraw(self.id),
+        };
+        if left.is_some() {
+            start_queued(&mut requests);
+        }
+    }
 }
 
 impl Drop for Leave {
     fn drop(&mut self) {
-        self.running.borrow_mut().remove(self.id);
+        self.leave(None);
     }
 }
 
-/// What the request futures share with the proxy.
-struct Shared {
-    /// One permit per request allowed in flight.
-    permits: Arc<Semaphore>,
-    max_in_flight: usize,
-    max_queued: usize,
-    /// Requests waiting for a permit.
-    queued: AtomicUsize,
-    /// Set on `Close`: requests ended from then on resolve `Closed`.
-    closed: AtomicBool,
-    /// Set by the first request that finds the actor dead: the panic
-    /// message every request in flight reports.
-    crash: OnceLock<Option<String>>,
+/// Lets queued requests go to the worker while slots are free.
+fn start_queued(requests: &mut Requests<Signals>) {
+    while let Some((_, request)) = requests.start_next() {
+        if let Some(start) = request.held.start.take() {
+            let _ = start.send(());
+        }
+    }
 }
 
 impl LocalState {
@@ -104,17 +122,9 @@ impl LocalState {
             deliveries: link.deliveries,
             arbiter: Some(link.arbiter),
             thread: link.thread,
-            shared: Arc::new(Shared {
-                permits: Arc::new(Semaphore::new(options.max_in_flight)),
-                max_in_flight: options.max_in_flight,
-                max_queued: options.max_queued,
-                queued: AtomicUsize::new(0),
-                closed: AtomicBool::new(false),
-                crash: OnceLock::new(),
-            }),
-            running: Rc::default(),
+            requests: Rc::new(RefCell::new(Requests::new(Limits::of(options), tally))),
+            crash: Rc::default(),
             middleware: link.middleware,
-            tally,
             events: None,
         };
         (state, link.ended)
@@ -132,69 +142,63 @@ impl LocalState {
 
     /// Why the actor died: the panic message of its thread, if it panicked.
     pub(super) fn crash_message(&self) -> Option<String> {
-        self.shared.crash_message(self.thread)
+        crash_message(&self.crash, self.thread)
     }
 
     pub(super) fn in_flight(&self) -> usize {
-        self.shared.max_in_flight - self.shared.permits.available_permits()
+        self.requests.borrow().in_flight()
     }
 
     pub(super) fn queued(&self) -> usize {
-        self.shared.queued.load(Ordering::Relaxed)
+        self.requests.borrow().queued()
     }
 
-    /// Resolves once no request is in flight or queued: it then holds
-    /// every slot for a moment (queued requests go first, the semaphore
-    /// being fair).
+    /// Resolves once no request is in flight or queued.
     pub(super) fn drained(&self) -> impl std::future::Future<Output = ()> + 'static {
-        let permits = self.shared.permits.clone();
-        let all = u32::try_from(self.shared.max_in_flight).unwrap_or(u32::MAX);
-        async move {
-            let _ = permits.acquire_many_owned(all).await;
-        }
+        self.requests.borrow_mut().drained()
     }
 
     /// Fails waiting requests with `Closed` and stops the worker's arbiter.
     pub(super) fn stop(&mut self) {
-        self.shared.closed.store(true, Ordering::Relaxed);
-        self.shared.permits.close();
-        self.end();
+        let failed = self.requests.borrow_mut().fail_all(&WorkerError::Closed);
+        for signals in failed {
+            let _ = signals.end.send(WorkerError::Closed);
+        }
+        self.stop_arbiter();
     }
 
     /// The worker's actor died: the requests still running resolve
     /// `Crashed` (with its panic message), and its arbiter is stopped.
     pub(super) fn crashed(&mut self) {
-        let _ = self.crash_message();
-        self.end();
+        let message = self.crash_message();
+        // Thread workers never retry: the message moved into the worker.
+        let never = |_: &str| CrashPolicy::Reject;
+        let crash =
+            (self.requests.borrow_mut()).crashed(&CrashReason::Panic, &message, never, None);
+        for (signals, error) in crash.failed {
+            let _ = signals.end.send(error);
+        }
+        self.stop_arbiter();
     }
 
-    /// Ends every request still running and stops the worker's arbiter.
-    fn end(&mut self) {
-        let running = std::mem::take(&mut *self.running.borrow_mut());
-        for (_, abort) in running.aborts.into_values() {
-            abort.abort();
-        }
+    fn stop_arbiter(&self) {
         if let Some(arbiter) = &self.arbiter {
             arbiter.stop();
         }
     }
 
-    /// The earliest deadline of a request in flight.
+    /// The earliest deadline of a request in flight or queued.
     pub(super) fn next_check(&self) -> Option<Instant> {
-        Some(self.running.borrow().deadlines.first()?.0)
+        self.requests.borrow().next_check()
     }
 
     /// Ends the requests past their deadline; each resolves `Timeout`.
     pub(super) fn check_requests(&mut self, now: Instant) {
-        let mut running = self.running.borrow_mut();
-        while let Some(&(deadline, id)) = running.deadlines.first() {
-            if deadline > now {
-                break;
-            }
-            if let Some(abort) = running.remove(id) {
-                abort.abort();
-            }
+        let mut requests = self.requests.borrow_mut();
+        for expired in requests.expire(now) {
+            let _ = expired.held.end.send(expired.error);
         }
+        start_queued(&mut requests);
     }
 
     /// Resolves once the worker's thread has finished.
@@ -219,12 +223,11 @@ impl LocalState {
     where
         M: WorkerMessage,
     {
-        let timeout = options.timeout_of(M::NAME);
         // An outcome known at once still passes the host's typed
         // middleware, which has seen the request.
-        let at_once = |error| {
+        let at_once = |error, host_typed: &Option<Typed<M>>| {
             let mut outcome = Err(error);
-            if let Some(typed) = &host_typed {
+            if let Some(typed) = host_typed {
                 typed.reply(&mut outcome);
             }
             Box::pin(std::future::ready(outcome)) as LocalBoxFuture<'static, _>
@@ -233,98 +236,84 @@ impl LocalState {
             let unknown = crate::ProtocolFailure::UnknownMessage {
                 name: M::NAME.into(),
             };
-            return at_once(WorkerError::Protocol(unknown));
+            return at_once(WorkerError::Protocol(unknown), &host_typed);
         };
-        let shared = self.shared.clone();
-        let thread = self.thread;
-        // Take the slot (or the place in the queue) now, so that `Status`
-        // counts this request from the moment the proxy accepted it.
-        let slot = match shared.permits.clone().try_acquire_owned() {
-            Ok(permit) => Slot::InFlight(permit),
-            Err(_) => {
-                if shared.queued.fetch_add(1, Ordering::Relaxed) >= shared.max_queued {
-                    shared.queued.fetch_sub(1, Ordering::Relaxed);
-                    return at_once(WorkerError::Overloaded {
-                        limit: shared.max_queued,
-                    });
-                }
-                Slot::Queued
-            }
-        };
-        let (abort, registration) = AbortHandle::new_pair();
+        // Refused at once when every slot and the queue are taken. (It
+        // takes its slot, or place in the queue, when registered below, so
+        // that `Status` counts it from the moment the proxy accepted it.)
         let id = {
-            let mut running = self.running.borrow_mut();
-            // Numbered from 1, as over a byte stream.
-            running.next_id += 1;
-            let id = running.next_id;
-            let deadline = Instant::now() + timeout;
-            running.deadlines.insert((deadline, id));
-            running.aborts.insert(id, (deadline, abort));
-            id
-        };
-        let leave = Leave {
-            running: self.running.clone(),
-            id,
+            let requests = self.requests.borrow();
+            if let Err(overloaded) = requests.admit() {
+                return at_once(overloaded, &host_typed);
+            }
+            requests.next_id()
         };
         let hooks = Hooks::new(options, &self.middleware, host_typed, id);
         if let Some(hooks) = &hooks {
             if let Err(refused) = hooks.request(&mut message) {
-                if let Slot::Queued = slot {
-                    shared.queued.fetch_sub(1, Ordering::Relaxed);
-                }
+                self.requests.borrow_mut().skip_id();
                 return Box::pin(std::future::ready(Err(refused)));
             }
         }
-        let counted = self.tally.borrow_mut().sent(M::NAME, 0);
-        let tally = self.tally.clone();
+        let timeout = options.timeout_of(M::NAME);
+        let (end, ended) = oneshot::channel();
+        let request = Request {
+            message: M::NAME,
+            timeout,
+            deadline: Instant::now() + timeout,
+            attempt: 1,
+            held: Signals { end, start: None },
+        };
+        let (span, started) = {
+            let mut requests = self.requests.borrow_mut();
+            let (registered, send) = requests.register(request, 0);
+            debug_assert_eq!(registered, id);
+            let started = (!send).then(|| {
+                let (start, started) = oneshot::channel();
+                if let Some(signals) = requests.held_mut(id) {
+                    signals.start = Some(start);
+                }
+                started
+            });
+            let span = requests.span_of(id).cloned();
+            (span.unwrap_or_else(tracing::Span::none), started)
+        };
+        let mut leave = Leave {
+            requests: Some(self.requests.clone()),
+            id,
+        };
+        let crash = self.crash.clone();
+        let thread = self.thread;
         let events = self.events.clone();
-        let span = tracing::debug_span!("request", message = M::NAME, id, attempt = 1u32);
         let request = async move {
-            let _leave = leave;
-            let outcome = async {
-                let _permit = match slot {
-                    Slot::InFlight(permit) => permit,
-                    Slot::Queued => {
-                        let permit = shared.permits.clone().acquire_owned().await;
-                        shared.queued.fetch_sub(1, Ordering::Relaxed);
-                        permit.map_err(|_| WorkerError::Closed)?
-                    }
-                };
+            let handed = async {
+                if let Some(started) = started {
+                    // Dropped unsent only once the request was ended,
+                    // which `ended` reports first.
+                    started.await.map_err(|_| WorkerError::Closed)?;
+                }
                 match deliver(message).await {
                     Ok(outcome) => outcome,
-                    Err(_) if shared.closed.load(Ordering::Relaxed) => Err(WorkerError::Closed),
                     // The actor is gone: its handler panicked. (The proxy
                     // learns it from the actor's end, see `Worker::actor_ended`.)
                     Err(_) => Err(WorkerError::Crashed {
                         reason: CrashReason::Panic,
-                        message: shared.crash_message(thread),
+                        message: crash_message(&crash, thread),
                         attempt: 1,
                     }),
                 }
             };
-            // Ended early by `Close`, by the actor's death, or by the
-            // timekeeper at the deadline.
-            let mut outcome = match Abortable::new(outcome, registration).await {
-                Ok(outcome) => outcome,
-                Err(Aborted) if shared.closed.load(Ordering::Relaxed) => Err(WorkerError::Closed),
-                Err(Aborted) if shared.crash.get().is_some() => Err(WorkerError::Crashed {
-                    reason: CrashReason::Panic,
-                    message: shared.crash_message(thread),
-                    attempt: 1,
-                }),
-                Err(Aborted) => Err(WorkerError::Timeout {
-                    after: timeout,
-                    message: M::NAME,
-                }),
+            // Ended early by the timekeeper at the deadline, by `Close`, or
+            // by the actor's death.
+            let mut outcome = tokio::select! {
+                biased;
+                Ok(error) = ended => Err(error),
+                outcome = handed => outcome,
             };
             if let Some(publish) = &events {
                 publish();
             }
-            tally.borrow_mut().ended_at(counted, outcome.is_ok(), 0);
-            match &outcome {
-                Ok(_) => tracing::debug!("answered"),
-                Err(error) => tracing::debug!(%error, "failed"),
-            }
+            leave.leave(Some(outcome.as_ref().map(|_| 0)));
             if let Some(hooks) = &hooks {
                 hooks.back(Stage::Handled, &mut outcome);
             }
@@ -332,6 +321,12 @@ impl LocalState {
         };
         Box::pin(tracing::Instrument::instrument(request, span))
     }
+}
+
+/// The panic message of `thread`, taken once into `crash` and shared by
+/// every request that reports the crash.
+fn crash_message(crash: &OnceCell<Option<String>>, thread: ThreadId) -> Option<String> {
+    crash.get_or_init(|| panic::take_message(thread)).clone()
 }
 
 /// The middleware a thread worker's request passes, in order: the host's
@@ -461,21 +456,5 @@ impl<M: WorkerMessage> Hooks<M> {
         if let Some(typed) = &self.host_typed {
             typed.reply(outcome);
         }
-    }
-}
-
-/// Where a request waits to be handed to the worker.
-enum Slot {
-    InFlight(OwnedSemaphorePermit),
-    Queued,
-}
-
-impl Shared {
-    /// The panic message of the worker's thread, taken once and shared by
-    /// every request that reports the crash.
-    fn crash_message(&self, thread: ThreadId) -> Option<String> {
-        self.crash
-            .get_or_init(|| panic::take_message(thread))
-            .clone()
     }
 }

@@ -40,10 +40,12 @@
 //! # A request when its worker crashes (during a restart too)
 //!
 //! 1. The requests of a worker that crashes are sorted before the phase
-//!    becomes `Crashed` (`stream.rs`, `report_crash`): those the dead worker
-//!    never read (by its read mark) and those their `CrashPolicy` retries
-//!    become retries; every other one fails `Crashed` at once. A thread
-//!    worker's requests all fail `Crashed` (their messages moved into it).
+//!    becomes `Crashed` (`stream.rs`, `report_crash`, which asks the
+//!    request table, `requests.rs`, `Requests::crashed`): those the dead
+//!    worker never read (by its read mark) and those their `CrashPolicy`
+//!    retries become retries; every other one fails `Crashed` at once. A
+//!    thread worker's requests all fail `Crashed` (their messages moved
+//!    into it).
 //! 2. Retries travel with the restart (`restart.rs`): a supervised proxy
 //!    carries them over actix's restart of the actor; any other proxy
 //!    restarts at once for them. Without retries, an unsupervised proxy

@@ -1,8 +1,7 @@
 //! How a contract message's outcome reaches its caller: [`Reply`], handed
-//! to actix as the message's response, and the type-erased [`Caller`] the
-//! proxy resolves when the worker answers.
+//! to actix as the message's response, and `TypedCaller`, the
+//! [`Caller`] the proxy resolves when the worker answers.
 
-use std::cell::RefCell;
 use std::rc::Rc;
 
 use actix::dev::{MessageResponse, OneshotSender};
@@ -10,7 +9,7 @@ use actix::prelude::*;
 use bytes::Bytes;
 use futures::future::LocalBoxFuture;
 
-use super::stream::Requests;
+use super::requests::{Attach, Caller};
 use super::Worker;
 use crate::contract::{Contract, WorkerMessage};
 use crate::driver::Driver;
@@ -20,13 +19,7 @@ use crate::middleware::{Middlewares, Typed};
 use crate::wire::serializer::CodecError;
 use std::time::Instant;
 
-/// The caller of one request, with the type knowledge to decode its reply.
-pub(super) trait Caller {
-    fn resolve(self: Box<Self>, outcome: Result<Bytes, WorkerError>);
-    /// Whether the caller dropped its future, so nobody waits any more.
-    fn gone(&self) -> bool;
-}
-
+/// The caller of one request of type `M`.
 struct TypedCaller<M: WorkerMessage> {
     /// `None` for `do_send`: nobody waits, but the middleware sees the end.
     reply: Option<OneshotSender<Result<M::Reply, WorkerError>>>,
@@ -98,7 +91,7 @@ pub struct Reply<M: WorkerMessage>(ReplyKind<M>);
 enum ReplyKind<M: WorkerMessage> {
     Now(Result<M::Reply, WorkerError>),
     Registered {
-        requests: Rc<RefCell<Requests>>,
+        requests: Rc<dyn Attach>,
         id: u64,
         decode: fn(&[u8]) -> Result<M::Reply, CodecError>,
         middleware: Option<Box<Returning<M>>>,
@@ -112,7 +105,7 @@ impl<M: WorkerMessage> Reply<M> {
     }
 
     pub(super) fn registered(
-        requests: Rc<RefCell<Requests>>,
+        requests: Rc<dyn Attach>,
         id: u64,
         decode: fn(&[u8]) -> Result<M::Reply, CodecError>,
         middleware: Option<Box<Returning<M>>>,
@@ -183,7 +176,7 @@ where
                     decode,
                     middleware,
                 };
-                requests.borrow_mut().attach(id, Box::new(caller));
+                requests.attach(id, Box::new(caller));
             }
             ReplyKind::Later(outcome) => {
                 let Some(mut reply) = reply else {

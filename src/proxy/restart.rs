@@ -237,7 +237,7 @@ impl<C: Contract, D: Driver<C>> Worker<C, D> {
                     });
                     if let Some(Link::Stream(link)) = worker.phase.serving_mut() {
                         for request in retry {
-                            link.resubmit(request, worker.options.max_in_flight);
+                            link.resubmit(request);
                         }
                     }
                 }

@@ -41,7 +41,6 @@ impl<C: Contract, D: Driver<C>> ActorFuture<Worker<C, D>> for Timekeeper {
         _: &mut Context<Worker<C, D>>,
         task: &mut std::task::Context<'_>,
     ) -> Poll<()> {
-        let max_in_flight = worker.options.max_in_flight;
         loop {
             if matches!(worker.phase, Phase::Closed) {
                 return Poll::Ready(());
@@ -60,7 +59,7 @@ impl<C: Contract, D: Driver<C>> ActorFuture<Worker<C, D>> for Timekeeper {
             self.armed_for = None;
             let now = Instant::now();
             if let Some(link) = worker.phase.link_mut() {
-                link.check_requests(now, max_in_flight);
+                link.check_requests(now);
             }
         }
     }

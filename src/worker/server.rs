@@ -231,7 +231,10 @@ impl<A: Actor, S: Serializer> Server<A, S> {
     /// leaves them in their bounded backlogs, not in the writer's buffer.
     fn pump_unasked(&mut self, task: &mut std::task::Context<'_>) {
         // Without a host, woken when one connects.
-        while let Some(host) = self.host.link_mut() {
+        let Some(host) = self.host.link_mut() else {
+            return;
+        };
+        loop {
             if !self.outbox.has_room(task) {
                 return;
             }

@@ -22,7 +22,8 @@
 //! decoded, meets the typed middleware (value) and the handler; its reply
 //! goes back the other way round. So a host chain `[a, b]` and a worker
 //! chain `[c, d]`, all untyped, see one round trip as
-//! `a b | c d | handler | d c | b a`.
+//! `a b | c d | handler | d c | b a`. (One place keeps this order for
+//! every driver: the crate-internal `trip` module.)
 //!
 //! # What a middleware sees
 //!
@@ -46,6 +47,8 @@ use bytes::Bytes;
 
 use crate::contract::WorkerMessage;
 use crate::error::{RemoteError, WorkerError};
+
+pub(crate) mod trip;
 
 /// Which way a message is going, seen from where the middleware runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -140,7 +143,8 @@ impl<'a> Passage<'a> {
         self.id
     }
 
-    /// For a reply: how long since its request passed this side's chain.
+    /// For a reply (or a refusal on its way back): how long since its
+    /// request reached this side's untyped chain.
     pub fn elapsed(&self) -> Option<Duration> {
         self.elapsed
     }

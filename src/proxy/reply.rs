@@ -14,7 +14,8 @@ use super::Worker;
 use crate::contract::{Contract, WorkerMessage};
 use crate::driver::Driver;
 use crate::error::WorkerError;
-use crate::middleware::{Body, Direction, Middlewares, Passage, Side, Typed};
+use crate::middleware::trip::{Leg, Trip, Untyped};
+use crate::middleware::{Middlewares, Typed};
 use crate::wire::serializer::CodecError;
 use std::time::Instant;
 
@@ -37,15 +38,22 @@ pub(super) struct Returning<M: WorkerMessage> {
 }
 
 impl<M: WorkerMessage> Returning<M> {
+    /// The request's trip: it went through the host's chains, and set out
+    /// when it was sent.
+    fn trip(&self) -> Trip {
+        Trip::through(Leg::HostUntyped, Some(self.sent))
+    }
+
     /// Passes `outcome` through the untyped middleware, last to first.
     pub(super) fn untyped(&self, outcome: &mut Result<Bytes, WorkerError>) {
-        let body = match outcome {
-            Ok(payload) => Body::Bytes(payload),
-            Err(error) => Body::Failed(error),
-        };
-        let mut passage = Passage::new(Side::Host, Direction::Incoming, M::NAME, self.id, body)
-            .after(self.sent.elapsed());
-        self.untyped.response(&mut passage);
+        let back = Untyped::bytes(M::NAME, self.id, outcome);
+        self.trip().pass_out(Leg::HostUntyped, &self.untyped, back);
+    }
+
+    /// Passes the decoded outcome through `M`'s typed middleware, last to
+    /// first.
+    fn typed(&self, outcome: &mut Result<M::Reply, WorkerError>) {
+        self.trip().pass_out(Leg::HostTyped, &self.typed, outcome);
     }
 }
 
@@ -60,8 +68,8 @@ impl<M: WorkerMessage> Caller for TypedCaller<M> {
                 detail: e.0,
             })
         });
-        if let Some(typed) = self.middleware.as_ref().and_then(|m| m.typed.as_ref()) {
-            typed.reply(&mut result);
+        if let Some(middleware) = &self.middleware {
+            middleware.typed(&mut result);
         }
         if let Some(reply) = self.reply {
             let _ = reply.send(result);
@@ -110,17 +118,17 @@ impl<M: WorkerMessage> Reply<M> {
         })
     }
 
-    /// Passes an outcome known at once through `M`'s typed middleware (the
-    /// request passed it; the untyped middleware, if the request reached
-    /// it, has seen the outcome already).
-    pub(super) fn through(self, typed: Option<&Typed<M>>) -> Self {
-        match (self.0, typed) {
-            (ReplyKind::Now(mut outcome), Some(typed)) => {
-                typed.reply(&mut outcome);
-                Self(ReplyKind::Now(outcome))
-            }
-            (kind, _) => Self(kind),
+    /// Passes an outcome known at once back through `M`'s typed
+    /// middleware, as far as `trip` went in (the untyped middleware, if the
+    /// request reached it, has seen the outcome already).
+    // Inlined where the reply is made: out of line, every request's reply
+    // was moved in and out of it (callgrind: 28 instructions a request).
+    #[inline]
+    pub(super) fn through(mut self, trip: &Trip, typed: &Option<Typed<M>>) -> Self {
+        if let ReplyKind::Now(outcome) = &mut self.0 {
+            trip.pass_out(Leg::HostTyped, typed, outcome);
         }
+        self
     }
 
     pub(super) fn later(outcome: LocalBoxFuture<'static, Result<M::Reply, WorkerError>>) -> Self {

@@ -12,6 +12,7 @@ use super::{Accepted, Link, Worker};
 use crate::contract::{Contract, InContract, WorkerMessage};
 use crate::driver::{Carries, Driver};
 use crate::error::WorkerError;
+use crate::middleware::trip::{Leg, Trip};
 use crate::middleware::Typed;
 
 /// The number of a request's next try, shared between a pool and the
@@ -82,27 +83,28 @@ impl<C: Contract, D: Driver<C>> Worker<C, D> {
         if let Some(error) = self.unavailable() {
             return Reply::now(Err(error));
         }
+        // The host's typed middleware is the request's first leg (see
+        // `middleware::trip`); the link passes the others.
         let typed = self.options.middleware.for_type::<M>();
-        if let Some(typed) = &typed {
-            if let Err(refused) = typed.request(&mut message) {
-                let mut outcome = Err(WorkerError::Rejected(refused.error));
-                typed.reply_before(refused.at, &mut outcome);
-                return Reply::now(outcome);
-            }
+        let mut trip = Trip::new();
+        if let Err(refused) = trip.pass_in(Leg::HostTyped, &typed, &mut message) {
+            let mut outcome = Err(Leg::HostTyped.refusal(refused.error));
+            trip.pass_out(Leg::HostTyped, &typed, &mut outcome);
+            return Reply::now(outcome);
         }
         let options = &self.options;
         match self.phase.serving_mut() {
             Some(Link::Stream(link)) => {
                 let back = typed.as_ref().map(Typed::share);
                 link.submit::<M, C::Serializer>(&message, options, back, tries)
-                    .through(typed.as_ref())
+                    .through(&trip, &typed)
             }
             // A thread worker does not retry (the message moves into it),
             // so there are no tries to count.
             Some(Link::Local(local)) => Reply::later(local.request(message, options, typed)),
             // `unavailable` answered for every other phase.
             Some(Link::Parked(_)) | None => {
-                Reply::now(Err(WorkerError::Closed)).through(typed.as_ref())
+                Reply::now(Err(WorkerError::Closed)).through(&trip, &typed)
             }
         }
     }

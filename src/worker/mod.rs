@@ -14,11 +14,12 @@ use crate::socket::env;
 use crate::socket::read_mark::ReadMark;
 use crate::wire::envelope::Hello;
 
-mod attach;
 mod cancellable;
 pub(crate) mod events;
+mod exit;
 mod forward;
 pub(crate) mod inbox;
+mod reattach;
 pub(crate) mod routes;
 mod server;
 mod watchdog;
@@ -158,12 +159,13 @@ where
         let served = Served {
             reader: Box::new(reader),
             writer: Box::new(writer),
-            reattach: Some(attach::Reattach::default()),
-            records,
-            read_mark,
-            middleware,
-            max_frame_len,
-            process: Some(grace),
+            settings: server::Settings {
+                ending: exit::Ending::Process { grace },
+                records,
+                read_mark,
+                middleware,
+                max_frame_len,
+            },
         };
         start_server::<C, A>(served, routes, factory);
         Ok::<_, std::io::Error>(())
@@ -261,12 +263,13 @@ pub fn serve_io_with<C, A, T>(
     let served = Served {
         reader: Box::new(reader),
         writer: Box::new(writer),
-        reattach: None,
-        records: None,
-        read_mark: None,
-        middleware,
-        max_frame_len: options.max_frame_len,
-        process: None,
+        settings: server::Settings {
+            ending: exit::Ending::InProcess,
+            records: None,
+            read_mark: None,
+            middleware,
+            max_frame_len: options.max_frame_len,
+        },
     };
     start_server::<C, A>(served, C::routes(), move || actor);
 }
@@ -275,20 +278,10 @@ pub fn serve_io_with<C, A, T>(
 struct Served {
     reader: Box<dyn AsyncRead + Unpin>,
     writer: Box<dyn AsyncWrite + Unpin>,
-    /// For a worker process: how hosts reach it again.
-    reattach: Option<attach::Reattach>,
-    /// The worker's `tracing` events, to forward, if the host wants them.
-    records: Option<tokio::sync::mpsc::Receiver<forward::Record>>,
-    /// For a worker process the host shares one with: counts the requests
-    /// read.
-    read_mark: Option<ReadMark>,
-    middleware: Middlewares,
-    max_frame_len: usize,
-    /// For a worker process: how long its actor gets to stop when asked.
-    /// `None` for a worker served in-process, whose end stops only itself.
-    process: Option<Duration>,
+    settings: server::Settings,
 }
 
+/// Makes the worker's actor with `factory` and serves it on `served`.
 fn start_server<C, A>(served: Served, routes: Routes<A, C::Serializer>, factory: impl FnOnce() -> A)
 where
     C: ServedBy<A>,
@@ -296,7 +289,7 @@ where
 {
     // The actor's events handle is current while it is made and whenever
     // its context runs (its hooks, its handlers).
-    let (events, outbox) = events::Events::<C>::encoded(served.max_frame_len);
+    let (events, outbox) = events::Events::<C>::encoded(served.settings.max_frame_len);
     let scope = events::Scope::new(events);
     let actor = scope.enter(factory);
     // Run the actor's context ourselves, to learn when it has stopped (its
@@ -307,44 +300,9 @@ where
     let Served {
         reader,
         writer,
-        reattach,
-        records,
-        read_mark,
-        middleware,
-        max_frame_len,
-        process,
+        settings,
     } = served;
-    server::Server::create(move |ctx| {
-        ctx.spawn(server::Dispatcher);
-        ctx.spawn(actix::fut::wrap_future(actor_ended).map(
-            |ended, server: &mut server::Server<A, C::Serializer>, ctx| {
-                server.actor_ended(ended, ctx)
-            },
-        ));
-        if process.is_some() {
-            server::Server::on_terminate_signal(ctx);
-        }
-        let mut server = server::Server {
-            actor: Some(inbox),
-            routes,
-            host: None,
-            next_link: 0,
-            hello: Hello::ours::<C>(String::new()),
-            reattach,
-            records,
-            read_mark,
-            outbox,
-            max_frame_len,
-            middleware,
-            running: Default::default(),
-            cancels: Default::default(),
-            waker: None,
-            scratch: Default::default(),
-            exit_code: 0,
-            process,
-            stopping: false,
-        };
-        server.serve(reader, writer, false, ctx);
-        server
-    });
+    let hello = Hello::ours::<C>(String::new());
+    let server = server::Server::new(inbox, routes, hello, outbox, settings);
+    server::Server::create(move |ctx| server.run(reader, writer, actor_ended, ctx));
 }

@@ -11,6 +11,7 @@ use futures::future::LocalBoxFuture;
 
 use crate::contract::{Contract, WorkerMessage};
 use crate::error::{ProtocolFailure, RemoteError, WorkerError};
+use crate::middleware::trip::{Leg, Trip};
 use crate::middleware::Middlewares;
 use crate::wire::serializer::CodecError;
 use crate::wire::Serializer;
@@ -172,22 +173,24 @@ where
             )))
         }
     };
+    // The worker's typed middleware is the request's last leg (see
+    // `middleware::trip`); the server passed the untyped one.
     let typed = middleware.for_type::<M>();
-    if let Some(typed) = &typed {
-        if let Err(refused) = typed.request(&mut message) {
-            let mut outcome = Err(WorkerError::Remote(refused.error));
-            typed.reply_before(refused.at, &mut outcome);
-            return Box::pin(std::future::ready(Outcome::of::<M, S>(outcome)));
-        }
+    let mut trip = Trip::new();
+    if let Err(refused) = trip.pass_in(Leg::WorkerTyped, &typed, &mut message) {
+        let mut outcome = Err(Leg::WorkerTyped.refusal(refused.error));
+        trip.pass_out(Leg::WorkerTyped, &typed, &mut outcome);
+        return Box::pin(std::future::ready(Outcome::of::<M, S>(outcome)));
     }
     let handled = actor.call(message);
     Box::pin(async move {
         let Ok(mut outcome) = handled.await else {
             return Outcome::ActorStopped;
         };
-        if let Some(typed) = &typed {
-            typed.reply(&mut outcome);
-        }
+        // It went through the typed middleware (a refusal returned above).
+        // Said so here rather than carried in every request's future.
+        let trip = Trip::through(Leg::WorkerTyped, None);
+        trip.pass_out(Leg::WorkerTyped, &typed, &mut outcome);
         Outcome::of::<M, S>(outcome)
     })
 }

@@ -110,11 +110,6 @@ impl<'a> Passage<'a> {
         }
     }
 
-    pub(crate) fn after(mut self, elapsed: Duration) -> Self {
-        self.elapsed = Some(elapsed);
-        self
-    }
-
     /// Where this middleware runs.
     pub fn side(&self) -> Side {
         self.side
@@ -289,11 +284,6 @@ impl Middlewares {
         Ok(())
     }
 
-    /// Runs the untyped response hooks, last to first.
-    pub(crate) fn response(&self, passage: &mut Passage<'_>) {
-        self.response_before(self.untyped.len(), passage);
-    }
-
     /// Runs the response hooks of the middleware outside the one at `at`
     /// (which refused the request), last to first.
     pub(crate) fn response_before(&self, at: usize, passage: &mut Passage<'_>) {
@@ -335,11 +325,6 @@ impl<M: WorkerMessage> Typed<M> {
                 .map_err(|error| Refused { at, error })?;
         }
         Ok(())
-    }
-
-    /// Runs the reply hooks, last to first.
-    pub(crate) fn reply(&self, reply: &mut Result<M::Reply, WorkerError>) {
-        self.reply_before(self.0.len(), reply);
     }
 
     /// Runs the reply hooks of the middleware outside the one at `at`

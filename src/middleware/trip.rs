@@ -268,10 +268,6 @@ impl<'a> Untyped<'a> {
     }
 
     /// An outcome carried as a value (the thread driver's).
-    #[allow(
-        dead_code,
-        reason = "for the thread driver (proxy/local.rs), whose hooks move to trips next"
-    )]
     pub(crate) fn value<R: Any + Send>(
         name: &'a str,
         id: u64,

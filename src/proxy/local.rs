@@ -24,7 +24,8 @@ use crate::config::{CrashPolicy, WorkerOptions};
 use crate::contract::WorkerMessage;
 use crate::driver::LocalLink;
 use crate::error::{CrashReason, WorkerError};
-use crate::middleware::{Body, Direction, Middlewares, Passage, Side, Typed};
+use crate::middleware::trip::{Leg, Trip, Untyped};
+use crate::middleware::{Body, Middlewares, Typed};
 use crate::panic;
 use crate::worker::routes::Deliveries;
 
@@ -223,13 +224,13 @@ impl LocalState {
     where
         M: WorkerMessage,
     {
-        // An outcome known at once still passes the host's typed
-        // middleware, which has seen the request.
+        // The request went through the host's typed middleware, if any
+        // (`Worker::request` answered otherwise): an outcome known at once
+        // passes it back too.
+        let trip = Trip::through(Leg::HostTyped, None);
         let at_once = |error, host_typed: &Option<Typed<M>>| {
             let mut outcome = Err(error);
-            if let Some(typed) = host_typed {
-                typed.reply(&mut outcome);
-            }
+            trip.pass_out(Leg::HostTyped, host_typed, &mut outcome);
             Box::pin(std::future::ready(outcome)) as LocalBoxFuture<'static, _>
         };
         let Some(deliver) = self.deliveries.get::<M>().cloned() else {
@@ -248,8 +249,8 @@ impl LocalState {
             }
             requests.next_id()
         };
-        let hooks = Hooks::new(options, &self.middleware, host_typed, id);
-        if let Some(hooks) = &hooks {
+        let mut hooks = Hooks::new(options, &self.middleware, host_typed, id, trip);
+        if let Some(hooks) = &mut hooks {
             if let Err(refused) = hooks.request(&mut message) {
                 self.requests.borrow_mut().skip_id();
                 return Box::pin(std::future::ready(Err(refused)));
@@ -315,7 +316,7 @@ impl LocalState {
             }
             leave.leave(Some(outcome.as_ref().map(|_| 0)));
             if let Some(hooks) = &hooks {
-                hooks.back(Stage::Handled, &mut outcome);
+                hooks.back(&mut outcome);
             }
             outcome
         };
@@ -329,30 +330,18 @@ fn crash_message(crash: &OnceCell<Option<String>>, thread: ThreadId) -> Option<S
     crash.get_or_init(|| panic::take_message(thread)).clone()
 }
 
-/// The middleware a thread worker's request passes, in order: the host's
-/// untyped, the worker's untyped, the worker's typed (the host's typed
-/// chain ran before, in `request.rs`); its outcome passes them in reverse,
-/// then the host's typed chain.
+/// The middleware a thread worker's request passes after the host's typed
+/// chain (which `request.rs` passed): the host's untyped, the worker's
+/// untyped, the worker's typed, all on the value; its outcome passes back
+/// through those it reached, in reverse, then the host's typed chain.
 struct Hooks<M: WorkerMessage> {
     host: Middlewares,
     host_typed: Option<Typed<M>>,
     worker: Middlewares,
     worker_typed: Option<Typed<M>>,
     id: u64,
-    started: Instant,
-}
-
-/// How far a request got through [`Hooks`].
-#[derive(Clone, Copy)]
-enum Stage {
-    /// Refused by the host's untyped middleware at this position.
-    Host(usize),
-    /// Refused by the worker's untyped middleware at this position.
-    Worker(usize),
-    /// Refused by the worker's typed middleware at this position.
-    WorkerTyped(usize),
-    /// Handed to the worker's actor.
-    Handled,
+    /// How far the request got.
+    trip: Trip,
 }
 
 impl<M: WorkerMessage> Hooks<M> {
@@ -362,6 +351,7 @@ impl<M: WorkerMessage> Hooks<M> {
         worker: &Middlewares,
         host_typed: Option<Typed<M>>,
         id: u64,
+        trip: Trip,
     ) -> Option<Self> {
         let worker_typed = worker.for_type::<M>();
         let any = options.middleware.has_untyped()
@@ -374,87 +364,53 @@ impl<M: WorkerMessage> Hooks<M> {
             worker: worker.clone(),
             worker_typed,
             id,
-            started: Instant::now(),
+            trip,
         })
     }
 
     /// Passes the request in; on a refusal, passes the refusal back out
     /// through the middleware it passed, and returns it.
-    fn request(&self, message: &mut M) -> Result<(), WorkerError> {
-        let refused = self
-            .untyped(&self.host, Side::Host, Direction::Outgoing, message)
-            .map_err(|r| (Stage::Host(r.at), WorkerError::Rejected(r.error)))
+    fn request(&mut self, message: &mut M) -> Result<(), WorkerError> {
+        let (trip, id) = (&mut self.trip, self.id);
+        let passed = trip
+            .pass_in(
+                Leg::HostUntyped,
+                &self.host,
+                Untyped::new(M::NAME, id, Body::Value(message)),
+            )
+            .map_err(|refused| Leg::HostUntyped.refusal(refused.error))
             .and_then(|()| {
-                self.untyped(&self.worker, Side::Worker, Direction::Incoming, message)
-                    .map_err(|r| (Stage::Worker(r.at), WorkerError::Remote(r.error)))
+                let request = Untyped::new(M::NAME, id, Body::Value(message));
+                trip.pass_in(Leg::WorkerUntyped, &self.worker, request)
+                    .map_err(|refused| Leg::WorkerUntyped.refusal(refused.error))
             })
-            .and_then(|()| match &self.worker_typed {
-                Some(typed) => typed
-                    .request(message)
-                    .map_err(|r| (Stage::WorkerTyped(r.at), WorkerError::Remote(r.error))),
-                None => Ok(()),
+            .and_then(|()| {
+                trip.pass_in(Leg::WorkerTyped, &self.worker_typed, message)
+                    .map_err(|refused| Leg::WorkerTyped.refusal(refused.error))
             });
-        let Err((stage, error)) = refused else {
+        let Err(error) = passed else {
             return Ok(());
         };
         let mut outcome = Err(error);
-        self.back(stage, &mut outcome);
+        self.back(&mut outcome);
         outcome.map(|_| ())
     }
 
-    /// An outcome passing a chain.
-    fn outcome(
-        side: Side,
-        direction: Direction,
-        id: u64,
-        outcome: &mut Result<M::Reply, WorkerError>,
-    ) -> Passage<'_> {
-        let body = match outcome {
-            Ok(reply) => Body::Value(reply),
-            Err(error) => Body::Failed(error),
-        };
-        Passage::new(side, direction, M::NAME, id, body)
-    }
-
-    fn untyped(
-        &self,
-        chain: &Middlewares,
-        side: Side,
-        direction: Direction,
-        message: &mut M,
-    ) -> Result<(), crate::middleware::Refused> {
-        let body = Body::Value(message);
-        chain.request(&mut Passage::new(side, direction, M::NAME, self.id, body))
-    }
-
     /// Passes an outcome back out through the middleware the request
-    /// passed on its way in (up to `stage`).
-    fn back(&self, stage: Stage, outcome: &mut Result<M::Reply, WorkerError>) {
-        if let Some(typed) = &self.worker_typed {
-            match stage {
-                Stage::WorkerTyped(at) => typed.reply_before(at, outcome),
-                Stage::Handled => typed.reply(outcome),
-                Stage::Host(_) | Stage::Worker(_) => {}
-            }
-        }
-        let elapsed = self.started.elapsed();
-        let (worker, host) = (&self.worker, &self.host);
-        let out = |outcome| Self::outcome(Side::Worker, Direction::Outgoing, self.id, outcome);
-        match stage {
-            Stage::Worker(at) => worker.response_before(at, &mut out(outcome).after(elapsed)),
-            Stage::WorkerTyped(_) | Stage::Handled => {
-                worker.response(&mut out(outcome).after(elapsed))
-            }
-            Stage::Host(_) => {}
-        }
-        let mut back_in =
-            Self::outcome(Side::Host, Direction::Incoming, self.id, outcome).after(elapsed);
-        match stage {
-            Stage::Host(at) => host.response_before(at, &mut back_in),
-            _ => host.response(&mut back_in),
-        }
-        if let Some(typed) = &self.host_typed {
-            typed.reply(outcome);
-        }
+    /// passed on its way in, innermost first.
+    fn back(&self, outcome: &mut Result<M::Reply, WorkerError>) {
+        let (trip, id) = (&self.trip, self.id);
+        trip.pass_out(Leg::WorkerTyped, &self.worker_typed, outcome);
+        trip.pass_out(
+            Leg::WorkerUntyped,
+            &self.worker,
+            Untyped::value(M::NAME, id, outcome),
+        );
+        trip.pass_out(
+            Leg::HostUntyped,
+            &self.host,
+            Untyped::value(M::NAME, id, outcome),
+        );
+        trip.pass_out(Leg::HostTyped, &self.host_typed, outcome);
     }
 }

@@ -17,7 +17,6 @@ use crate::error::WorkerError;
 use crate::middleware::trip::{Leg, Trip, Untyped};
 use crate::middleware::{Middlewares, Typed};
 use crate::wire::serializer::CodecError;
-use std::time::Instant;
 
 /// The caller of one request of type `M`.
 struct TypedCaller<M: WorkerMessage> {
@@ -33,27 +32,21 @@ pub(super) struct Returning<M: WorkerMessage> {
     pub(super) untyped: Middlewares,
     pub(super) typed: Option<Typed<M>>,
     pub(super) id: u64,
-    /// When the request passed the chain.
-    pub(super) sent: Instant,
+    /// How far the request got through the host's chains, and since when.
+    pub(super) trip: Trip,
 }
 
 impl<M: WorkerMessage> Returning<M> {
-    /// The request's trip: it went through the host's chains, and set out
-    /// when it was sent.
-    fn trip(&self) -> Trip {
-        Trip::through(Leg::HostUntyped, Some(self.sent))
-    }
-
     /// Passes `outcome` through the untyped middleware, last to first.
     pub(super) fn untyped(&self, outcome: &mut Result<Bytes, WorkerError>) {
         let back = Untyped::bytes(M::NAME, self.id, outcome);
-        self.trip().pass_out(Leg::HostUntyped, &self.untyped, back);
+        self.trip.pass_out(Leg::HostUntyped, &self.untyped, back);
     }
 
     /// Passes the decoded outcome through `M`'s typed middleware, last to
     /// first.
     fn typed(&self, outcome: &mut Result<M::Reply, WorkerError>) {
-        self.trip().pass_out(Leg::HostTyped, &self.typed, outcome);
+        self.trip.pass_out(Leg::HostTyped, &self.typed, outcome);
     }
 }
 

@@ -29,7 +29,8 @@ use crate::config::WorkerOptions;
 use crate::contract::{Contract, WorkerMessage};
 use crate::driver::{ProcessHandle, StreamConnection};
 use crate::error::{CrashReason, HandshakeError, WorkerError};
-use crate::middleware::{Body, Direction, Passage, Side, Typed};
+use crate::middleware::trip::{Leg, Trip, Untyped};
+use crate::middleware::{Body, Typed};
 use crate::socket::handshake::Greeting;
 use crate::socket::session::Session;
 use crate::wire::envelope::Header;
@@ -223,31 +224,22 @@ impl StreamLink {
         let middleware = if options.middleware.has_untyped() || typed.is_some() {
             // The id `register` will give it.
             let id = self.requests.borrow().next_id();
-            let mut passage = Passage::new(
-                Side::Host,
-                Direction::Outgoing,
-                M::NAME,
-                id,
-                Body::Bytes(&mut payload),
-            );
-            if let Err(refused) = options.middleware.request(&mut passage) {
+            // It went through the host's typed middleware, if any
+            // (`Worker::request` answered otherwise).
+            let mut trip = Trip::through(Leg::HostTyped, None);
+            let request = Untyped::new(M::NAME, id, Body::Bytes(&mut payload));
+            if let Err(refused) = trip.pass_in(Leg::HostUntyped, &options.middleware, request) {
                 self.requests.borrow_mut().skip_id(); // seen: never give it again
-                let error = WorkerError::Rejected(refused.error);
-                let mut passage = Passage::new(
-                    Side::Host,
-                    Direction::Incoming,
-                    M::NAME,
-                    id,
-                    Body::Failed(&error),
-                );
-                options.middleware.response_before(refused.at, &mut passage);
+                let error = Leg::HostUntyped.refusal(refused.error);
+                let back = Untyped::new(M::NAME, id, Body::Failed(&error));
+                trip.pass_out(Leg::HostUntyped, &options.middleware, back);
                 return Reply::now(Err(error));
             }
             Some(Box::new(Returning {
                 untyped: options.middleware.clone(),
                 typed,
                 id,
-                sent: Instant::now(),
+                trip,
             }))
         } else {
             None

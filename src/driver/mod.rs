@@ -39,7 +39,7 @@ pub use child_process::ChildProcess;
 pub use thread::Thread;
 
 pub(crate) use process::ProcessHandle;
-pub(crate) use thread::LocalLink;
+pub(crate) use thread::LocalConnection;
 
 /// Starts a worker serving contract `C` and hands the proxy a live
 /// [`Connection`] to it.
@@ -76,7 +76,7 @@ pub(crate) enum ConnectionKind {
     /// Frames over a byte stream.
     Stream(StreamConnection),
     /// Values moved to an actor in this process.
-    Local(LocalLink),
+    Local(LocalConnection),
 }
 
 /// A worker reached over a byte stream.

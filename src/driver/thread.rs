@@ -91,7 +91,7 @@ impl<A: Actor<Context = Context<A>>> Thread<A> {
 }
 
 /// A running thread worker, as the proxy holds it.
-pub(crate) struct LocalLink {
+pub(crate) struct LocalConnection {
     pub(crate) deliveries: Deliveries,
     pub(crate) arbiter: Arbiter,
     /// The arbiter's thread, whose panic message reports a crash.
@@ -105,9 +105,9 @@ pub(crate) struct LocalLink {
     pub(crate) events: Box<dyn std::any::Any + Send>,
 }
 
-impl std::fmt::Debug for LocalLink {
+impl std::fmt::Debug for LocalConnection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LocalLink")
+        f.debug_struct("LocalConnection")
             .field("thread", &self.thread)
             .finish_non_exhaustive()
     }
@@ -168,7 +168,7 @@ where
             };
             let deliveries = C::routes().deliveries(&inbox);
             Ok(Connection {
-                kind: ConnectionKind::Local(LocalLink {
+                kind: ConnectionKind::Local(LocalConnection {
                     deliveries,
                     arbiter,
                     thread,

@@ -22,7 +22,7 @@ use super::counters::SharedTally;
 use super::requests::{Held, Limits, Request, Requests};
 use crate::config::{CrashPolicy, WorkerOptions};
 use crate::contract::WorkerMessage;
-use crate::driver::LocalLink;
+use crate::driver::LocalConnection;
 use crate::error::{CrashReason, WorkerError};
 use crate::middleware::trip::{Leg, Trip, Untyped};
 use crate::middleware::{Body, Middlewares, Typed};
@@ -115,7 +115,7 @@ impl LocalState {
     /// The proxy's state for `link`, and the handle that resolves when the
     /// worker's actor ends.
     pub(super) fn new(
-        link: LocalLink,
+        link: LocalConnection,
         options: &WorkerOptions,
         tally: SharedTally,
     ) -> (Self, JoinHandle<()>) {

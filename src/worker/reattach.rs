@@ -34,7 +34,7 @@ use std::time::Duration;
 use actix::prelude::*;
 
 use super::exit::{Ending, PROTOCOL_EXIT_CODE};
-use super::server::{HostLink, Server};
+use super::server::{HostConnection, Server};
 use crate::socket::attach::{refuse_busy, Listening, NewHost};
 use crate::socket::directory::attach_directory;
 use crate::wire::envelope::{AttachPoint, Header};
@@ -49,7 +49,7 @@ const BUSY_RECHECK: Duration = Duration::from_millis(100);
 /// The worker's host connection. Generic over the connection only so that
 /// its transitions can be tested without one.
 #[derive(Debug)]
-pub(crate) enum Host<L = HostLink> {
+pub(crate) enum Host<L = HostConnection> {
     /// Serving the host on this connection.
     Serving(L),
     /// Serving a host that attached and has not said anything yet: it may
@@ -291,7 +291,12 @@ impl<A: Actor, S: Serializer> Server<A, S> {
 
     /// Serves the host on `link`, cancelling the idle timer of a parked
     /// worker.
-    pub(super) fn take_host(&mut self, link: HostLink, attached: bool, ctx: &mut Context<Self>) {
+    pub(super) fn take_host(
+        &mut self,
+        link: HostConnection,
+        attached: bool,
+        ctx: &mut Context<Self>,
+    ) {
         if let Some(timer) = self.host.serve(link, attached) {
             ctx.cancel_future(timer);
         }

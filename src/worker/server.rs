@@ -95,7 +95,7 @@ pub(crate) struct Settings {
 }
 
 /// The connection to the host being served.
-pub(crate) struct HostLink {
+pub(crate) struct HostConnection {
     /// Tells this connection's frames from an earlier one's.
     id: u64,
     /// Where frames to the host go.
@@ -200,7 +200,7 @@ impl<A: Actor, S: Serializer> Server<A, S> {
         // See the proxy: never pause reading because the host reads slowly.
         writer.set_buffer_capacity(0, usize::MAX);
         writer.write(Frame::bare(Header::Hello(self.hello.clone())));
-        let link = HostLink {
+        let link = HostConnection {
             id,
             writer,
             severed,

@@ -56,8 +56,9 @@ pub enum WorkerError {
         restarts: u32,
         /// The restart window.
         within: Duration,
-        /// What went wrong last (a crash or a failed start).
-        last: String,
+        /// The last crash (a fresh worker that failed to start counts as one:
+        /// see [`Crash`]).
+        last: Crash,
     },
     /// The worker was closed; it accepts no more requests.
     #[error("the worker is closed")]
@@ -275,8 +276,8 @@ pub enum ConnectionError {
         restarts: u32,
         /// The restart window.
         within: Duration,
-        /// What went wrong last (a crash or a failed start).
-        last: String,
+        /// The last crash (see [`Crash`]).
+        last: Crash,
     },
     /// The worker is disconnected: send [`Reconnect`](crate::Reconnect)
     /// first. (Returned by `Detach`.)
@@ -308,6 +309,53 @@ pub enum ConnectionError {
     /// proxy so; it is reported rather than assumed impossible.
     #[error("the proxy holds no connection to a worker process")]
     NoProcess,
+}
+
+/// How a worker died: why, and what it said. What a proxy that gave up
+/// reports as the last crash ([`WorkerError::GaveUp`],
+/// [`LifecycleEvent::GaveUp`](crate::LifecycleEvent::GaveUp),
+/// [`WorkerState::GaveUp`](crate::WorkerState::GaveUp)). A fresh worker
+/// that failed to start counts as a crash with
+/// [`CrashReason::ConnectionLost`] and the message "restart failed: …".
+///
+/// ```
+/// use isolated_workers::{Crash, CrashReason};
+/// let crash = Crash::new(CrashReason::Panic, Some("boom".into()));
+/// assert_eq!(crash.to_string(), "crashed (panicked): boom");
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Crash {
+    /// Exit code, signal, or lost connection.
+    pub reason: CrashReason,
+    /// What the worker said before dying (its panic message), if anything.
+    pub message: Option<String>,
+}
+
+impl Crash {
+    /// A crash for `reason`, with what the worker said.
+    pub fn new(reason: CrashReason, message: Option<String>) -> Self {
+        Self { reason, message }
+    }
+
+    /// The error a request gets for it (its first attempt).
+    pub(crate) fn error(&self) -> WorkerError {
+        WorkerError::Crashed {
+            reason: self.reason.clone(),
+            message: self.message.clone(),
+            attempt: 1,
+        }
+    }
+}
+
+impl fmt::Display for Crash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "crashed ({})", self.reason)?;
+        match &self.message {
+            Some(message) => write!(f, ": {message}"),
+            None => Ok(()),
+        }
+    }
 }
 
 /// Why a worker stopped without being asked to.

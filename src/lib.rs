@@ -24,7 +24,7 @@ pub use contract::{Contract, InContract, LocalOnly, Portable, WorkerMessage};
 pub use driver::child_process::DetachedWorker;
 pub use driver::{ChildProcess, Connection, Driver, Thread};
 pub use error::{
-    AttachError, ConnectionError, CrashReason, HandshakeError, ProtocolFailure, RemoteError,
+    AttachError, ConnectionError, Crash, CrashReason, HandshakeError, ProtocolFailure, RemoteError,
     SpawnError, WorkerError,
 };
 pub use pool::{PoolOptions, PoolReport, PoolStatus, WorkerPool};

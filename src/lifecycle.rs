@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use actix::Message;
 
-use crate::error::CrashReason;
+use crate::error::{Crash, CrashReason};
 
 /// Names one worker proxy for the life of the process: the `worker` of its
 /// [`LifecycleEvent`]s and of its [`WorkerStatus`](crate::WorkerStatus).
@@ -61,8 +61,8 @@ pub enum LifecycleEvent {
         worker: WorkerId,
         /// Restarts made within the restart window.
         restarts: u32,
-        /// What went wrong last.
-        last: String,
+        /// The last crash.
+        last: Crash,
     },
 }
 

@@ -233,7 +233,7 @@ async fn crash_loop_gives_up() -> Result<(), Failed> {
             ref last,
             ..
         }) => {
-            assert!(last.contains("restart failed"), "{last}");
+            assert!(last.to_string().contains("restart failed"), "{last}");
         }
         other => return Err(format!("expected GaveUp after 2 restarts, got {other:?}").into()),
     }

@@ -392,7 +392,7 @@ async fn crash_loop_gives_up() -> Result<(), Failed> {
     match next_event(&mut events).await? {
         LifecycleEvent::GaveUp {
             restarts: 2, last, ..
-        } => assert!(last.contains("restart failed"), "{last}"),
+        } => assert!(last.to_string().contains("restart failed"), "{last}"),
         other => return Err(format!("expected GaveUp after 2 restarts, got {other:?}").into()),
     }
     let refused = worker.send(ping("anyone?")).await?;

@@ -11,12 +11,13 @@ use actix::prelude::*;
 
 use tokio::sync::oneshot;
 
-use super::phase::{Crash, Phase};
+use super::phase::Phase;
 use super::{Accepted, Link, Worker};
 use crate::config::WorkerOptions;
 use crate::contract::Contract;
 use crate::driver::process::{Ended, EXIT_STATUS_WAIT};
 use crate::driver::{CanDetach, CanReconnect, ChildProcess, Connection, Driver, ProcessHandle};
+use crate::error::Crash;
 use crate::error::{AttachError, ConnectionError, CrashReason, WorkerError};
 use crate::socket::session::Session;
 use crate::socket::DetachedWorker;

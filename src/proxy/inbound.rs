@@ -8,12 +8,12 @@
 use actix::io::WriteHandler;
 use actix::prelude::*;
 
-use super::phase::Crash;
 use super::stream::StreamLink;
 use super::{Link, Worker};
 use crate::contract::Contract;
 use crate::driver::process::EXIT_STATUS_WAIT;
 use crate::driver::Driver;
+use crate::error::Crash;
 use crate::error::{CrashReason, WorkerError};
 use crate::wire::envelope::Header;
 use crate::wire::frame::FrameError;

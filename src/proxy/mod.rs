@@ -18,9 +18,9 @@ use tracing::Instrument;
 use crate::config::WorkerOptions;
 use crate::contract::Contract;
 use crate::driver::{ChildProcess, Connection, Driver};
-use crate::error::{CrashReason, SpawnError, WorkerError};
+use crate::error::{Crash, CrashReason, SpawnError, WorkerError};
 use link::Link;
-use phase::{Crash, Phase};
+use phase::Phase;
 
 mod close;
 mod connection;

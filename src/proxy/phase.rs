@@ -76,7 +76,7 @@ use tokio::sync::oneshot;
 use super::connection::Parked;
 use super::status::WorkerState;
 use super::Link;
-use crate::error::{CrashReason, WorkerError};
+use crate::error::{Crash, WorkerError};
 use crate::waiters::Waiters;
 
 /// Where the proxy is in its worker's life (see the module doc).
@@ -119,41 +119,13 @@ pub(super) enum Phase {
     GaveUp {
         /// Restarts made within the restart window.
         restarts: u32,
-        /// What went wrong last.
-        last: String,
+        /// The last crash.
+        last: Crash,
     },
     /// `Close` or `Drain` is under way.
     Closing(Option<Link>),
     /// The worker is gone and its resources released.
     Closed,
-}
-
-/// How a worker died.
-#[derive(Debug, Clone)]
-pub(super) struct Crash {
-    /// Exit code, signal, or lost connection.
-    pub(super) reason: CrashReason,
-    /// What the worker said before dying (its panic message), if anything.
-    pub(super) message: Option<String>,
-}
-
-impl Crash {
-    /// The error a request gets for it.
-    pub(super) fn error(&self) -> WorkerError {
-        WorkerError::Crashed {
-            reason: self.reason.clone(),
-            message: self.message.clone(),
-            attempt: 1,
-        }
-    }
-
-    /// One line, for `GaveUp`'s `last`.
-    pub(super) fn describe(&self) -> String {
-        match &self.message {
-            Some(message) => format!("crashed ({}): {message}", self.reason),
-            None => format!("crashed ({})", self.reason),
-        }
-    }
 }
 
 impl Phase {
@@ -415,7 +387,7 @@ impl Phase {
     }
 
     /// `Crashed` → `GaveUp`.
-    pub(super) fn give_up(&mut self, restarts: u32, last: String) {
+    pub(super) fn give_up(&mut self, restarts: u32, last: Crash) {
         *self = Phase::GaveUp { restarts, last };
     }
 
@@ -472,12 +444,10 @@ mod tests {
     use futures::FutureExt;
 
     use super::*;
+    use crate::error::CrashReason;
 
     fn crash() -> Crash {
-        Crash {
-            reason: CrashReason::Panic,
-            message: Some("boom".into()),
-        }
+        Crash::new(CrashReason::Panic, Some("boom".into()))
     }
 
     fn crashed() -> Phase {
@@ -502,7 +472,7 @@ mod tests {
             (
                 Phase::GaveUp {
                     restarts: 3,
-                    last: "crashed (panic)".into(),
+                    last: crash(),
                 },
                 "GaveUp",
                 "gave up",
@@ -554,10 +524,10 @@ mod tests {
         let mut phase = crashed();
         phase.restart(oneshot::channel().0);
         let done = phase.restart_done();
-        phase.crash(Crash {
-            reason: CrashReason::ConnectionLost,
-            message: Some("restart failed".into()),
-        });
+        phase.crash(Crash::new(
+            CrashReason::ConnectionLost,
+            Some("restart failed".into()),
+        ));
         assert!(done.now_or_never().is_some());
         let Phase::Crashed { crash, .. } = &phase else {
             panic!("not crashed: {:?}", phase.state());
@@ -576,7 +546,7 @@ mod tests {
         for ended in [
             Phase::GaveUp {
                 restarts: 1,
-                last: String::new(),
+                last: crash(),
             },
             Phase::Closing(None),
             Phase::Closed,

@@ -141,7 +141,7 @@ pub(super) struct Expired<T> {
 
 /// What a crash did to the requests: those to send to a fresh worker, and
 /// those to resolve with their error.
-pub(super) struct Crash<T> {
+pub(super) struct CrashOutcome<T> {
     pub(super) carried: Vec<Carried<T>>,
     pub(super) failed: Vec<(T, WorkerError)>,
 }
@@ -433,8 +433,8 @@ impl<T: Held> Requests<T> {
         message: &Option<String>,
         policy: impl Fn(&'static str) -> CrashPolicy,
         read_through: Option<u64>,
-    ) -> Crash<T> {
-        let mut crash = Crash {
+    ) -> CrashOutcome<T> {
+        let mut crash = CrashOutcome {
             carried: Vec::new(),
             failed: Vec::new(),
         };

@@ -9,11 +9,12 @@ use actix::prelude::*;
 use tokio::sync::oneshot;
 use tracing::Instrument;
 
-use super::phase::{Crash, Phase};
+use super::phase::Phase;
 use super::{stream, Accepted, Link, Worker};
 use crate::config::{WhileRestarting, WorkerOptions};
 use crate::contract::Contract;
 use crate::driver::Driver;
+use crate::error::Crash;
 use crate::error::{CrashReason, SpawnError, WorkerError};
 use crate::lifecycle::LifecycleEvent;
 
@@ -150,8 +151,9 @@ impl<C: Contract, D: Driver<C>> Worker<C, D> {
         let restarts = self.restart.count();
         if restarts >= self.options.max_restarts {
             let last = match &self.phase {
-                Phase::Crashed { crash, .. } => crash.describe(),
-                other => format!("{:?}", other.state()),
+                Phase::Crashed { crash, .. } => crash.clone(),
+                // Not reached: a restart is spent only after a crash.
+                _ => Crash::new(CrashReason::ConnectionLost, None),
             };
             tracing::error!(contract = C::NAME, restarts, %last, "worker keeps crashing; giving up");
             self.tell(LifecycleEvent::GaveUp {

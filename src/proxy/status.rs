@@ -8,7 +8,7 @@ use actix::prelude::*;
 use super::{Accepted, Worker};
 use crate::contract::Contract;
 use crate::driver::Driver;
-use crate::error::CrashReason;
+use crate::error::{Crash, CrashReason};
 
 /// Asks for a [`WorkerStatus`].
 #[derive(Debug, Clone, Copy, Default, Message)]
@@ -69,8 +69,8 @@ pub enum WorkerState {
     GaveUp {
         /// Restarts made within the restart window.
         restarts: u32,
-        /// What went wrong last.
-        last: String,
+        /// The last crash.
+        last: Crash,
     },
 }
 

@@ -22,7 +22,7 @@ use crate::middleware::Middlewares;
 use crate::panic;
 use crate::worker::events::{Events, Scope};
 use crate::worker::inbox::Inbox;
-use crate::worker::routes::{Deliveries, ServedBy};
+use crate::worker::routes::{ServedBy, TypedInboxes};
 
 /// Runs the worker actor made by a factory on a new arbiter thread.
 ///
@@ -92,7 +92,7 @@ impl<A: Actor<Context = Context<A>>> Thread<A> {
 
 /// A running thread worker, as the proxy holds it.
 pub(crate) struct LocalConnection {
-    pub(crate) deliveries: Deliveries,
+    pub(crate) typed_inboxes: TypedInboxes,
     pub(crate) arbiter: Arbiter,
     /// The arbiter's thread, whose panic message reports a crash.
     pub(crate) thread: ThreadId,
@@ -166,10 +166,10 @@ where
                     });
                 }
             };
-            let deliveries = C::routes().deliveries(&inbox);
+            let typed_inboxes = C::routes().typed_inboxes(&inbox);
             Ok(Connection {
                 kind: ConnectionKind::Local(LocalConnection {
-                    deliveries,
+                    typed_inboxes,
                     arbiter,
                     thread,
                     ended,

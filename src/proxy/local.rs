@@ -27,11 +27,11 @@ use crate::error::{CrashReason, WorkerError};
 use crate::middleware::trip::{Leg, Trip, Untyped};
 use crate::middleware::{Body, Middlewares, Typed};
 use crate::panic;
-use crate::worker::routes::Deliveries;
+use crate::worker::routes::TypedInboxes;
 
 /// The proxy's state for a worker in this process.
 pub(super) struct LocalState {
-    deliveries: Deliveries,
+    typed_inboxes: TypedInboxes,
     /// `None` once joined.
     arbiter: Option<Arbiter>,
     /// The arbiter's thread, whose panic message reports a crash.
@@ -120,7 +120,7 @@ impl LocalState {
         tally: SharedTally,
     ) -> (Self, JoinHandle<()>) {
         let state = Self {
-            deliveries: link.deliveries,
+            typed_inboxes: link.typed_inboxes,
             arbiter: Some(link.arbiter),
             thread: link.thread,
             requests: Rc::new(RefCell::new(Requests::new(Limits::of(options), tally))),
@@ -233,7 +233,7 @@ impl LocalState {
             trip.pass_out(Leg::HostTyped, host_typed, &mut outcome);
             Box::pin(std::future::ready(outcome)) as LocalBoxFuture<'static, _>
         };
-        let Some(deliver) = self.deliveries.get::<M>().cloned() else {
+        let Some(inbox) = self.typed_inboxes.get::<M>().cloned() else {
             let unknown = crate::ProtocolFailure::UnknownMessage {
                 name: M::NAME.into(),
             };
@@ -293,7 +293,7 @@ impl LocalState {
                     // which `ended` reports first.
                     started.await.map_err(|_| WorkerError::Closed)?;
                 }
-                match deliver(message).await {
+                match inbox(message).await {
                     Ok(outcome) => outcome,
                     // The actor is gone: its handler panicked. (The proxy
                     // learns it from the actor's end, see `Worker::actor_ended`.)

@@ -36,7 +36,7 @@ where
     /// Opens an inbox into the context `actor` will run in.
     pub(crate) fn open(context: &mut Context<A>) -> Self {
         let (calls, waiting) = mpsc::unbounded_channel();
-        context.spawn(Delivery { waiting });
+        context.spawn(InboxRunner { waiting });
         Inbox {
             calls,
             _address: context.address(),
@@ -75,15 +75,15 @@ impl<A: Actor> Clone for Inbox<A> {
 /// Hands a message of type `M` to an actor through its inbox: what a
 /// driver that moves values holds, one per contract message, without
 /// naming the actor's type.
-pub(crate) type Deliver<M> =
+pub(crate) type TypedInbox<M> =
     std::sync::Arc<dyn Fn(M) -> oneshot::Receiver<<M as Message>::Result> + Send + Sync>;
 
 /// The receiving end, running in the actor's context.
-struct Delivery<A: Actor> {
+struct InboxRunner<A: Actor> {
     waiting: mpsc::UnboundedReceiver<(tracing::Span, Call<A>)>,
 }
 
-impl<A> ActorFuture<A> for Delivery<A>
+impl<A> ActorFuture<A> for InboxRunner<A>
 where
     A: Actor<Context = Context<A>>,
 {

@@ -16,7 +16,7 @@ use crate::middleware::Middlewares;
 use crate::wire::serializer::CodecError;
 use crate::wire::Serializer;
 
-use super::inbox::{Deliver, Inbox};
+use super::inbox::{Inbox, TypedInbox};
 
 /// A contract that actor `A` can serve: implemented by
 /// [`contract!`](crate::contract!) for every actor that handles all of the
@@ -47,8 +47,8 @@ pub(crate) enum Outcome {
 
 type Route<A> = fn(&Inbox<A>, &[u8], &Middlewares) -> LocalBoxFuture<'static, Outcome>;
 
-/// Makes the [`Deliver`] of one message type `M` (boxed as `Any`).
-type DeliverMaker<A> = fn(&Inbox<A>) -> Box<dyn Any + Send>;
+/// Makes the [`TypedInbox`] of one message type `M` (boxed as `Any`).
+type TypedInboxMaker<A> = fn(&Inbox<A>) -> Box<dyn Any + Send>;
 
 /// The dispatch table of a worker actor `A` whose payloads are encoded with
 /// `S`. Built by [`ServedBy::routes`]; users do not build it by hand.
@@ -58,7 +58,7 @@ type DeliverMaker<A> = fn(&Inbox<A>) -> Box<dyn Any + Send>;
 /// that move values.
 pub struct Routes<A: Actor, S> {
     by_name: HashMap<&'static str, Route<A>>,
-    by_type: Vec<(TypeId, DeliverMaker<A>)>,
+    by_type: Vec<(TypeId, TypedInboxMaker<A>)>,
     _serializer: PhantomData<fn() -> S>,
 }
 
@@ -102,16 +102,16 @@ impl<A: Actor, S: Serializer> Routes<A, S> {
         );
         self.by_type.push((TypeId::of::<M>(), |inbox| {
             let inbox = inbox.clone();
-            let deliver: Deliver<M> = std::sync::Arc::new(move |message| inbox.call(message));
-            Box::new(deliver)
+            let typed: TypedInbox<M> = std::sync::Arc::new(move |message| inbox.call(message));
+            Box::new(typed)
         }));
     }
 
-    /// A [`Deliver`] for every message `M` of the contract, keyed by
+    /// A [`TypedInbox`] for every message `M` of the contract, keyed by
     /// `TypeId::of::<M>()`: how a driver that moves values reaches the
     /// actor behind `inbox`.
-    pub(crate) fn deliveries(&self, inbox: &Inbox<A>) -> Deliveries {
-        Deliveries(
+    pub(crate) fn typed_inboxes(&self, inbox: &Inbox<A>) -> TypedInboxes {
+        TypedInboxes(
             self.by_type
                 .iter()
                 .map(|(type_id, make)| (*type_id, make(inbox)))
@@ -138,12 +138,12 @@ impl<A: Actor, S: Serializer> Routes<A, S> {
 
 /// How to hand each contract message to a worker actor, by type.
 #[derive(Debug, Default)]
-pub(crate) struct Deliveries(HashMap<TypeId, Box<dyn Any + Send>>);
+pub(crate) struct TypedInboxes(HashMap<TypeId, Box<dyn Any + Send>>);
 
-impl Deliveries {
+impl TypedInboxes {
     /// How to deliver message `M`; `None` only if `M` is not in the
     /// contract the table was built for (the proxy's bounds rule that out).
-    pub(crate) fn get<M>(&self) -> Option<&Deliver<M>>
+    pub(crate) fn get<M>(&self) -> Option<&TypedInbox<M>>
     where
         M: Message + Send + 'static,
         M::Result: Send,

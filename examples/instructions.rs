@@ -1,0 +1,134 @@
+//! The workload `scripts/instructions` counts with callgrind: N sequential
+//! 16-byte round trips, or N requests 64 in flight at a time, to a child
+//! worker, to a thread worker, or as plain actix sends to an actor on
+//! another arbiter (the floor). Run by hand it only does the work:
+//!
+//! ```text
+//! cargo run --release --example instructions -- child sequential 1000
+//! ```
+//!
+//! Arguments: `child | thread | actix`, `sequential | pipelined`, N.
+
+use actix::prelude::*;
+use isolated_workers::{ChildProcess, Close, Thread, Worker, WorkerError};
+use serde::{Deserialize, Serialize};
+
+/// A 16-byte request, answered with itself.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+struct Echo16 {
+    #[serde(with = "serde_bytes")]
+    data: [u8; 16],
+}
+
+isolated_workers::contract! { Echo { Echo16 => Echo16 } }
+
+/// Echoes each request.
+#[derive(Debug, Default)]
+struct Echoer;
+
+impl Actor for Echoer {
+    type Context = Context<Self>;
+}
+
+impl Handler<Echo16> for Echoer {
+    type Result = Result<Echo16, WorkerError>;
+    fn handle(&mut self, echo: Echo16, _: &mut Context<Self>) -> Self::Result {
+        Ok(echo)
+    }
+}
+
+/// How many requests are in flight at once when pipelined.
+const IN_FLIGHT: usize = 64;
+
+const MESSAGE: Echo16 = Echo16 {
+    data: *b"sixteen byte msg",
+};
+
+/// Sends `n` requests through `send`, one at a time or `IN_FLIGHT` at a time.
+async fn drive<F, Fut>(n: usize, pipelined: bool, send: F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    if pipelined {
+        let mut left = n;
+        while left > 0 {
+            let batch = left.min(IN_FLIGHT);
+            futures::future::join_all((0..batch).map(|_| send())).await;
+            left -= batch;
+        }
+    } else {
+        for _ in 0..n {
+            send().await;
+        }
+    }
+}
+
+fn main() {
+    isolated_workers::worker_entry::<Echo, _>("echo", Echoer::default);
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let usage = "usage: instructions child|thread|actix sequential|pipelined N";
+    let [target, mode, n] = args.as_slice() else {
+        eprintln!("{usage}");
+        std::process::exit(2);
+    };
+    let pipelined = match mode.as_str() {
+        "sequential" => false,
+        "pipelined" => true,
+        _ => {
+            eprintln!("{usage}");
+            std::process::exit(2);
+        }
+    };
+    let Ok(n) = n.parse::<usize>() else {
+        eprintln!("{usage}");
+        std::process::exit(2);
+    };
+    let target = target.clone();
+    System::new().block_on(async move {
+        match target.as_str() {
+            "child" => {
+                let worker = Worker::<Echo, ChildProcess>::spawn(ChildProcess::current_exe("echo"))
+                    .await
+                    .expect("the worker starts");
+                drive(n, pipelined, || {
+                    let reply = worker.send(MESSAGE);
+                    async move {
+                        reply.await.expect("delivered").expect("answered");
+                    }
+                })
+                .await;
+                worker.send(Close).await.expect("closed");
+            }
+            "thread" => {
+                let worker = Worker::<Echo, _>::spawn(Thread::new(Echoer::default))
+                    .await
+                    .expect("the worker starts");
+                drive(n, pipelined, || {
+                    let reply = worker.send(MESSAGE);
+                    async move {
+                        reply.await.expect("delivered").expect("answered");
+                    }
+                })
+                .await;
+                worker.send(Close).await.expect("closed");
+            }
+            "actix" => {
+                let arbiter = Arbiter::new();
+                let actor = Echoer::start_in_arbiter(&arbiter.handle(), |_| Echoer);
+                drive(n, pipelined, || {
+                    let reply = actor.send(MESSAGE);
+                    async move {
+                        reply.await.expect("delivered").expect("answered");
+                    }
+                })
+                .await;
+                arbiter.stop();
+            }
+            _ => {
+                eprintln!("{usage}");
+                std::process::exit(2);
+            }
+        }
+    });
+}

@@ -70,3 +70,14 @@ pub fn read_frame(stream: &mut impl Read) -> io::Result<(Option<u64>, String)> {
     };
     Ok((id, format!("{:?}", frame.header)))
 }
+
+/// The worker's end of its connection, taken as a real worker takes it
+/// (from stdin or an inherited descriptor; a read mark sent on it first is
+/// received and dropped), in blocking mode.
+pub fn take_worker_channel() -> io::Result<std::os::unix::net::UnixStream> {
+    let channel = crate::worker::take_channel()?;
+    if std::env::var(env::READ_MARK).as_deref() == Ok(env::MARK_ON_CHANNEL) {
+        drop(crate::worker::receive_mark(&channel));
+    }
+    Ok(channel)
+}

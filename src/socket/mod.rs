@@ -54,4 +54,11 @@ pub(crate) mod env {
     /// The descriptor of the read mark the host shares with the worker
     /// (unset: none).
     pub(crate) const READ_MARK: &str = "ISOLATED_WORKERS_READ_MARK";
+    /// The host's pid, set when the worker was spawned without a fork
+    /// hook: the worker then sets its parent-death signal itself, and
+    /// exits if its parent is already someone else.
+    pub(crate) const HOST_PID: &str = "ISOLATED_WORKERS_HOST_PID";
+    /// [`READ_MARK`]'s value when the mark comes over the channel, as the
+    /// first message, with its descriptor attached (`SCM_RIGHTS`).
+    pub(crate) const MARK_ON_CHANNEL: &str = "channel";
 }

@@ -115,6 +115,12 @@ where
     if std::env::var_os(env::NAME).as_deref() != Some(OsStr::new(name)) {
         return;
     }
+    let host_pid = env_number(env::HOST_PID);
+    if let Some(host) = host_pid {
+        // Spawned without a fork hook: the parent-death signal is ours to
+        // set, and the host may have died before it took effect.
+        parent_death_signal(host);
+    }
     let channel = take_channel();
     let defaults = crate::WorkerOptions::default();
     let max_frame_len =
@@ -123,9 +129,15 @@ where
     let records = std::env::var(env::TRACE)
         .ok()
         .and_then(|level| forward::install(&level));
-    let read_mark = std::env::var(env::READ_MARK)
-        .ok()
-        .and_then(|fd| ReadMark::inherited(&fd));
+    let read_mark = match (std::env::var(env::READ_MARK).ok(), &channel) {
+        (Some(on), Ok(channel)) if on == env::MARK_ON_CHANNEL => receive_mark(channel),
+        (Some(fd), _) => ReadMark::inherited(&fd),
+        (None, _) => None,
+    };
+    let channel = channel.and_then(|channel| {
+        channel.set_nonblocking(true)?;
+        Ok(channel)
+    });
     // Nothing the worker starts (code it runs, workers it spawns) mistakes
     // itself for this worker.
     for key in [
@@ -135,6 +147,7 @@ where
         env::GRACE_MS,
         env::TRACE,
         env::READ_MARK,
+        env::HOST_PID,
     ] {
         std::env::remove_var(key);
     }
@@ -188,11 +201,15 @@ where
 /// the host passed down (see [`env::CHANNEL_FD`]), checked to be a socket,
 /// and made close-on-exec again so that nothing this worker starts holds
 /// the host's connection open.
-fn take_channel() -> std::io::Result<std::os::unix::net::UnixStream> {
-    use std::os::fd::{BorrowedFd, FromRawFd};
+/// The worker's end of its channel to the host, in blocking mode: the
+/// descriptor named by the environment, checked to be a socket. Descriptor 0
+/// (a worker spawned without a fork hook gets its end as stdin) is moved
+/// above stdio, and stdin becomes `/dev/null`.
+pub(crate) fn take_channel() -> std::io::Result<std::os::unix::net::UnixStream> {
+    use std::os::fd::{BorrowedFd, FromRawFd, IntoRawFd};
     let fd = env_number(env::CHANNEL_FD)
         .and_then(|fd| std::os::fd::RawFd::try_from(fd).ok())
-        .filter(|fd| *fd > 2)
+        .filter(|fd| *fd == 0 || *fd > 2)
         .ok_or_else(|| std::io::Error::other(format!("{} is not set", env::CHANNEL_FD)))?;
     // SAFETY: only borrowed to look at it; nothing is owned until the
     // descriptor is known to be an open socket.
@@ -205,16 +222,68 @@ fn take_channel() -> std::io::Result<std::os::unix::net::UnixStream> {
             "descriptor {fd} is not a socket"
         )));
     }
-    nix::fcntl::fcntl(
-        borrowed,
-        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
-    )?;
+    let fd = if fd == 0 {
+        let moved = nix::fcntl::fcntl(borrowed, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(3))?;
+        let null = std::fs::File::open("/dev/null")?;
+        // SAFETY: descriptor 0 is this process's stdin, replaced in place.
+        let mut stdin = unsafe { std::os::fd::OwnedFd::from_raw_fd(0) };
+        nix::unistd::dup2(&null, &mut stdin)?;
+        // Stdin stays open (as /dev/null): it is not ours to close.
+        let _ = stdin.into_raw_fd();
+        moved.into_raw_fd()
+    } else {
+        nix::fcntl::fcntl(
+            borrowed,
+            nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+        )?;
+        fd
+    };
     // SAFETY: the descriptor is open, is a socket, and was handed to this
     // process for this use alone; it is taken once (the variable naming it
     // is removed from the environment right after).
-    let stream = unsafe { std::os::unix::net::UnixStream::from_raw_fd(fd) };
-    stream.set_nonblocking(true)?;
-    Ok(stream)
+    Ok(unsafe { std::os::unix::net::UnixStream::from_raw_fd(fd) })
+}
+
+/// Sets the parent-death signal (SIGTERM, as on `Close`), then exits if the
+/// parent is no longer `host`: it died before the signal was set.
+fn parent_death_signal(host: u64) {
+    #[cfg(target_os = "linux")]
+    {
+        let _ = nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM);
+        if u64::from(nix::unistd::getppid().as_raw().unsigned_abs()) != host {
+            std::process::exit(143);
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = host;
+}
+
+/// The read mark the host sent as the channel's first message (one byte,
+/// with the mark's descriptor attached); `None` if none came.
+pub(crate) fn receive_mark(channel: &std::os::unix::net::UnixStream) -> Option<ReadMark> {
+    use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+    let mut byte = [0u8; 1];
+    let mut space = nix::cmsg_space!(std::os::fd::RawFd);
+    let mut iov = [std::io::IoSliceMut::new(&mut byte)];
+    let received = recvmsg::<()>(
+        channel.as_raw_fd(),
+        &mut iov,
+        Some(&mut space),
+        MsgFlags::MSG_CMSG_CLOEXEC,
+    )
+    .ok()?;
+    let mut fds = received.cmsgs().ok()?.flat_map(|cmsg| match cmsg {
+        ControlMessageOwned::ScmRights(fds) => fds,
+        _ => Vec::new(),
+    });
+    let fd = fds.next()?;
+    // SAFETY: the kernel just installed this descriptor for this process.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let mark = ReadMark::inherited(&fd.as_raw_fd().to_string())?;
+    // Taken (and closed) by the mark; dropped with `fd` otherwise, above.
+    let _ = fd.into_raw_fd();
+    Some(mark)
 }
 
 fn env_number(key: &str) -> Option<u64> {

@@ -3,14 +3,13 @@
 //! does, and then talks raw bytes over a `std` Unix stream.
 
 use std::io::Write;
-use std::os::fd::{FromRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use isolated_workers::testing::{
-    event_frame, hello_frame, read_frame, reply_frame, CHANNEL_FD_ENV, NAME_ENV, PROTOCOL,
+    event_frame, hello_frame, read_frame, reply_frame, take_worker_channel, NAME_ENV, PROTOCOL,
 };
 use isolated_workers::{ChildProcess, Contract, MessagePack, Serializer};
 
@@ -240,16 +239,9 @@ struct Host {
 }
 
 impl Host {
-    /// Takes the connection from the descriptor named by [`CHANNEL_FD_ENV`].
+    /// Takes the connection as a real worker does.
     fn from_env() -> Self {
-        let fd: RawFd = std::env::var(CHANNEL_FD_ENV)
-            .expect("a spawned worker is told its descriptor")
-            .parse()
-            .expect("the descriptor is a number");
-        // SAFETY: the host passed this descriptor down as the worker's end
-        // of its socketpair, open and for this process alone; it is taken
-        // here once, and nothing else in this process uses it.
-        let stream = unsafe { UnixStream::from_raw_fd(fd) };
+        let stream = take_worker_channel().expect("a spawned worker has its connection");
         Self { stream }
     }
 

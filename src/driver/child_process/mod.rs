@@ -183,11 +183,11 @@ impl ChildProcess {
             what: "socketpair",
             source,
         })?;
-        let channel = theirs.as_raw_fd();
-        // Inherited by this child only, as the worker's end is.
-        let mark =
-            ReadMark::create().and_then(|(mark, fd)| above_stdio(fd).ok().map(|fd| (mark, fd)));
-        let passed = mark.as_ref().map(|(_, fd)| fd.as_raw_fd());
+        // Without a hook of the user's to run between fork and exec, std
+        // spawns with `posix_spawn` (no copy of the host's page tables, so
+        // the host's size does not matter): the worker's end is then its
+        // stdin, and the worker sets its parent-death signal itself.
+        let fork_free = cfg!(target_os = "linux") && self.limits.is_empty() && self.pre_exec.is_none();
         let mut command = tokio::process::Command::new(&program);
         if self.clear_env {
             command.env_clear();
@@ -195,35 +195,59 @@ impl ChildProcess {
         command
             .args(&self.args)
             .envs(self.envs.iter().map(|(k, v)| (k, v)))
-            .env(env::CHANNEL_FD, channel.to_string())
             .env(env::NAME, &self.worker_name)
             .env(env::MAX_FRAME, options.max_frame_len.to_string())
             .env(env::GRACE_MS, options.close_grace.as_millis().to_string())
             .envs(forwarded_tracing().map(|level| (env::TRACE, level)))
-            .envs(passed.map(|fd| (env::READ_MARK, fd.to_string())))
-            .stdin(Stdio::null())
             .stderr(Stdio::piped());
-        let limits = self.limits.clone();
-        let hook = self.pre_exec.clone();
         let host = std::process::id();
-        // SAFETY: the closure only makes async-signal-safe system calls
-        // (prctl, getppid, fcntl, setrlimit) and calls the user's hook, whose
-        // own safety the user vouched for in `ChildProcess::pre_exec`.
-        unsafe {
-            command.pre_exec(move || {
-                in_child_before_exec(host, [Some(channel), passed], &limits)?;
-                match &hook {
-                    Some(hook) => hook(),
-                    None => Ok(()),
-                }
-            });
-        }
-        let spawned = command.spawn();
-        // The child has its copies (or there is no child): the host's copy
-        // of the worker's end must go, or the host would never see it
-        // close; of the mark, the mapping is enough here.
-        drop(theirs);
-        let mark = mark.map(|(mark, _fd)| mark);
+        let (spawned, mark) = if fork_free {
+            let mark = ReadMark::create();
+            command
+                .env(env::CHANNEL_FD, "0")
+                .env(env::HOST_PID, host.to_string())
+                .envs(mark.as_ref().map(|_| (env::READ_MARK, env::MARK_ON_CHANNEL)))
+                .stdin(Stdio::from(std::os::fd::OwnedFd::from(theirs)));
+            let spawned = command.spawn();
+            // The child has its copy; the host's must go with the command,
+            // or the host would never see the worker's end close.
+            drop(command);
+            let mark = match (mark, &spawned) {
+                (Some((mark, fd)), Ok(_)) => send_mark(&ours, &fd).ok().map(|()| mark),
+                _ => None,
+            };
+            (spawned, mark)
+        } else {
+            let channel = theirs.as_raw_fd();
+            // Inherited by this child only, as the worker's end is.
+            let mark = ReadMark::create()
+                .and_then(|(mark, fd)| above_stdio(fd).ok().map(|fd| (mark, fd)));
+            let passed = mark.as_ref().map(|(_, fd)| fd.as_raw_fd());
+            command
+                .env(env::CHANNEL_FD, channel.to_string())
+                .envs(passed.map(|fd| (env::READ_MARK, fd.to_string())))
+                .stdin(Stdio::null());
+            let limits = self.limits.clone();
+            let hook = self.pre_exec.clone();
+            // SAFETY: the closure only makes async-signal-safe system calls
+            // (prctl, getppid, fcntl, setrlimit) and calls the user's hook, whose
+            // own safety the user vouched for in `ChildProcess::pre_exec`.
+            unsafe {
+                command.pre_exec(move || {
+                    in_child_before_exec(host, [Some(channel), passed], &limits)?;
+                    match &hook {
+                        Some(hook) => hook(),
+                        None => Ok(()),
+                    }
+                });
+            }
+            let spawned = command.spawn();
+            // The child has its copies (or there is no child): the host's copy
+            // of the worker's end must go, or the host would never see it
+            // close; of the mark, the mapping is enough here.
+            drop(theirs);
+            (spawned, mark.map(|(mark, _fd)| mark))
+        };
         let child = spawned.map_err(|source| SpawnError::Launch {
             program: program.display().to_string(),
             source,
@@ -272,6 +296,21 @@ impl ChildProcess {
             other => other,
         })
     }
+}
+
+/// Sends the read mark's descriptor to the worker as the channel's first
+/// message: one byte, with the descriptor attached.
+fn send_mark(channel: &std::os::unix::net::UnixStream, mark: &impl AsRawFd) -> io::Result<()> {
+    use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
+    let fds = [mark.as_raw_fd()];
+    sendmsg::<()>(
+        channel.as_raw_fd(),
+        &[io::IoSlice::new(&[0])],
+        &[ControlMessage::ScmRights(&fds)],
+        MsgFlags::empty(),
+        None,
+    )?;
+    Ok(())
 }
 
 /// A connected pair of sockets, both close-on-exec, the second being the

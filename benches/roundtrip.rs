@@ -49,7 +49,10 @@
 //!   until it resolves, that is until the worker has connected back and its
 //!   Hello was checked; `thread` times `Worker::spawn(Thread::new(..))`
 //!   until the actor has started on its new arbiter (measured against the
-//!   same process floor, to show what a thread saves). Teardown is not
+//!   same process floor, to show what a thread saves).
+//!   `child_process_big_host` is `child_process` from a host that has
+//!   touched 256 MiB of heap first: a host that forks to spawn pays for
+//!   copying the page tables of all of it. Teardown is not
 //!   timed, on either side: the floor's child is reaped, and each worker is
 //!   sent `Close` (and waited for), outside the measurement.
 //!
@@ -413,7 +416,31 @@ fn bench_spawn_ready(c: &mut Criterion, sys: &SystemRunner) {
             |worker| worker.stop(sys),
         );
     });
+    // Last, as the heap it touches stays with the host for the rest of the
+    // run: a fork would have to copy the page tables of all of it.
+    let heap = touched_heap(BIG_HOST_HEAP);
+    group.bench_function("child_process_big_host", |b| {
+        time_until_ready(
+            b,
+            || spawn_worker(sys, ChildProcess::current_exe(WORKER)),
+            |worker| worker.stop(sys),
+        );
+    });
     group.finish();
+    drop(heap);
+}
+
+/// How much heap `spawn_ready/child_process_big_host` touches first: the
+/// size of a host with a warm cache.
+const BIG_HOST_HEAP: usize = 256 << 20;
+
+/// `bytes` of heap, every page written, so that each is mapped.
+fn touched_heap(bytes: usize) -> Vec<u8> {
+    let mut heap = vec![0u8; bytes];
+    for page in heap.chunks_mut(4096) {
+        page[0] = 1;
+    }
+    std::hint::black_box(heap)
 }
 
 /// Times `iters` calls of `start`; each result is then handed to `stop`,

@@ -261,8 +261,8 @@ fn parent_death_signal(host: u64) {
 /// The read mark the host sent as the channel's first message (one byte,
 /// with the mark's descriptor attached); `None` if none came.
 pub(crate) fn receive_mark(channel: &std::os::unix::net::UnixStream) -> Option<ReadMark> {
-    use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
     use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+    use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
     let mut byte = [0u8; 1];
     let mut space = nix::cmsg_space!(std::os::fd::RawFd);
     let mut iov = [std::io::IoSliceMut::new(&mut byte)];

@@ -187,7 +187,8 @@ impl ChildProcess {
         // spawns with `posix_spawn` (no copy of the host's page tables, so
         // the host's size does not matter): the worker's end is then its
         // stdin, and the worker sets its parent-death signal itself.
-        let fork_free = cfg!(target_os = "linux") && self.limits.is_empty() && self.pre_exec.is_none();
+        let fork_free =
+            cfg!(target_os = "linux") && self.limits.is_empty() && self.pre_exec.is_none();
         let mut command = tokio::process::Command::new(&program);
         if self.clear_env {
             command.env_clear();
@@ -206,22 +207,34 @@ impl ChildProcess {
             command
                 .env(env::CHANNEL_FD, "0")
                 .env(env::HOST_PID, host.to_string())
-                .envs(mark.as_ref().map(|_| (env::READ_MARK, env::MARK_ON_CHANNEL)))
+                .envs(
+                    mark.as_ref()
+                        .map(|_| (env::READ_MARK, env::MARK_ON_CHANNEL)),
+                )
                 .stdin(Stdio::from(std::os::fd::OwnedFd::from(theirs)));
             let spawned = command.spawn();
             // The child has its copy; the host's must go with the command,
             // or the host would never see the worker's end close.
             drop(command);
             let mark = match (mark, &spawned) {
-                (Some((mark, fd)), Ok(_)) => send_mark(&ours, &fd).ok().map(|()| mark),
+                (Some((mark, fd)), Ok(_)) => match send_mark(&ours, &fd) {
+                    Ok(()) => Some(mark),
+                    Err(e) => {
+                        // The worker waits for this first message: a bare
+                        // byte tells it there is no mark.
+                        tracing::debug!("no read mark for this worker: {e}");
+                        let _ = std::io::Write::write_all(&mut &ours, &[0]);
+                        None
+                    }
+                },
                 _ => None,
             };
             (spawned, mark)
         } else {
             let channel = theirs.as_raw_fd();
             // Inherited by this child only, as the worker's end is.
-            let mark = ReadMark::create()
-                .and_then(|(mark, fd)| above_stdio(fd).ok().map(|fd| (mark, fd)));
+            let mark =
+                ReadMark::create().and_then(|(mark, fd)| above_stdio(fd).ok().map(|fd| (mark, fd)));
             let passed = mark.as_ref().map(|(_, fd)| fd.as_raw_fd());
             command
                 .env(env::CHANNEL_FD, channel.to_string())

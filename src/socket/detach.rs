@@ -1,7 +1,30 @@
-//! Leaving the host: what a worker process does when detached, so that it
-//! outlives the host and nothing the host does to its own session reaches it.
+//! A worker process's tie to its host's life: following it (the
+//! parent-death signal, set as the worker starts) and leaving it (what a
+//! worker does when detached, so that it outlives the host and nothing the
+//! host does to its own session reaches it).
 
 use std::io;
+
+/// Dies with the host: SIGTERM, not SIGKILL, as the parent-death signal
+/// (the worker then stops as on Close and removes its socket directory),
+/// then an error if the parent is no longer `host` (it died before the
+/// signal was set). The signal follows the thread that spawned the child,
+/// which is the proxy's arbiter thread. Only async-signal-safe calls, but
+/// for the error's message (the host that would read it is gone).
+pub(crate) fn follow_host(host: u32) -> io::Result<()> {
+    #[cfg(target_os = "linux")]
+    {
+        nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM)?;
+        if nix::unistd::getppid().as_raw().unsigned_abs() != host {
+            return Err(io::Error::other(
+                "the host exited while the worker was starting",
+            ));
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = host;
+    Ok(())
+}
 
 /// Stops dying with the host (parent-death signal off), leaves the host's
 /// session and process group (so a terminal's Ctrl-C or hang-up aimed at

@@ -63,7 +63,12 @@ impl ReadMark {
     /// not inherit it). `None`, leaving the descriptor alone, unless it is
     /// a sealed memfd of the mark's size.
     pub(crate) fn inherited(number: &str) -> Option<Self> {
-        let fd: RawFd = number.parse().ok().filter(|fd| *fd >= 0)?;
+        Self::inherited_fd(number.parse().ok().filter(|fd| *fd >= 0)?)
+    }
+
+    /// [`inherited`](Self::inherited), for descriptor `fd` itself (one the
+    /// host sent over the channel).
+    pub(crate) fn inherited_fd(fd: RawFd) -> Option<Self> {
         match platform::inherit(fd) {
             Ok(mark) => Some(mark),
             Err(e) => {

@@ -10,6 +10,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::middleware::Middlewares;
 use crate::panic;
+use crate::socket::detach::follow_host;
 use crate::socket::env;
 use crate::socket::read_mark::ReadMark;
 use crate::wire::envelope::Hello;
@@ -115,11 +116,13 @@ where
     if std::env::var_os(env::NAME).as_deref() != Some(OsStr::new(name)) {
         return;
     }
-    let host_pid = env_number(env::HOST_PID);
-    if let Some(host) = host_pid {
+    if let Some(host) = env_number(env::HOST_PID) {
         // Spawned without a fork hook: the parent-death signal is ours to
         // set, and the host may have died before it took effect.
-        parent_death_signal(host);
+        let host = u32::try_from(host).unwrap_or(u32::MAX);
+        if follow_host(host).is_err() {
+            std::process::exit(143);
+        }
     }
     let channel = take_channel();
     let defaults = crate::WorkerOptions::default();
@@ -224,12 +227,7 @@ pub(crate) fn take_channel() -> std::io::Result<std::os::unix::net::UnixStream> 
     }
     let fd = if fd == 0 {
         let moved = nix::fcntl::fcntl(borrowed, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(3))?;
-        let null = std::fs::File::open("/dev/null")?;
-        // SAFETY: descriptor 0 is this process's stdin, replaced in place.
-        let mut stdin = unsafe { std::os::fd::OwnedFd::from_raw_fd(0) };
-        nix::unistd::dup2(&null, &mut stdin)?;
-        // Stdin stays open (as /dev/null): it is not ours to close.
-        let _ = stdin.into_raw_fd();
+        nix::unistd::dup2_stdin(std::fs::File::open("/dev/null")?)?;
         moved.into_raw_fd()
     } else {
         nix::fcntl::fcntl(
@@ -242,20 +240,6 @@ pub(crate) fn take_channel() -> std::io::Result<std::os::unix::net::UnixStream> 
     // process for this use alone; it is taken once (the variable naming it
     // is removed from the environment right after).
     Ok(unsafe { std::os::unix::net::UnixStream::from_raw_fd(fd) })
-}
-
-/// Sets the parent-death signal (SIGTERM, as on `Close`), then exits if the
-/// parent is no longer `host`: it died before the signal was set.
-fn parent_death_signal(host: u64) {
-    #[cfg(target_os = "linux")]
-    {
-        let _ = nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM);
-        if u64::from(nix::unistd::getppid().as_raw().unsigned_abs()) != host {
-            std::process::exit(143);
-        }
-    }
-    #[cfg(not(target_os = "linux"))]
-    let _ = host;
 }
 
 /// The read mark the host sent as the channel's first message (one byte,
@@ -280,7 +264,7 @@ pub(crate) fn receive_mark(channel: &std::os::unix::net::UnixStream) -> Option<R
     let fd = fds.next()?;
     // SAFETY: the kernel just installed this descriptor for this process.
     let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    let mark = ReadMark::inherited(&fd.as_raw_fd().to_string())?;
+    let mark = ReadMark::inherited_fd(fd.as_raw_fd())?;
     // Taken (and closed) by the mark; dropped with `fd` otherwise, above.
     let _ = fd.into_raw_fd();
     Some(mark)

@@ -31,6 +31,7 @@ use super::{Connection, Driver};
 use crate::config::WorkerOptions;
 use crate::contract::Contract;
 use crate::error::{HandshakeError, SpawnError};
+use crate::socket::detach::follow_host;
 use crate::socket::directory::sweep_leftovers;
 use crate::socket::env;
 use crate::socket::first_frame::read_first_frame;
@@ -362,21 +363,7 @@ fn in_child_before_exec(
     inherited: [Option<RawFd>; 2],
     limits: &[(Resource, u64, u64)],
 ) -> io::Result<()> {
-    #[cfg(target_os = "linux")]
-    {
-        // SIGTERM, not SIGKILL: the worker then stops like on Close and
-        // removes its socket directory. (The signal follows the thread that
-        // spawned the child, which is the proxy's arbiter thread.)
-        nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM)?;
-        // The host may have died before the line above took effect.
-        if nix::unistd::getppid().as_raw() as u32 != host {
-            return Err(io::Error::other(
-                "the host exited while the worker was starting",
-            ));
-        }
-    }
-    #[cfg(not(target_os = "linux"))]
-    let _ = host;
+    follow_host(host)?;
     for fd in inherited.into_iter().flatten() {
         // SAFETY: the parent holds each of these open until `spawn` has
         // returned, and the fork copied them into this child.

@@ -44,12 +44,19 @@ const MESSAGE: Echo16 = Echo16 {
     data: *b"sixteen byte msg",
 };
 
-/// Sends `n` requests through `send`, one at a time or `IN_FLIGHT` at a time.
-async fn drive<F, Fut>(n: usize, pipelined: bool, send: F)
+/// Sends `n` requests to `echo` with a plain `Addr::send`, one at a time or
+/// `IN_FLIGHT` at a time.
+async fn drive<A>(echo: &Addr<A>, n: usize, pipelined: bool)
 where
-    F: Fn() -> Fut,
-    Fut: std::future::Future<Output = ()>,
+    A: Actor + Handler<Echo16>,
+    A::Context: actix::dev::ToEnvelope<A, Echo16>,
 {
+    let send = || {
+        let reply = echo.send(MESSAGE);
+        async move {
+            reply.await.expect("delivered").expect("answered");
+        }
+    };
     if pipelined {
         let mut left = n;
         while left > 0 {
@@ -91,38 +98,20 @@ fn main() {
                 let worker = Worker::<Echo, ChildProcess>::spawn(ChildProcess::current_exe("echo"))
                     .await
                     .expect("the worker starts");
-                drive(n, pipelined, || {
-                    let reply = worker.send(MESSAGE);
-                    async move {
-                        reply.await.expect("delivered").expect("answered");
-                    }
-                })
-                .await;
+                drive(&worker, n, pipelined).await;
                 worker.send(Close).await.expect("closed");
             }
             "thread" => {
                 let worker = Worker::<Echo, _>::spawn(Thread::new(Echoer::default))
                     .await
                     .expect("the worker starts");
-                drive(n, pipelined, || {
-                    let reply = worker.send(MESSAGE);
-                    async move {
-                        reply.await.expect("delivered").expect("answered");
-                    }
-                })
-                .await;
+                drive(&worker, n, pipelined).await;
                 worker.send(Close).await.expect("closed");
             }
             "actix" => {
                 let arbiter = Arbiter::new();
                 let actor = Echoer::start_in_arbiter(&arbiter.handle(), |_| Echoer);
-                drive(n, pipelined, || {
-                    let reply = actor.send(MESSAGE);
-                    async move {
-                        reply.await.expect("delivered").expect("answered");
-                    }
-                })
-                .await;
+                drive(&actor, n, pipelined).await;
                 arbiter.stop();
             }
             _ => {

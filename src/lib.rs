@@ -29,7 +29,7 @@ pub use error::{
 };
 pub use pool::{PoolOptions, PoolReport, PoolStatus, WorkerPool};
 pub use proxy::{
-    Accepted, Close, Detach, Disconnect, Drain, LifecycleEvent, Reconnect, Status, Watch, Worker,
+    Accepted, Batch, Close, Detach, Disconnect, Drain, LifecycleEvent, Reconnect, Status, Watch, Worker,
     WorkerId, WorkerState, WorkerStatus,
 };
 #[cfg(feature = "json")]
@@ -46,7 +46,7 @@ pub use worker::{EmitError, Events};
 /// The names most programs need: `use isolated_workers::prelude::*;`.
 pub mod prelude {
     pub use crate::{
-        contract, worker_entry, ChildProcess, Close, PoolOptions, RemoteError, SpawnError, Status,
+        contract, worker_entry, Batch, ChildProcess, Close, PoolOptions, RemoteError, SpawnError, Status,
         Thread, Worker, WorkerError, WorkerOptions, WorkerPool,
     };
 }

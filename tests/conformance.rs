@@ -13,7 +13,7 @@ use std::time::Duration;
 use futures::future::join_all;
 use in_memory::InMemory;
 use isolated_workers::{
-    ChildProcess, Close, CrashReason, Drain, Driver, Status, Thread, Worker, WorkerError,
+    Batch, ChildProcess, Close, CrashReason, Drain, Driver, Status, Thread, Worker, WorkerError,
     WorkerOptions, WorkerState,
 };
 use libtest_mimic::{Failed, Trial};
@@ -52,6 +52,14 @@ fn suite<D: Driver<Calc>>(driver: &str, make: fn() -> D) -> Vec<Trial> {
         a_crash_while_idle_is_noticed_and_a_fresh_worker_serves_on,
         status_counts_requests_per_message,
         host_middleware_sees_each_request_and_its_reply_and_can_refuse,
+        a_batch_answers_every_item_in_order,
+        an_empty_batch_answers_at_once,
+        a_batch_item_whose_handler_fails_fails_alone,
+        a_slow_batch_item_times_out_alone,
+        a_crash_mid_batch_resolves_every_item_as_crashed,
+        dropping_a_batch_cancels_its_pending_items_on_the_worker,
+        a_batch_beyond_the_in_flight_bound_and_queue_overloads_the_rest,
+        each_batch_item_passes_the_middleware_as_a_lone_request,
     ]
 }
 
@@ -485,6 +493,173 @@ async fn host_middleware_sees_each_request_and_its_reply_and_can_refuse<D: Drive
         "Outgoing Divide #2 ok",
         "Outgoing Increment #3 ok",
         "Incoming Increment #3 ok",
+    ];
+    assert_eq!(seen, expected);
+    Ok(())
+}
+
+async fn a_batch_answers_every_item_in_order<D: Driver<Calc>>(driver: D) -> Result<(), Failed> {
+    let worker = Worker::<Calc, D>::spawn(driver).await.map_err(fail)?;
+    let batch: Batch<Ping> = (0..300).map(|i| ping(&i.to_string())).collect();
+    let replies = worker.send(batch).await?;
+    assert_eq!(replies.len(), 300);
+    for (i, reply) in replies.into_iter().enumerate() {
+        assert_eq!(reply.map_err(fail)?.text, format!("pong: {i}"));
+    }
+    // Handled in order, too: each sees the state the one before left.
+    let counts = worker.send(Batch::new(vec![Increment { by: 1 }; 5])).await?;
+    let counts: Vec<u64> = counts.into_iter().collect::<Result<_, _>>().map_err(fail)?;
+    assert_eq!(counts, [1, 2, 3, 4, 5]);
+    let status = worker.send(Status).await?;
+    assert_eq!(status.counters.by_message["Ping"].answered, 300, "{status:?}");
+    worker.send(Close).await?;
+    Ok(())
+}
+
+async fn an_empty_batch_answers_at_once<D: Driver<Calc>>(driver: D) -> Result<(), Failed> {
+    let worker = Worker::<Calc, D>::spawn(driver).await.map_err(fail)?;
+    let replies = worker.send(Batch::<Ping>::new(Vec::new())).await?;
+    assert!(replies.is_empty(), "{replies:?}");
+    worker.send(Close).await?;
+    let closed = worker.send(Batch::new(vec![ping("late")])).await?;
+    assert!(matches!(closed[..], [Err(WorkerError::Closed)]), "{closed:?}");
+    Ok(())
+}
+
+async fn a_batch_item_whose_handler_fails_fails_alone<D: Driver<Calc>>(
+    driver: D,
+) -> Result<(), Failed> {
+    let worker = Worker::<Calc, D>::spawn(driver).await.map_err(fail)?;
+    let divisions = [(6.0, 3.0), (1.0, 0.0), (9.0, 3.0)].map(|(a, b)| Divide { a, b });
+    let replies = worker.send(Batch::new(divisions.to_vec())).await?;
+    match &replies[..] {
+        [Ok(two), Err(WorkerError::Remote(error)), Ok(three)] => {
+            assert_eq!((*two, *three), (2.0, 3.0));
+            assert_eq!(error.name, "DivideByZero");
+        }
+        other => return Err(format!("expected only the second to fail, got {other:?}").into()),
+    }
+    worker.send(Close).await?;
+    Ok(())
+}
+
+async fn a_slow_batch_item_times_out_alone<D: Driver<Calc>>(driver: D) -> Result<(), Failed> {
+    let options = WorkerOptions::default().timeout_for::<Sleep>(Duration::from_millis(200));
+    let worker = Worker::<Calc, D>::spawn_with(driver, options)
+        .await
+        .map_err(fail)?;
+    let naps = [1, 30_000, 1].map(|ms| Sleep { ms });
+    let replies = worker.send(Batch::new(naps.to_vec())).await?;
+    match &replies[..] {
+        [Ok(()), Err(WorkerError::Timeout { after, message }), Ok(())] => {
+            assert_eq!((*after, *message), (Duration::from_millis(200), "Sleep"));
+        }
+        other => return Err(format!("expected only the second to time out, got {other:?}").into()),
+    }
+    worker.send(Close).await?;
+    Ok(())
+}
+
+async fn a_crash_mid_batch_resolves_every_item_as_crashed<D: Driver<Calc>>(
+    driver: D,
+) -> Result<(), Failed> {
+    let worker = Worker::<Calc, D>::spawn(driver).await.map_err(fail)?;
+    let naps = worker.send(Batch::new(vec![Sleep { ms: 30_000 }; 10]));
+    let explode = worker.send(Explode {
+        message: "mid-batch".into(),
+    });
+    let (naps, exploded) = futures::join!(naps, explode);
+    assert!(
+        matches!(exploded?, Err(WorkerError::Crashed { .. })),
+        "the panic crashed the worker"
+    );
+    let naps = naps?;
+    assert_eq!(naps.len(), 10);
+    for nap in naps {
+        match nap {
+            Err(WorkerError::Crashed { message, .. }) => {
+                let message = message.unwrap_or_default();
+                assert!(message.contains("mid-batch"), "{message:?}");
+            }
+            other => return Err(format!("expected a crash, got {other:?}").into()),
+        }
+    }
+    // A fresh worker serves the next batch.
+    let later = worker.send(Batch::new(vec![Increment { by: 1 }])).await?;
+    assert!(matches!(later[..], [Ok(1)]), "{later:?}");
+    worker.send(Close).await?;
+    Ok(())
+}
+
+async fn dropping_a_batch_cancels_its_pending_items_on_the_worker<D: Driver<Calc>>(
+    driver: D,
+) -> Result<(), Failed> {
+    let worker = Worker::<Calc, D>::spawn(driver).await.map_err(fail)?;
+    // The caller gives up on the batch (its future is dropped) while both
+    // items spin.
+    let spins = worker.send(Batch::new(vec![Spin, Spin]));
+    let given_up = tokio::time::timeout(Duration::from_millis(50), spins).await;
+    assert!(given_up.is_err(), "Spin never answers");
+    // Abandoned requests are noticed within a sweep (100 ms).
+    let stopped = async {
+        while !spinning_stopped(&worker).await? {}
+        Ok::<_, Failed>(())
+    };
+    tokio::time::timeout(Duration::from_secs(5), stopped)
+        .await
+        .map_err(|_| "an abandoned item kept working")??;
+    let status = worker.send(Status).await?;
+    assert_eq!((status.in_flight, status.queued), (0, 0), "{status:?}");
+    worker.send(Close).await?;
+    Ok(())
+}
+
+async fn a_batch_beyond_the_in_flight_bound_and_queue_overloads_the_rest<D: Driver<Calc>>(
+    driver: D,
+) -> Result<(), Failed> {
+    let options = WorkerOptions::default().max_in_flight(2).max_queued(3);
+    let worker = Worker::<Calc, D>::spawn_with(driver, options)
+        .await
+        .map_err(fail)?;
+    let naps = worker.send(Batch::new(vec![Sleep { ms: 20 }; 8])).await?;
+    let (fit, rest) = naps.split_at(5);
+    for nap in fit {
+        assert!(nap.is_ok(), "the first five fit (two in flight, three queued): {nap:?}");
+    }
+    for nap in rest {
+        let overloaded = matches!(nap, Err(WorkerError::Overloaded { limit: 3 }));
+        assert!(overloaded, "the rest found the queue full: {nap:?}");
+    }
+    worker.send(Close).await?;
+    Ok(())
+}
+
+async fn each_batch_item_passes_the_middleware_as_a_lone_request<D: Driver<Calc>>(
+    driver: D,
+) -> Result<(), Failed> {
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let chain = isolated_workers::middleware::Middlewares::new().layer(Watch(seen.clone()));
+    let options = WorkerOptions::default().middleware(chain);
+    let worker = Worker::<Calc, D>::spawn_with(driver, options)
+        .await
+        .map_err(fail)?;
+    let counts = worker.send(Batch::new(vec![Increment { by: 1 }; 2])).await?;
+    assert!(matches!(counts[..], [Ok(1), Ok(2)]), "{counts:?}");
+    let divisions = worker.send(Batch::new(vec![Divide { a: 1.0, b: 2.0 }])).await?;
+    match &divisions[..] {
+        [Err(WorkerError::Rejected(refusal))] => assert_eq!(refusal.name, "NoDivision"),
+        other => return Err(format!("Divide should be refused on the host: {other:?}").into()),
+    }
+    worker.send(Close).await?;
+    let mut seen = seen.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    // The replies of one batch may come back in any order.
+    seen[2..4].sort();
+    let expected = [
+        "Outgoing Increment #1 ok",
+        "Outgoing Increment #2 ok",
+        "Incoming Increment #1 ok",
+        "Incoming Increment #2 ok",
+        "Outgoing Divide #3 ok",
     ];
     assert_eq!(seen, expected);
     Ok(())

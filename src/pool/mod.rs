@@ -16,6 +16,7 @@ use crate::proxy::{Close, LifecycleEvent, Worker};
 use crate::unreferenced::StopWhenUnreferenced;
 use crate::waiters::Waiters;
 
+mod batch;
 mod member;
 mod options;
 mod queue;
@@ -242,6 +243,28 @@ where
             return PoolReply::now(Err(WorkerError::Closed));
         }
         self.ensure_min(ctx);
+        let free = match self.place() {
+            Ok(free) => free,
+            Err(overloaded) => return PoolReply::now(Err(overloaded)),
+        };
+        let (caller, reply) = PoolCaller::new();
+        let request = self.request(message, caller);
+        match free {
+            Some(index) => self.dispatch(index, request, false, ctx),
+            None => {
+                self.wait(request, ctx);
+                self.grow(ctx);
+            }
+        }
+        reply
+    }
+}
+
+impl<C: Contract, D: Driver<C> + Clone> WorkerPool<C, D> {
+    /// Where the next request goes: the least loaded member with room
+    /// (`Some`), or the queue (`None`); `Overloaded` when the queue is
+    /// full (after dropping the requests whose caller gave up).
+    fn place(&mut self) -> Result<Option<usize>, WorkerError> {
         let free = self.least_loaded();
         let limit = self.options.max_queued;
         if free.is_none() && self.queue.len() >= limit {
@@ -250,27 +273,37 @@ where
             self.counters.abandoned += (before - self.queue.len()) as u64;
             if self.queue.len() >= limit {
                 self.counters.overloaded += 1;
-                return PoolReply::now(Err(WorkerError::Overloaded { limit }));
+                return Err(WorkerError::Overloaded { limit });
             }
         }
-        let (caller, reply) = PoolCaller::new();
+        Ok(free)
+    }
+
+    /// `message`, accepted now (its deadline runs from here), answered to
+    /// `caller`.
+    fn request<M>(&self, message: M, caller: PoolCaller<M>) -> PoolRequest<M>
+    where
+        M: InContract<C>,
+    {
         let deadline = Deadline::after(self.options.member.timeout_of(M::NAME));
         let reroute = Reroute::of::<C, M>(&message, &self.options.member);
-        let request = PoolRequest {
+        PoolRequest {
             message,
             caller,
             deadline,
             reroute,
-        };
-        match free {
-            Some(index) => self.dispatch(index, request, false, ctx),
-            None => {
-                self.queue.push_back(Box::new(request));
-                self.sweep_by(deadline.at, ctx);
-                self.grow(ctx);
-            }
         }
-        reply
+    }
+
+    /// Puts `request` at the back of the queue, swept by its deadline.
+    fn wait<M>(&mut self, request: PoolRequest<M>, ctx: &mut Context<Self>)
+    where
+        M: InContract<C>,
+        D: Carries<M::Portability>,
+    {
+        let deadline = request.deadline.at;
+        self.queue.push_back(Box::new(request));
+        self.sweep_by(deadline, ctx);
     }
 }
 

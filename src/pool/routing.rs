@@ -82,24 +82,43 @@ impl<C: Contract, D: Driver<C> + Clone> WorkerPool<C, D> {
             }
         };
         ctx.spawn(answered.into_actor(self).map(move |outcome, pool, ctx| {
-            let error = outcome.as_ref().and_then(|outcome| outcome.as_ref().err());
-            pool.answered(id, error, ctx);
-            let gave_up = matches!(error, Some(WorkerError::GaveUp { .. }));
-            match (outcome, reroute) {
-                (Some(Err(error)), Some(reroute)) if gave_up => {
-                    pool.reroute(caller, deadline, reroute, error, ctx);
-                }
-                (Some(outcome), _) => {
-                    match &outcome {
-                        Ok(_) => pool.counters.answered += 1,
-                        Err(_) => pool.counters.failed += 1,
-                    }
-                    caller.resolve(outcome);
-                }
-                (None, _) => pool.counters.abandoned += 1,
-            }
+            pool.settle(id, outcome, caller, deadline, reroute, ctx);
             pool.pump(ctx);
         }));
+    }
+
+    /// Member `id` is done with a request: resolves its caller with
+    /// `outcome`, or sends it on to another member if the member gave up
+    /// and its crash policy retries it; `None` if its caller gave up.
+    /// (The caller then pumps the queue.)
+    pub(super) fn settle<M>(
+        &mut self,
+        id: u64,
+        outcome: Option<M::Result>,
+        caller: PoolCaller<M>,
+        deadline: Deadline,
+        reroute: Option<Reroute>,
+        ctx: &mut Context<Self>,
+    ) where
+        M: InContract<C>,
+        D: Carries<M::Portability>,
+    {
+        let error = outcome.as_ref().and_then(|outcome| outcome.as_ref().err());
+        self.answered(id, error, ctx);
+        let gave_up = matches!(error, Some(WorkerError::GaveUp { .. }));
+        match (outcome, reroute) {
+            (Some(Err(error)), Some(reroute)) if gave_up => {
+                self.reroute(caller, deadline, reroute, error, ctx);
+            }
+            (Some(outcome), _) => {
+                match &outcome {
+                    Ok(_) => self.counters.answered += 1,
+                    Err(_) => self.counters.failed += 1,
+                }
+                caller.resolve(outcome);
+            }
+            (None, _) => self.counters.abandoned += 1,
+        }
     }
 
     /// A member gave up on a request its crash policy retries: sends it

@@ -22,6 +22,7 @@ use crate::error::{Crash, CrashReason, SpawnError, WorkerError};
 use link::Link;
 use phase::Phase;
 
+mod batch;
 mod close;
 mod connection;
 mod counters;
@@ -39,6 +40,8 @@ mod stream;
 mod timekeeper;
 
 pub use crate::lifecycle::{LifecycleEvent, WorkerId};
+pub(crate) use batch::Attempts;
+pub use batch::{Batch, BatchReply};
 pub use close::{Close, Drain};
 pub use connection::{Detach, Disconnect, Reconnect, DEFAULT_IDLE_TIMEOUT};
 pub use counters::{Counters, MessageCounts};
@@ -247,8 +250,8 @@ impl<C: Contract, D: Driver<C>> Worker<C, D> {
 
 /// The messages a `Worker<C, D>` accepts, and how it handles each.
 ///
-/// Implemented for the contract's messages (when `D` can carry them), for
-/// [`Close`], [`Drain`], [`Status`], [`Watch`], [`Subscribe`] and
+/// Implemented for the contract's messages (when `D` can carry them) and
+/// [`Batch`]es of them, for [`Close`], [`Drain`], [`Status`], [`Watch`], [`Subscribe`] and
 /// [`SubscribeStream`], and for each lifecycle message under the
 /// capability it needs. Not meant to be implemented outside this crate.
 #[diagnostic::on_unimplemented(

@@ -61,7 +61,7 @@ where
 impl<C: Contract, D: Driver<C>> Worker<C, D> {
     /// Sends `message` to the worker, counting its tries in `tries` if a
     /// pool shares them.
-    fn request<M>(
+    pub(super) fn request<M>(
         &mut self,
         mut message: M,
         tries: Option<Tries>,

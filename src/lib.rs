@@ -29,8 +29,8 @@ pub use error::{
 };
 pub use pool::{PoolOptions, PoolReport, PoolStatus, WorkerPool};
 pub use proxy::{
-    Accepted, Batch, Close, Detach, Disconnect, Drain, LifecycleEvent, Reconnect, Status, Watch, Worker,
-    WorkerId, WorkerState, WorkerStatus,
+    Accepted, Batch, Close, Detach, Disconnect, Drain, LifecycleEvent, Reconnect, Status, Watch,
+    Worker, WorkerId, WorkerState, WorkerStatus,
 };
 #[cfg(feature = "json")]
 pub use wire::serializer::Json;
@@ -46,8 +46,8 @@ pub use worker::{EmitError, Events};
 /// The names most programs need: `use isolated_workers::prelude::*;`.
 pub mod prelude {
     pub use crate::{
-        contract, worker_entry, Batch, ChildProcess, Close, PoolOptions, RemoteError, SpawnError, Status,
-        Thread, Worker, WorkerError, WorkerOptions, WorkerPool,
+        contract, worker_entry, Batch, ChildProcess, Close, PoolOptions, RemoteError, SpawnError,
+        Status, Thread, Worker, WorkerError, WorkerOptions, WorkerPool,
     };
 }
 

@@ -507,11 +507,16 @@ async fn a_batch_answers_every_item_in_order<D: Driver<Calc>>(driver: D) -> Resu
         assert_eq!(reply.map_err(fail)?.text, format!("pong: {i}"));
     }
     // Handled in order, too: each sees the state the one before left.
-    let counts = worker.send(Batch::new(vec![Increment { by: 1 }; 5])).await?;
+    let counts = worker
+        .send(Batch::new(vec![Increment { by: 1 }; 5]))
+        .await?;
     let counts: Vec<u64> = counts.into_iter().collect::<Result<_, _>>().map_err(fail)?;
     assert_eq!(counts, [1, 2, 3, 4, 5]);
     let status = worker.send(Status).await?;
-    assert_eq!(status.counters.by_message["Ping"].answered, 300, "{status:?}");
+    assert_eq!(
+        status.counters.by_message["Ping"].answered, 300,
+        "{status:?}"
+    );
     worker.send(Close).await?;
     Ok(())
 }
@@ -522,7 +527,10 @@ async fn an_empty_batch_answers_at_once<D: Driver<Calc>>(driver: D) -> Result<()
     assert!(replies.is_empty(), "{replies:?}");
     worker.send(Close).await?;
     let closed = worker.send(Batch::new(vec![ping("late")])).await?;
-    assert!(matches!(closed[..], [Err(WorkerError::Closed)]), "{closed:?}");
+    assert!(
+        matches!(closed[..], [Err(WorkerError::Closed)]),
+        "{closed:?}"
+    );
     Ok(())
 }
 
@@ -624,7 +632,10 @@ async fn a_batch_beyond_the_in_flight_bound_and_queue_overloads_the_rest<D: Driv
     let naps = worker.send(Batch::new(vec![Sleep { ms: 20 }; 8])).await?;
     let (fit, rest) = naps.split_at(5);
     for nap in fit {
-        assert!(nap.is_ok(), "the first five fit (two in flight, three queued): {nap:?}");
+        assert!(
+            nap.is_ok(),
+            "the first five fit (two in flight, three queued): {nap:?}"
+        );
     }
     for nap in rest {
         let overloaded = matches!(nap, Err(WorkerError::Overloaded { limit: 3 }));
@@ -643,9 +654,13 @@ async fn each_batch_item_passes_the_middleware_as_a_lone_request<D: Driver<Calc>
     let worker = Worker::<Calc, D>::spawn_with(driver, options)
         .await
         .map_err(fail)?;
-    let counts = worker.send(Batch::new(vec![Increment { by: 1 }; 2])).await?;
+    let counts = worker
+        .send(Batch::new(vec![Increment { by: 1 }; 2]))
+        .await?;
     assert!(matches!(counts[..], [Ok(1), Ok(2)]), "{counts:?}");
-    let divisions = worker.send(Batch::new(vec![Divide { a: 1.0, b: 2.0 }])).await?;
+    let divisions = worker
+        .send(Batch::new(vec![Divide { a: 1.0, b: 2.0 }]))
+        .await?;
     match &divisions[..] {
         [Err(WorkerError::Rejected(refusal))] => assert_eq!(refusal.name, "NoDivision"),
         other => return Err(format!("Divide should be refused on the host: {other:?}").into()),

@@ -10,8 +10,8 @@ use std::time::Duration;
 use actix::prelude::*;
 use futures::future::join_all;
 use isolated_workers::{
-    ChildProcess, CrashPolicy, CrashReason, Status, Thread, Worker, WorkerError, WorkerOptions,
-    WorkerState,
+    Batch, ChildProcess, CrashPolicy, CrashReason, Status, Thread, Worker, WorkerError,
+    WorkerOptions, WorkerState,
 };
 use libtest_mimic::Failed;
 use serde::{Deserialize, Serialize};
@@ -121,6 +121,10 @@ fn main() {
         actix_test(
             "retry_gives_up_after_its_attempts_naming_the_last",
             retry_exhausted,
+        ),
+        actix_test(
+            "under_retry_every_item_of_a_batch_whose_worker_crashes_is_answered",
+            batch_retried_after_a_crash,
         ),
         actix_test(
             "a_crash_loop_stops_after_the_restart_budget",
@@ -354,6 +358,28 @@ async fn thread_cannot_retry() -> Result<(), Failed> {
         .map_err(fail)?;
     let outcome = worker.send(CrashAlways).await?;
     assert_eq!(crash_attempt(&outcome), Some(1), "{outcome:?}");
+    worker.send(isolated_workers::Close).await?;
+    Ok(())
+}
+
+async fn batch_retried_after_a_crash() -> Result<(), Failed> {
+    let options =
+        WorkerOptions::default().on_crash::<CrashOnce>(CrashPolicy::Retry { attempts: 1 });
+    let worker = spawn(options).await?;
+    let crashed = worker.send(Status).await?.pid.ok_or("a child has a pid")?;
+    let dir = temp_dir()?;
+    let marker = dir.path().join("crashed");
+    // The first item crashes the worker; every item, read by it or not,
+    // goes to the fresh one, which answers each.
+    let batch = Batch::new(vec![CrashOnce { marker }; 8]);
+    let pids = worker.send(batch).await?;
+    assert_eq!(pids.len(), 8);
+    for pid in pids {
+        let pid = pid.map_err(fail)?;
+        assert_ne!(pid, crashed, "answered by the fresh worker");
+    }
+    let status = worker.send(Status).await?;
+    assert_eq!(status.counters.crashes, 1, "{status:?}");
     worker.send(isolated_workers::Close).await?;
     Ok(())
 }

@@ -15,8 +15,8 @@ use actix::prelude::*;
 use futures::future::join_all;
 use isolated_workers::pool::PoolState;
 use isolated_workers::{
-    ChildProcess, Close, CrashPolicy, CrashReason, Driver, PoolOptions, PoolReport, PoolStatus,
-    SpawnError, Thread, WorkerError, WorkerOptions, WorkerPool,
+    Batch, ChildProcess, Close, CrashPolicy, CrashReason, Driver, PoolOptions, PoolReport,
+    PoolStatus, SpawnError, Thread, WorkerError, WorkerOptions, WorkerPool,
 };
 use libtest_mimic::{Failed, Trial};
 use nix::sys::signal::{kill, Signal};
@@ -148,6 +148,14 @@ fn main() {
             cannot_start_a_member,
         ),
         actix_test(
+            "child_process::a_batch_is_spread_over_the_members_one_share_each",
+            a_batch_is_spread_over_the_members,
+        ),
+        actix_test(
+            "child_process::a_batch_survives_a_member_killed_mid_batch",
+            a_batch_survives_a_member_killed_mid_batch,
+        ),
+        actix_test(
             "child_process::close_ends_every_member_process",
             close_ends_every_member_process,
         ),
@@ -177,6 +185,8 @@ fn suite<D: Driver<Calc> + Clone>(driver: &str, make: fn() -> D) -> Vec<Trial> {
         a_member_that_gives_up_is_replaced,
         dropped_requests_are_withdrawn_or_never_sent,
         after_close_every_send_is_closed,
+        a_batch_beyond_the_members_and_the_queue_overloads_the_rest,
+        a_dropped_batch_is_withdrawn_or_never_sent,
     ]
 }
 
@@ -770,5 +780,133 @@ async fn dropping_the_pool_ends_every_member_process() -> Result<(), Failed> {
             "member {pid} still runs after its pool was dropped"
         );
     }
+    Ok(())
+}
+
+async fn a_batch_beyond_the_members_and_the_queue_overloads_the_rest<D: Driver<Calc> + Clone>(
+    driver: D,
+) -> Result<(), Failed> {
+    let options = PoolOptions::default().members(2).max_queued(3);
+    let pool = pool(driver, options).await?;
+    let naps = pool.send(Batch::new(vec![Sleep { ms: 20 }; 7])).await?;
+    let (fit, rest) = naps.split_at(5);
+    for nap in fit {
+        assert!(
+            nap.is_ok(),
+            "two went to the members, three waited: {nap:?}"
+        );
+    }
+    for nap in rest {
+        let overloaded = matches!(nap, Err(WorkerError::Overloaded { limit: 3 }));
+        assert!(overloaded, "the rest found the queue full: {nap:?}");
+    }
+    let report = report_of(&pool).await?;
+    assert_eq!(
+        (report.counters.dispatched, report.counters.overloaded),
+        (5, 2),
+        "{report:#?}"
+    );
+    pool.send(Close).await?;
+    let closed = pool.send(Batch::new(vec![ping("late")])).await?;
+    assert!(
+        matches!(closed[..], [Err(WorkerError::Closed)]),
+        "{closed:?}"
+    );
+    Ok(())
+}
+
+async fn a_dropped_batch_is_withdrawn_or_never_sent<D: Driver<Calc> + Clone>(
+    driver: D,
+) -> Result<(), Failed> {
+    let pool = pool(driver, PoolOptions::default().members(1)).await?;
+    // One item goes to the member, the other waits in the queue.
+    let naps = enqueue(&pool, Batch::new(vec![Sleep { ms: FOREVER }; 2]));
+    let kept = enqueue(&pool, Increment { by: 1 });
+    assert_eq!(report_of(&pool).await?.queued, 2);
+    // The member is freed of the item in flight, skips the waiting one,
+    // and takes the kept request.
+    drop(naps);
+    assert_eq!(outcome(kept).await?.map_err(fail)?, 1);
+    let report = report_of(&pool).await?;
+    assert_eq!(
+        (report.counters.abandoned, report.counters.dispatched),
+        (2, 2),
+        "{report:#?}"
+    );
+    pool.send(Close).await?;
+    Ok(())
+}
+
+async fn a_batch_is_spread_over_the_members() -> Result<(), Failed> {
+    let options = PoolOptions::default()
+        .members(3)
+        .max_in_flight_per_member(2);
+    let pool = WorkerPool::<Jobs, _>::spawn_with(ChildProcess::current_exe("jobs"), options)
+        .await
+        .map_err(fail)?;
+    let pids = report_of(&pool).await?.pids();
+    let jobs = pool.send(Batch::from_iter((0..6).map(|id| job(id, 50))));
+    let done: Vec<Done> = jobs
+        .await?
+        .into_iter()
+        .collect::<Result<_, _>>()
+        .map_err(fail)?;
+    let ids: Vec<u32> = done.iter().map(|done| done.id).collect();
+    assert_eq!(ids, [0, 1, 2, 3, 4, 5], "answered in order");
+    // Placed as lone requests would be: the least loaded member first, so
+    // items i and i + 3 share a member, and each member gets one share.
+    let by: Vec<u32> = done.iter().map(|done| done.pid).collect();
+    assert_eq!(by[..3], pids[..], "one of the first three each: {by:?}");
+    assert_eq!(by[..3], by[3..], "then one more each: {by:?}");
+    let report = report_of(&pool).await?;
+    assert_eq!(report.counters.dispatched, 6, "{report:#?}");
+    pool.send(Close).await?;
+    Ok(())
+}
+
+async fn a_batch_survives_a_member_killed_mid_batch() -> Result<(), Failed> {
+    let member = WorkerOptions::default().on_crash::<Job>(CrashPolicy::Retry { attempts: 2 });
+    let options = PoolOptions::default()
+        .members(2)
+        .max_in_flight_per_member(2)
+        .member_options(member);
+    let pool = WorkerPool::<Jobs, _>::spawn_with(ChildProcess::current_exe("jobs"), options)
+        .await
+        .map_err(fail)?;
+    let pids = report_of(&pool).await?.pids();
+    let dir = tempfile::tempdir().map_err(fail)?;
+    let markers: Vec<PathBuf> = (0..4).map(|i| dir.path().join(format!("{i}"))).collect();
+    let jobs = markers.iter().enumerate().map(|(id, marker)| Job {
+        id: id as u32,
+        ms: 2_000,
+        started: Some(marker.clone()),
+    });
+    let batch = enqueue(&pool, Batch::from_iter(jobs));
+    // Every job started: those of the killed member run again by their
+    // crash policy, not because their worker never read them.
+    if !eventually(WAIT, || markers.iter().all(|marker| marker.exists())).await {
+        return Err("the jobs did not start".into());
+    }
+    let victim = pids[0];
+    kill(Pid::from_raw(victim as i32), Signal::SIGKILL).map_err(fail)?;
+    let done: Vec<Done> = batch
+        .await?
+        .into_iter()
+        .collect::<Result<_, _>>()
+        .map_err(fail)?;
+    let ids: Vec<u32> = done.iter().map(|done| done.id).collect();
+    assert_eq!(ids, [0, 1, 2, 3], "answered in order");
+    // Items 0 and 2 were the first member's, 1 and 3 the second's.
+    for done in &done {
+        match done.id % 2 {
+            0 => assert!(
+                ![victim, pids[1]].contains(&done.pid),
+                "{done:?} by a fresh worker"
+            ),
+            _ => assert_eq!(done.pid, pids[1], "{done:?} by the member left alone"),
+        }
+    }
+    assert!(!running(victim));
+    pool.send(Close).await?;
     Ok(())
 }

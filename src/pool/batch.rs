@@ -34,7 +34,8 @@ where
         }
         // Each member's share, by its place in `members` (which stays put
         // while the batch is placed).
-        let mut shares: Vec<Vec<PoolRequest<M>>> = self.members.iter().map(|_| Vec::new()).collect();
+        let mut shares: Vec<Vec<PoolRequest<M>>> =
+            self.members.iter().map(|_| Vec::new()).collect();
         let mut queued = false;
         let mut outcomes = Vec::with_capacity(batch.len());
         for message in batch {
@@ -84,8 +85,12 @@ impl<C: Contract, D: Driver<C> + Clone> WorkerPool<C, D> {
     /// request already counted against it with `took`), and settles each
     /// request when the member answers, or when the batch's caller gives
     /// up (which withdraws the share from the member).
-    fn dispatch_share<M>(&mut self, index: usize, share: Vec<PoolRequest<M>>, ctx: &mut Context<Self>)
-    where
+    fn dispatch_share<M>(
+        &mut self,
+        index: usize,
+        share: Vec<PoolRequest<M>>,
+        ctx: &mut Context<Self>,
+    ) where
         M: InContract<C>,
         D: Carries<M::Portability>,
     {

@@ -32,10 +32,18 @@
 //! * `pipelined_64`: 64 16-byte requests in flight per iteration (throughput
 //!   of small requests). The floor, `raw_uds_coalesced`, writes the 64
 //!   messages in a single write and gets them back in a single write: the best
-//!   any batching could do. The thread worker is measured against the same
-//!   floor, which is a debatable comparison (it crosses no process boundary,
-//!   but hands each request over on its own, not 64 in one write): read it as
-//!   "how a thread worker compares to the best possible IPC".
+//!   any batching could do. `child_process` sends the 64 with 64 plain
+//!   `Addr::send`s, all in flight at once; `child_process_batch` sends them as
+//!   one `Batch` (one mailbox crossing; their frames go out in one write), and
+//!   is the one to hold against `raw_uds_coalesced`. `actix_cross_arbiter` is
+//!   the actix floor for many sends: 64 plain `Addr::send`s in flight to the
+//!   same `Echoer` on another arbiter that `roundtrip_16b/actix_cross_arbiter`
+//!   uses, nothing of ours in between; `child_process` is held against it,
+//!   since it pays the same 64 mailbox crossings before any IPC. The thread
+//!   worker is measured against the same floors, which for the raw one is a
+//!   debatable comparison (it crosses no process boundary, but hands each
+//!   request over on its own, not 64 in one write): read it as "how a thread
+//!   worker compares to the best possible IPC".
 //! * `roundtrip_1mib`: 1 MiB each way (copying and buffering). The floor's
 //!   child reads the whole MiB before echoing it, as a worker must receive a
 //!   whole request before handling it.
@@ -85,7 +93,7 @@ use bytes::Bytes;
 use criterion::measurement::WallTime;
 use criterion::{Bencher, BenchmarkGroup, Criterion, Throughput};
 use futures::future::join_all;
-use isolated_workers::{ChildProcess, Close, Driver, Status, Thread, Worker, WorkerError};
+use isolated_workers::{Batch, ChildProcess, Close, Driver, Status, Thread, Worker, WorkerError};
 use serde::{Deserialize, Serialize};
 
 /// The name this binary runs the benchmark worker under.
@@ -101,6 +109,10 @@ const SMALL: usize = 16;
 const PIPELINE_DEPTH: usize = 64;
 const MIB: usize = 1 << 20;
 const SMALL_MESSAGE: [u8; SMALL] = *b"sixteen byte msg";
+/// The small request every small-message workload sends.
+const ECHO16: Echo16 = Echo16 {
+    data: SMALL_MESSAGE,
+};
 /// How long a worker idles before its resident set is read.
 const IDLE: Duration = Duration::from_millis(500);
 
@@ -177,7 +189,12 @@ fn main() {
             raw_id: "raw_uds_coalesced",
             raw_len: PIPELINE_DEPTH * SMALL,
             load: Load::Pipelined,
-            peers: &[Peer::ChildProcess, Peer::Thread],
+            peers: &[
+                Peer::ChildProcess,
+                Peer::ChildProcessBatch,
+                Peer::CrossArbiter,
+                Peer::Thread,
+            ],
         },
         Workload {
             group: "roundtrip_1mib",
@@ -219,6 +236,7 @@ enum Load {
     Single,
     /// `PIPELINE_DEPTH` `Echo16`s, all sent before any is awaited.
     Pipelined,
+
     /// One `EchoBytes` carrying these bytes.
     Big(Bytes),
 }
@@ -227,11 +245,7 @@ impl Load {
     /// Sends this iteration's requests to `echoer`; resolves once all are
     /// answered, checking each answer.
     async fn request<A: EchoActor>(&self, echoer: &Addr<A>) {
-        let echo16 = || {
-            echoer.send(Echo16 {
-                data: SMALL_MESSAGE,
-            })
-        };
+        let echo16 = || echoer.send(ECHO16);
         match self {
             Load::Single => assert_eq!(succeeded(echo16().await).data, SMALL_MESSAGE),
             Load::Pipelined => {
@@ -252,6 +266,8 @@ impl Load {
 enum Peer {
     /// A `Worker<_, ChildProcess>`.
     ChildProcess,
+    /// A `Worker<_, ChildProcess>`, the iteration's requests in one `Batch`.
+    ChildProcessBatch,
     /// The plain `Echoer` on another arbiter: the thread worker's floor.
     CrossArbiter,
     /// A `Worker<_, Thread<Echoer>>`.
@@ -282,6 +298,7 @@ fn bench_workload(c: &mut Criterion, sys: &SystemRunner, workload: Workload) {
             Peer::ChildProcess => bench_peer(&mut group, sys, "child_process", load, || {
                 spawn_worker(sys, ChildProcess::current_exe(WORKER))
             }),
+            Peer::ChildProcessBatch => bench_batch(&mut group, sys, "child_process_batch"),
             Peer::CrossArbiter => bench_peer(
                 &mut group,
                 sys,
@@ -321,6 +338,34 @@ fn bench_peer<P: EchoPeer>(
     });
     if let Some(peer) = peer {
         peer.stop(sys);
+    }
+}
+
+/// Benchmarks `PIPELINE_DEPTH` `Echo16`s sent to a child worker as one
+/// `Batch` (what the `Pipelined` load sends one by one), then stops the
+/// worker.
+fn bench_batch(group: &mut BenchmarkGroup<'_, WallTime>, sys: &SystemRunner, id: &str) {
+    let mut worker = None;
+    group.bench_function(id, |b| {
+        let worker =
+            worker.get_or_insert_with(|| spawn_worker(sys, ChildProcess::current_exe(WORKER)));
+        b.iter_custom(|iters| {
+            sys.block_on(async {
+                let start = Instant::now();
+                for _ in 0..iters {
+                    let batch = Batch::new(vec![ECHO16; PIPELINE_DEPTH]);
+                    let replies = worker.send(batch).await.expect("the proxy is gone");
+                    assert_eq!(replies.len(), PIPELINE_DEPTH);
+                    for reply in replies {
+                        assert_eq!(reply.expect("the worker failed").data, SMALL_MESSAGE);
+                    }
+                }
+                start.elapsed()
+            })
+        });
+    });
+    if let Some(worker) = worker {
+        worker.stop(sys);
     }
 }
 

@@ -1,16 +1,17 @@
 //! The workload `scripts/instructions` counts with callgrind: N sequential
-//! 16-byte round trips, or N requests 64 in flight at a time, to a child
-//! worker, to a thread worker, or as plain actix sends to an actor on
-//! another arbiter (the floor). Run by hand it only does the work:
+//! 16-byte round trips, N requests 64 in flight at a time, or N requests in
+//! batches of 64 (`Batch`, our workers only), to a child worker, to a thread
+//! worker, or as plain actix sends to an actor on another arbiter (the
+//! floor). Run by hand it only does the work:
 //!
 //! ```text
 //! cargo run --release --example instructions -- child sequential 1000
 //! ```
 //!
-//! Arguments: `child | thread | actix`, `sequential | pipelined`, N.
+//! Arguments: `child | thread | actix`, `sequential | pipelined | batched`, N.
 
 use actix::prelude::*;
-use isolated_workers::{ChildProcess, Close, Thread, Worker, WorkerError};
+use isolated_workers::{Batch, ChildProcess, Close, Driver, Thread, Worker, WorkerError};
 use serde::{Deserialize, Serialize};
 
 /// A 16-byte request, answered with itself.
@@ -71,17 +72,48 @@ where
     }
 }
 
+/// Sends `n` requests to `worker` in batches of `IN_FLIGHT`.
+async fn drive_batched<D: Driver<Echo>>(worker: &Addr<Worker<Echo, D>>, n: usize) {
+    let mut left = n;
+    while left > 0 {
+        let batch = left.min(IN_FLIGHT);
+        let replies = worker.send(Batch::new(vec![MESSAGE; batch])).await;
+        for reply in replies.expect("delivered") {
+            reply.expect("answered");
+        }
+        left -= batch;
+    }
+}
+
+/// Sends `n` requests to `worker` as `mode` says.
+async fn drive_worker<D: Driver<Echo>>(worker: &Addr<Worker<Echo, D>>, n: usize, mode: Mode) {
+    match mode {
+        Mode::Sequential => drive(worker, n, false).await,
+        Mode::Pipelined => drive(worker, n, true).await,
+        Mode::Batched => drive_batched(worker, n).await,
+    }
+}
+
+/// How the requests are sent.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Mode {
+    Sequential,
+    Pipelined,
+    Batched,
+}
+
 fn main() {
     isolated_workers::worker_entry::<Echo, _>("echo", Echoer::default);
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let usage = "usage: instructions child|thread|actix sequential|pipelined N";
+    let usage = "usage: instructions child|thread|actix sequential|pipelined|batched N";
     let [target, mode, n] = args.as_slice() else {
         eprintln!("{usage}");
         std::process::exit(2);
     };
-    let pipelined = match mode.as_str() {
-        "sequential" => false,
-        "pipelined" => true,
+    let mode = match mode.as_str() {
+        "sequential" => Mode::Sequential,
+        "pipelined" => Mode::Pipelined,
+        "batched" if target != "actix" => Mode::Batched,
         _ => {
             eprintln!("{usage}");
             std::process::exit(2);
@@ -98,20 +130,20 @@ fn main() {
                 let worker = Worker::<Echo, ChildProcess>::spawn(ChildProcess::current_exe("echo"))
                     .await
                     .expect("the worker starts");
-                drive(&worker, n, pipelined).await;
+                drive_worker(&worker, n, mode).await;
                 worker.send(Close).await.expect("closed");
             }
             "thread" => {
                 let worker = Worker::<Echo, _>::spawn(Thread::new(Echoer::default))
                     .await
                     .expect("the worker starts");
-                drive(&worker, n, pipelined).await;
+                drive_worker(&worker, n, mode).await;
                 worker.send(Close).await.expect("closed");
             }
             "actix" => {
                 let arbiter = Arbiter::new();
                 let actor = Echoer::start_in_arbiter(&arbiter.handle(), |_| Echoer);
-                drive(&actor, n, pipelined).await;
+                drive(&actor, n, mode == Mode::Pipelined).await;
                 arbiter.stop();
             }
             _ => {

@@ -12,7 +12,11 @@
 
 use actix::dev::{MessageResponse, OneshotSender};
 use actix::prelude::*;
-use futures::future::{join_all, LocalBoxFuture};
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context as TaskContext, Poll};
+
+use futures::future::LocalBoxFuture;
 use tokio::sync::oneshot;
 
 use super::request::Attempt;
@@ -254,12 +258,7 @@ where
                 }
                 return;
             }
-            BatchKind::Gathering(outcomes) => Box::pin(async move {
-                let outcomes = join_all(outcomes).await.into_iter();
-                // A channel dropped unanswered: the proxy itself is gone.
-                let closed = |outcome: Result<_, _>| outcome.unwrap_or(Err(WorkerError::Closed));
-                outcomes.map(closed).collect()
-            }),
+            BatchKind::Gathering(outcomes) => Box::pin(InOrder::new(outcomes)),
             BatchKind::Later(outcomes) => outcomes,
         };
         // `None` for `do_send`: the items run to their end all the same,
@@ -278,5 +277,47 @@ where
                 () = reply.closed() => {}
             }
         });
+    }
+}
+
+/// The outcomes of a batch's items, gathered in order: resolves once every
+/// item's channel has answered.
+///
+/// By hand rather than `join_all`, which for more than 30 futures puts each
+/// in a task node of its own (an allocation, and a waker, per item): here
+/// only the first item not yet answered is waited on, since nothing can be
+/// handed on before it is, and the items after it are looked at once it
+/// is (most are in by then: a worker answers in order unless a handler
+/// takes longer).
+struct InOrder<R> {
+    /// Each item's channel, until its outcome is in.
+    waiting: Vec<oneshot::Receiver<Result<R, WorkerError>>>,
+    /// The outcomes in so far, of the first `outcomes.len()` items.
+    outcomes: Vec<Result<R, WorkerError>>,
+}
+
+impl<R> InOrder<R> {
+    fn new(waiting: Vec<oneshot::Receiver<Result<R, WorkerError>>>) -> Self {
+        let outcomes = Vec::with_capacity(waiting.len());
+        Self { waiting, outcomes }
+    }
+}
+
+// Never pinned through: the outcomes are moved, the channels are `Unpin`.
+impl<R> Unpin for InOrder<R> {}
+
+impl<R> Future for InOrder<R> {
+    type Output = Vec<Result<R, WorkerError>>;
+
+    fn poll(self: Pin<&mut Self>, task: &mut TaskContext<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        while let Some(next) = this.waiting.get_mut(this.outcomes.len()) {
+            let outcome = std::task::ready!(Pin::new(next).poll(task));
+            // A channel dropped unanswered: the proxy itself is gone.
+            this.outcomes
+                .push(outcome.unwrap_or(Err(WorkerError::Closed)));
+        }
+        this.waiting.clear();
+        Poll::Ready(std::mem::take(&mut this.outcomes))
     }
 }

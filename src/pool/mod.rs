@@ -37,7 +37,8 @@ pub use status::{MemberReport, PoolCounters, PoolReport, PoolState, PoolStatus};
 /// `D`. An actix actor that accepts the same contract messages as a
 /// [`Worker`] (each answered with `Result<Reply, WorkerError>`), so code
 /// written for one worker — or for a `Recipient<M>` — talks to a pool
-/// unchanged. It also accepts [`Close`] and [`PoolStatus`].
+/// unchanged; a [`Batch`](crate::Batch) of them is spread over the members
+/// (see there). It also accepts [`Close`] and [`PoolStatus`].
 ///
 /// - **Routing**: each request goes to the member with the fewest requests
 ///   in flight (the oldest on a tie), among those with fewer than

@@ -53,7 +53,8 @@ pub use status::{Status, WorkerState, WorkerStatus};
 
 /// The host's proxy for one worker of contract `C`, reached through driver
 /// `D`. An actix actor: `Addr<Worker<C, D>>` accepts exactly the messages of
-/// `C` (each answered with `Result<Reply, WorkerError>`), [`Close`] and
+/// `C` (each answered with `Result<Reply, WorkerError>`), alone or many in a
+/// [`Batch`], [`Close`] and
 /// [`Status`], and the lifecycle messages `D`'s capabilities unlock.
 ///
 /// Dropping the last `Addr` (or stopping the actix System) stops the worker:

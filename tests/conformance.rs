@@ -60,6 +60,7 @@ fn suite<D: Driver<Calc>>(driver: &str, make: fn() -> D) -> Vec<Trial> {
         dropping_a_batch_cancels_its_pending_items_on_the_worker,
         a_batch_beyond_the_in_flight_bound_and_queue_overloads_the_rest,
         each_batch_item_passes_the_middleware_as_a_lone_request,
+        a_batch_sent_with_do_send_runs_every_item,
     ]
 }
 
@@ -677,5 +678,18 @@ async fn each_batch_item_passes_the_middleware_as_a_lone_request<D: Driver<Calc>
         "Outgoing Divide #3 ok",
     ];
     assert_eq!(seen, expected);
+    Ok(())
+}
+
+async fn a_batch_sent_with_do_send_runs_every_item<D: Driver<Calc>>(
+    driver: D,
+) -> Result<(), Failed> {
+    let worker = Worker::<Calc, D>::spawn(driver).await.map_err(fail)?;
+    // Nobody waits for the batch: its items run all the same, before the
+    // request sent after it.
+    worker.do_send(Batch::new(vec![Increment { by: 1 }; 3]));
+    let after = worker.send(Increment { by: 10 }).await?.map_err(fail)?;
+    assert_eq!(after, 13, "the three ran first");
+    worker.send(Close).await?;
     Ok(())
 }

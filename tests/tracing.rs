@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use actix::prelude::*;
-use isolated_workers::{ChildProcess, Close, Thread, Worker, WorkerError};
+use isolated_workers::{Batch, ChildProcess, Close, Thread, Worker, WorkerError};
 use libtest_mimic::{Arguments, Failed, Trial};
 use serde::{Deserialize, Serialize};
 use tracing::field::{Field, Visit};
@@ -189,6 +189,11 @@ fn main() {
             "a_handlers_events_arrive_in_the_hosts_span_of_their_request",
             &recorder,
             a_handlers_events_arrive_in_the_hosts_span_of_their_request,
+        ),
+        test(
+            "each_item_of_a_batch_has_a_request_span_of_its_own",
+            &recorder,
+            each_item_of_a_batch_has_a_request_span_of_its_own,
         ),
         test(
             "a_thread_workers_requests_have_spans_too",
@@ -380,6 +385,50 @@ async fn a_handlers_events_arrive_in_the_hosts_span_of_their_request(
             Some("request"),
             "logged in the host's request span: {seen:?}"
         );
+    }
+    worker.send(Close).await?;
+    Ok(())
+}
+
+async fn each_item_of_a_batch_has_a_request_span_of_its_own(
+    recorder: Recorder,
+) -> Result<(), Failed> {
+    let (worker, pid) = spawn_speaker().await?;
+    let before = recorder.spans.lock().unwrap().len();
+    let texts = ["batch item a", "batch item b", "batch item c"];
+    let says = texts.map(|text| Say { text: text.into() });
+    for (said, text) in worker
+        .send(Batch::from_iter(says))
+        .await?
+        .into_iter()
+        .zip(texts)
+    {
+        assert_eq!(said?, text.len());
+    }
+    let spans = recorder.spans.lock().unwrap()[before..].to_vec();
+    let mut ids: Vec<String> = spans
+        .iter()
+        .filter(|s| s.name == "request" && s.field("message") == Some("Say"))
+        .filter_map(|s| s.field("id").map(str::to_owned))
+        .collect();
+    ids.dedup();
+    assert_eq!(ids.len(), 3, "one request span per item: {spans:?}");
+    for id in &ids {
+        // What the worker logged for each item comes back in its span.
+        let seen = wait_for(&recorder, |e| {
+            e.name == format!("worker middleware saw Say id={id}")
+                && e.field("pid") == Some(pid.to_string().as_str())
+        })
+        .await
+        .ok_or_else(|| format!("the worker's event for request {id}"))?;
+        assert_eq!(seen.scope.first().map(String::as_str), Some("request"));
+    }
+    for text in texts {
+        let line = format!("handler heard {text}");
+        let seen = wait_for(&recorder, |e| e.name == line)
+            .await
+            .ok_or_else(|| format!("`{line}` never reached the subscriber"))?;
+        assert_eq!(seen.scope.first().map(String::as_str), Some("request"));
     }
     worker.send(Close).await?;
     Ok(())

@@ -380,6 +380,10 @@ pub(crate) struct Outbox {
     meter: Rc<Meter>,
     /// Wakes the server's event pump when a host connects.
     pump: Option<Waker>,
+    /// Whether the pump's waker is registered with `waiting`, which wakes
+    /// it when an event arrives: until then, an empty backlog need not be
+    /// polled (each poll registers the waker again, on every request).
+    armed: bool,
 }
 
 /// Bytes written to a connection's frame writer and not yet taken by the
@@ -397,6 +401,7 @@ impl Outbox {
             waiting,
             meter: Rc::default(),
             pump: None,
+            armed: false,
         }
     }
 
@@ -425,7 +430,10 @@ impl Outbox {
     /// Whether the socket has taken enough of what was written to write
     /// more; if not, `task` is woken when it has.
     pub(crate) fn has_room(&mut self, task: &mut std::task::Context<'_>) -> bool {
-        self.pump = Some(task.waker().clone());
+        if !self.pump.as_ref().is_some_and(|pump| pump.will_wake(task.waker())) {
+            self.pump = Some(task.waker().clone());
+            self.armed = false;
+        }
         if self.meter.behind.get() >= WRITE_AHEAD {
             self.meter.waker.set(Some(task.waker().clone()));
             return false;
@@ -435,6 +443,9 @@ impl Outbox {
 
     /// An event waiting in the backlog, as a frame, if there is one.
     pub(crate) fn take(&mut self) -> Option<Frame> {
+        if self.waiting.is_empty() {
+            return None;
+        }
         self.waiting.try_recv().ok().map(event_frame)
     }
 
@@ -444,9 +455,12 @@ impl Outbox {
         if !self.has_room(task) {
             return Poll::Pending;
         }
-        self.waiting
-            .poll_recv(task)
-            .map(|event| event.map(event_frame))
+        if self.armed && self.waiting.is_empty() {
+            return Poll::Pending;
+        }
+        let polled = self.waiting.poll_recv(task);
+        self.armed = polled.is_pending();
+        polled.map(|event| event.map(event_frame))
     }
 }
 

@@ -560,7 +560,6 @@ impl Deadlines {
     }
 }
 
-
 /// A request's span, boxed, and absent when disabled: a `Span` is five
 /// words, and carried inline it made every pending request too big to move
 /// cheaply (measured: four more `memcpy` calls per request).

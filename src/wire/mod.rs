@@ -8,6 +8,7 @@
 //! is the message or reply, encoded by the contract's [`Serializer`], and is
 //! handed on as a slice of the received buffer without a copy.
 
+pub(crate) mod channel;
 pub(crate) mod envelope;
 pub(crate) mod frame;
 pub(crate) mod serializer;

@@ -430,7 +430,11 @@ impl Outbox {
     /// Whether the socket has taken enough of what was written to write
     /// more; if not, `task` is woken when it has.
     pub(crate) fn has_room(&mut self, task: &mut std::task::Context<'_>) -> bool {
-        if !self.pump.as_ref().is_some_and(|pump| pump.will_wake(task.waker())) {
+        if !self
+            .pump
+            .as_ref()
+            .is_some_and(|pump| pump.will_wake(task.waker()))
+        {
             self.pump = Some(task.waker().clone());
             self.armed = false;
         }

@@ -380,10 +380,6 @@ pub(crate) struct Outbox {
     meter: Rc<Meter>,
     /// Wakes the server's event pump when a host connects.
     pump: Option<Waker>,
-    /// Whether the pump's waker is registered with `waiting`, which wakes
-    /// it when an event arrives: until then, an empty backlog need not be
-    /// polled (each poll registers the waker again, on every request).
-    armed: bool,
 }
 
 /// Bytes written to a connection's frame writer and not yet taken by the
@@ -401,7 +397,6 @@ impl Outbox {
             waiting,
             meter: Rc::default(),
             pump: None,
-            armed: false,
         }
     }
 
@@ -436,7 +431,6 @@ impl Outbox {
             .is_some_and(|pump| pump.will_wake(task.waker()))
         {
             self.pump = Some(task.waker().clone());
-            self.armed = false;
         }
         if self.meter.behind.get() >= WRITE_AHEAD {
             self.meter.waker.set(Some(task.waker().clone()));
@@ -459,12 +453,9 @@ impl Outbox {
         if !self.has_room(task) {
             return Poll::Pending;
         }
-        if self.armed && self.waiting.is_empty() {
-            return Poll::Pending;
-        }
-        let polled = self.waiting.poll_recv(task);
-        self.armed = polled.is_pending();
-        polled.map(|event| event.map(event_frame))
+        self.waiting
+            .poll_recv(task)
+            .map(|event| event.map(event_frame))
     }
 }
 

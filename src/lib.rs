@@ -5,6 +5,7 @@ pub mod config;
 pub mod contract;
 pub mod driver;
 pub mod error;
+mod ids;
 mod lifecycle;
 pub mod middleware;
 mod panic;

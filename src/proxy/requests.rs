@@ -38,9 +38,8 @@
 //!
 //! Once the table is empty, whoever waits for it to drain is told.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::future::Future;
-use std::hash::{BuildHasherDefault, Hasher};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -48,6 +47,7 @@ use bytes::Bytes;
 use super::counters::{CountsIndex, SharedTally};
 use crate::config::{CrashPolicy, WorkerOptions};
 use crate::error::{CrashReason, WorkerError};
+use crate::ids::IdMap;
 use crate::waiters::Waiters;
 
 /// How often, while requests are pending, the table looks for requests
@@ -169,7 +169,7 @@ impl<T> Carried<T> {
 /// The requests a proxy accepted and has not resolved, in flight or
 /// queued; see the module doc.
 pub(super) struct Requests<T> {
-    pending: HashMap<u64, Pending<T>, BuildHasherDefault<IdHasher>>,
+    pending: IdMap<Pending<T>>,
     deadlines: Deadlines,
     /// Ids of the queued requests, oldest first.
     queue: VecDeque<u64>,
@@ -190,7 +190,7 @@ impl<T: Held> Requests<T> {
     /// An empty table; what it counts goes to `tally`.
     pub(super) fn new(limits: Limits, tally: SharedTally) -> Self {
         Self {
-            pending: HashMap::default(),
+            pending: IdMap::default(),
             deadlines: Deadlines::default(),
             queue: VecDeque::new(),
             next_id: 1,
@@ -557,28 +557,6 @@ impl Deadlines {
             self.0.pop_front();
             id
         })
-    }
-}
-
-/// Hashes the table's ids. Each is a distinct `u64` the table gave out, so
-/// one multiplication (by 2⁶⁴/φ) spreads them over the buckets; the
-/// default SipHash costs many times that, on every request, twice.
-#[derive(Default)]
-struct IdHasher(u64);
-
-impl Hasher for IdHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        for &byte in bytes {
-            self.write_u64(self.0.rotate_left(8) ^ u64::from(byte));
-        }
-    }
-
-    fn write_u64(&mut self, id: u64) {
-        self.0 = id.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    }
-
-    fn finish(&self) -> u64 {
-        self.0
     }
 }
 

@@ -3,6 +3,7 @@
 
 use std::borrow::Cow;
 
+use bytes::{BufMut, BytesMut};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{ProtocolFailure, RemoteError};
@@ -97,4 +98,105 @@ pub(crate) enum Refusal {
     WrongToken,
     /// Another host is attached.
     Busy,
+}
+
+/// How a header is written: its first byte says which layout follows.
+/// The frames of every request (a request, its reply, a cancel) have a
+/// fixed binary layout; any other header is MessagePack. MessagePack
+/// names an enum variant by its string, and decoding one cost ~600
+/// instructions a frame (callgrind), a tenth of a whole round trip.
+mod tag {
+    /// MessagePack of the whole [`Header`](super::Header) follows.
+    pub(super) const MESSAGE_PACK: u8 = 0;
+    /// `Request`: the id (u64, little-endian), then the name's UTF-8 bytes
+    /// up to the header's end.
+    pub(super) const REQUEST: u8 = 1;
+    /// `Reply`: the id.
+    pub(super) const REPLY: u8 = 2;
+    /// `Cancel`: the id.
+    pub(super) const CANCEL: u8 = 3;
+}
+
+impl Header {
+    /// Appends this header's bytes to `dst` (see [`tag`]).
+    pub(crate) fn write(&self, dst: &mut BytesMut) -> Result<(), rmp_serde::encode::Error> {
+        match self {
+            Header::Request { id, name } => {
+                dst.put_u8(tag::REQUEST);
+                dst.put_u64_le(*id);
+                dst.put_slice(name.as_bytes());
+            }
+            Header::Reply { id } => {
+                dst.put_u8(tag::REPLY);
+                dst.put_u64_le(*id);
+            }
+            Header::Cancel { id } => {
+                dst.put_u8(tag::CANCEL);
+                dst.put_u64_le(*id);
+            }
+            other => {
+                dst.put_u8(tag::MESSAGE_PACK);
+                rmp_serde::encode::write(&mut dst.writer(), other)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads a header that takes up exactly `bytes`; says why it cannot.
+    pub(crate) fn read(bytes: &[u8]) -> Result<Header, String> {
+        let (&tag, rest) = bytes.split_first().ok_or("empty header")?;
+        let id = || match rest.get(..8) {
+            Some(id) => Ok(u64::from_le_bytes(id.try_into().expect("8 bytes"))),
+            None => Err(format!("{} bytes where an id was expected", rest.len())),
+        };
+        let only_id = |header: Header| match rest.len() {
+            8 => Ok(header),
+            n => Err(format!("{n} bytes where only an id was expected")),
+        };
+        match tag {
+            tag::REQUEST => {
+                let id = id()?;
+                let name = std::str::from_utf8(&rest[8..])
+                    .map_err(|e| format!("request name is not UTF-8: {e}"))?;
+                Ok(Header::Request {
+                    id,
+                    name: Cow::Owned(name.to_owned()),
+                })
+            }
+            tag::REPLY => only_id(Header::Reply { id: id()? }),
+            tag::CANCEL => only_id(Header::Cancel { id: id()? }),
+            tag::MESSAGE_PACK => rmp_serde::from_slice(rest).map_err(|e| e.to_string()),
+            other => Err(format!("unknown header kind {other}")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fixed_layouts_refuse_short_and_long_headers() {
+        for bad in [
+            &[][..],
+            &[tag::REPLY, 1, 2, 3][..],
+            &[tag::CANCEL, 1, 2, 3, 4, 5, 6, 7, 8, 9][..],
+            &[tag::REQUEST, 1, 0, 0, 0, 0, 0, 0, 0, 0xff][..],
+            &[9, 0][..],
+        ] {
+            assert!(Header::read(bad).is_err(), "{bad:?} was read");
+        }
+    }
+
+    #[test]
+    fn a_request_with_an_empty_name_round_trips() {
+        let header = Header::Request {
+            id: u64::MAX,
+            name: Cow::Borrowed(""),
+        };
+        let mut buf = BytesMut::new();
+        header.write(&mut buf).unwrap();
+        assert_eq!(buf.len(), 9);
+        assert_eq!(Header::read(&buf).unwrap(), header);
+    }
 }

@@ -116,7 +116,7 @@ fn parse_body(mut body: Bytes) -> Result<Frame, FrameError> {
             body.len()
         )));
     }
-    let header = rmp_serde::from_slice(&body[..header_len])
+    let header = Header::read(&body[..header_len])
         .map_err(|e| FrameError::Malformed(format!("undecodable header: {e}")))?;
     Ok(Frame {
         header,
@@ -143,7 +143,7 @@ pub(crate) fn encode_parts(
     let start = dst.len();
     dst.reserve(PREFIX_LEN + 32 + payload.len());
     dst.put_u64_le(0); // both lengths, patched below
-    if let Err(e) = rmp_serde::encode::write(&mut dst.writer(), header) {
+    if let Err(e) = header.write(dst) {
         dst.truncate(start);
         return Err(FrameError::Malformed(format!("unencodable header: {e}")));
     }
@@ -237,7 +237,7 @@ mod tests {
         let mut buf = BytesMut::new();
         buf.put_u32_le(8);
         buf.put_u32_le(4);
-        buf.put_u32_le(0xc1c1c1c1); // 0xc1 is never valid MessagePack
+        buf.put_u32_le(0xc1c1c1c1); // 0xc1 is no header kind
         let err = FrameCodec::new(1024).decode(&mut buf).unwrap_err();
         assert!(matches!(err, FrameError::Malformed(_)), "{err}");
     }

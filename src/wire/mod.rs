@@ -3,10 +3,12 @@
 //! pluggable payload encoding ([`serializer`]).
 //!
 //! A frame is `[u32 LE body length][u32 LE header length][header][payload]`.
-//! The header is a small MessagePack-encoded [`envelope::Header`]; the payload
+//! The header is an [`envelope::Header`]: a fixed binary layout for a
+//! request, its reply and a cancel, MessagePack for the rest; the payload
 //! is the message or reply, encoded by the contract's [`Serializer`], and is
 //! handed on as a slice of the received buffer without a copy.
 
+pub(crate) mod channel;
 pub(crate) mod envelope;
 pub(crate) mod frame;
 pub(crate) mod serializer;
@@ -23,4 +25,5 @@ pub(crate) use serializer::Serializer;
 /// worker accepts its host again.
 /// 5: worker → host `Unserved` frames for the protocol's failures, which
 /// were `Error` frames with reserved names before.
-pub(crate) const PROTOCOL_VERSION: u32 = 5;
+/// 6: fixed binary headers for requests, replies and cancels.
+pub(crate) const PROTOCOL_VERSION: u32 = 6;

@@ -12,28 +12,32 @@ use std::task::Poll;
 use futures::StreamExt;
 use interprocess::local_socket::tokio::Stream as LocalStream;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio_util::codec::FramedRead;
 
+use super::channel::{channel, ChannelReader, ChannelWriter};
 use super::frame::{Frame, FrameCodec, FrameError};
 
 /// The two halves of a connection.
-pub(crate) type Halves = (OwnedReadHalf, OwnedWriteHalf);
+pub(crate) type Halves = (ChannelReader, ChannelWriter);
 
-/// Turns a connected local socket into tokio's Unix stream, split into
-/// owned halves. (`interprocess` connects, listens and reads peer
-/// credentials; but its stream's `poll_shutdown` does nothing, and a
-/// connection given up must tell the peer it ended, which tokio's write
-/// half does on `shutdown` and on drop.)
+/// Turns a connected local socket into a [`channel`], split into halves.
+/// (`interprocess` connects, listens and reads peer credentials; but its
+/// stream's `poll_shutdown` does nothing, and a connection given up must
+/// tell the peer it ended, which the channel's writer does on `shutdown`
+/// and on drop.)
 pub(crate) fn split(stream: LocalStream) -> io::Result<Halves> {
     #[allow(unreachable_patterns)] // one variant on Unix
     let fd = match stream {
         LocalStream::UdSocket(stream) => OwnedFd::try_from(stream)?,
         _ => return Err(io::Error::other("not a Unix domain socket")),
     };
-    let stream = std::os::unix::net::UnixStream::from(fd);
-    stream.set_nonblocking(true)?;
-    Ok(tokio::net::UnixStream::from_std(stream)?.into_split())
+    channel(std::os::unix::net::UnixStream::from(fd))
+}
+
+/// Splits a tokio Unix stream (one a handshake was read from) into the
+/// halves of a [`channel`].
+pub(crate) fn split_tokio(stream: tokio::net::UnixStream) -> io::Result<Halves> {
+    channel(stream.into_std()?)
 }
 
 /// What one connection's reader reports: a frame (or a read error), or,

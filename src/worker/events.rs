@@ -425,7 +425,13 @@ impl Outbox {
     /// Whether the socket has taken enough of what was written to write
     /// more; if not, `task` is woken when it has.
     pub(crate) fn has_room(&mut self, task: &mut std::task::Context<'_>) -> bool {
-        self.pump = Some(task.waker().clone());
+        if !self
+            .pump
+            .as_ref()
+            .is_some_and(|pump| pump.will_wake(task.waker()))
+        {
+            self.pump = Some(task.waker().clone());
+        }
         if self.meter.behind.get() >= WRITE_AHEAD {
             self.meter.waker.set(Some(task.waker().clone()));
             return false;
@@ -435,6 +441,9 @@ impl Outbox {
 
     /// An event waiting in the backlog, as a frame, if there is one.
     pub(crate) fn take(&mut self) -> Option<Frame> {
+        if self.waiting.is_empty() {
+            return None;
+        }
         self.waiting.try_recv().ok().map(event_frame)
     }
 

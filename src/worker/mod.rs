@@ -170,8 +170,7 @@ where
     let routes = C::routes();
     let system = System::new();
     let served = system.block_on(async move {
-        let stream = tokio::net::UnixStream::from_std(channel)?;
-        let (reader, writer) = stream.into_split();
+        let (reader, writer) = crate::wire::channel::channel(channel)?;
         let served = Served {
             reader: Box::new(reader),
             writer: Box::new(writer),

@@ -5,7 +5,6 @@
 //! what it does when that host goes, is [`reattach`](super::reattach).
 
 use std::cell::Cell;
-use std::collections::HashMap;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Poll, Waker};
@@ -24,6 +23,7 @@ use super::inbox::Inbox;
 use super::reattach::{Host, Leaving, Listener};
 use super::routes::{Outcome, Routes};
 use crate::error::{ProtocolFailure, WorkerError};
+use crate::ids::IdMap;
 use crate::middleware::trip::{Leg, Trip, Untyped};
 use crate::middleware::{Body, Middlewares};
 use crate::socket::read_mark::ReadMark;
@@ -68,7 +68,7 @@ pub(crate) struct Server<A: Actor, S> {
     /// so that only the requests whose reply is ready are polled.
     running: FuturesUnordered<InProgress>,
     /// How to drop a running request when the host cancels it.
-    cancels: HashMap<u64, AbortHandle>,
+    cancels: IdMap<AbortHandle>,
     /// Wakes this server's context: after a request is added to `running`,
     /// and after the writer is told to close (actix's writer notices only
     /// when next polled).
@@ -150,7 +150,7 @@ impl<A: Actor, S: Serializer> Server<A, S> {
             read_mark,
             outbox,
             running: FuturesUnordered::new(),
-            cancels: HashMap::new(),
+            cancels: IdMap::default(),
             waker: None,
             scratch: BytesMut::new(),
             exit_code: 0,

@@ -282,7 +282,10 @@ impl ChildProcess {
                     Ok(()) => {
                         tracing::debug!(pid = process.pid(), "worker handshake complete");
                         let session = Session::spawned(process.pid(), mark);
-                        return Ok(Connection::child_stream(stream.into_split(), process, session));
+                        match crate::wire::stream::split_tokio(stream) {
+                            Ok(halves) => return Ok(Connection::child_stream(halves, process, session)),
+                            Err(source) => SpawnError::Io { what: "connection", source },
+                        }
                     }
                     Err(why) => SpawnError::Handshake(why),
                 },

@@ -75,19 +75,14 @@ impl<A: Actor, S: Serializer> Server<A, S> {
     /// The user's actor has stopped: after a panic (report it, exit 101),
     /// because it was asked to (exit), or on its own (exit too: there is
     /// nothing left to serve).
-    pub(crate) fn actor_ended(
-        &mut self,
-        ended: Result<(), tokio::task::JoinError>,
-        ctx: &mut Context<Self>,
-    ) {
-        match ended {
-            Err(e) if e.is_panic() && !self.host.is_stopping() => {
-                let message = panic::take_message(std::thread::current().id())
-                    .unwrap_or_else(|| "the worker's actor panicked".into());
-                self.write(Frame::bare(Header::Panicked { message }));
-                self.exit(PANIC_EXIT_CODE, ctx);
-            }
-            _ => self.exit(self.exit_code, ctx),
+    pub(crate) fn actor_ended(&mut self, panicked: bool, ctx: &mut Context<Self>) {
+        if panicked && !self.host.is_stopping() {
+            let message = panic::take_message(std::thread::current().id())
+                .unwrap_or_else(|| "the worker's actor panicked".into());
+            self.write(Frame::bare(Header::Panicked { message }));
+            self.exit(PANIC_EXIT_CODE, ctx);
+        } else {
+            self.exit(self.exit_code, ctx);
         }
     }
 

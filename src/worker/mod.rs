@@ -344,11 +344,12 @@ where
     let (events, outbox) = events::Events::<C>::encoded(served.settings.max_frame_len);
     let scope = events::Scope::new(events);
     let actor = scope.enter(factory);
-    // Run the actor's context ourselves, to learn when it has stopped (its
-    // `stopped` hook done) or panicked, even while no request is in flight.
+    // The server runs the actor's context itself, and learns when it has
+    // stopped (its `stopped` hook done) or panicked, even while no request
+    // is in flight.
     let mut actor_context = Context::<A>::new();
-    let inbox = inbox::Inbox::open(&mut actor_context);
-    let actor_ended = actix_rt::spawn(scope.around(actor_context.into_future(actor)));
+    let inbox = inbox::Inbox::open_polled_by_caller(&mut actor_context);
+    let actor_task = Box::pin(scope.around(actor_context.into_future(actor)));
     let Served {
         reader,
         writer,
@@ -356,5 +357,5 @@ where
     } = served;
     let hello = Hello::ours::<C>(String::new());
     let server = server::Server::new(inbox, routes, hello, outbox, settings);
-    server::Server::create(move |ctx| server.run(reader, writer, actor_ended, ctx));
+    server::Server::create(move |ctx| server.run(reader, writer, actor_task, ctx));
 }

@@ -32,7 +32,6 @@ use crate::wire::frame::{Frame, FrameError, MAX_OVERHEAD};
 use crate::wire::stream::{inbound, Inbound, Severable};
 use crate::wire::Serializer;
 use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
 
 /// Writes frames to the host, metering the bytes not yet flushed.
 type Writer = FramedWrite<Frame, Box<dyn AsyncWrite + Unpin>, MeteredCodec>;
@@ -77,6 +76,11 @@ pub(crate) struct Server<A: Actor, S> {
     scratch: BytesMut,
     /// What the process exits with once the server stops.
     pub(super) exit_code: i32,
+    /// The user's actor's context, run by this server's own task (see
+    /// [`Dispatcher`]); `None` once it ended.
+    actor_task: Option<LocalBoxFuture<'static, ()>>,
+    /// Requests were read since the last dispatch (see [`AfterReading`]).
+    read_since_dispatch: bool,
 }
 
 /// How a worker is served, as its entry point sets it up.
@@ -154,22 +158,23 @@ impl<A: Actor, S: Serializer> Server<A, S> {
             waker: None,
             scratch: BytesMut::new(),
             exit_code: 0,
+            actor_task: None,
+            read_since_dispatch: false,
         }
     }
 
     /// Serves the host that started the worker, on `reader` and `writer`,
-    /// as the actor of `ctx`; `actor_ended` resolves once the user's actor
-    /// has stopped.
+    /// as the actor of `ctx`; `actor_task` is the user's actor's context,
+    /// which this server's task runs (see [`Dispatcher`]).
     pub(crate) fn run(
         mut self,
         reader: Box<dyn tokio::io::AsyncRead + Unpin>,
         writer: Box<dyn AsyncWrite + Unpin>,
-        actor_ended: JoinHandle<()>,
+        actor_task: LocalBoxFuture<'static, ()>,
         ctx: &mut Context<Self>,
     ) -> Self {
+        self.actor_task = Some(actor_task);
         ctx.spawn(Dispatcher);
-        let actor_ended = fut::wrap_future(actor_ended);
-        ctx.spawn(actor_ended.map(|ended, server: &mut Self, ctx| server.actor_ended(ended, ctx)));
         if self.ending.is_process() {
             Self::on_terminate_signal(ctx);
         }
@@ -194,6 +199,10 @@ impl<A: Actor, S: Serializer> Server<A, S> {
             mark.reset();
         }
         ctx.add_stream(inbound(reader, self.max_frame_len, id));
+        // Between the reader and the writer among the context's items: the
+        // requests read in a poll are dispatched, and their replies
+        // written, in that same poll.
+        ctx.spawn(AfterReading { connection: id });
         let (writer, severed) = Severable::new(writer);
         let (writer, codec) = self.outbox.metered(Box::new(writer), self.max_frame_len);
         let mut writer = FramedWrite::new(writer, codec, ctx);
@@ -269,7 +278,6 @@ impl<A: Actor, S: Serializer> Server<A, S> {
         self.running
             .push(Box::pin(async move { (id, traced, handled.await) }));
         self.cancels.insert(id, cancel);
-        self.wake();
     }
 
     /// Starts request `id` for message `name`, after the untyped middleware
@@ -371,6 +379,29 @@ impl<A: Actor, S: Serializer> Server<A, S> {
         Frame::bare(Header::Unserved { id, why: failure })
     }
 
+    /// Runs the actor's context, writes the outcomes of the requests that
+    /// ended, and the events waiting (see [`Dispatcher`]).
+    fn dispatch(&mut self, ctx: &mut Context<Self>, task: &mut std::task::Context<'_>) {
+        self.read_since_dispatch = false;
+        if let Some(actor) = &mut self.actor_task {
+            let polled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                actor.as_mut().poll(task)
+            }));
+            if let Ok(Poll::Pending) = polled {
+            } else {
+                self.actor_task = None;
+                self.actor_ended(polled.is_err(), ctx);
+            }
+        }
+        while let Poll::Ready(Some((id, traced, outcome))) = self.running.poll_next_unpin(task) {
+            // An aborted request was cancelled by the host: nothing to send.
+            if let Ok(outcome) = outcome {
+                self.finish(id, traced, outcome);
+            }
+        }
+        self.pump_unasked(task);
+    }
+
     pub(super) fn wake(&self) {
         if let Some(waker) = &self.waker {
             waker.wake_by_ref();
@@ -378,8 +409,15 @@ impl<A: Actor, S: Serializer> Server<A, S> {
     }
 }
 
-/// Polls the running requests and writes each outcome as it arrives, and
-/// the worker's events as they are emitted (while the socket keeps up).
+/// Runs the user's actor's context, polls the running requests and writes
+/// each outcome as it arrives, and the worker's events as they are emitted
+/// (while the socket keeps up).
+///
+/// The actor's context is polled here, in the server's own task, rather
+/// than on a task of its own: a request then wakes one task, not two, and
+/// its reply is written in the same poll that ran its handler (callgrind:
+/// ~1.5 k fewer instructions a request). A panic in the actor is caught
+/// here, as a task of its own would have caught it.
 struct Dispatcher;
 
 impl<A: Actor, S: Serializer> ActorFuture<Server<A, S>> for Dispatcher {
@@ -388,19 +426,43 @@ impl<A: Actor, S: Serializer> ActorFuture<Server<A, S>> for Dispatcher {
     fn poll(
         self: Pin<&mut Self>,
         server: &mut Server<A, S>,
-        _: &mut Context<Server<A, S>>,
+        ctx: &mut Context<Server<A, S>>,
         task: &mut std::task::Context<'_>,
     ) -> Poll<()> {
         if server.waker.is_none() {
             server.waker = Some(task.waker().clone());
         }
-        while let Poll::Ready(Some((id, traced, outcome))) = server.running.poll_next_unpin(task) {
-            // An aborted request was cancelled by the host: nothing to send.
-            if let Ok(outcome) = outcome {
-                server.finish(id, traced, outcome);
-            }
+        server.dispatch(ctx, task);
+        Poll::Pending
+    }
+}
+
+/// Dispatches the requests a connection's reader just read, in the same
+/// poll of the server's task: spawned between the reader and the writer,
+/// so that the context polls it right after the reader, and the writer
+/// right after it. Without it, the [`Dispatcher`] (polled before the
+/// reader) would only see them in the next poll, which the requests'
+/// arrival in the actor's inbox would have to wake: two polls a request
+/// where one does. Ends with its connection.
+struct AfterReading {
+    connection: u64,
+}
+
+impl<A: Actor, S: Serializer> ActorFuture<Server<A, S>> for AfterReading {
+    type Output = ();
+
+    fn poll(
+        self: Pin<&mut Self>,
+        server: &mut Server<A, S>,
+        ctx: &mut Context<Server<A, S>>,
+        task: &mut std::task::Context<'_>,
+    ) -> Poll<()> {
+        if server.host.link().map(|host| host.id) != Some(self.connection) {
+            return Poll::Ready(()); // its connection was given up
         }
-        server.pump_unasked(task);
+        if server.read_since_dispatch {
+            server.dispatch(ctx, task);
+        }
         Poll::Pending
     }
 }
@@ -429,7 +491,8 @@ impl<A: Actor, S: Serializer> StreamHandler<Inbound> for Server<A, S> {
                 if let Some(mark) = &self.read_mark {
                     mark.bump();
                 }
-                self.request(id, name, frame.payload)
+                self.request(id, name, frame.payload);
+                self.read_since_dispatch = true;
             }
             Header::Cancel { id } => {
                 if let Some(cancel) = self.cancels.remove(&id) {

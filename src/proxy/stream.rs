@@ -1,7 +1,8 @@
 //! The proxy over a byte stream (child processes, custom stream drivers):
 //! the transport for the request table (`requests.rs`). Requests become
-//! frames, written by actix's framed writer inside the proxy's own context
-//! (queued frames coalesce into one write), and replies are read by a
+//! frames, written by the connection's frame writer (`wire::writer`) inside
+//! the proxy's own context (queued frames coalesce into one vectored write,
+//! large payloads uncopied), and replies are read by a
 //! `StreamHandler` on the same context, so a request costs no extra task
 //! hop. The end of the stream, or a panic the worker reports (at once,
 //! before the worker exits), is a crash: the table fails every request
@@ -10,16 +11,15 @@
 
 use std::any::Any;
 use std::borrow::Cow;
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::future::Future;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use actix::io::{FramedWrite, WriteHandler};
+use actix::io::WriteHandler;
 use actix::prelude::*;
 use bytes::{Bytes, BytesMut};
-use tokio::io::AsyncWrite;
 
 use super::counters::SharedTally;
 use super::reply::{Reply, Returning};
@@ -34,8 +34,9 @@ use crate::middleware::{Body, Typed};
 use crate::socket::handshake::Greeting;
 use crate::socket::session::Session;
 use crate::wire::envelope::Header;
-use crate::wire::frame::{Frame, FrameCodec, FrameError, MAX_OVERHEAD};
-use crate::wire::stream::{inbound, Inbound, Severable};
+use crate::wire::frame::{Frame, FrameError, MAX_OVERHEAD};
+use crate::wire::stream::{inbound, Inbound};
+use crate::wire::writer::FrameWriter;
 use crate::wire::Serializer;
 
 /// What the request encoding buffer starts with, and so (by how `BytesMut`
@@ -44,17 +45,12 @@ use crate::wire::Serializer;
 /// to an allocation rather than one each.
 const SCRATCH_CHUNK: usize = 8 << 10;
 
-type Writer = FramedWrite<Frame, Box<dyn AsyncWrite + Unpin>, FrameCodec>;
-
 /// The proxy's state for a worker reached over a byte stream.
 pub(super) struct StreamLink {
     /// Tells this connection's events from those of an earlier one.
     connection: u64,
-    /// Set when the connection is given up: its writer then discards what
-    /// is left instead of failing (and reporting a lost connection again).
-    severed: Rc<Cell<bool>>,
     /// `None` once the connection is gone.
-    writer: Option<Writer>,
+    writer: Option<FrameWriter>,
     process: Option<ProcessHandle>,
     /// Dropped with the link (the socket directory, for child processes).
     _resources: Vec<Box<dyn Any>>,
@@ -145,19 +141,12 @@ impl StreamLink {
         static CONNECTION_IDS: AtomicU64 = AtomicU64::new(0);
         let id = CONNECTION_IDS.fetch_add(1, Ordering::Relaxed);
         ctx.add_stream(inbound(connection.reader, options.max_frame_len, id));
-        let (io, severed) = Severable::new(connection.writer);
-        let mut writer = FramedWrite::new(
-            Box::new(io) as Box<dyn AsyncWrite + Unpin>,
-            FrameCodec::new(options.max_frame_len),
-            ctx,
-        );
-        // Never pause the actor for a slow reader: the buffer is already
-        // bounded by max_in_flight × max_frame_len, and pausing here is how
-        // two peers that both write large frames deadlock.
-        writer.set_buffer_capacity(0, usize::MAX);
+        // It never pauses the actor for a slow reader: what it queues is
+        // already bounded by max_in_flight × max_frame_len, and pausing
+        // here is how two peers that both write large frames deadlock.
+        let writer = FrameWriter::new(connection.writer, options.max_frame_len, None, ctx);
         Self {
             connection: id,
-            severed,
             writer: Some(writer),
             process: connection.process,
             _resources: connection.resources,
@@ -441,10 +430,9 @@ impl StreamLink {
         let Some(mut writer) = self.writer.take() else {
             return false;
         };
-        // Let actix's writer finish (and leave the context) now, without
-        // reporting errors of a connection given up.
-        self.severed.set(true);
-        writer.close();
+        // The writer leaves the context now, without reporting errors of a
+        // connection given up.
+        writer.sever();
         true
     }
 

@@ -140,15 +140,31 @@ pub(crate) fn encode_parts(
     max_frame_len: usize,
     dst: &mut BytesMut,
 ) -> Result<(), FrameError> {
-    let start = dst.len();
     dst.reserve(PREFIX_LEN + 32 + payload.len());
+    encode_head(header, payload.len(), max_frame_len, dst)?;
+    dst.extend_from_slice(payload);
+    Ok(())
+}
+
+/// Appends the head of a frame (its length prefixes and `header`) to
+/// `dst`, for a payload of `payload_len` bytes that the caller writes right
+/// after it, wherever those bytes are (the frame writer hands a large
+/// payload to the socket as it is, without copying it behind the head). On
+/// error `dst` is left as it was.
+pub(crate) fn encode_head(
+    header: &Header,
+    payload_len: usize,
+    max_frame_len: usize,
+    dst: &mut BytesMut,
+) -> Result<(), FrameError> {
+    let start = dst.len();
     dst.put_u64_le(0); // both lengths, patched below
     if let Err(e) = rmp_serde::encode::write(&mut dst.writer(), header) {
         dst.truncate(start);
         return Err(FrameError::Malformed(format!("unencodable header: {e}")));
     }
     let header_len = dst.len() - start - PREFIX_LEN;
-    let body_len = 4 + header_len + payload.len();
+    let body_len = 4 + header_len + payload_len;
     if body_len > max_frame_len {
         dst.truncate(start);
         return Err(FrameError::TooLarge {
@@ -156,7 +172,6 @@ pub(crate) fn encode_parts(
             limit: max_frame_len,
         });
     }
-    dst.extend_from_slice(payload);
     dst[start..start + 4].copy_from_slice(&(body_len as u32).to_le_bytes());
     dst[start + 4..start + 8].copy_from_slice(&(header_len as u32).to_le_bytes());
     Ok(())

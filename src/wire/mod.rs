@@ -9,8 +9,11 @@
 
 pub(crate) mod envelope;
 pub(crate) mod frame;
+mod reader;
+mod scm;
 pub(crate) mod serializer;
 pub(crate) mod stream;
+pub(crate) mod writer;
 
 #[cfg(test)]
 mod proptests;

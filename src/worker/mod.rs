@@ -173,8 +173,8 @@ where
         let stream = tokio::net::UnixStream::from_std(channel)?;
         let (reader, writer) = stream.into_split();
         let served = Served {
-            reader: Box::new(reader),
-            writer: Box::new(writer),
+            reader: reader.into(),
+            writer: writer.into(),
             settings: server::Settings {
                 ending: exit::Ending::Process { grace },
                 records,
@@ -313,9 +313,11 @@ pub fn serve_io_with<C, A, T>(
     T: AsyncRead + AsyncWrite + Unpin + 'static,
 {
     let (reader, writer) = tokio::io::split(io);
+    let reader: Box<dyn AsyncRead + Unpin> = Box::new(reader);
+    let writer: Box<dyn AsyncWrite + Unpin> = Box::new(writer);
     let served = Served {
-        reader: Box::new(reader),
-        writer: Box::new(writer),
+        reader: reader.into(),
+        writer: writer.into(),
         settings: server::Settings {
             ending: exit::Ending::InProcess,
             records: None,
@@ -329,8 +331,8 @@ pub fn serve_io_with<C, A, T>(
 
 /// A connection to serve, and how.
 struct Served {
-    reader: Box<dyn AsyncRead + Unpin>,
-    writer: Box<dyn AsyncWrite + Unpin>,
+    reader: crate::wire::stream::ReadEnd,
+    writer: crate::wire::stream::WriteEnd,
     settings: server::Settings,
 }
 

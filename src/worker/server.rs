@@ -4,20 +4,11 @@
 //! the worker ends is [`exit`](super::exit); which host it serves, and
 //! what it does when that host goes, is [`reattach`](super::reattach).
 
-use std::cell::Cell;
 use std::collections::HashMap;
 use std::pin::Pin;
-use std::rc::Rc;
 use std::task::{Poll, Waker};
 
-use actix::io::{FramedWrite, WriteHandler};
-use actix::prelude::*;
-use bytes::BytesMut;
-use futures::future::{AbortHandle, Abortable, Aborted, LocalBoxFuture};
-use futures::stream::{FuturesUnordered, StreamExt};
-use tokio::io::AsyncWrite;
-
-use super::events::{MeteredCodec, Outbox};
+use super::events::Outbox;
 use super::exit::{Ending, PROTOCOL_EXIT_CODE};
 use super::forward::Record;
 use super::inbox::Inbox;
@@ -29,13 +20,16 @@ use crate::middleware::{Body, Middlewares};
 use crate::socket::read_mark::ReadMark;
 use crate::wire::envelope::{Header, Hello};
 use crate::wire::frame::{Frame, FrameError, MAX_OVERHEAD};
-use crate::wire::stream::{inbound, Inbound, Severable};
+use crate::wire::stream::{inbound, Inbound, ReadEnd, WriteEnd};
+use crate::wire::writer::FrameWriter;
 use crate::wire::Serializer;
+use actix::io::WriteHandler;
+use actix::prelude::*;
+use bytes::BytesMut;
+use futures::future::{AbortHandle, Abortable, Aborted, LocalBoxFuture};
+use futures::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
-
-/// Writes frames to the host, metering the bytes not yet flushed.
-type Writer = FramedWrite<Frame, Box<dyn AsyncWrite + Unpin>, MeteredCodec>;
 
 /// The worker's end of the connection, as an actor (see the module doc).
 pub(crate) struct Server<A: Actor, S> {
@@ -98,11 +92,10 @@ pub(crate) struct Settings {
 pub(crate) struct HostConnection {
     /// Tells this connection's frames from an earlier one's.
     id: u64,
-    /// Where frames to the host go.
-    pub(super) writer: Writer,
-    /// Cuts the writer off when the connection is given up, so that what
-    /// is left in it is dropped instead of failing.
-    pub(super) severed: Rc<Cell<bool>>,
+    /// Where frames to the host go, metering the bytes not yet written
+    /// (for the event backlog). Severed when the connection is given up,
+    /// so that what is left in it is dropped instead of failing.
+    pub(super) writer: FrameWriter,
 }
 
 /// One request being handled: its id and, once done, its outcome.
@@ -162,8 +155,8 @@ impl<A: Actor, S: Serializer> Server<A, S> {
     /// has stopped.
     pub(crate) fn run(
         mut self,
-        reader: Box<dyn tokio::io::AsyncRead + Unpin>,
-        writer: Box<dyn AsyncWrite + Unpin>,
+        reader: ReadEnd,
+        writer: WriteEnd,
         actor_ended: JoinHandle<()>,
         ctx: &mut Context<Self>,
     ) -> Self {
@@ -181,8 +174,8 @@ impl<A: Actor, S: Serializer> Server<A, S> {
     /// `attached` for a host that attached (rather than spawned the worker).
     pub(super) fn serve(
         &mut self,
-        reader: Box<dyn tokio::io::AsyncRead + Unpin>,
-        writer: Box<dyn AsyncWrite + Unpin>,
+        reader: ReadEnd,
+        writer: WriteEnd,
         attached: bool,
         ctx: &mut Context<Self>,
     ) {
@@ -194,17 +187,11 @@ impl<A: Actor, S: Serializer> Server<A, S> {
             mark.reset();
         }
         ctx.add_stream(inbound(reader, self.max_frame_len, id));
-        let (writer, severed) = Severable::new(writer);
-        let (writer, codec) = self.outbox.metered(Box::new(writer), self.max_frame_len);
-        let mut writer = FramedWrite::new(writer, codec, ctx);
-        // See the proxy: never pause reading because the host reads slowly.
-        writer.set_buffer_capacity(0, usize::MAX);
+        // As the proxy's, it never pauses because the host reads slowly.
+        let meter = Some(self.outbox.meter());
+        let mut writer = FrameWriter::new(writer, self.max_frame_len, meter, ctx);
         writer.write(Frame::bare(Header::Hello(self.hello.clone())));
-        let link = HostConnection {
-            id,
-            writer,
-            severed,
-        };
+        let link = HostConnection { id, writer };
         self.take_host(link, attached, ctx);
     }
 
@@ -463,8 +450,8 @@ impl<A: Actor, S: Serializer> WriteHandler<FrameError> for Server<A, S> {
             eprintln!("isolated-workers: writing to the host failed: {error}");
         }
         // Only the current connection's writer can fail: a given-up one is
-        // severed and swallows what is left. Handled once actix's writer
-        // is done with this call, since that touches the writer.
+        // severed and drops what is left. Handled once the writer is done
+        // with this call, since that touches the writer.
         let link = self.host.link().map(|host| host.id);
         ctx.spawn(fut::ready(()).map(move |(), server: &mut Self, ctx| {
             if server.host.link().map(|host| host.id) == link {

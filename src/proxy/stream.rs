@@ -34,7 +34,8 @@ use crate::middleware::{Body, Typed};
 use crate::socket::handshake::Greeting;
 use crate::socket::session::Session;
 use crate::wire::envelope::Header;
-use crate::wire::frame::{Frame, FrameError, MAX_OVERHEAD};
+use crate::wire::frame::{Descriptors, Frame, FrameError, MAX_OVERHEAD};
+use crate::wire::passing;
 use crate::wire::stream::{inbound, Inbound};
 use crate::wire::writer::FrameWriter;
 use crate::wire::Serializer;
@@ -51,6 +52,9 @@ pub(super) struct StreamLink {
     connection: u64,
     /// `None` once the connection is gone.
     writer: Option<FrameWriter>,
+    /// Whether the connection passes descriptors (shared memory in a
+    /// request goes as one then, see `SharedBytes`).
+    passes_descriptors: bool,
     process: Option<ProcessHandle>,
     /// Dropped with the link (the socket directory, for child processes).
     _resources: Vec<Box<dyn Any>>,
@@ -74,6 +78,8 @@ pub(super) struct Encoded {
     /// send it again should the worker crash (before reading it, or under a
     /// `Retry` policy).
     payload: Bytes,
+    /// The descriptors of the shared memory the payload refers to.
+    descriptors: Descriptors,
     /// Shared with the pool that sent it, if one did (see [`Tries`]).
     tries: Option<Tries>,
     /// Who waits for the outcome, once attached; `None` for `do_send`
@@ -117,14 +123,15 @@ impl Retry {
     }
 }
 
-/// The frame of request `id`.
-fn request_frame(id: u64, message: &'static str, payload: Bytes) -> Frame {
+/// The frame of request `id`, as `held`.
+fn request_frame(id: u64, message: &'static str, held: &Encoded) -> Frame {
     Frame {
         header: Header::Request {
             id,
             name: Cow::Borrowed(message),
         },
-        payload,
+        payload: held.payload.clone(),
+        descriptors: held.descriptors.clone(),
     }
 }
 
@@ -144,10 +151,12 @@ impl StreamLink {
         // It never pauses the actor for a slow reader: what it queues is
         // already bounded by max_in_flight × max_frame_len, and pausing
         // here is how two peers that both write large frames deadlock.
+        let passes_descriptors = connection.writer.passes_descriptors();
         let writer = FrameWriter::new(connection.writer, options.max_frame_len, None, ctx);
         Self {
             connection: id,
             writer: Some(writer),
+            passes_descriptors,
             process: connection.process,
             _resources: connection.resources,
             greeted: connection.greeted,
@@ -202,7 +211,10 @@ impl StreamLink {
         if let Err(overloaded) = self.requests.borrow().admit() {
             return Reply::now(Err(overloaded));
         }
-        if let Err(e) = message.encode::<S>(&mut self.scratch) {
+        let scratch = &mut self.scratch;
+        let (encoded, descriptors) =
+            passing::encoding(self.passes_descriptors, || message.encode::<S>(scratch));
+        if let Err(e) = encoded {
             self.scratch.clear();
             return Reply::now(Err(WorkerError::Unencodable {
                 message: M::NAME,
@@ -255,15 +267,17 @@ impl StreamLink {
                 .as_ref()
                 .map_or(1, |tries| tries.load(Ordering::Relaxed)),
             held: Encoded {
-                payload: payload.clone(),
+                payload,
+                descriptors,
                 tries,
                 caller: None,
             },
         };
-        let size = payload.len();
+        let size = request.held.payload.len();
+        let frame = request_frame(0, M::NAME, &request.held);
         let (id, send) = self.requests.borrow_mut().register(request, size);
         if send {
-            self.write(request_frame(id, M::NAME, payload));
+            self.write(frame.numbered(id));
         }
         Reply::registered(self.requests.clone(), id, M::decode_reply::<S>, middleware)
     }
@@ -301,13 +315,11 @@ impl StreamLink {
 
     /// Sends a request again, to this (fresh) worker.
     pub(super) fn resubmit(&mut self, retry: Retry) {
-        let (message, payload) = (
-            retry.0.request.message,
-            retry.0.request.held.payload.clone(),
-        );
-        let (id, send) = (self.requests.borrow_mut()).resubmit(retry.0, payload.len());
+        let frame = request_frame(0, retry.0.request.message, &retry.0.request.held);
+        let size = retry.0.request.held.payload.len();
+        let (id, send) = (self.requests.borrow_mut()).resubmit(retry.0, size);
         if send {
-            self.write(request_frame(id, message, payload));
+            self.write(frame.numbered(id));
         }
     }
 
@@ -337,7 +349,7 @@ impl StreamLink {
     fn pump(&mut self) {
         let mut requests = self.requests.borrow_mut();
         while let Some((id, request)) = requests.start_next() {
-            let frame = request_frame(id, request.message, request.held.payload.clone());
+            let frame = request_frame(id, request.message, &request.held);
             if let Some(writer) = &mut self.writer {
                 writer.write(frame);
             }

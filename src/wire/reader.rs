@@ -2,16 +2,22 @@
 //! grows to hold the frame being read and no more (so a large payload is
 //! read straight into the memory it is then handed on in, and not copied
 //! again), and the descriptors a Unix socket passes are taken with them.
+//!
+//! A peer is not trusted with descriptors either: a frame says how many it
+//! carries, and the writer sends them with the frame's first byte, so they
+//! have arrived by the time the frame is whole. A frame announcing more
+//! than arrived, descriptors left over once every frame begun is read, or
+//! more waiting than one frame may carry, is a malformed stream.
 
 use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
 use bytes::BytesMut;
 use tokio::io::Interest;
-use tokio_util::codec::Decoder;
 
 use super::frame::{Frame, FrameCodec, FrameError};
 use super::scm;
@@ -46,12 +52,25 @@ impl FrameReader {
 
     /// The next frame in the buffer, if a whole one is there.
     fn decode(&mut self) -> Result<Option<Frame>, FrameError> {
-        let frame = self.codec.decode(&mut self.buffer)?;
-        if frame.is_none() && self.buffer.is_empty() && !self.descriptors.is_empty() {
+        let decoded = self.codec.decode_counted(&mut self.buffer)?;
+        let frame = match decoded {
+            Some((mut frame, count)) => {
+                if count > self.descriptors.len() {
+                    return Err(FrameError::Malformed(format!(
+                        "a frame announced {count} descriptors, {} came with it",
+                        self.descriptors.len()
+                    )));
+                }
+                frame.descriptors = self.descriptors.drain(..count).map(Arc::new).collect();
+                Some(frame)
+            }
+            None => None,
+        };
+        if self.buffer.is_empty() && !self.descriptors.is_empty() {
             // A writer sends descriptors with the first byte of their
             // frame: with no frame begun, these belong to none.
             return Err(FrameError::Malformed(format!(
-                "{} descriptors came with no frame",
+                "{} descriptors more than the frames announced",
                 self.descriptors.len()
             )));
         }
@@ -77,6 +96,10 @@ impl FrameReader {
                     scm::recv(socket.as_fd(), &mut self.buffer, &mut received)
                 });
                 self.descriptors.extend(received);
+                if self.descriptors.len() > scm::MAX_DESCRIPTORS_PER_FRAME {
+                    let e = "more descriptors waiting than a frame may carry";
+                    return Poll::Ready(Err(io::Error::new(io::ErrorKind::InvalidData, e)));
+                }
                 match read {
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                     read => return Poll::Ready(read),
@@ -114,6 +137,11 @@ impl futures::Stream for FrameReader {
                     return Poll::Ready(Some(Err(FrameError::Io(cut))));
                 }
                 Ok(_) => {}
+                // Descriptors the peer should not have sent.
+                Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+                    this.done = true;
+                    return Poll::Ready(Some(Err(FrameError::Malformed(e.to_string()))));
+                }
                 Err(e) => {
                     this.done = true;
                     return Poll::Ready(Some(Err(FrameError::Io(e))));

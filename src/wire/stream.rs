@@ -73,6 +73,13 @@ impl From<Box<dyn AsyncWrite + Unpin>> for WriteEnd {
     }
 }
 
+impl WriteEnd {
+    /// Whether descriptors can travel on this end (a Unix socket).
+    pub(crate) fn passes_descriptors(&self) -> bool {
+        matches!(self, WriteEnd::Socket(_))
+    }
+}
+
 /// What one connection's reader reports: a frame (or a read error), or,
 /// as `None`, its end; tagged with the connection it came from.
 pub(crate) struct Inbound {

@@ -2,8 +2,10 @@
 //! actix's `FramedWrite`: each frame's head (length prefixes and header) is
 //! encoded straight into the bytes that are written, and a large payload
 //! goes to the socket as it is, beside the heads, in one vectored write
-//! (`writev`, or `sendmsg` when descriptors go with it), never copied into
-//! a write buffer.
+//! (`sendmsg`), never copied into a write buffer. A frame that carries
+//! descriptors begins a write of its own, which sends them with its first
+//! byte: so they arrive with or before the frame, never with an earlier
+//! one's bytes alone (see `wire::reader`).
 //!
 //! Written by hand because actix's writer takes bytes only (its encoder
 //! appends every frame, payload included, to one buffer) and has no way
@@ -17,7 +19,7 @@
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
-use std::os::fd::{AsFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context as TaskContext, Poll, Waker};
@@ -27,7 +29,7 @@ use actix::prelude::*;
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncWrite, Interest};
 
-use super::frame::{encode_head, Frame, FrameError};
+use super::frame::{encode_head, Descriptors, Frame, FrameError};
 use super::scm;
 use super::stream::WriteEnd;
 
@@ -103,6 +105,12 @@ enum State {
     Dropped,
 }
 
+/// Bytes to write, and the descriptors to send with the first of them.
+struct Piece {
+    bytes: Bytes,
+    descriptors: Descriptors,
+}
+
 /// What the writer and its task share.
 struct Outgoing {
     /// `None` once the writer ended (the socket half is dropped then, so
@@ -110,7 +118,7 @@ struct Outgoing {
     end: Option<WriteEnd>,
     max_frame_len: usize,
     /// The bytes to write, in order, as slices.
-    pieces: VecDeque<Bytes>,
+    pieces: VecDeque<Piece>,
     /// Heads and small payloads written since the last piece was cut;
     /// they follow `pieces`.
     gathering: BytesMut,
@@ -189,33 +197,59 @@ impl FrameWriter {
 impl Outgoing {
     /// Appends the bytes of `frame` to what is to be written.
     fn queue(&mut self, frame: Frame) {
+        let Frame {
+            header,
+            payload,
+            descriptors,
+        } = frame;
+        let passes = matches!(self.end, Some(WriteEnd::Socket(_)));
+        if !descriptors.is_empty() {
+            if !passes {
+                let e = "descriptors for a stream that cannot pass them".to_owned();
+                self.error.get_or_insert(FrameError::Malformed(e));
+                return;
+            }
+            // This frame begins a write of its own.
+            self.cut(Vec::new());
+        }
         let before = self.gathering.len();
-        let payload = frame.payload;
-        if let Err(e) = encode_head(
-            &frame.header,
+        let head = encode_head(
+            &header,
             payload.len(),
+            descriptors.len(),
             self.max_frame_len,
             &mut self.gathering,
-        ) {
+        );
+        if let Err(e) = head {
             self.error.get_or_insert(e);
             return;
         }
         let queued = self.gathering.len() - before + payload.len();
         if payload.len() <= INLINE_PAYLOAD {
             self.gathering.extend_from_slice(&payload);
+            if !descriptors.is_empty() {
+                self.cut(descriptors);
+            }
         } else {
-            self.cut();
-            self.pieces.push_back(payload);
+            self.cut(descriptors);
+            self.pieces.push_back(Piece {
+                bytes: payload,
+                descriptors: Vec::new(),
+            });
         }
         if let Some(meter) = &self.meter {
             meter.add(queued);
         }
     }
 
-    /// Makes what was gathered a piece of its own.
-    fn cut(&mut self) {
+    /// Makes what was gathered a piece of its own, sent with
+    /// `descriptors`.
+    fn cut(&mut self, descriptors: Descriptors) {
         if !self.gathering.is_empty() {
-            self.pieces.push_back(self.gathering.split().freeze());
+            self.pieces.push_back(Piece {
+                bytes: self.gathering.split().freeze(),
+                descriptors,
+            });
         }
     }
 
@@ -228,25 +262,39 @@ impl Outgoing {
             let Some(front) = self.pieces.front_mut() else {
                 return;
             };
-            if n < front.len() {
-                front.advance(n);
+            // Sent with the first byte.
+            front.descriptors.clear();
+            if n < front.bytes.len() {
+                front.bytes.advance(n);
                 return;
             }
-            n -= front.len();
+            n -= front.bytes.len();
             self.pieces.pop_front();
         }
     }
 
     /// Writes what is queued, until done or the socket is full.
     fn poll_write_out(&mut self, task: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
-        self.cut();
-        while !self.pieces.is_empty() {
+        self.cut(Vec::new());
+        while let Some(first) = self.pieces.front() {
             let mut slices = [IoSlice::new(&[]); MAX_SLICES];
-            let count = self.pieces.len().min(MAX_SLICES);
-            for (slice, piece) in slices.iter_mut().zip(&self.pieces) {
-                *slice = IoSlice::new(piece);
+            slices[0] = IoSlice::new(&first.bytes);
+            let mut count = 1;
+            // Up to the next frame that carries descriptors: they go with
+            // a write of their own.
+            for piece in self.pieces.iter().skip(1).take(MAX_SLICES - 1) {
+                if !piece.descriptors.is_empty() {
+                    break;
+                }
+                slices[count] = IoSlice::new(&piece.bytes);
+                count += 1;
             }
             let slices = &slices[..count];
+            let mut raw = [0 as RawFd; super::scm::MAX_DESCRIPTORS_PER_FRAME];
+            for (raw, fd) in raw.iter_mut().zip(&first.descriptors) {
+                *raw = fd.as_raw_fd();
+            }
+            let raw = &raw[..first.descriptors.len()];
             let written = match self.end.as_mut() {
                 Some(WriteEnd::Stream(stream)) => {
                     std::task::ready!(Pin::new(stream).poll_write_vectored(task, slices))
@@ -255,7 +303,7 @@ impl Outgoing {
                     let socket = half.as_ref();
                     std::task::ready!(socket.poll_write_ready(task))?;
                     match socket.try_io(Interest::WRITABLE, || {
-                        scm::send(socket.as_fd(), slices, &[] as &[RawFd])
+                        scm::send(socket.as_fd(), slices, raw)
                     }) {
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                         written => written,
@@ -388,24 +436,25 @@ mod tests {
     fn heads_and_small_payloads_gather_and_large_payloads_are_not_copied() {
         let mut out = outgoing();
         let large = Bytes::from(vec![7u8; 100_000]);
-        out.queue(Frame {
-            header: Header::Reply { id: 1 },
-            payload: Bytes::from_static(b"small"),
-        });
-        out.queue(Frame {
-            header: Header::Reply { id: 2 },
-            payload: large.clone(),
-        });
+        out.queue(Frame::new(
+            Header::Reply { id: 1 },
+            Bytes::from_static(b"small"),
+        ));
+        out.queue(Frame::new(Header::Reply { id: 2 }, large.clone()));
         out.queue(Frame::bare(Header::Shutdown));
-        out.cut();
+        out.cut(Vec::new());
         assert_eq!(out.pieces.len(), 3, "heads, the large payload, a head");
-        assert_eq!(out.pieces[1].as_ptr(), large.as_ptr(), "sent where it is");
-        let total: usize = out.pieces.iter().map(Bytes::len).sum();
+        assert_eq!(
+            out.pieces[1].bytes.as_ptr(),
+            large.as_ptr(),
+            "sent where it is"
+        );
+        let total: usize = out.pieces.iter().map(|piece| piece.bytes.len()).sum();
         let meter = out.meter.clone().unwrap();
         assert_eq!(meter.behind.get(), total);
         out.advance(total - 3);
         assert_eq!(out.pieces.len(), 1);
-        assert_eq!(out.pieces[0].len(), 3);
+        assert_eq!(out.pieces[0].bytes.len(), 3);
         assert_eq!(meter.behind.get(), 3);
     }
 
@@ -413,11 +462,11 @@ mod tests {
     fn an_oversized_frame_is_an_error_and_nothing_is_queued() {
         let mut out = outgoing();
         out.max_frame_len = 64;
-        out.queue(Frame {
-            header: Header::Reply { id: 1 },
-            payload: Bytes::from(vec![0; 100]),
-        });
-        out.cut();
+        out.queue(Frame::new(
+            Header::Reply { id: 1 },
+            Bytes::from(vec![0; 100]),
+        ));
+        out.cut(Vec::new());
         assert!(out.pieces.is_empty());
         assert!(matches!(out.error, Some(FrameError::TooLarge { .. })));
     }

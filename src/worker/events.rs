@@ -425,10 +425,7 @@ impl Outbox {
 }
 
 fn event_frame(payload: Bytes) -> Frame {
-    Frame {
-        header: Header::Event,
-        payload,
-    }
+    Frame::new(Header::Event, payload)
 }
 
 #[cfg(test)]

@@ -20,6 +20,7 @@ use crate::middleware::{Body, Middlewares};
 use crate::socket::read_mark::ReadMark;
 use crate::wire::envelope::{Header, Hello};
 use crate::wire::frame::{Frame, FrameError, MAX_OVERHEAD};
+use crate::wire::passing;
 use crate::wire::stream::{inbound, Inbound, ReadEnd, WriteEnd};
 use crate::wire::writer::FrameWriter;
 use crate::wire::Serializer;
@@ -96,6 +97,9 @@ pub(crate) struct HostConnection {
     /// (for the event backlog). Severed when the connection is given up,
     /// so that what is left in it is dropped instead of failing.
     pub(super) writer: FrameWriter,
+    /// Whether the connection passes descriptors (shared memory in a reply
+    /// goes as one then, see `SharedBytes`).
+    passes_descriptors: bool,
 }
 
 /// One request being handled: its id and, once done, its outcome.
@@ -189,9 +193,14 @@ impl<A: Actor, S: Serializer> Server<A, S> {
         ctx.add_stream(inbound(reader, self.max_frame_len, id));
         // As the proxy's, it never pauses because the host reads slowly.
         let meter = Some(self.outbox.meter());
+        let passes_descriptors = writer.passes_descriptors();
         let mut writer = FrameWriter::new(writer, self.max_frame_len, meter, ctx);
         writer.write(Frame::bare(Header::Hello(self.hello.clone())));
-        let link = HostConnection { id, writer };
+        let link = HostConnection {
+            id,
+            writer,
+            passes_descriptors,
+        };
         self.take_host(link, attached, ctx);
     }
 
@@ -339,7 +348,10 @@ impl<A: Actor, S: Serializer> Server<A, S> {
 
     /// The frame carrying a reply, or saying why it cannot be sent.
     fn reply_frame(&mut self, id: u64, encode: super::routes::ReplyEncoder) -> Frame {
-        let failure = match encode(&mut self.scratch) {
+        let passes = self.host.link().is_some_and(|host| host.passes_descriptors);
+        let scratch = &mut self.scratch;
+        let (encoded, descriptors) = passing::encoding(passes, || encode(scratch));
+        let failure = match encoded {
             Ok(()) if self.scratch.len() + MAX_OVERHEAD > self.max_frame_len => {
                 ProtocolFailure::ReplyTooLarge {
                     size: self.scratch.len(),
@@ -350,6 +362,7 @@ impl<A: Actor, S: Serializer> Server<A, S> {
                 return Frame {
                     header: Header::Reply { id },
                     payload: self.scratch.split().freeze(),
+                    descriptors,
                 }
             }
             Err(e) => ProtocolFailure::ReplyUnencodable { detail: e.0 },
@@ -416,7 +429,12 @@ impl<A: Actor, S: Serializer> StreamHandler<Inbound> for Server<A, S> {
                 if let Some(mark) = &self.read_mark {
                     mark.bump();
                 }
-                self.request(id, name, frame.payload)
+                // Shared memory in the request takes its descriptor as the
+                // request is decoded (`SharedBytes`).
+                let max_shared = self.max_frame_len;
+                passing::decoding(frame.descriptors, max_shared, || {
+                    self.request(id, name, frame.payload)
+                })
             }
             Header::Cancel { id } => {
                 if let Some(cancel) = self.cancels.remove(&id) {

@@ -46,7 +46,14 @@
 //!   worker compares to the best possible IPC".
 //! * `roundtrip_1mib`: 1 MiB each way (copying and buffering). The floor's
 //!   child reads the whole MiB before echoing it, as a worker must receive a
-//!   whole request before handling it.
+//!   whole request before handling it. `child_process` sends it as `Bytes`
+//!   (encoded, written, read and decoded: the bytes are copied on each side
+//!   by the serializer, beside the kernel's copies, target ≤ 1.5× the
+//!   floor); `child_process_shared` as a `SharedBytes` made once, as a
+//!   payload already in shared memory is: its memfd crosses as a descriptor
+//!   each way and is mapped on arrival, the bytes are not copied at all
+//!   (target ≤ 0.5× the floor, less than copying the MiB through the
+//!   socket).
 //! * `spawn_ready`: starting a worker, until its first request could be
 //!   sent. The floor, `raw_spawn_self`, spawns this binary (the same
 //!   executable our child worker runs, so the same exec, loading and
@@ -93,7 +100,9 @@ use bytes::Bytes;
 use criterion::measurement::WallTime;
 use criterion::{Bencher, BenchmarkGroup, Criterion, Throughput};
 use futures::future::join_all;
-use isolated_workers::{Batch, ChildProcess, Close, Driver, Status, Thread, Worker, WorkerError};
+use isolated_workers::{
+    Batch, ChildProcess, Close, Driver, SharedBytes, Status, Thread, Worker, WorkerError,
+};
 use serde::{Deserialize, Serialize};
 
 /// The name this binary runs the benchmark worker under.
@@ -129,11 +138,18 @@ struct EchoBytes {
     data: Bytes,
 }
 
+/// Shared memory of any size, echoed back as the reply.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct EchoShared {
+    data: SharedBytes,
+}
+
 isolated_workers::contract! {
     /// What the benchmark worker serves.
     EchoContract {
         Echo16 => Echo16,
         EchoBytes => Bytes,
+        EchoShared => SharedBytes,
     }
 }
 
@@ -156,6 +172,14 @@ impl Handler<EchoBytes> for Echoer {
     type Result = Result<Bytes, WorkerError>;
 
     fn handle(&mut self, echo: EchoBytes, _: &mut Context<Self>) -> Self::Result {
+        Ok(echo.data)
+    }
+}
+
+impl Handler<EchoShared> for Echoer {
+    type Result = Result<SharedBytes, WorkerError>;
+
+    fn handle(&mut self, echo: EchoShared, _: &mut Context<Self>) -> Self::Result {
         Ok(echo.data)
     }
 }
@@ -203,7 +227,7 @@ fn main() {
             raw_len: MIB,
             // `Bytes` so that each request clones a reference, not the MiB.
             load: Load::Big(Bytes::from(vec![0xa5; MIB])),
-            peers: &[Peer::ChildProcess],
+            peers: &[Peer::ChildProcess, Peer::ChildProcessShared],
         },
     ];
     for workload in workloads {
@@ -239,6 +263,8 @@ enum Load {
 
     /// One `EchoBytes` carrying these bytes.
     Big(Bytes),
+    /// One `EchoShared` carrying this shared memory.
+    Shared(SharedBytes),
 }
 
 impl Load {
@@ -257,6 +283,10 @@ impl Load {
                 let reply = echoer.send(EchoBytes { data: data.clone() });
                 assert_eq!(succeeded(reply.await).len(), data.len());
             }
+            Load::Shared(data) => {
+                let reply = echoer.send(EchoShared { data: data.clone() });
+                assert_eq!(succeeded(reply.await).len(), data.len());
+            }
         }
     }
 }
@@ -268,6 +298,9 @@ enum Peer {
     ChildProcess,
     /// A `Worker<_, ChildProcess>`, the iteration's requests in one `Batch`.
     ChildProcessBatch,
+    /// A `Worker<_, ChildProcess>`, sent the workload's bytes as one
+    /// `SharedBytes` (made once) instead.
+    ChildProcessShared,
     /// The plain `Echoer` on another arbiter: the thread worker's floor.
     CrossArbiter,
     /// A `Worker<_, Thread<Echoer>>`.
@@ -299,6 +332,12 @@ fn bench_workload(c: &mut Criterion, sys: &SystemRunner, workload: Workload) {
                 spawn_worker(sys, ChildProcess::current_exe(WORKER))
             }),
             Peer::ChildProcessBatch => bench_batch(&mut group, sys, "child_process_batch"),
+            Peer::ChildProcessShared => {
+                let shared = Load::Shared(SharedBytes::from(vec![0xa5; workload.raw_len]));
+                bench_peer(&mut group, sys, "child_process_shared", &shared, || {
+                    spawn_worker(sys, ChildProcess::current_exe(WORKER))
+                })
+            }
             Peer::CrossArbiter => bench_peer(
                 &mut group,
                 sys,
@@ -371,9 +410,15 @@ fn bench_batch(group: &mut BenchmarkGroup<'_, WallTime>, sys: &SystemRunner, id:
 
 /// An actor that echoes both messages of the contract, through the same
 /// `Addr::send` whether it is one of our workers or a plain actor.
-trait EchoActor: Actor<Context = Context<Self>> + Handler<Echo16> + Handler<EchoBytes> {}
+trait EchoActor:
+    Actor<Context = Context<Self>> + Handler<Echo16> + Handler<EchoBytes> + Handler<EchoShared>
+{
+}
 
-impl<A> EchoActor for A where A: Actor<Context = Context<A>> + Handler<Echo16> + Handler<EchoBytes> {}
+impl<A> EchoActor for A where
+    A: Actor<Context = Context<A>> + Handler<Echo16> + Handler<EchoBytes> + Handler<EchoShared>
+{
+}
 
 /// A running echo peer: where to send, and how to stop it.
 trait EchoPeer {

@@ -38,6 +38,7 @@ pub use wire::serializer::Json;
 #[cfg(feature = "postcard")]
 pub use wire::serializer::Postcard;
 pub use wire::serializer::{CodecError, MessagePack, Serializer};
+pub use wire::shared_bytes::SharedBytes;
 pub use worker::{serve_io, serve_io_with, worker_entry, worker_entry_with};
 // Worker → host events.
 pub use contract::NoEvents;
@@ -47,8 +48,8 @@ pub use worker::{EmitError, Events};
 /// The names most programs need: `use isolated_workers::prelude::*;`.
 pub mod prelude {
     pub use crate::{
-        contract, worker_entry, Batch, ChildProcess, Close, PoolOptions, RemoteError, SpawnError,
-        Status, Thread, Worker, WorkerError, WorkerOptions, WorkerPool,
+        contract, worker_entry, Batch, ChildProcess, Close, PoolOptions, RemoteError, SharedBytes,
+        SpawnError, Status, Thread, Worker, WorkerError, WorkerOptions, WorkerPool,
     };
 }
 

@@ -7,7 +7,7 @@ use bytes::BytesMut;
 
 use crate::socket::env;
 use crate::wire::envelope::{Header, Hello};
-use crate::wire::frame::{decode_one, encode_parts};
+use crate::wire::frame::{decode_one, encode_head, encode_parts};
 use crate::wire::PROTOCOL_VERSION;
 
 /// The environment variable holding the number of the inherited
@@ -42,6 +42,23 @@ pub fn hello_frame(
 /// A complete Reply frame for request `id`.
 pub fn reply_frame(id: u64, payload: &[u8]) -> Vec<u8> {
     frame(&Header::Reply { id }, payload)
+}
+
+/// A complete Reply frame for request `id` that says it carries
+/// `descriptors` descriptors (which the caller sends with its first byte,
+/// or not).
+pub fn reply_frame_announcing(id: u64, payload: &[u8], descriptors: usize) -> Vec<u8> {
+    let mut out = BytesMut::new();
+    encode_head(
+        &Header::Reply { id },
+        payload.len(),
+        descriptors,
+        usize::MAX,
+        &mut out,
+    )
+    .expect("test frames are encodable");
+    out.extend_from_slice(payload);
+    out.to_vec()
 }
 
 /// A complete Event frame carrying `payload`.

@@ -81,8 +81,8 @@ pub(crate) enum ConnectionKind {
 
 /// A worker reached over a byte stream.
 pub(crate) struct StreamConnection {
-    pub(crate) reader: Box<dyn AsyncRead + Unpin>,
-    pub(crate) writer: Box<dyn AsyncWrite + Unpin>,
+    pub(crate) reader: crate::wire::stream::ReadEnd,
+    pub(crate) writer: crate::wire::stream::WriteEnd,
     pub(crate) process: Option<ProcessHandle>,
     /// Dropped after the worker is gone (directories, guards).
     pub(crate) resources: Vec<Box<dyn Any>>,
@@ -118,12 +118,14 @@ impl Connection {
         T: AsyncRead + AsyncWrite + Unpin + 'static,
     {
         let (reader, writer) = tokio::io::split(io);
-        Self::halves(Box::new(reader), Box::new(writer), false)
+        let reader: Box<dyn AsyncRead + Unpin> = Box::new(reader);
+        let writer: Box<dyn AsyncWrite + Unpin> = Box::new(writer);
+        Self::halves(reader.into(), writer.into(), false)
     }
 
     pub(crate) fn halves(
-        reader: Box<dyn AsyncRead + Unpin>,
-        writer: Box<dyn AsyncWrite + Unpin>,
+        reader: crate::wire::stream::ReadEnd,
+        writer: crate::wire::stream::WriteEnd,
         greeted: bool,
     ) -> Self {
         Self {
@@ -144,7 +146,7 @@ impl Connection {
         process: ProcessHandle,
         session: crate::socket::session::Session,
     ) -> Self {
-        let mut connection = Self::halves(Box::new(reader), Box::new(writer), true);
+        let mut connection = Self::halves(reader.into(), writer.into(), true);
         if let ConnectionKind::Stream(stream) = &mut connection.kind {
             stream.process = Some(process);
             stream.session = Some(session);

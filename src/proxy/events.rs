@@ -485,6 +485,7 @@ impl<E: Clone + Send + 'static> Hub<E> {
             Some(Ok(Frame {
                 header: Header::Event,
                 payload,
+                ..
             })) => {
                 if let Err(e) = self.received::<S>(&payload) {
                     tracing::debug!("an undecodable event from a worker given up: {e}");

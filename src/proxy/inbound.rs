@@ -17,6 +17,7 @@ use crate::error::Crash;
 use crate::error::{CrashReason, WorkerError};
 use crate::wire::envelope::Header;
 use crate::wire::frame::FrameError;
+use crate::wire::passing;
 use crate::wire::stream::Inbound;
 
 impl<C: Contract, D: Driver<C>> Worker<C, D> {
@@ -142,6 +143,7 @@ impl<C: Contract, D: Driver<C>> StreamHandler<Inbound> for Worker<C, D> {
             }
             Err(e) => return self.connection_lost(Some(format!("protocol error: {e}")), ctx),
         };
+        let max_shared = self.options.max_frame_len;
         let Some(Link::Stream(link)) = self.phase.link_mut() else {
             return;
         };
@@ -152,7 +154,11 @@ impl<C: Contract, D: Driver<C>> StreamHandler<Inbound> for Worker<C, D> {
             return;
         }
         match frame.header {
-            Header::Reply { id } => link.resolve(id, Ok(frame.payload)),
+            // Shared memory in the reply takes its descriptor as the reply
+            // is decoded (`SharedBytes`).
+            Header::Reply { id } => passing::decoding(frame.descriptors, max_shared, || {
+                link.resolve(id, Ok(frame.payload))
+            }),
             Header::Error { id, error } => link.resolve(id, Err(WorkerError::Remote(error))),
             Header::Unserved { id, why } => link.resolve(id, Err(WorkerError::Protocol(why))),
             Header::Panicked { message } => self.panicked(message, ctx),

@@ -1,7 +1,8 @@
 //! The proxy over a byte stream (child processes, custom stream drivers):
 //! the transport for the request table (`requests.rs`). Requests become
-//! frames, written by actix's framed writer inside the proxy's own context
-//! (queued frames coalesce into one write), and replies are read by a
+//! frames, written by the connection's frame writer (`wire::writer`) inside
+//! the proxy's own context (queued frames coalesce into one vectored write,
+//! large payloads uncopied), and replies are read by a
 //! `StreamHandler` on the same context, so a request costs no extra task
 //! hop. The end of the stream, or a panic the worker reports (at once,
 //! before the worker exits), is a crash: the table fails every request
@@ -10,16 +11,15 @@
 
 use std::any::Any;
 use std::borrow::Cow;
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::future::Future;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use actix::io::{FramedWrite, WriteHandler};
+use actix::io::WriteHandler;
 use actix::prelude::*;
 use bytes::{Bytes, BytesMut};
-use tokio::io::AsyncWrite;
 
 use super::counters::SharedTally;
 use super::reply::{Reply, Returning};
@@ -34,8 +34,10 @@ use crate::middleware::{Body, Typed};
 use crate::socket::handshake::Greeting;
 use crate::socket::session::Session;
 use crate::wire::envelope::Header;
-use crate::wire::frame::{Frame, FrameCodec, FrameError, MAX_OVERHEAD};
-use crate::wire::stream::{inbound, Inbound, Severable};
+use crate::wire::frame::{Descriptors, Frame, FrameError, MAX_OVERHEAD};
+use crate::wire::passing;
+use crate::wire::stream::{inbound, Inbound};
+use crate::wire::writer::FrameWriter;
 use crate::wire::Serializer;
 
 /// What the request encoding buffer starts with, and so (by how `BytesMut`
@@ -44,17 +46,15 @@ use crate::wire::Serializer;
 /// to an allocation rather than one each.
 const SCRATCH_CHUNK: usize = 8 << 10;
 
-type Writer = FramedWrite<Frame, Box<dyn AsyncWrite + Unpin>, FrameCodec>;
-
 /// The proxy's state for a worker reached over a byte stream.
 pub(super) struct StreamLink {
     /// Tells this connection's events from those of an earlier one.
     connection: u64,
-    /// Set when the connection is given up: its writer then discards what
-    /// is left instead of failing (and reporting a lost connection again).
-    severed: Rc<Cell<bool>>,
     /// `None` once the connection is gone.
-    writer: Option<Writer>,
+    writer: Option<FrameWriter>,
+    /// Whether the connection passes descriptors (shared memory in a
+    /// request goes as one then, see `SharedBytes`).
+    passes_descriptors: bool,
     process: Option<ProcessHandle>,
     /// Dropped with the link (the socket directory, for child processes).
     _resources: Vec<Box<dyn Any>>,
@@ -78,6 +78,8 @@ pub(super) struct Encoded {
     /// send it again should the worker crash (before reading it, or under a
     /// `Retry` policy).
     payload: Bytes,
+    /// The descriptors of the shared memory the payload refers to.
+    descriptors: Descriptors,
     /// Shared with the pool that sent it, if one did (see [`Tries`]).
     tries: Option<Tries>,
     /// Who waits for the outcome, once attached; `None` for `do_send`
@@ -121,14 +123,15 @@ impl Retry {
     }
 }
 
-/// The frame of request `id`.
-fn request_frame(id: u64, message: &'static str, payload: Bytes) -> Frame {
+/// The frame of request `id`, as `held`.
+fn request_frame(id: u64, message: &'static str, held: &Encoded) -> Frame {
     Frame {
         header: Header::Request {
             id,
             name: Cow::Borrowed(message),
         },
-        payload,
+        payload: held.payload.clone(),
+        descriptors: held.descriptors.clone(),
     }
 }
 
@@ -145,20 +148,15 @@ impl StreamLink {
         static CONNECTION_IDS: AtomicU64 = AtomicU64::new(0);
         let id = CONNECTION_IDS.fetch_add(1, Ordering::Relaxed);
         ctx.add_stream(inbound(connection.reader, options.max_frame_len, id));
-        let (io, severed) = Severable::new(connection.writer);
-        let mut writer = FramedWrite::new(
-            Box::new(io) as Box<dyn AsyncWrite + Unpin>,
-            FrameCodec::new(options.max_frame_len),
-            ctx,
-        );
-        // Never pause the actor for a slow reader: the buffer is already
-        // bounded by max_in_flight × max_frame_len, and pausing here is how
-        // two peers that both write large frames deadlock.
-        writer.set_buffer_capacity(0, usize::MAX);
+        // It never pauses the actor for a slow reader: what it queues is
+        // already bounded by max_in_flight × max_frame_len, and pausing
+        // here is how two peers that both write large frames deadlock.
+        let passes_descriptors = connection.writer.passes_descriptors();
+        let writer = FrameWriter::new(connection.writer, options.max_frame_len, None, ctx);
         Self {
             connection: id,
-            severed,
             writer: Some(writer),
+            passes_descriptors,
             process: connection.process,
             _resources: connection.resources,
             greeted: connection.greeted,
@@ -213,7 +211,10 @@ impl StreamLink {
         if let Err(overloaded) = self.requests.borrow().admit() {
             return Reply::now(Err(overloaded));
         }
-        if let Err(e) = message.encode::<S>(&mut self.scratch) {
+        let scratch = &mut self.scratch;
+        let (encoded, descriptors) =
+            passing::encoding(self.passes_descriptors, || message.encode::<S>(scratch));
+        if let Err(e) = encoded {
             self.scratch.clear();
             return Reply::now(Err(WorkerError::Unencodable {
                 message: M::NAME,
@@ -266,15 +267,17 @@ impl StreamLink {
                 .as_ref()
                 .map_or(1, |tries| tries.load(Ordering::Relaxed)),
             held: Encoded {
-                payload: payload.clone(),
+                payload,
+                descriptors,
                 tries,
                 caller: None,
             },
         };
-        let size = payload.len();
+        let size = request.held.payload.len();
+        let frame = request_frame(0, M::NAME, &request.held);
         let (id, send) = self.requests.borrow_mut().register(request, size);
         if send {
-            self.write(request_frame(id, M::NAME, payload));
+            self.write(frame.numbered(id));
         }
         Reply::registered(self.requests.clone(), id, M::decode_reply::<S>, middleware)
     }
@@ -312,13 +315,11 @@ impl StreamLink {
 
     /// Sends a request again, to this (fresh) worker.
     pub(super) fn resubmit(&mut self, retry: Retry) {
-        let (message, payload) = (
-            retry.0.request.message,
-            retry.0.request.held.payload.clone(),
-        );
-        let (id, send) = (self.requests.borrow_mut()).resubmit(retry.0, payload.len());
+        let frame = request_frame(0, retry.0.request.message, &retry.0.request.held);
+        let size = retry.0.request.held.payload.len();
+        let (id, send) = (self.requests.borrow_mut()).resubmit(retry.0, size);
         if send {
-            self.write(request_frame(id, message, payload));
+            self.write(frame.numbered(id));
         }
     }
 
@@ -348,7 +349,7 @@ impl StreamLink {
     fn pump(&mut self) {
         let mut requests = self.requests.borrow_mut();
         while let Some((id, request)) = requests.start_next() {
-            let frame = request_frame(id, request.message, request.held.payload.clone());
+            let frame = request_frame(id, request.message, &request.held);
             if let Some(writer) = &mut self.writer {
                 writer.write(frame);
             }
@@ -441,10 +442,9 @@ impl StreamLink {
         let Some(mut writer) = self.writer.take() else {
             return false;
         };
-        // Let actix's writer finish (and leave the context) now, without
-        // reporting errors of a connection given up.
-        self.severed.set(true);
-        writer.close();
+        // The writer leaves the context now, without reporting errors of a
+        // connection given up.
+        writer.sever();
         true
     }
 

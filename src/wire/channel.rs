@@ -13,15 +13,14 @@
 //! dropped again once a write went through.
 
 use std::cell::RefCell;
-use std::io::{self, IoSlice, Write};
-use std::os::fd::AsRawFd;
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::net::UnixStream;
-use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{ready, Context, Poll};
 
 use tokio::io::unix::AsyncFd;
-use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
+use tokio::io::Interest;
 
 /// The socket, shared by its two halves.
 struct Channel {
@@ -57,43 +56,26 @@ fn register(socket: UnixStream, interest: Interest) -> io::Result<AsyncFd<UnixSt
     Ok(unsafe { AsyncFd::register_with_interest(socket, interest) }?)
 }
 
-impl AsyncRead for ChannelReader {
-    fn poll_read(
-        self: Pin<&mut Self>,
+impl ChannelReader {
+    /// Reads with `read` (a `recv` on the socket) once the socket is
+    /// readable, waiting while it would block. `requested` is how much
+    /// `read` asked for: a shorter read emptied the socket (as tokio's own
+    /// streams assume), so the next waits for readiness rather than find
+    /// out with a read that fails.
+    pub(crate) fn poll_read_with(
+        &self,
         task: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
+        requested: usize,
+        mut read: impl FnMut(BorrowedFd<'_>) -> io::Result<usize>,
+    ) -> Poll<io::Result<usize>> {
         loop {
             let mut ready = ready!(self.0.socket.poll_read_ready(task))?;
-            // SAFETY: `read(2)` only writes to the bytes it reports read,
-            // which are then marked initialized; the slice is never read.
-            // (Reading into the uninitialized spare capacity, as tokio's
-            // own streams do: a safe `&mut [u8]` would mean zeroing the
-            // whole buffer before every read, a MiB for a large frame.)
-            let unfilled = unsafe { buf.unfilled_mut() };
-            let read = ready.try_io(|socket| {
-                let fd = socket.get_ref().as_raw_fd();
-                // SAFETY: `fd` is open (owned by the channel) and
-                // `unfilled` is valid for writes of its length.
-                let n =
-                    unsafe { nix::libc::read(fd, unfilled.as_mut_ptr().cast(), unfilled.len()) };
-                if n < 0 {
-                    return Err(io::Error::last_os_error());
-                }
-                Ok(n as usize)
-            });
-            match read {
+            match ready.try_io(|socket| read(socket.get_ref().as_fd())) {
                 Ok(Ok(n)) => {
-                    if n > 0 && n < buf.remaining() {
-                        // A short read emptied the socket (as tokio's own
-                        // streams assume): wait for the next readiness
-                        // rather than find out with a read that fails.
+                    if n > 0 && n < requested {
                         ready.clear_ready();
                     }
-                    // SAFETY: the kernel wrote these `n` bytes.
-                    unsafe { buf.assume_init(n) };
-                    buf.advance(n);
-                    return Poll::Ready(Ok(()));
+                    return Poll::Ready(Ok(n));
                 }
                 Ok(Err(e)) => return Poll::Ready(Err(e)),
                 // Read everything there was: wait for more.
@@ -104,16 +86,17 @@ impl AsyncRead for ChannelReader {
 }
 
 impl ChannelWriter {
-    /// Writes with `write` straight to the socket; if it would block,
-    /// waits for room (registering for it, see the module doc).
-    fn poll_io(
+    /// Writes with `write` (a `send` on the socket) straight away; if it
+    /// would block, waits for room (registering for it, see the module
+    /// doc) and writes again.
+    pub(crate) fn poll_write_with(
         &self,
         task: &mut Context<'_>,
-        mut write: impl FnMut(&UnixStream) -> io::Result<usize>,
+        mut write: impl FnMut(BorrowedFd<'_>) -> io::Result<usize>,
     ) -> Poll<io::Result<usize>> {
         let channel = &self.0;
         loop {
-            match write(channel.socket.get_ref()) {
+            match write(channel.socket.get_ref().as_fd()) {
                 Ok(n) => {
                     // Room again: stop hearing of it.
                     channel.blocked.borrow_mut().take();
@@ -133,36 +116,6 @@ impl ChannelWriter {
             // signalled, as the registration reports the current state.
             ready!(watch.poll_write_ready(task))?.clear_ready();
         }
-    }
-}
-
-impl AsyncWrite for ChannelWriter {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        task: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        self.poll_io(task, |mut socket| socket.write(buf))
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        task: &mut Context<'_>,
-        bufs: &[IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        self.poll_io(task, |mut socket| socket.write_vectored(bufs))
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        true
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(())) // nothing is buffered here
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(self.shut_down())
     }
 }
 
@@ -186,15 +139,8 @@ impl Drop for ChannelWriter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::Read;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-    /// Reads all there is from `reader`, until its end.
-    fn drain(reader: &mut UnixStream) -> Vec<u8> {
-        let mut all = Vec::new();
-        let _ = reader.read_to_end(&mut all);
-        all
-    }
+    use std::io::{Read, Write};
+    use std::os::fd::AsRawFd;
 
     fn runtime() -> tokio::runtime::Runtime {
         tokio::runtime::Builder::new_current_thread()
@@ -203,16 +149,48 @@ mod tests {
             .unwrap()
     }
 
+    /// Reads all there is from `reader`, until its end.
+    fn drain(reader: &mut UnixStream) -> Vec<u8> {
+        let mut all = Vec::new();
+        let _ = reader.read_to_end(&mut all);
+        all
+    }
+
+    /// `send(2)` of `bytes` on `fd`.
+    fn send(fd: BorrowedFd<'_>, bytes: &[u8]) -> io::Result<usize> {
+        let flags = nix::sys::socket::MsgFlags::MSG_NOSIGNAL;
+        Ok(nix::sys::socket::send(fd.as_raw_fd(), bytes, flags)?)
+    }
+
+    /// Writes all of `bytes` through `writer`.
+    async fn write_all(writer: &ChannelWriter, mut bytes: &[u8]) {
+        while !bytes.is_empty() {
+            let n = std::future::poll_fn(|task| writer.poll_write_with(task, |fd| send(fd, bytes)))
+                .await
+                .unwrap();
+            bytes = &bytes[n..];
+        }
+    }
+
+    /// Reads once through `reader`.
+    async fn read_some(reader: &ChannelReader) -> Vec<u8> {
+        let mut buf = [0u8; 64];
+        let n = std::future::poll_fn(|task| {
+            reader.poll_read_with(task, buf.len(), |fd| Ok(nix::unistd::read(fd, &mut buf)?))
+        })
+        .await
+        .unwrap();
+        buf[..n].to_vec()
+    }
+
     #[test]
     fn bytes_cross_both_ways_and_a_dropped_writer_ends_the_peers_stream() {
         runtime().block_on(async {
             let (ours, mut theirs) = UnixStream::pair().unwrap();
-            let (mut reader, mut writer) = channel(ours).unwrap();
-            writer.write_all(b"ping").await.unwrap();
+            let (reader, writer) = channel(ours).unwrap();
+            write_all(&writer, b"ping").await;
             theirs.write_all(b"pong").unwrap();
-            let mut got = [0; 4];
-            reader.read_exact(&mut got).await.unwrap();
-            assert_eq!(&got, b"pong");
+            assert_eq!(read_some(&reader).await, b"pong");
             drop(writer);
             // The peer reads what was written, then the end of the stream.
             assert_eq!(drain(&mut theirs), b"ping");
@@ -223,17 +201,16 @@ mod tests {
     fn a_write_larger_than_the_socket_buffer_waits_for_room() {
         runtime().block_on(async {
             let (ours, theirs) = UnixStream::pair().unwrap();
-            let (_reader, mut writer) = channel(ours).unwrap();
+            let (_reader, writer) = channel(ours).unwrap();
             let big = vec![7u8; 8 << 20];
-            let expected = big.len();
             // The peer reads on a thread of its own while we write.
             let peer = std::thread::spawn(move || {
                 let mut theirs = theirs;
                 drain(&mut theirs).len()
             });
-            writer.write_all(&big).await.unwrap();
+            write_all(&writer, &big).await;
             drop(writer);
-            assert_eq!(peer.join().unwrap(), expected);
+            assert_eq!(peer.join().unwrap(), big.len());
         });
     }
 
@@ -241,10 +218,9 @@ mod tests {
     fn reading_from_a_closed_peer_ends_the_stream() {
         runtime().block_on(async {
             let (ours, theirs) = UnixStream::pair().unwrap();
-            let (mut reader, _writer) = channel(ours).unwrap();
+            let (reader, _writer) = channel(ours).unwrap();
             drop(theirs);
-            let mut rest = Vec::new();
-            assert_eq!(reader.read_to_end(&mut rest).await.unwrap(), 0);
+            assert_eq!(read_some(&reader).await, b"");
         });
     }
 }

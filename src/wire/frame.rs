@@ -2,30 +2,67 @@
 //! allocating, and splits each body into its header and payload without
 //! copying the payload.
 
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
+
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use tokio_util::codec::{Decoder, Encoder};
 
 use super::envelope::Header;
+use super::scm::MAX_DESCRIPTORS_PER_FRAME;
 
-/// One frame: a header and the (possibly empty) payload behind it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// The descriptors a frame carries (shared memory its payload refers to,
+/// see [`SharedBytes`](crate::SharedBytes)), shared with whoever keeps them
+/// to send again.
+pub(crate) type Descriptors = Vec<Arc<OwnedFd>>;
+
+/// One frame: a header, the (possibly empty) payload behind it, and the
+/// descriptors that travel with it (over a Unix socket only).
+#[derive(Debug, Clone)]
 pub(crate) struct Frame {
     pub(crate) header: Header,
     pub(crate) payload: Bytes,
+    pub(crate) descriptors: Descriptors,
 }
 
 impl Frame {
-    /// A frame without a payload.
-    pub(crate) fn bare(header: Header) -> Self {
+    /// A frame without descriptors.
+    pub(crate) fn new(header: Header, payload: Bytes) -> Self {
         Self {
             header,
-            payload: Bytes::new(),
+            payload,
+            descriptors: Vec::new(),
         }
+    }
+
+    /// A frame without a payload.
+    pub(crate) fn bare(header: Header) -> Self {
+        Self::new(header, Bytes::new())
+    }
+
+    /// This request frame, for request `id` (other frames as they are).
+    pub(crate) fn numbered(mut self, id: u64) -> Self {
+        if let Header::Request { id: number, .. } = &mut self.header {
+            *number = id;
+        }
+        self
     }
 }
 
-/// Bytes a frame adds around its header and payload.
-const PREFIX_LEN: usize = 8;
+impl PartialEq for Frame {
+    /// Same header, same payload, as many descriptors.
+    fn eq(&self, other: &Self) -> bool {
+        self.header == other.header
+            && self.payload == other.payload
+            && self.descriptors.len() == other.descriptors.len()
+    }
+}
+
+impl Eq for Frame {}
+
+/// Bytes a frame adds around its header and payload: the body length, the
+/// header length and the number of descriptors the frame carries.
+const PREFIX_LEN: usize = 9;
 
 /// What a frame adds to its payload, at most: the length prefixes and a
 /// header (a request's carries its message's wire name, the others less).
@@ -68,6 +105,17 @@ impl Decoder for FrameCodec {
     type Error = FrameError;
 
     fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, FrameError> {
+        Ok(self.decode_counted(src)?.map(|(frame, _)| frame))
+    }
+}
+
+impl FrameCodec {
+    /// As [`Decoder::decode`], with the number of descriptors the frame
+    /// says it carries (which the caller, holding what arrived, attaches).
+    pub(crate) fn decode_counted(
+        &mut self,
+        src: &mut BytesMut,
+    ) -> Result<Option<(Frame, usize)>, FrameError> {
         // The length prefix stays in the buffer until the whole frame has
         // arrived, so it is read (and checked) at the start of every frame
         // and never mistaken for bytes inside one.
@@ -102,14 +150,22 @@ pub(crate) fn decode_one(mut buf: BytesMut, max_frame_len: usize) -> Result<Fram
     }
 }
 
-fn parse_body(mut body: Bytes) -> Result<Frame, FrameError> {
-    if body.len() < 4 {
+/// Splits a frame's body into its frame and the number of descriptors it
+/// says it carries.
+fn parse_body(mut body: Bytes) -> Result<(Frame, usize), FrameError> {
+    if body.len() < 5 {
         return Err(FrameError::Malformed(format!(
-            "body of {} bytes has no header length",
+            "body of {} bytes has no header length and descriptor count",
             body.len()
         )));
     }
     let header_len = body.get_u32_le() as usize;
+    let descriptors = usize::from(body.get_u8());
+    if descriptors > MAX_DESCRIPTORS_PER_FRAME {
+        return Err(FrameError::Malformed(format!(
+            "{descriptors} descriptors announced, over the limit of {MAX_DESCRIPTORS_PER_FRAME}"
+        )));
+    }
     if header_len > body.len() {
         return Err(FrameError::Malformed(format!(
             "header length {header_len} exceeds the {} bytes left in the frame",
@@ -118,15 +174,15 @@ fn parse_body(mut body: Bytes) -> Result<Frame, FrameError> {
     }
     let header = Header::read(&body[..header_len])
         .map_err(|e| FrameError::Malformed(format!("undecodable header: {e}")))?;
-    Ok(Frame {
-        header,
-        payload: body.split_off(header_len),
-    })
+    let frame = Frame::new(header, body.split_off(header_len));
+    Ok((frame, descriptors))
 }
 
 impl Encoder<Frame> for FrameCodec {
     type Error = FrameError;
 
+    /// Encodes the frame's bytes only: its descriptors cannot travel in a
+    /// byte buffer (the frame writer sends them).
     fn encode(&mut self, frame: Frame, dst: &mut BytesMut) -> Result<(), FrameError> {
         encode_parts(&frame.header, &frame.payload, self.max_frame_len, dst)
     }
@@ -140,15 +196,39 @@ pub(crate) fn encode_parts(
     max_frame_len: usize,
     dst: &mut BytesMut,
 ) -> Result<(), FrameError> {
-    let start = dst.len();
     dst.reserve(PREFIX_LEN + 32 + payload.len());
+    encode_head(header, payload.len(), 0, max_frame_len, dst)?;
+    dst.extend_from_slice(payload);
+    Ok(())
+}
+
+/// Appends the head of a frame (its length prefixes, its descriptor count
+/// and `header`) to `dst`, for a payload of `payload_len` bytes that the
+/// caller writes right after it, wherever those bytes are (the frame writer
+/// hands a large payload to the socket as it is, without copying it behind
+/// the head), and `descriptors` descriptors sent with its first byte. On
+/// error `dst` is left as it was.
+pub(crate) fn encode_head(
+    header: &Header,
+    payload_len: usize,
+    descriptors: usize,
+    max_frame_len: usize,
+    dst: &mut BytesMut,
+) -> Result<(), FrameError> {
+    if descriptors > MAX_DESCRIPTORS_PER_FRAME {
+        return Err(FrameError::Malformed(format!(
+            "{descriptors} descriptors in one frame, over the limit of {MAX_DESCRIPTORS_PER_FRAME}"
+        )));
+    }
+    let start = dst.len();
     dst.put_u64_le(0); // both lengths, patched below
+    dst.put_u8(descriptors as u8);
     if let Err(e) = header.write(dst) {
         dst.truncate(start);
         return Err(FrameError::Malformed(format!("unencodable header: {e}")));
     }
     let header_len = dst.len() - start - PREFIX_LEN;
-    let body_len = 4 + header_len + payload.len();
+    let body_len = PREFIX_LEN - 4 + header_len + payload_len;
     if body_len > max_frame_len {
         dst.truncate(start);
         return Err(FrameError::TooLarge {
@@ -156,7 +236,6 @@ pub(crate) fn encode_parts(
             limit: max_frame_len,
         });
     }
-    dst.extend_from_slice(payload);
     dst[start..start + 4].copy_from_slice(&(body_len as u32).to_le_bytes());
     dst[start + 4..start + 8].copy_from_slice(&(header_len as u32).to_le_bytes());
     Ok(())
@@ -178,13 +257,13 @@ mod tests {
     #[test]
     fn frames_round_trip_and_split_at_boundaries() {
         let frames = [
-            Frame {
-                header: Header::Request {
+            Frame::new(
+                Header::Request {
                     id: 7,
                     name: "ping".into(),
                 },
-                payload: Bytes::from_static(b"\x00\xffpayload"),
-            },
+                Bytes::from_static(b"\x00\xffpayload"),
+            ),
             Frame::bare(Header::Error {
                 id: 8,
                 error: RemoteError::new("Bad", "ünïcödé"),
@@ -225,8 +304,9 @@ mod tests {
     #[test]
     fn a_header_length_past_the_body_is_malformed() {
         let mut buf = BytesMut::new();
-        buf.put_u32_le(8);
+        buf.put_u32_le(9);
         buf.put_u32_le(1000);
+        buf.put_u8(0);
         buf.put_u32_le(0);
         let err = FrameCodec::new(1024).decode(&mut buf).unwrap_err();
         assert!(matches!(err, FrameError::Malformed(_)), "{err}");
@@ -235,8 +315,9 @@ mod tests {
     #[test]
     fn garbage_headers_are_malformed() {
         let mut buf = BytesMut::new();
-        buf.put_u32_le(8);
+        buf.put_u32_le(9);
         buf.put_u32_le(4);
+        buf.put_u8(0);
         buf.put_u32_le(0xc1c1c1c1); // 0xc1 is no header kind
         let err = FrameCodec::new(1024).decode(&mut buf).unwrap_err();
         assert!(matches!(err, FrameError::Malformed(_)), "{err}");

@@ -153,10 +153,7 @@ fn payload() -> impl Strategy<Value = Vec<u8>> {
 
 /// Any header with any payload (the codec does not care which kinds carry one).
 fn frame() -> impl Strategy<Value = Frame> {
-    (header(), payload()).prop_map(|(header, payload)| Frame {
-        header,
-        payload: payload.into(),
-    })
+    (header(), payload()).prop_map(|(header, payload)| Frame::new(header, payload.into()))
 }
 
 /// Sizes of the reads a stream arrives in, used in turn until the stream is
@@ -777,16 +774,13 @@ fn regression_reserving_after_a_frame_may_double_the_buffer() {
         serializer: "a\u{800}\u{10000}a\u{a1}0\u{a1}\u{10000}\u{800}\u{10000}0\u{10000}\u{10000}\u{10000} \u{0}\u{0}\u{a1}A\u{10000}\u{10000}\u{a1}aA".into(),
     };
     let before = [
-        Frame {
-            header: Header::Attach(hello),
-            payload: Default::default(),
-        },
-        Frame {
-            header: Header::Refused {
+        Frame::new(Header::Attach(hello), Default::default()),
+        Frame::new(
+            Header::Refused {
                 why: Refusal::WrongToken,
             },
-            payload: vec![0; 305].into(),
-        },
+            vec![0; 305].into(),
+        ),
     ];
     check_oversized_length(&before, LIMIT as u32 + 1, &[], &[399]).unwrap();
 }

@@ -1,21 +1,18 @@
-//! Connections as an actor sees them: a connected local socket split into
-//! halves, a reader whose frames are tagged with their connection, and a
-//! writer that can be cut off, for actors that outlive their connections.
+//! Connections as an actor sees them: a connection's two ends (a Unix
+//! socket, which can pass descriptors, or any byte stream), a reader whose
+//! frames are tagged with their connection, and the split of a connected
+//! local socket into its halves.
 
-use std::cell::Cell;
 use std::io;
 use std::os::fd::OwnedFd;
-use std::pin::Pin;
-use std::rc::Rc;
-use std::task::Poll;
 
 use futures::StreamExt;
 use interprocess::local_socket::tokio::Stream as LocalStream;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio_util::codec::FramedRead;
 
 use super::channel::{channel, ChannelReader, ChannelWriter};
-use super::frame::{Frame, FrameCodec, FrameError};
+use super::frame::{Frame, FrameError};
+use super::reader::FrameReader;
 
 /// The two halves of a connection.
 pub(crate) type Halves = (ChannelReader, ChannelWriter);
@@ -40,6 +37,53 @@ pub(crate) fn split_tokio(stream: tokio::net::UnixStream) -> io::Result<Halves> 
     channel(stream.into_std()?)
 }
 
+/// The end a connection's frames are read from. A Unix socket is read
+/// with `recvmsg`, which also takes the descriptors a frame carries (a
+/// plain `read` would silently close them); any other stream carries
+/// bytes only.
+pub(crate) enum ReadEnd {
+    Socket(ChannelReader),
+    Stream(Box<dyn AsyncRead + Unpin>),
+}
+
+/// The end a connection's frames are written to: a Unix socket (which can
+/// pass descriptors with `sendmsg`) or any byte stream.
+pub(crate) enum WriteEnd {
+    Socket(ChannelWriter),
+    Stream(Box<dyn AsyncWrite + Unpin>),
+}
+
+impl From<ChannelReader> for ReadEnd {
+    fn from(half: ChannelReader) -> Self {
+        ReadEnd::Socket(half)
+    }
+}
+
+impl From<Box<dyn AsyncRead + Unpin>> for ReadEnd {
+    fn from(stream: Box<dyn AsyncRead + Unpin>) -> Self {
+        ReadEnd::Stream(stream)
+    }
+}
+
+impl From<ChannelWriter> for WriteEnd {
+    fn from(half: ChannelWriter) -> Self {
+        WriteEnd::Socket(half)
+    }
+}
+
+impl From<Box<dyn AsyncWrite + Unpin>> for WriteEnd {
+    fn from(stream: Box<dyn AsyncWrite + Unpin>) -> Self {
+        WriteEnd::Stream(stream)
+    }
+}
+
+impl WriteEnd {
+    /// Whether descriptors can travel on this end (a Unix socket).
+    pub(crate) fn passes_descriptors(&self) -> bool {
+        matches!(self, WriteEnd::Socket(_))
+    }
+}
+
 /// What one connection's reader reports: a frame (or a read error), or,
 /// as `None`, its end; tagged with the connection it came from.
 pub(crate) struct Inbound {
@@ -49,64 +93,12 @@ pub(crate) struct Inbound {
 
 /// The frames read from connection `connection`, then `None` at its end.
 pub(crate) fn inbound(
-    reader: Box<dyn AsyncRead + Unpin>,
+    reader: ReadEnd,
     max_frame_len: usize,
     connection: u64,
 ) -> impl futures::Stream<Item = Inbound> {
-    FramedRead::new(reader, FrameCodec::new(max_frame_len))
+    FrameReader::new(reader, max_frame_len)
         .map(Some)
         .chain(futures::stream::once(std::future::ready(None)))
         .map(move |event| Inbound { connection, event })
-}
-
-/// The writing end of a connection, which can be cut off: once severed,
-/// writes succeed without going anywhere.
-pub(crate) struct Severable {
-    inner: Box<dyn AsyncWrite + Unpin>,
-    severed: Rc<Cell<bool>>,
-}
-
-impl Severable {
-    /// A writer over `inner`, and the switch that severs it.
-    pub(crate) fn new(inner: Box<dyn AsyncWrite + Unpin>) -> (Self, Rc<Cell<bool>>) {
-        let severed = Rc::new(Cell::new(false));
-        let writer = Self {
-            inner,
-            severed: severed.clone(),
-        };
-        (writer, severed)
-    }
-}
-
-impl AsyncWrite for Severable {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        task: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        if self.severed.get() {
-            return Poll::Ready(Ok(buf.len()));
-        }
-        Pin::new(&mut self.inner).poll_write(task, buf)
-    }
-
-    fn poll_flush(
-        mut self: Pin<&mut Self>,
-        task: &mut std::task::Context<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        if self.severed.get() {
-            return Poll::Ready(Ok(()));
-        }
-        Pin::new(&mut self.inner).poll_flush(task)
-    }
-
-    fn poll_shutdown(
-        mut self: Pin<&mut Self>,
-        task: &mut std::task::Context<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        if self.severed.get() {
-            return Poll::Ready(Ok(()));
-        }
-        Pin::new(&mut self.inner).poll_shutdown(task)
-    }
 }

@@ -24,21 +24,19 @@
 //! sees a request's events before its reply resolves.
 
 use std::any::Any;
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::future::Future;
-use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Poll, Waker};
 
 use bytes::{Bytes, BytesMut};
-use tokio::io::AsyncWrite;
 use tokio::sync::mpsc;
-use tokio_util::codec::Encoder;
 
 use crate::contract::Contract;
 use crate::wire::envelope::Header;
-use crate::wire::frame::{Frame, FrameCodec, FrameError, MAX_OVERHEAD};
+use crate::wire::frame::{Frame, MAX_OVERHEAD};
 use crate::wire::serializer::CodecError;
+use crate::wire::writer::Meter;
 use crate::wire::Serializer;
 
 /// How many events may wait to leave a worker before emitting blocks
@@ -377,49 +375,29 @@ impl Scope {
 /// socket is behind what the server wrote.
 pub(crate) struct Outbox {
     waiting: mpsc::Receiver<Bytes>,
+    /// Counts what the current connection's writer has yet to write.
     meter: Rc<Meter>,
     /// Wakes the server's event pump when a host connects.
     pump: Option<Waker>,
-}
-
-/// Bytes written to a connection's frame writer and not yet taken by the
-/// socket.
-#[derive(Default)]
-struct Meter {
-    behind: Cell<usize>,
-    /// Told when the socket catches up.
-    waker: Cell<Option<Waker>>,
 }
 
 impl Outbox {
     fn new(waiting: mpsc::Receiver<Bytes>) -> Self {
         Self {
             waiting,
-            meter: Rc::default(),
+            meter: Rc::new(Meter::new(WRITE_AHEAD)),
             pump: None,
         }
     }
 
-    /// The writing end of a new connection and its frame encoder,
-    /// measured: what the encoder adds and the socket takes is counted.
-    pub(crate) fn metered(
-        &mut self,
-        io: Box<dyn AsyncWrite + Unpin>,
-        max_frame_len: usize,
-    ) -> (Box<dyn AsyncWrite + Unpin>, MeteredCodec) {
-        self.meter = Rc::default();
+    /// The meter for a new connection's frame writer, which counts on it
+    /// what it has yet to write.
+    pub(crate) fn meter(&mut self) -> Rc<Meter> {
+        self.meter = Rc::new(Meter::new(WRITE_AHEAD));
         if let Some(pump) = &self.pump {
             pump.wake_by_ref();
         }
-        let io = Box::new(Metered {
-            io,
-            meter: self.meter.clone(),
-        });
-        let codec = MeteredCodec {
-            codec: FrameCodec::new(max_frame_len),
-            meter: self.meter.clone(),
-        };
-        (io, codec)
+        self.meter.clone()
     }
 
     /// Whether the socket has taken enough of what was written to write
@@ -432,11 +410,7 @@ impl Outbox {
         {
             self.pump = Some(task.waker().clone());
         }
-        if self.meter.behind.get() >= WRITE_AHEAD {
-            self.meter.waker.set(Some(task.waker().clone()));
-            return false;
-        }
-        true
+        self.meter.below_mark(task)
     }
 
     /// An event waiting in the backlog, as a frame, if there is one.
@@ -460,68 +434,7 @@ impl Outbox {
 }
 
 fn event_frame(payload: Bytes) -> Frame {
-    Frame {
-        header: Header::Event,
-        payload,
-    }
-}
-
-/// The frame encoder of a connection, counting what it encodes.
-pub(crate) struct MeteredCodec {
-    codec: FrameCodec,
-    meter: Rc<Meter>,
-}
-
-impl Encoder<Frame> for MeteredCodec {
-    type Error = FrameError;
-
-    fn encode(&mut self, frame: Frame, out: &mut BytesMut) -> Result<(), FrameError> {
-        let before = out.len();
-        self.codec.encode(frame, out)?;
-        let behind = &self.meter.behind;
-        behind.set(behind.get() + (out.len() - before));
-        Ok(())
-    }
-}
-
-/// A connection's writing end that counts what the socket takes.
-struct Metered {
-    io: Box<dyn AsyncWrite + Unpin>,
-    meter: Rc<Meter>,
-}
-
-impl AsyncWrite for Metered {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        task: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        let written = Pin::new(&mut self.io).poll_write(task, buf);
-        if let Poll::Ready(Ok(n)) = written {
-            let behind = self.meter.behind.get().saturating_sub(n);
-            self.meter.behind.set(behind);
-            if behind < WRITE_AHEAD {
-                if let Some(waker) = self.meter.waker.take() {
-                    waker.wake();
-                }
-            }
-        }
-        written
-    }
-
-    fn poll_flush(
-        mut self: Pin<&mut Self>,
-        task: &mut std::task::Context<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(task)
-    }
-
-    fn poll_shutdown(
-        mut self: Pin<&mut Self>,
-        task: &mut std::task::Context<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(task)
-    }
+    Frame::new(Header::Event, payload)
 }
 
 #[cfg(test)]

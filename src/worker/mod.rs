@@ -172,8 +172,8 @@ where
     let served = system.block_on(async move {
         let (reader, writer) = crate::wire::channel::channel(channel)?;
         let served = Served {
-            reader: Box::new(reader),
-            writer: Box::new(writer),
+            reader: reader.into(),
+            writer: writer.into(),
             settings: server::Settings {
                 ending: exit::Ending::Process { grace },
                 records,
@@ -312,9 +312,11 @@ pub fn serve_io_with<C, A, T>(
     T: AsyncRead + AsyncWrite + Unpin + 'static,
 {
     let (reader, writer) = tokio::io::split(io);
+    let reader: Box<dyn AsyncRead + Unpin> = Box::new(reader);
+    let writer: Box<dyn AsyncWrite + Unpin> = Box::new(writer);
     let served = Served {
-        reader: Box::new(reader),
-        writer: Box::new(writer),
+        reader: reader.into(),
+        writer: writer.into(),
         settings: server::Settings {
             ending: exit::Ending::InProcess,
             records: None,
@@ -328,8 +330,8 @@ pub fn serve_io_with<C, A, T>(
 
 /// A connection to serve, and how.
 struct Served {
-    reader: Box<dyn AsyncRead + Unpin>,
-    writer: Box<dyn AsyncWrite + Unpin>,
+    reader: crate::wire::stream::ReadEnd,
+    writer: crate::wire::stream::WriteEnd,
     settings: server::Settings,
 }
 

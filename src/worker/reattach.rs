@@ -276,9 +276,8 @@ impl<A: Actor, S: Serializer> Server<A, S> {
     /// Gives up the current connection, dropping what it had running.
     pub(super) fn hang_up(&mut self) {
         if let Some(host) = self.host.hang_up() {
-            host.severed.set(true);
             let mut writer = host.writer;
-            writer.close();
+            writer.sever();
         }
         self.drop_requests();
     }
@@ -317,7 +316,7 @@ impl<A: Actor, S: Serializer> Server<A, S> {
             Host::Parked { .. } => {}
         }
         match split(stream) {
-            Ok((reader, writer)) => self.serve(Box::new(reader), Box::new(writer), true, ctx),
+            Ok((reader, writer)) => self.serve(reader.into(), writer.into(), true, ctx),
             Err(e) => eprintln!("isolated-workers: could not take over the connection: {e}"),
         }
     }

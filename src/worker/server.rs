@@ -4,19 +4,10 @@
 //! the worker ends is [`exit`](super::exit); which host it serves, and
 //! what it does when that host goes, is [`reattach`](super::reattach).
 
-use std::cell::Cell;
 use std::pin::Pin;
-use std::rc::Rc;
 use std::task::{Poll, Waker};
 
-use actix::io::{FramedWrite, WriteHandler};
-use actix::prelude::*;
-use bytes::BytesMut;
-use futures::future::{AbortHandle, Abortable, Aborted, LocalBoxFuture};
-use futures::stream::{FuturesUnordered, StreamExt};
-use tokio::io::AsyncWrite;
-
-use super::events::{MeteredCodec, Outbox};
+use super::events::Outbox;
 use super::exit::{Ending, PROTOCOL_EXIT_CODE};
 use super::forward::Record;
 use super::inbox::Inbox;
@@ -29,12 +20,16 @@ use crate::middleware::{Body, Middlewares};
 use crate::socket::read_mark::ReadMark;
 use crate::wire::envelope::{Header, Hello};
 use crate::wire::frame::{Frame, FrameError, MAX_OVERHEAD};
-use crate::wire::stream::{inbound, Inbound, Severable};
+use crate::wire::passing;
+use crate::wire::stream::{inbound, Inbound, ReadEnd, WriteEnd};
+use crate::wire::writer::FrameWriter;
 use crate::wire::Serializer;
+use actix::io::WriteHandler;
+use actix::prelude::*;
+use bytes::BytesMut;
+use futures::future::{AbortHandle, Abortable, Aborted, LocalBoxFuture};
+use futures::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::mpsc;
-
-/// Writes frames to the host, metering the bytes not yet flushed.
-type Writer = FramedWrite<Frame, Box<dyn AsyncWrite + Unpin>, MeteredCodec>;
 
 /// The worker's end of the connection, as an actor (see the module doc).
 pub(crate) struct Server<A: Actor, S> {
@@ -102,11 +97,13 @@ pub(crate) struct Settings {
 pub(crate) struct HostConnection {
     /// Tells this connection's frames from an earlier one's.
     id: u64,
-    /// Where frames to the host go.
-    pub(super) writer: Writer,
-    /// Cuts the writer off when the connection is given up, so that what
-    /// is left in it is dropped instead of failing.
-    pub(super) severed: Rc<Cell<bool>>,
+    /// Where frames to the host go, metering the bytes not yet written
+    /// (for the event backlog). Severed when the connection is given up,
+    /// so that what is left in it is dropped instead of failing.
+    pub(super) writer: FrameWriter,
+    /// Whether the connection passes descriptors (shared memory in a reply
+    /// goes as one then, see `SharedBytes`).
+    passes_descriptors: bool,
 }
 
 /// One request being handled: its id and, once done, its outcome.
@@ -168,8 +165,8 @@ impl<A: Actor, S: Serializer> Server<A, S> {
     /// which this server's task runs (see [`Dispatcher`]).
     pub(crate) fn run(
         mut self,
-        reader: Box<dyn tokio::io::AsyncRead + Unpin>,
-        writer: Box<dyn AsyncWrite + Unpin>,
+        reader: ReadEnd,
+        writer: WriteEnd,
         actor_task: LocalBoxFuture<'static, ()>,
         ctx: &mut Context<Self>,
     ) -> Self {
@@ -186,8 +183,8 @@ impl<A: Actor, S: Serializer> Server<A, S> {
     /// `attached` for a host that attached (rather than spawned the worker).
     pub(super) fn serve(
         &mut self,
-        reader: Box<dyn tokio::io::AsyncRead + Unpin>,
-        writer: Box<dyn AsyncWrite + Unpin>,
+        reader: ReadEnd,
+        writer: WriteEnd,
         attached: bool,
         ctx: &mut Context<Self>,
     ) {
@@ -203,16 +200,15 @@ impl<A: Actor, S: Serializer> Server<A, S> {
         // requests read in a poll are dispatched, and their replies
         // written, in that same poll.
         ctx.spawn(AfterReading { connection: id });
-        let (writer, severed) = Severable::new(writer);
-        let (writer, codec) = self.outbox.metered(Box::new(writer), self.max_frame_len);
-        let mut writer = FramedWrite::new(writer, codec, ctx);
-        // See the proxy: never pause reading because the host reads slowly.
-        writer.set_buffer_capacity(0, usize::MAX);
+        // As the proxy's, it never pauses because the host reads slowly.
+        let meter = Some(self.outbox.meter());
+        let passes_descriptors = writer.passes_descriptors();
+        let mut writer = FrameWriter::new(writer, self.max_frame_len, meter, ctx);
         writer.write(Frame::bare(Header::Hello(self.hello.clone())));
         let link = HostConnection {
             id,
             writer,
-            severed,
+            passes_descriptors,
         };
         self.take_host(link, attached, ctx);
     }
@@ -360,7 +356,10 @@ impl<A: Actor, S: Serializer> Server<A, S> {
 
     /// The frame carrying a reply, or saying why it cannot be sent.
     fn reply_frame(&mut self, id: u64, encode: super::routes::ReplyEncoder) -> Frame {
-        let failure = match encode(&mut self.scratch) {
+        let passes = self.host.link().is_some_and(|host| host.passes_descriptors);
+        let scratch = &mut self.scratch;
+        let (encoded, descriptors) = passing::encoding(passes, || encode(scratch));
+        let failure = match encoded {
             Ok(()) if self.scratch.len() + MAX_OVERHEAD > self.max_frame_len => {
                 ProtocolFailure::ReplyTooLarge {
                     size: self.scratch.len(),
@@ -371,6 +370,7 @@ impl<A: Actor, S: Serializer> Server<A, S> {
                 return Frame {
                     header: Header::Reply { id },
                     payload: self.scratch.split().freeze(),
+                    descriptors,
                 }
             }
             Err(e) => ProtocolFailure::ReplyUnencodable { detail: e.0 },
@@ -491,7 +491,12 @@ impl<A: Actor, S: Serializer> StreamHandler<Inbound> for Server<A, S> {
                 if let Some(mark) = &self.read_mark {
                     mark.bump();
                 }
-                self.request(id, name, frame.payload);
+                // Shared memory in the request takes its descriptor as the
+                // request is decoded (`SharedBytes`).
+                let max_shared = self.max_frame_len;
+                passing::decoding(frame.descriptors, max_shared, || {
+                    self.request(id, name, frame.payload)
+                });
                 self.read_since_dispatch = true;
             }
             Header::Cancel { id } => {
@@ -526,8 +531,8 @@ impl<A: Actor, S: Serializer> WriteHandler<FrameError> for Server<A, S> {
             eprintln!("isolated-workers: writing to the host failed: {error}");
         }
         // Only the current connection's writer can fail: a given-up one is
-        // severed and swallows what is left. Handled once actix's writer
-        // is done with this call, since that touches the writer.
+        // severed and drops what is left. Handled once the writer is done
+        // with this call, since that touches the writer.
         let link = self.host.link().map(|host| host.id);
         ctx.spawn(fut::ready(()).map(move |(), server: &mut Self, ctx| {
             if server.host.link().map(|host| host.id) == link {

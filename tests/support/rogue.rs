@@ -25,9 +25,9 @@ pub const TRUNCATED_EXIT_CODE: i32 = 7;
 /// What [`Rogue::StrayAndGarbledReplies`] answers to a request never issued.
 pub const STRAY_PONG: &str = "stray";
 
-/// A well-delimited frame (body of 8 bytes, header of 4) whose header is
-/// not MessagePack: 0xc1 is never valid.
-pub const GARBAGE_FRAME: [u8; 12] = [8, 0, 0, 0, 4, 0, 0, 0, 0xc1, 0xc1, 0xc1, 0xc1];
+/// A well-delimited frame (body of 9 bytes, header of 4, no descriptors)
+/// whose header is not MessagePack: 0xc1 is never valid.
+pub const GARBAGE_FRAME: [u8; 13] = [9, 0, 0, 0, 4, 0, 0, 0, 0, 0xc1, 0xc1, 0xc1, 0xc1];
 
 /// How long a rogue that waits to be killed waits before giving up, so
 /// that a host which never kills it leaves nothing behind for long.

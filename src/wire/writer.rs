@@ -1,0 +1,466 @@
+//! Writing frames to a connection from inside an actor, in place of
+//! actix's `FramedWrite`: each frame's head (length prefixes and header) is
+//! encoded straight into the bytes that are written, and a large payload
+//! goes to the socket as it is, beside the heads, in one vectored write
+//! (`sendmsg`), never copied into a write buffer. A frame that carries
+//! descriptors begins a write of its own, which sends them with its first
+//! byte: so they arrive with or before the frame, never with an earlier
+//! one's bytes alone (see `wire::reader`).
+//!
+//! Written by hand because actix's writer takes bytes only (its encoder
+//! appends every frame, payload included, to one buffer) and has no way
+//! to pass descriptors. What the proxy and the worker rely on is kept:
+//! frames leave in the order they were written; writing never pauses the
+//! actor, whatever the reader's pace; errors reach the actor's
+//! [`WriteHandler`]; `close` flushes what is queued, then ends the writer;
+//! a severed writer drops what is left. The writer's task is woken only
+//! when there is something to write: an idle writer waits on nothing.
+
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::io::{self, IoSlice};
+use std::os::fd::{AsRawFd, RawFd};
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context as TaskContext, Poll, Waker};
+
+use actix::io::WriteHandler;
+use actix::prelude::*;
+use bytes::{Buf, Bytes, BytesMut};
+use tokio::io::AsyncWrite;
+
+use super::frame::{encode_head, Descriptors, Frame, FrameError};
+use super::scm;
+use super::stream::WriteEnd;
+
+/// Payloads up to this size are copied behind their head: a copy this
+/// small costs less than a slice of its own in the write.
+const INLINE_PAYLOAD: usize = 4 << 10;
+
+/// The most slices one write takes.
+const MAX_SLICES: usize = 64;
+
+/// How far the socket is behind what was written: the bytes of frames
+/// written and not yet taken by the socket. Whoever holds it may wait for
+/// the count to fall below its mark.
+pub(crate) struct Meter {
+    behind: Cell<usize>,
+    /// The count below which the waiter is woken.
+    mark: usize,
+    waker: Cell<Option<Waker>>,
+}
+
+impl Meter {
+    /// A meter that wakes its waiter once fewer than `mark` bytes are
+    /// behind.
+    pub(crate) fn new(mark: usize) -> Self {
+        Self {
+            behind: Cell::new(0),
+            mark,
+            waker: Cell::new(None),
+        }
+    }
+
+    /// Whether fewer than the mark are behind; if not, `task` is woken
+    /// once they are.
+    pub(crate) fn below_mark(&self, task: &TaskContext<'_>) -> bool {
+        if self.behind.get() < self.mark {
+            return true;
+        }
+        self.waker.set(Some(task.waker().clone()));
+        false
+    }
+
+    fn add(&self, n: usize) {
+        self.behind.set(self.behind.get() + n);
+    }
+
+    fn taken(&self, n: usize) {
+        let behind = self.behind.get().saturating_sub(n);
+        self.behind.set(behind);
+        if behind < self.mark {
+            if let Some(waker) = self.waker.take() {
+                waker.wake();
+            }
+        }
+    }
+}
+
+/// The writer of one connection (see the module doc). Dropped, it writes
+/// what is queued and ends without telling the actor.
+pub(crate) struct FrameWriter {
+    shared: Rc<RefCell<Outgoing>>,
+}
+
+/// Where a writer is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Open,
+    /// Writes what is queued, then ends.
+    Closing,
+    /// Drops what is queued and ends.
+    Severed,
+    /// The writer's handle was dropped: writes what is queued, then ends
+    /// without telling the actor.
+    Dropped,
+}
+
+/// Bytes to write, and the descriptors to send with the first of them.
+struct Piece {
+    bytes: Bytes,
+    descriptors: Descriptors,
+}
+
+/// What the writer and its task share.
+struct Outgoing {
+    /// `None` once the writer ended (the socket half is dropped then, so
+    /// the peer sees the end).
+    end: Option<WriteEnd>,
+    max_frame_len: usize,
+    /// The bytes to write, in order, as slices.
+    pieces: VecDeque<Piece>,
+    /// Heads and small payloads written since the last piece was cut;
+    /// they follow `pieces`.
+    gathering: BytesMut,
+    state: State,
+    /// An error to report to the actor (an unencodable frame).
+    error: Option<FrameError>,
+    /// The writer's task, while it waits for something to write.
+    idle: Option<Waker>,
+    meter: Option<Rc<Meter>>,
+}
+
+impl FrameWriter {
+    /// A writer of frames of at most `max_frame_len` bytes to `end`,
+    /// reporting to the actor of `ctx`, and counting on `meter`, if given,
+    /// the bytes the socket has yet to take.
+    pub(crate) fn new<A>(
+        end: WriteEnd,
+        max_frame_len: usize,
+        meter: Option<Rc<Meter>>,
+        ctx: &mut Context<A>,
+    ) -> Self
+    where
+        A: Actor<Context = Context<A>> + WriteHandler<FrameError>,
+    {
+        let shared = Rc::new(RefCell::new(Outgoing {
+            end: Some(end),
+            max_frame_len,
+            pieces: VecDeque::new(),
+            gathering: BytesMut::new(),
+            state: State::Open,
+            error: None,
+            idle: None,
+            meter,
+        }));
+        ctx.spawn(Writing {
+            shared: shared.clone(),
+        });
+        Self { shared }
+    }
+
+    /// Queues `frame`; it is written when the actor's context next runs.
+    pub(crate) fn write(&mut self, frame: Frame) {
+        let mut out = self.shared.borrow_mut();
+        if out.state != State::Open {
+            return;
+        }
+        out.queue(frame);
+        if let Some(task) = out.idle.take() {
+            task.wake();
+        }
+    }
+
+    /// Writes what is queued, then ends the writer (and tells the actor's
+    /// [`WriteHandler::finished`]).
+    pub(crate) fn close(&mut self) {
+        self.end_with(State::Closing);
+    }
+
+    /// Drops what is queued and ends the writer, without reporting errors
+    /// (a connection given up).
+    pub(crate) fn sever(&mut self) {
+        self.end_with(State::Severed);
+    }
+
+    fn end_with(&mut self, state: State) {
+        let mut out = self.shared.borrow_mut();
+        if out.state == State::Open {
+            out.state = state;
+        }
+        if let Some(task) = out.idle.take() {
+            task.wake();
+        }
+    }
+}
+
+impl Outgoing {
+    /// Appends the bytes of `frame` to what is to be written.
+    fn queue(&mut self, frame: Frame) {
+        let Frame {
+            header,
+            payload,
+            descriptors,
+        } = frame;
+        let passes = matches!(self.end, Some(WriteEnd::Socket(_)));
+        if !descriptors.is_empty() {
+            if !passes {
+                let e = "descriptors for a stream that cannot pass them".to_owned();
+                self.error.get_or_insert(FrameError::Malformed(e));
+                return;
+            }
+            // This frame begins a write of its own.
+            self.cut(Vec::new());
+        }
+        let before = self.gathering.len();
+        let head = encode_head(
+            &header,
+            payload.len(),
+            descriptors.len(),
+            self.max_frame_len,
+            &mut self.gathering,
+        );
+        if let Err(e) = head {
+            self.error.get_or_insert(e);
+            return;
+        }
+        let queued = self.gathering.len() - before + payload.len();
+        if payload.len() <= INLINE_PAYLOAD {
+            self.gathering.extend_from_slice(&payload);
+            if !descriptors.is_empty() {
+                self.cut(descriptors);
+            }
+        } else {
+            self.cut(descriptors);
+            self.pieces.push_back(Piece {
+                bytes: payload,
+                descriptors: Vec::new(),
+            });
+        }
+        if let Some(meter) = &self.meter {
+            meter.add(queued);
+        }
+    }
+
+    /// Makes what was gathered a piece of its own, sent with
+    /// `descriptors`.
+    fn cut(&mut self, descriptors: Descriptors) {
+        if !self.gathering.is_empty() {
+            self.pieces.push_back(Piece {
+                bytes: self.gathering.split().freeze(),
+                descriptors,
+            });
+        }
+    }
+
+    /// Marks `n` bytes as written.
+    fn advance(&mut self, mut n: usize) {
+        if let Some(meter) = &self.meter {
+            meter.taken(n);
+        }
+        while n > 0 {
+            let Some(front) = self.pieces.front_mut() else {
+                return;
+            };
+            // Sent with the first byte.
+            front.descriptors.clear();
+            if n < front.bytes.len() {
+                front.bytes.advance(n);
+                return;
+            }
+            n -= front.bytes.len();
+            self.pieces.pop_front();
+        }
+    }
+
+    /// Writes what is queued, until done or the socket is full.
+    fn poll_write_out(&mut self, task: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
+        self.cut(Vec::new());
+        while let Some(first) = self.pieces.front() {
+            let mut slices = [IoSlice::new(&[]); MAX_SLICES];
+            slices[0] = IoSlice::new(&first.bytes);
+            let mut count = 1;
+            // Up to the next frame that carries descriptors: they go with
+            // a write of their own.
+            for piece in self.pieces.iter().skip(1).take(MAX_SLICES - 1) {
+                if !piece.descriptors.is_empty() {
+                    break;
+                }
+                slices[count] = IoSlice::new(&piece.bytes);
+                count += 1;
+            }
+            let slices = &slices[..count];
+            let mut raw = [0 as RawFd; super::scm::MAX_DESCRIPTORS_PER_FRAME];
+            for (raw, fd) in raw.iter_mut().zip(&first.descriptors) {
+                *raw = fd.as_raw_fd();
+            }
+            let raw = &raw[..first.descriptors.len()];
+            let written = match self.end.as_mut() {
+                Some(WriteEnd::Stream(stream)) => {
+                    std::task::ready!(Pin::new(stream).poll_write_vectored(task, slices))
+                }
+                Some(WriteEnd::Socket(channel)) => std::task::ready!(
+                    channel.poll_write_with(task, |socket| scm::send(socket, slices, raw))
+                ),
+                None => return Poll::Ready(Ok(())),
+            };
+            match written {
+                Ok(0) => {
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::WriteZero,
+                        "failed to write frame to transport",
+                    )))
+                }
+                Ok(n) => self.advance(n),
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+        match self.end.as_mut() {
+            Some(WriteEnd::Stream(stream)) => Pin::new(stream).poll_flush(task),
+            _ => Poll::Ready(Ok(())),
+        }
+    }
+}
+
+/// The writer's task, spawned in the actor's context.
+struct Writing {
+    shared: Rc<RefCell<Outgoing>>,
+}
+
+impl<A> ActorFuture<A> for Writing
+where
+    A: Actor<Context = Context<A>> + WriteHandler<FrameError>,
+{
+    type Output = ();
+
+    fn poll(
+        self: Pin<&mut Self>,
+        act: &mut A,
+        ctx: &mut Context<A>,
+        task: &mut TaskContext<'_>,
+    ) -> Poll<()> {
+        let shared = self.shared.clone();
+        let mut out = shared.borrow_mut();
+        if out.state == State::Severed {
+            out.end = None;
+            out.pieces.clear();
+            out.gathering.clear();
+            drop(out);
+            act.finished(ctx);
+            return Poll::Ready(());
+        }
+        let failed = match out.error.take() {
+            Some(e) => Some(e),
+            None => match out.poll_write_out(task) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Ok(())) => None,
+                Poll::Ready(Err(e)) => Some(FrameError::Io(e)),
+            },
+        };
+        if let Some(error) = failed {
+            // The actor is called without the writer borrowed: it may
+            // write, close or sever.
+            drop(out);
+            if act.error(error, ctx) == Running::Stop {
+                let mut out = shared.borrow_mut();
+                out.end = None;
+                out.state = State::Severed;
+                drop(out);
+                act.finished(ctx);
+                return Poll::Ready(());
+            }
+            // Go on with what is left.
+            task.waker().wake_by_ref();
+            return Poll::Pending;
+        }
+        match out.state {
+            State::Closing => {
+                out.end = None;
+                drop(out);
+                act.finished(ctx);
+                return Poll::Ready(());
+            }
+            State::Dropped => {
+                out.end = None;
+                return Poll::Ready(());
+            }
+            State::Open | State::Severed => {}
+        }
+        out.idle = Some(task.waker().clone());
+        Poll::Pending
+    }
+}
+
+impl Drop for FrameWriter {
+    fn drop(&mut self) {
+        // A writer dropped without `close` writes what it has, then stops
+        // (actix's went on until the actor stopped), telling nobody.
+        let mut out = self.shared.borrow_mut();
+        if out.state == State::Open {
+            out.state = State::Dropped;
+            if let Some(task) = out.idle.take() {
+                task.wake();
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    // Exercised end to end by every test that talks to a child worker;
+    // the pieces' bookkeeping is checked here.
+    use super::*;
+    use crate::wire::envelope::Header;
+
+    fn outgoing() -> Outgoing {
+        Outgoing {
+            end: None,
+            max_frame_len: 1 << 20,
+            pieces: VecDeque::new(),
+            gathering: BytesMut::new(),
+            state: State::Open,
+            error: None,
+            idle: None,
+            meter: Some(Rc::new(Meter::new(usize::MAX))),
+        }
+    }
+
+    #[test]
+    fn heads_and_small_payloads_gather_and_large_payloads_are_not_copied() {
+        let mut out = outgoing();
+        let large = Bytes::from(vec![7u8; 100_000]);
+        out.queue(Frame::new(
+            Header::Reply { id: 1 },
+            Bytes::from_static(b"small"),
+        ));
+        out.queue(Frame::new(Header::Reply { id: 2 }, large.clone()));
+        out.queue(Frame::bare(Header::Shutdown));
+        out.cut(Vec::new());
+        assert_eq!(out.pieces.len(), 3, "heads, the large payload, a head");
+        assert_eq!(
+            out.pieces[1].bytes.as_ptr(),
+            large.as_ptr(),
+            "sent where it is"
+        );
+        let total: usize = out.pieces.iter().map(|piece| piece.bytes.len()).sum();
+        let meter = out.meter.clone().unwrap();
+        assert_eq!(meter.behind.get(), total);
+        out.advance(total - 3);
+        assert_eq!(out.pieces.len(), 1);
+        assert_eq!(out.pieces[0].bytes.len(), 3);
+        assert_eq!(meter.behind.get(), 3);
+    }
+
+    #[test]
+    fn an_oversized_frame_is_an_error_and_nothing_is_queued() {
+        let mut out = outgoing();
+        out.max_frame_len = 64;
+        out.queue(Frame::new(
+            Header::Reply { id: 1 },
+            Bytes::from(vec![0; 100]),
+        ));
+        out.cut(Vec::new());
+        assert!(out.pieces.is_empty());
+        assert!(matches!(out.error, Some(FrameError::TooLarge { .. })));
+    }
+}

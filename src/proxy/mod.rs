@@ -22,6 +22,7 @@ use crate::error::{Crash, CrashReason, SpawnError, WorkerError};
 use link::Link;
 use phase::Phase;
 
+mod alarm;
 mod batch;
 mod close;
 mod connection;

@@ -1,12 +1,12 @@
-//! One timer per proxy for all its requests' deadlines.
+//! One alarm per proxy for all its requests' deadlines.
 
-use std::future::Future;
 use std::pin::Pin;
 use std::task::Poll;
 use std::time::Instant;
 
 use actix::prelude::*;
 
+use super::alarm::Alarm;
 use super::phase::Phase;
 use super::{Link, Worker};
 use crate::contract::Contract;
@@ -15,18 +15,18 @@ use crate::driver::Driver;
 /// Wakes the proxy at its requests' deadlines (and periodically while
 /// requests are pending, to find abandoned ones).
 ///
-/// One timer per proxy, moved only when a new request's deadline is earlier
-/// than the one it is set for: a timer per request would re-arm the
-/// runtime's clock on every request, which costs a system call each.
+/// One alarm per proxy (see [`Alarm`]), moved only when a new request's
+/// deadline is earlier than the one it is set for.
 pub(super) struct Timekeeper {
-    sleep: Pin<Box<tokio::time::Sleep>>,
+    alarm: Alarm,
+    /// What the alarm is set for, until it rings.
     armed_for: Option<Instant>,
 }
 
 impl Timekeeper {
     pub(super) fn new() -> Self {
         Self {
-            sleep: Box::pin(tokio::time::sleep_until(Instant::now().into())),
+            alarm: Alarm::new(),
             armed_for: None,
         }
     }
@@ -41,26 +41,34 @@ impl<C: Contract, D: Driver<C>> ActorFuture<Worker<C, D>> for Timekeeper {
         _: &mut Context<Worker<C, D>>,
         task: &mut std::task::Context<'_>,
     ) -> Poll<()> {
+        if self.alarm.rang() {
+            self.armed_for = None;
+        }
         loop {
             if matches!(worker.phase, Phase::Closed) {
                 return Poll::Ready(());
             }
             let next = worker.phase.link().and_then(Link::next_check);
             let Some(wanted) = next else {
-                return Poll::Pending; // nothing pending: the timer may sleep
+                return Poll::Pending; // nothing pending: the alarm may stay as it is
             };
-            if self.armed_for.is_none_or(|armed| wanted < armed) {
-                self.armed_for = Some(wanted);
-                self.sleep.as_mut().reset(wanted.into());
+            match self.armed_for {
+                Some(armed) if armed <= wanted => return Poll::Pending,
+                Some(_) => {}
+                None => {
+                    // Not set (or it rang): the time may have come.
+                    let now = Instant::now();
+                    if wanted <= now {
+                        if let Some(link) = worker.phase.link_mut() {
+                            link.check_requests(now);
+                        }
+                        continue;
+                    }
+                }
             }
-            if self.sleep.as_mut().poll(task).is_pending() {
-                return Poll::Pending;
-            }
-            self.armed_for = None;
-            let now = Instant::now();
-            if let Some(link) = worker.phase.link_mut() {
-                link.check_requests(now);
-            }
+            self.armed_for = Some(wanted);
+            self.alarm.set(wanted, task.waker());
+            return Poll::Pending;
         }
     }
 }

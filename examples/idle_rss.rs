@@ -140,7 +140,7 @@ fn print_largest_mappings(pid: u32) {
             }
         }
     }
-    mappings.sort_by(|a, b| b.0.cmp(&a.0));
+    mappings.sort_by_key(|mapping| std::cmp::Reverse(mapping.0));
     for (kib, header) in mappings.iter().take(24) {
         println!("{kib:>6} kB  {header}");
     }

@@ -9,7 +9,6 @@
 //! than arrived, descriptors left over once every frame begun is read, or
 //! more waiting than one frame may carry, is a malformed stream.
 
-use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::pin::Pin;
@@ -35,7 +34,7 @@ pub(crate) struct FrameReader {
     buffer: BytesMut,
     /// Descriptors received and not yet claimed by the frame they came
     /// with.
-    descriptors: VecDeque<OwnedFd>,
+    descriptors: Vec<OwnedFd>,
     done: bool,
 }
 
@@ -45,7 +44,7 @@ impl FrameReader {
             end,
             codec: FrameCodec::new(max_frame_len),
             buffer: BytesMut::new(),
-            descriptors: VecDeque::new(),
+            descriptors: Vec::new(),
             done: false,
         }
     }
@@ -61,7 +60,9 @@ impl FrameReader {
                         self.descriptors.len()
                     )));
                 }
-                frame.descriptors = self.descriptors.drain(..count).map(Arc::new).collect();
+                if count > 0 {
+                    frame.descriptors = self.descriptors.drain(..count).map(Arc::new).collect();
+                }
                 Some(frame)
             }
             None => None,
@@ -91,18 +92,32 @@ impl FrameReader {
             ReadEnd::Socket(half) => loop {
                 let socket = half.as_ref();
                 ready!(socket.poll_read_ready(task))?;
-                let mut received = Vec::new();
+                let room = self.buffer.capacity() - self.buffer.len();
+                let held = self.descriptors.len();
+                let mut drained = None;
                 let read = socket.try_io(Interest::READABLE, || {
-                    scm::recv(socket.as_fd(), &mut self.buffer, &mut received)
+                    let read = scm::recv(socket.as_fd(), &mut self.buffer, &mut self.descriptors)?;
+                    // A read that fell short of the room is one that found
+                    // the socket drained (as tokio's own reads assume),
+                    // unless descriptors came with it: the kernel ends a
+                    // read after the bytes that carried some.
+                    if read > 0 && read < room && self.descriptors.len() == held {
+                        // Said with a `WouldBlock`, which clears the
+                        // readiness (unless more arrived meanwhile), sparing
+                        // the read that would only find nothing.
+                        drained = Some(read);
+                        return Err(io::ErrorKind::WouldBlock.into());
+                    }
+                    Ok(read)
                 });
-                self.descriptors.extend(received);
                 if self.descriptors.len() > scm::MAX_DESCRIPTORS_PER_FRAME {
                     let e = "more descriptors waiting than a frame may carry";
                     return Poll::Ready(Err(io::Error::new(io::ErrorKind::InvalidData, e)));
                 }
-                match read {
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                    read => return Poll::Ready(read),
+                match (read, drained) {
+                    (_, Some(read)) => return Poll::Ready(Ok(read)),
+                    (Err(e), None) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                    (read, None) => return Poll::Ready(read),
                 }
             },
         }

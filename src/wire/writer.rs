@@ -22,7 +22,7 @@ use std::io::{self, IoSlice};
 use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::pin::Pin;
 use std::rc::Rc;
-use std::task::{Context as TaskContext, Poll, Waker};
+use std::task::{ready, Context as TaskContext, Poll, Waker};
 
 use actix::io::WriteHandler;
 use actix::prelude::*;
@@ -38,7 +38,7 @@ use super::stream::WriteEnd;
 const INLINE_PAYLOAD: usize = 4 << 10;
 
 /// The most slices one write takes.
-const MAX_SLICES: usize = 64;
+const MAX_SLICES: usize = 16;
 
 /// How far the socket is behind what was written: the bytes of frames
 /// written and not yet taken by the socket. Whoever holds it may wait for
@@ -210,7 +210,7 @@ impl Outgoing {
                 return;
             }
             // This frame begins a write of its own.
-            self.cut(Vec::new());
+            self.cut(Descriptors::new());
         }
         let before = self.gathering.len();
         let head = encode_head(
@@ -234,7 +234,7 @@ impl Outgoing {
             self.cut(descriptors);
             self.pieces.push_back(Piece {
                 bytes: payload,
-                descriptors: Vec::new(),
+                descriptors: Descriptors::new(),
             });
         }
         if let Some(meter) = &self.meter {
@@ -253,79 +253,113 @@ impl Outgoing {
         }
     }
 
-    /// Marks `n` bytes as written.
-    fn advance(&mut self, mut n: usize) {
-        if let Some(meter) = &self.meter {
-            meter.taken(n);
-        }
-        while n > 0 {
-            let Some(front) = self.pieces.front_mut() else {
-                return;
-            };
-            // Sent with the first byte.
-            front.descriptors.clear();
-            if n < front.bytes.len() {
-                front.bytes.advance(n);
-                return;
-            }
-            n -= front.bytes.len();
-            self.pieces.pop_front();
-        }
-    }
-
     /// Writes what is queued, until done or the socket is full.
     fn poll_write_out(&mut self, task: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
-        self.cut(Vec::new());
-        while let Some(first) = self.pieces.front() {
-            let mut slices = [IoSlice::new(&[]); MAX_SLICES];
-            slices[0] = IoSlice::new(&first.bytes);
-            let mut count = 1;
-            // Up to the next frame that carries descriptors: they go with
-            // a write of their own.
-            for piece in self.pieces.iter().skip(1).take(MAX_SLICES - 1) {
-                if !piece.descriptors.is_empty() {
+        let Some(end) = self.end.as_mut() else {
+            return Poll::Ready(Ok(()));
+        };
+        loop {
+            let written = if self.pieces.is_empty() {
+                if self.gathering.is_empty() {
                     break;
                 }
-                slices[count] = IoSlice::new(&piece.bytes);
-                count += 1;
-            }
-            let slices = &slices[..count];
-            let mut raw = [0 as RawFd; super::scm::MAX_DESCRIPTORS_PER_FRAME];
-            for (raw, fd) in raw.iter_mut().zip(&first.descriptors) {
-                *raw = fd.as_raw_fd();
-            }
-            let raw = &raw[..first.descriptors.len()];
-            let written = match self.end.as_mut() {
-                Some(WriteEnd::Stream(stream)) => {
-                    std::task::ready!(Pin::new(stream).poll_write_vectored(task, slices))
+                // Only heads and small payloads: written from where they
+                // were gathered, in one slice (the common case).
+                let slice = [IoSlice::new(&self.gathering)];
+                let written = ready!(poll_send(end, task, &slice, &[]))?;
+                self.gathering.advance(written.min(self.gathering.len()));
+                written
+            } else {
+                if !self.gathering.is_empty() {
+                    self.pieces.push_back(Piece {
+                        bytes: self.gathering.split().freeze(),
+                        descriptors: Descriptors::new(),
+                    });
                 }
-                Some(WriteEnd::Socket(half)) => {
-                    let socket = half.as_ref();
-                    std::task::ready!(socket.poll_write_ready(task))?;
-                    match socket.try_io(Interest::WRITABLE, || {
-                        scm::send(socket.as_fd(), slices, raw)
-                    }) {
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                        written => written,
+                let first = &self.pieces[0];
+                let mut slices = [IoSlice::new(&[]); MAX_SLICES];
+                slices[0] = IoSlice::new(&first.bytes);
+                let mut count = 1;
+                // Up to the next frame that carries descriptors: they go
+                // with a write of their own.
+                for piece in self.pieces.iter().skip(1).take(MAX_SLICES - 1) {
+                    if !piece.descriptors.is_empty() {
+                        break;
                     }
+                    slices[count] = IoSlice::new(&piece.bytes);
+                    count += 1;
                 }
-                None => return Poll::Ready(Ok(())),
+                let raw: Vec<RawFd> = first.descriptors.iter().map(|fd| fd.as_raw_fd()).collect();
+                let written = ready!(poll_send(end, task, &slices[..count], &raw))?;
+                consume(&mut self.pieces, written);
+                written
             };
-            match written {
-                Ok(0) => {
-                    return Poll::Ready(Err(io::Error::new(
-                        io::ErrorKind::WriteZero,
-                        "failed to write frame to transport",
-                    )))
-                }
-                Ok(n) => self.advance(n),
-                Err(e) => return Poll::Ready(Err(e)),
+            if written == 0 {
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::WriteZero,
+                    "failed to write frame to transport",
+                )));
+            }
+            if let Some(meter) = &self.meter {
+                meter.taken(written);
             }
         }
-        match self.end.as_mut() {
-            Some(WriteEnd::Stream(stream)) => Pin::new(stream).poll_flush(task),
-            _ => Poll::Ready(Ok(())),
+        match end {
+            WriteEnd::Stream(stream) => Pin::new(stream).poll_flush(task),
+            WriteEnd::Socket(_) => Poll::Ready(Ok(())),
         }
+    }
+}
+
+/// Drops the first `n` bytes of `pieces`, which were written.
+fn consume(pieces: &mut VecDeque<Piece>, mut n: usize) {
+    while n > 0 {
+        let Some(front) = pieces.front_mut() else {
+            return;
+        };
+        // Sent with the first byte.
+        front.descriptors.clear();
+        if n < front.bytes.len() {
+            front.bytes.advance(n);
+            return;
+        }
+        n -= front.bytes.len();
+        pieces.pop_front();
+    }
+}
+
+/// One write of `slices` to `end`, with `descriptors` (a socket only).
+fn poll_send(
+    end: &mut WriteEnd,
+    task: &mut TaskContext<'_>,
+    slices: &[IoSlice<'_>],
+    descriptors: &[RawFd],
+) -> Poll<io::Result<usize>> {
+    let half = match end {
+        WriteEnd::Stream(stream) => return Pin::new(stream).poll_write_vectored(task, slices),
+        WriteEnd::Socket(half) => half,
+    };
+    let socket = half.as_ref();
+    let total: usize = slices.iter().map(|slice| slice.len()).sum();
+    loop {
+        ready!(socket.poll_write_ready(task))?;
+        let mut partial = None;
+        let sent = socket.try_io(Interest::WRITABLE, || {
+            let sent = scm::send(socket.as_fd(), slices, descriptors)?;
+            if sent > 0 && sent < total {
+                // The socket is full: as tokio's own writes do, say so (a
+                // `WouldBlock` clears the readiness), sparing the write
+                // that would only fail.
+                partial = Some(sent);
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            Ok(sent)
+        });
+        return match (sent, partial) {
+            (_, Some(sent)) => Poll::Ready(Ok(sent)),
+            (Err(e), None) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            (sent, None) => Poll::Ready(sent),
+        };
     }
 }
 
@@ -442,7 +476,7 @@ mod tests {
         ));
         out.queue(Frame::new(Header::Reply { id: 2 }, large.clone()));
         out.queue(Frame::bare(Header::Shutdown));
-        out.cut(Vec::new());
+        out.cut(Descriptors::new());
         assert_eq!(out.pieces.len(), 3, "heads, the large payload, a head");
         assert_eq!(
             out.pieces[1].bytes.as_ptr(),
@@ -452,10 +486,9 @@ mod tests {
         let total: usize = out.pieces.iter().map(|piece| piece.bytes.len()).sum();
         let meter = out.meter.clone().unwrap();
         assert_eq!(meter.behind.get(), total);
-        out.advance(total - 3);
+        consume(&mut out.pieces, total - 3);
         assert_eq!(out.pieces.len(), 1);
         assert_eq!(out.pieces[0].bytes.len(), 3);
-        assert_eq!(meter.behind.get(), 3);
     }
 
     #[test]
@@ -466,7 +499,7 @@ mod tests {
             Header::Reply { id: 1 },
             Bytes::from(vec![0; 100]),
         ));
-        out.cut(Vec::new());
+        out.cut(Descriptors::new());
         assert!(out.pieces.is_empty());
         assert!(matches!(out.error, Some(FrameError::TooLarge { .. })));
     }

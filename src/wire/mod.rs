@@ -36,5 +36,6 @@ pub(crate) use serializer::Serializer;
 /// were `Error` frames with reserved names before.
 /// 6: each frame says how many descriptors it carries (the shared memory
 /// of `SharedBytes`, passed with `SCM_RIGHTS`), in a byte after its header
-/// length.
+/// length; large requests and replies come in chunks (`Opens`,
+/// `Continues`) that other frames pass.
 pub(crate) const PROTOCOL_VERSION: u32 = 6;

@@ -4,7 +4,7 @@
 //! the worker ends is [`exit`](super::exit); which host it serves, and
 //! what it does when that host goes, is [`reattach`](super::reattach).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::pin::Pin;
 use std::task::{Poll, Waker};
 
@@ -64,6 +64,9 @@ pub(crate) struct Server<A: Actor, S> {
     running: FuturesUnordered<InProgress>,
     /// How to drop a running request when the host cancels it.
     cancels: HashMap<u64, AbortHandle>,
+    /// Chunked requests whose first chunk was read (and counted by the
+    /// read mark then), not yet whole.
+    begun: HashSet<u64>,
     /// Wakes this server's context: after a request is added to `running`,
     /// and after the writer is told to close (actix's writer notices only
     /// when next polled).
@@ -148,6 +151,7 @@ impl<A: Actor, S: Serializer> Server<A, S> {
             outbox,
             running: FuturesUnordered::new(),
             cancels: HashMap::new(),
+            begun: HashSet::new(),
             waker: None,
             scratch: BytesMut::new(),
             exit_code: 0,
@@ -251,6 +255,7 @@ impl<A: Actor, S: Serializer> Server<A, S> {
     pub(super) fn drop_requests(&mut self) {
         self.running.clear();
         self.cancels.clear();
+        self.begun.clear();
     }
 
     /// Starts handling request `id`.
@@ -425,8 +430,10 @@ impl<A: Actor, S: Serializer> StreamHandler<Inbound> for Server<A, S> {
         match frame.header {
             Header::Request { id, name } => {
                 // Counted before anything of it runs (the handler runs
-                // later, in the actor's own task).
-                if let Some(mark) = &self.read_mark {
+                // later, in the actor's own task); a chunked one was
+                // counted when it began.
+                let counted = !self.begun.is_empty() && self.begun.remove(&id);
+                if let (Some(mark), false) = (&self.read_mark, counted) {
                     mark.bump();
                 }
                 // Shared memory in the request takes its descriptor as the
@@ -435,6 +442,17 @@ impl<A: Actor, S: Serializer> StreamHandler<Inbound> for Server<A, S> {
                 passing::decoding(frame.descriptors, max_shared, || {
                     self.request(id, name, frame.payload)
                 })
+            }
+            // A chunked request begins (the reader hands it on whole once
+            // it is): counted read now, in the order the host numbered it,
+            // whichever request is whole first.
+            Header::Opens { header, .. } if matches!(*header, Header::Request { .. }) => {
+                if let Header::Request { id, .. } = *header {
+                    if let Some(mark) = &self.read_mark {
+                        mark.bump();
+                    }
+                    self.begun.insert(id);
+                }
             }
             Header::Cancel { id } => {
                 if let Some(cancel) = self.cancels.remove(&id) {

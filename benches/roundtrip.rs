@@ -54,6 +54,12 @@
 //!   each way and is mapped on arrival, the bytes are not copied at all
 //!   (target ≤ 0.5× the floor, less than copying the MiB through the
 //!   socket).
+//! * `small_behind_large`: 100 16-byte requests sent at once to a child
+//!   worker, timed until all are answered: `alone`, and
+//!   `behind_two_1mib`, sent right after two 1 MiB requests (not timed,
+//!   awaited after). A large frame must not hold the connection for its
+//!   whole length (it goes in 64 KiB chunks that small frames pass), so the
+//!   target is ≤ 2× `alone`: the floor here is our own small requests.
 //! * `spawn_ready`: starting a worker, until its first request could be
 //!   sent. The floor, `raw_spawn_self`, spawns this binary (the same
 //!   executable our child worker runs, so the same exec, loading and
@@ -235,6 +241,7 @@ fn main() {
     for workload in workloads {
         bench_workload(&mut c, &sys, workload);
     }
+    bench_small_behind_large(&mut c, &sys);
     bench_spawn_ready(&mut c, &sys);
     report_idle_rss(&sys);
 
@@ -482,6 +489,54 @@ fn spawn_worker<D: Driver<EchoContract>>(
 ) -> Addr<Worker<EchoContract, D>> {
     sys.block_on(Worker::spawn(driver))
         .expect("start the worker")
+}
+
+/// How many small requests `small_behind_large` sends at once.
+const SMALL_BEHIND: usize = 100;
+
+/// Benchmarks 100 small requests to a child worker alone, and sent right
+/// after two 1 MiB requests (whose time is not counted).
+fn bench_small_behind_large(c: &mut Criterion, sys: &SystemRunner) {
+    let mut group = c.benchmark_group("small_behind_large");
+    let big = Bytes::from(vec![0xa5; MIB]);
+    let mut worker = None;
+    for (id, bigs) in [("alone", 0), ("behind_two_1mib", 2)] {
+        group.bench_function(id, |b| {
+            let echoer = worker
+                .get_or_insert_with(|| spawn_worker(sys, ChildProcess::current_exe(WORKER)))
+                .clone();
+            b.iter_custom(|iters| {
+                sys.block_on(async {
+                    let mut timed = Duration::ZERO;
+                    for _ in 0..iters {
+                        // Sent (queued in the proxy's mailbox) at once.
+                        let large: Vec<_> = (0..bigs)
+                            .map(|_| echoer.send(EchoBytes { data: big.clone() }))
+                            .collect();
+                        let started = Instant::now();
+                        let small = (0..SMALL_BEHIND).map(|_| {
+                            echoer.send(Echo16 {
+                                data: SMALL_MESSAGE,
+                            })
+                        });
+                        let small = join_all(small).await;
+                        timed += started.elapsed();
+                        for reply in small {
+                            assert_eq!(succeeded(reply).data, SMALL_MESSAGE);
+                        }
+                        for reply in join_all(large).await {
+                            assert_eq!(succeeded(reply).len(), MIB);
+                        }
+                    }
+                    timed
+                })
+            });
+        });
+    }
+    group.finish();
+    if let Some(worker) = worker {
+        worker.stop(sys);
+    }
 }
 
 /// Benchmarks starting the floor's child and each kind of worker, until it

@@ -1,11 +1,14 @@
-//! Maps keyed by request ids, hashed cheaply: each side keeps its pending
+//! Maps and sets keyed by request ids, hashed cheaply: each side keeps its pending
 //! requests by id, and looks one up on every request, often twice.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasherDefault, Hasher};
 
 /// A map from request ids.
 pub(crate) type IdMap<V> = HashMap<u64, V, BuildHasherDefault<IdHasher>>;
+
+/// A set of request ids.
+pub(crate) type IdSet = HashSet<u64, BuildHasherDefault<IdHasher>>;
 
 /// Hashes request ids. Each is a distinct `u64` one side gave out, so one
 /// multiplication (by 2⁶⁴/φ) spreads them over the buckets; the default

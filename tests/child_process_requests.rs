@@ -1,9 +1,64 @@
 //! Requests to a child-process worker, beyond what the conformance suite
-//! checks for every driver: large payloads, how a panic kills the process
-//! (reported before it is printed),
+//! checks for every driver: large payloads (and small requests passing
+//! them), how a panic kills the process (reported before it is printed),
 //! the pid in `Status`, and requests queued in the proxy.
 
 mod support;
+
+/// A worker that says, for each request, how many of the other kind it
+/// had handled before it.
+mod lanes {
+    use actix::prelude::*;
+    use bytes::Bytes;
+    use isolated_workers::WorkerError;
+    use serde::{Deserialize, Serialize};
+
+    /// The name this worker is started under.
+    pub const WORKER: &str = "lanes";
+
+    /// A large request: answers how many `Small`s were handled before it.
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    pub struct Big(pub Bytes);
+
+    /// A small request: answers how many `Big`s were handled before it.
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    pub struct Small;
+
+    isolated_workers::contract! {
+        /// Large and small requests.
+        pub Lanes {
+            Big => u32,
+            Small => u32,
+        }
+    }
+
+    /// Counts what it handled.
+    #[derive(Debug, Default)]
+    pub struct LaneWorker {
+        bigs: u32,
+        smalls: u32,
+    }
+
+    impl Actor for LaneWorker {
+        type Context = Context<Self>;
+    }
+
+    impl Handler<Big> for LaneWorker {
+        type Result = Result<u32, WorkerError>;
+        fn handle(&mut self, _: Big, _: &mut Context<Self>) -> Self::Result {
+            self.bigs += 1;
+            Ok(self.smalls)
+        }
+    }
+
+    impl Handler<Small> for LaneWorker {
+        type Result = Result<u32, WorkerError>;
+        fn handle(&mut self, _: Small, _: &mut Context<Self>) -> Self::Result {
+            self.smalls += 1;
+            Ok(self.bigs)
+        }
+    }
+}
 
 use std::time::{Duration, Instant};
 
@@ -14,7 +69,12 @@ use support::*;
 
 fn main() {
     enter_workers();
+    isolated_workers::worker_entry::<lanes::Lanes, _>(lanes::WORKER, lanes::LaneWorker::default);
     run(vec![
+        actix_test(
+            "a_small_request_sent_after_two_large_ones_is_handled_before_they_are_whole",
+            a_small_request_sent_after_two_large_ones_is_handled_before_they_are_whole,
+        ),
         actix_test(
             "a_one_mebibyte_echo_round_trips_byte_exactly",
             a_one_mebibyte_echo_round_trips_byte_exactly,
@@ -272,4 +332,30 @@ async fn requests_beyond_max_in_flight_wait_in_the_proxy_and_all_complete() -> R
     let done = status(&worker).await?;
     assert_eq!((done.in_flight, done.queued), (0, 0));
     close(&worker).await
+}
+
+/// A large request's frame does not hold the connection for its whole
+/// length: one sent after two 4 MiB requests reaches the worker (which
+/// handles requests in the order they are whole) before either of them.
+async fn a_small_request_sent_after_two_large_ones_is_handled_before_they_are_whole(
+) -> Result<(), Failed> {
+    use lanes::{Big, Lanes, Small};
+    let worker = isolated_workers::Worker::<Lanes>::spawn(
+        isolated_workers::ChildProcess::current_exe(lanes::WORKER),
+    )
+    .await
+    .map_err(fail)?;
+    let large = bytes::Bytes::from(vec![7u8; 4 << 20]);
+    let first = worker.send(Big(large.clone()));
+    let second = worker.send(Big(large));
+    let small = worker.send(Small);
+    let (first, second, small) = futures::join!(first, second, small);
+    let bigs_before_small = small?.map_err(fail)?;
+    assert_eq!(
+        bigs_before_small, 0,
+        "the small request waited for a large one"
+    );
+    assert_eq!(first?.map_err(fail)?, 1, "the small one was handled before");
+    assert_eq!(second?.map_err(fail)?, 1);
+    worker.send(isolated_workers::Close).await.map_err(fail)
 }

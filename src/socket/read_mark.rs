@@ -5,6 +5,11 @@
 //! read, so none of its handler ran: the host sends it to the fresh worker
 //! whatever its crash policy.
 //!
+//! A request that comes in chunks (see `wire::writer`) counts as read
+//! when its first chunk is, so that the count follows the order the host
+//! wrote (and numbered) requests in, though a small one may be whole
+//! before a large one written earlier.
+//!
 //! The count is per connection: the worker sets it to 0 before it greets
 //! a host, and the host numbers each connection's requests from 1. So a
 //! request lost with a dropped connection cannot shift the numbers of

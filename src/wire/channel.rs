@@ -58,21 +58,20 @@ fn register(socket: UnixStream, interest: Interest) -> io::Result<AsyncFd<UnixSt
 
 impl ChannelReader {
     /// Reads with `read` (a `recv` on the socket) once the socket is
-    /// readable, waiting while it would block. `requested` is how much
-    /// `read` asked for: a shorter read emptied the socket (as tokio's own
-    /// streams assume), so the next waits for readiness rather than find
-    /// out with a read that fails.
+    /// readable, waiting while it would block. `read` says how many bytes
+    /// it read, and whether that drained the socket (a read shorter than
+    /// it asked for, as tokio's own streams assume): the next read then
+    /// waits for readiness rather than find out with a read that fails.
     pub(crate) fn poll_read_with(
         &self,
         task: &mut Context<'_>,
-        requested: usize,
-        mut read: impl FnMut(BorrowedFd<'_>) -> io::Result<usize>,
+        mut read: impl FnMut(BorrowedFd<'_>) -> io::Result<(usize, bool)>,
     ) -> Poll<io::Result<usize>> {
         loop {
             let mut ready = ready!(self.0.socket.poll_read_ready(task))?;
             match ready.try_io(|socket| read(socket.get_ref().as_fd())) {
-                Ok(Ok(n)) => {
-                    if n > 0 && n < requested {
+                Ok(Ok((n, drained))) => {
+                    if drained {
                         ready.clear_ready();
                     }
                     return Poll::Ready(Ok(n));

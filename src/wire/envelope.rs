@@ -89,6 +89,41 @@ pub(crate) enum Header {
     /// (`Contract::Event`), encoded by the contract's serializer. Written
     /// before any frame the worker writes after emitting it.
     Event,
+    /// Either way: the first chunk of a large request or reply (`header`,
+    /// whose payload is `total` bytes), sent in chunks so that other frames
+    /// can pass it (see `wire::writer`); the descriptors of the whole frame
+    /// come with this one. Never reaches a handler: the reader puts the
+    /// frame back together.
+    Opens {
+        part: u32,
+        total: u32,
+        header: Box<Header>,
+    },
+    /// Either way: the next chunk of the frame `Opens` began as `part`.
+    Continues { part: u32 },
+}
+
+impl Header {
+    /// Whether a frame with this header may be written before frames
+    /// written earlier and not yet wholly sent (chunked requests and
+    /// replies): requests and their outcomes, which the peer matches by
+    /// id, not by order. Anything else (events, logs, cancels, the
+    /// connection's own frames) keeps its place.
+    pub(crate) fn may_overtake(&self) -> bool {
+        matches!(
+            self,
+            Header::Request { .. }
+                | Header::Reply { .. }
+                | Header::Error { .. }
+                | Header::Unserved { .. }
+        )
+    }
+
+    /// Whether a large payload behind this header may be chunked (so that
+    /// frames which [`may_overtake`](Self::may_overtake) pass it).
+    pub(crate) fn may_be_chunked(&self) -> bool {
+        matches!(self, Header::Request { .. } | Header::Reply { .. })
+    }
 }
 
 /// Why a worker refused an attach.

@@ -13,8 +13,43 @@ use super::scm::MAX_DESCRIPTORS_PER_FRAME;
 
 /// The descriptors a frame carries (shared memory its payload refers to,
 /// see [`SharedBytes`](crate::SharedBytes)), shared with whoever keeps them
-/// to send again.
-pub(crate) type Descriptors = Vec<Arc<OwnedFd>>;
+/// to send again. One pointer wide, and no allocation when empty (as for
+/// nearly every frame): frames are moved through several layers.
+#[derive(Debug, Clone, Default)]
+#[allow(clippy::box_collection)] // the box on purpose: one pointer, not three
+pub(crate) struct Descriptors(Option<Box<Vec<Arc<OwnedFd>>>>);
+
+impl Descriptors {
+    /// None.
+    pub(crate) fn new() -> Self {
+        Self(None)
+    }
+
+    /// Adds one.
+    pub(crate) fn push(&mut self, descriptor: Arc<OwnedFd>) {
+        self.0.get_or_insert_with(Box::default).push(descriptor);
+    }
+
+    /// Drops them all (they were sent).
+    pub(crate) fn clear(&mut self) {
+        self.0 = None;
+    }
+}
+
+impl std::ops::Deref for Descriptors {
+    type Target = [Arc<OwnedFd>];
+
+    fn deref(&self) -> &[Arc<OwnedFd>] {
+        self.0.as_deref().map_or(&[], Vec::as_slice)
+    }
+}
+
+impl FromIterator<Arc<OwnedFd>> for Descriptors {
+    fn from_iter<I: IntoIterator<Item = Arc<OwnedFd>>>(iter: I) -> Self {
+        let all: Vec<_> = iter.into_iter().collect();
+        Self((!all.is_empty()).then(|| Box::new(all)))
+    }
+}
 
 /// One frame: a header, the (possibly empty) payload behind it, and the
 /// descriptors that travel with it (over a Unix socket only).
@@ -31,7 +66,7 @@ impl Frame {
         Self {
             header,
             payload,
-            descriptors: Vec::new(),
+            descriptors: Descriptors::new(),
         }
     }
 

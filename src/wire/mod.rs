@@ -39,5 +39,6 @@ pub(crate) use serializer::Serializer;
 /// 6: fixed binary headers for requests, replies and cancels; each frame
 /// says how many descriptors it carries (the shared memory of
 /// `SharedBytes`, passed with `SCM_RIGHTS`), in a byte after its header
-/// length.
+/// length; large requests and replies come in chunks (`Opens`,
+/// `Continues`) that other frames pass.
 pub(crate) const PROTOCOL_VERSION: u32 = 6;

@@ -7,7 +7,7 @@
 //! where an index takes its own. Outside both (another format, a file, a
 //! stream that passes bytes only) `SharedBytes` travels as plain bytes.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
 
@@ -15,8 +15,12 @@ use super::frame::Descriptors;
 use super::scm::MAX_DESCRIPTORS_PER_FRAME;
 
 thread_local! {
-    /// The descriptors of the payload being encoded, when they can pass.
-    static OUTGOING: RefCell<Option<Descriptors>> = const { RefCell::new(None) };
+    /// The descriptors of the payload being encoded, when they can pass:
+    /// a pointer to the list `encoding` keeps on its stack, null outside
+    /// it. (A bare pointer in a `Cell` rather than a `RefCell` holding the
+    /// list: every request to a child worker is encoded inside `encoding`,
+    /// and this way entering and leaving it costs two stores.)
+    static OUTGOING: Cell<*mut Descriptors> = const { Cell::new(std::ptr::null_mut()) };
     /// The descriptors of the frame being decoded, and the largest shared
     /// memory a receiver maps.
     static INCOMING: RefCell<Option<(Descriptors, usize)>> = const { RefCell::new(None) };
@@ -26,30 +30,40 @@ thread_local! {
 /// serializes, if `passes` (the connection can pass them); returns them
 /// with its result.
 pub(crate) fn encoding<R>(passes: bool, encode: impl FnOnce() -> R) -> (R, Descriptors) {
+    let mut collected = Descriptors::new();
     if !passes {
-        return (encode(), Vec::new());
+        return (encode(), collected);
     }
-    let outer = OUTGOING.with(|out| out.replace(Some(Vec::new())));
+    /// Puts back what was there, also when `encode` panics.
+    struct Restore(*mut Descriptors);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            OUTGOING.set(self.0);
+        }
+    }
+    let restore = Restore(OUTGOING.replace(&mut collected));
     let result = encode();
-    let collected = OUTGOING.with(|out| out.replace(outer));
-    (result, collected.unwrap_or_default())
+    drop(restore);
+    (result, collected)
 }
 
 /// The index `descriptor` travels as in the payload being encoded, if one
 /// is (and it has room for one more).
 pub(crate) fn offer(descriptor: &Arc<OwnedFd>) -> Option<u32> {
-    OUTGOING.with(|out| {
-        let mut out = out.borrow_mut();
-        let out = out.as_mut()?;
-        if let Some(index) = out.iter().position(|d| Arc::ptr_eq(d, descriptor)) {
-            return Some(index as u32);
-        }
-        if out.len() >= MAX_DESCRIPTORS_PER_FRAME {
-            return None; // the rest go as bytes
-        }
-        out.push(descriptor.clone());
-        Some(out.len() as u32 - 1)
-    })
+    let out = OUTGOING.get();
+    // SAFETY: non-null only inside `encoding`, pointing at the list it
+    // keeps alive on its stack for that long; nothing else refers to the
+    // list meanwhile (`encoding` touches it only after `encode` returned,
+    // and this reference ends with this call).
+    let out = unsafe { out.as_mut() }?;
+    if let Some(index) = out.iter().position(|d| Arc::ptr_eq(d, descriptor)) {
+        return Some(index as u32);
+    }
+    if out.len() >= MAX_DESCRIPTORS_PER_FRAME {
+        return None; // the rest go as bytes
+    }
+    out.push(descriptor.clone());
+    Some(out.len() as u32 - 1)
 }
 
 /// Runs `decode` with the `descriptors` of the frame it decodes at hand,

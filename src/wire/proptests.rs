@@ -144,6 +144,12 @@ fn header() -> impl Strategy<Value = Header> {
                 }
             }
         ),
+        (any::<u32>(), any::<u32>(), any::<u64>()).prop_map(|(part, total, id)| Header::Opens {
+            part,
+            total,
+            header: Box::new(Header::Reply { id }),
+        }),
+        any::<u32>().prop_map(|part| Header::Continues { part }),
     ]
 }
 

@@ -42,7 +42,8 @@ pub(crate) fn recv(
         iov_base: spare.as_mut_ptr().cast(),
         iov_len: spare.len(),
     };
-    let mut control = [0u64; CONTROL_WORDS];
+    // Written by the kernel, read only as far as it says it wrote.
+    let mut control = [std::mem::MaybeUninit::<u64>::uninit(); CONTROL_WORDS];
     // SAFETY: a zeroed `msghdr` is a valid empty one.
     let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
     msg.msg_iov = &mut iov;
@@ -83,7 +84,8 @@ pub(crate) fn recv(
     Ok(read as usize)
 }
 
-/// Writes `slices` with `descriptors` attached to their first byte.
+/// Writes `slices` with `descriptors` attached to their first byte (a
+/// plain `send` or `writev` when there are none, which cost less).
 ///
 /// # Errors
 /// The write's error (`WouldBlock` when the socket is full: then nothing
@@ -93,13 +95,19 @@ pub(crate) fn send(
     slices: &[io::IoSlice<'_>],
     descriptors: &[RawFd],
 ) -> io::Result<usize> {
-    let rights = [ControlMessage::ScmRights(descriptors)];
-    let control: &[ControlMessage<'_>] = if descriptors.is_empty() { &[] } else { &rights };
     let flags = MsgFlags::MSG_NOSIGNAL | MsgFlags::MSG_DONTWAIT;
+    if descriptors.is_empty() {
+        return Ok(match slices {
+            [one] => nix::sys::socket::send(socket.as_raw_fd(), one, flags)?,
+            // Rust programs ignore SIGPIPE: a closed peer is `EPIPE` here.
+            _ => nix::sys::uio::writev(socket, slices)?,
+        });
+    }
+    let rights = [ControlMessage::ScmRights(descriptors)];
     Ok(sendmsg::<()>(
         socket.as_raw_fd(),
         slices,
-        control,
+        &rights,
         flags,
         None,
     )?)

@@ -204,7 +204,7 @@ impl fmt::Debug for SharedBytes {
 #[derive(Serialize)]
 #[serde(rename = "SharedBytes")]
 enum Outgoing<'a> {
-    Bytes(#[serde(with = "serde_bytes")] &'a [u8]),
+    Bytes(Raw<'a>),
     Shared(u32),
 }
 
@@ -212,8 +212,53 @@ enum Outgoing<'a> {
 #[derive(Deserialize)]
 #[serde(rename = "SharedBytes")]
 enum Incoming {
-    Bytes(serde_bytes::ByteBuf),
+    Bytes(RawBuf),
     Shared(u32),
+}
+
+/// Bytes serialized as a byte string (what `serde_bytes` does; written
+/// here so that its types do not join the list of `Serialize` types rustc
+/// offers when a message is not one, see `tests/ui`).
+struct Raw<'a>(&'a [u8]);
+
+impl Serialize for Raw<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_bytes(self.0)
+    }
+}
+
+/// [`Raw`], read: a byte string, or a sequence of bytes (as JSON has it).
+struct RawBuf(Vec<u8>);
+
+impl<'de> Deserialize<'de> for RawBuf {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        /// Takes bytes in either form.
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = RawBuf;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("bytes")
+            }
+            fn visit_bytes<E>(self, bytes: &[u8]) -> Result<RawBuf, E> {
+                Ok(RawBuf(bytes.to_vec()))
+            }
+            fn visit_byte_buf<E>(self, bytes: Vec<u8>) -> Result<RawBuf, E> {
+                Ok(RawBuf(bytes))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<RawBuf, A::Error> {
+                // Grown as bytes arrive, not from a length the input claims.
+                let mut bytes = Vec::new();
+                while let Some(byte) = seq.next_element()? {
+                    bytes.push(byte);
+                }
+                Ok(RawBuf(bytes))
+            }
+        }
+        deserializer.deserialize_byte_buf(Visitor)
+    }
 }
 
 impl Serialize for SharedBytes {
@@ -224,7 +269,7 @@ impl Serialize for SharedBytes {
         };
         match index {
             Some(index) => Outgoing::Shared(index).serialize(serializer),
-            None => Outgoing::Bytes(self.as_slice()).serialize(serializer),
+            None => Outgoing::Bytes(Raw(self.as_slice())).serialize(serializer),
         }
     }
 }
@@ -232,7 +277,7 @@ impl Serialize for SharedBytes {
 impl<'de> Deserialize<'de> for SharedBytes {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         match Incoming::deserialize(deserializer)? {
-            Incoming::Bytes(bytes) => Ok(Self::heap(bytes.into_vec().into())),
+            Incoming::Bytes(RawBuf(bytes)) => Ok(Self::heap(bytes.into())),
             Incoming::Shared(index) => {
                 let (descriptor, max_len) =
                     passing::take(index).map_err(serde::de::Error::custom)?;

@@ -77,6 +77,14 @@ impl From<Box<dyn AsyncWrite + Unpin>> for WriteEnd {
     }
 }
 
+impl ReadEnd {
+    /// A reading end over `bytes`, for tests.
+    #[cfg(test)]
+    pub(crate) fn of_bytes(bytes: Vec<u8>) -> Self {
+        ReadEnd::Stream(Box::new(std::io::Cursor::new(bytes)))
+    }
+}
+
 impl WriteEnd {
     /// Whether descriptors can travel on this end (a Unix socket).
     pub(crate) fn passes_descriptors(&self) -> bool {

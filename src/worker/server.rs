@@ -14,7 +14,7 @@ use super::inbox::Inbox;
 use super::reattach::{Host, Leaving, Listener};
 use super::routes::{Outcome, Routes};
 use crate::error::{ProtocolFailure, WorkerError};
-use crate::ids::IdMap;
+use crate::ids::{IdMap, IdSet};
 use crate::middleware::trip::{Leg, Trip, Untyped};
 use crate::middleware::{Body, Middlewares};
 use crate::socket::read_mark::ReadMark;
@@ -63,6 +63,9 @@ pub(crate) struct Server<A: Actor, S> {
     running: FuturesUnordered<InProgress>,
     /// How to drop a running request when the host cancels it.
     cancels: IdMap<AbortHandle>,
+    /// Chunked requests whose first chunk was read (and counted by the
+    /// read mark then), not yet whole.
+    begun: IdSet,
     /// Wakes this server's context: after a request is added to `running`,
     /// and after the writer is told to close (actix's writer notices only
     /// when next polled).
@@ -152,6 +155,7 @@ impl<A: Actor, S: Serializer> Server<A, S> {
             outbox,
             running: FuturesUnordered::new(),
             cancels: IdMap::default(),
+            begun: IdSet::default(),
             waker: None,
             scratch: BytesMut::new(),
             exit_code: 0,
@@ -260,6 +264,7 @@ impl<A: Actor, S: Serializer> Server<A, S> {
     pub(super) fn drop_requests(&mut self) {
         self.running.clear();
         self.cancels.clear();
+        self.begun.clear();
     }
 
     /// Starts handling request `id`.
@@ -487,8 +492,10 @@ impl<A: Actor, S: Serializer> StreamHandler<Inbound> for Server<A, S> {
         match frame.header {
             Header::Request { id, name } => {
                 // Counted before anything of it runs (the handler runs
-                // later, in the actor's own task).
-                if let Some(mark) = &self.read_mark {
+                // later, in the actor's own task); a chunked one was
+                // counted when it began.
+                let counted = !self.begun.is_empty() && self.begun.remove(&id);
+                if let (Some(mark), false) = (&self.read_mark, counted) {
                     mark.bump();
                 }
                 // Shared memory in the request takes its descriptor as the
@@ -498,6 +505,17 @@ impl<A: Actor, S: Serializer> StreamHandler<Inbound> for Server<A, S> {
                     self.request(id, name, frame.payload)
                 });
                 self.read_since_dispatch = true;
+            }
+            // A chunked request begins (the reader hands it on whole once
+            // it is): counted read now, in the order the host numbered it,
+            // whichever request is whole first.
+            Header::Opens { header, .. } if matches!(*header, Header::Request { .. }) => {
+                if let Header::Request { id, .. } = *header {
+                    if let Some(mark) = &self.read_mark {
+                        mark.bump();
+                    }
+                    self.begun.insert(id);
+                }
             }
             Header::Cancel { id } => {
                 if let Some(cancel) = self.cancels.remove(&id) {

@@ -175,7 +175,10 @@ mod tests {
     async fn read_some(reader: &ChannelReader) -> Vec<u8> {
         let mut buf = [0u8; 64];
         let n = std::future::poll_fn(|task| {
-            reader.poll_read_with(task, buf.len(), |fd| Ok(nix::unistd::read(fd, &mut buf)?))
+            reader.poll_read_with(task, |fd| {
+                let n = nix::unistd::read(fd, &mut buf)?;
+                Ok((n, n < 64))
+            })
         })
         .await
         .unwrap();

@@ -279,7 +279,10 @@ impl Outgoing {
         if let Some(meter) = &self.meter {
             meter.add(frame.payload.len());
         }
-        if self.blocked.is_empty() && self.may_begin(&frame) {
+        if self.blocked.is_empty() && self.open.is_empty() && frame.payload.len() <= CHUNK {
+            // Nearly every frame: nothing to wait for, nothing to chunk.
+            self.encode(frame);
+        } else if self.blocked.is_empty() && self.may_begin(&frame) {
             self.begin(frame);
         } else {
             self.blocked.push_back(frame);

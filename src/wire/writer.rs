@@ -190,21 +190,7 @@ impl FrameWriter {
     where
         A: Actor<Context = Context<A>> + WriteHandler<FrameError>,
     {
-        let shared = Rc::new(RefCell::new(Outgoing {
-            end: Some(end),
-            max_frame_len,
-            pieces: VecDeque::new(),
-            gathering: BytesMut::new(),
-            open: VecDeque::new(),
-            open_total: 0,
-            next_part: 0,
-            blocked: VecDeque::new(),
-            state: State::Open,
-            error: None,
-            idle: None,
-            wrote_through: false,
-            meter,
-        }));
+        let shared = Rc::new(RefCell::new(Outgoing::new(Some(end), max_frame_len, meter)));
         ctx.spawn(Writing {
             shared: shared.clone(),
         });
@@ -273,6 +259,25 @@ impl FrameWriter {
 }
 
 impl Outgoing {
+    /// Nothing queued yet, for `end` (`None`: nowhere, in tests).
+    fn new(end: Option<WriteEnd>, max_frame_len: usize, meter: Option<Rc<Meter>>) -> Self {
+        Self {
+            end,
+            max_frame_len,
+            pieces: VecDeque::new(),
+            gathering: BytesMut::new(),
+            open: VecDeque::new(),
+            open_total: 0,
+            next_part: 0,
+            blocked: VecDeque::new(),
+            state: State::Open,
+            error: None,
+            idle: None,
+            wrote_through: false,
+            meter,
+        }
+    }
+
     /// Queues `frame`: begun at once (encoded behind what is to be
     /// written) unless it must wait its turn.
     fn queue(&mut self, frame: Frame) {
@@ -615,21 +620,7 @@ mod tests {
     use crate::wire::envelope::Header;
 
     fn outgoing() -> Outgoing {
-        Outgoing {
-            end: None,
-            max_frame_len: 1 << 20,
-            pieces: VecDeque::new(),
-            gathering: BytesMut::new(),
-            open: VecDeque::new(),
-            open_total: 0,
-            next_part: 0,
-            blocked: VecDeque::new(),
-            state: State::Open,
-            error: None,
-            idle: None,
-            wrote_through: false,
-            meter: Some(Rc::new(Meter::new(usize::MAX))),
-        }
+        Outgoing::new(None, 1 << 20, Some(Rc::new(Meter::new(usize::MAX))))
     }
 
     #[test]

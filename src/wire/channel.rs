@@ -85,36 +85,64 @@ impl ChannelReader {
 }
 
 impl ChannelWriter {
-    /// Writes with `write` (a `send` on the socket) straight away; if it
-    /// would block, waits for room (registering for it, see the module
-    /// doc) and writes again.
+    /// Writes with `write` (a `send` on the socket, of `total` bytes)
+    /// straight away; once a write falls short or would block, the socket
+    /// is full: the writes after it wait for room (registering for it, see
+    /// the module doc), until one takes all it was given.
     pub(crate) fn poll_write_with(
         &self,
         task: &mut Context<'_>,
+        total: usize,
         mut write: impl FnMut(BorrowedFd<'_>) -> io::Result<usize>,
     ) -> Poll<io::Result<usize>> {
         let channel = &self.0;
         loop {
-            match write(channel.socket.get_ref().as_fd()) {
-                Ok(n) => {
-                    // Room again: stop hearing of it.
+            let full = {
+                let blocked = channel.blocked.borrow();
+                match blocked.as_ref() {
+                    Some(watch) => {
+                        let mut ready = ready!(watch.poll_write_ready(task))?;
+                        match ready.try_io(|socket| write(socket.get_ref().as_fd())) {
+                            Ok(Ok(n)) => Ok(n),
+                            Ok(Err(e)) => return Poll::Ready(Err(e)),
+                            // Full again: the readiness is cleared, wait.
+                            Err(_would_block) => continue,
+                        }
+                    }
+                    None => match write(channel.socket.get_ref().as_fd()) {
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Err(e),
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                        other => Ok(other?),
+                    },
+                }
+            };
+            match full {
+                Ok(n) if n >= total => {
+                    // It took all: stop hearing of room.
                     channel.blocked.borrow_mut().take();
                     return Poll::Ready(Ok(n));
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Poll::Ready(Err(e)),
+                Ok(n) => {
+                    // Fell short: the socket is full, and the next write
+                    // waits for room rather than fail first.
+                    self.watch_for_room()?;
+                    return Poll::Ready(Ok(n));
+                }
+                Err(_would_block) => self.watch_for_room()?,
             }
-            let mut blocked = channel.blocked.borrow_mut();
-            if blocked.is_none() {
-                let duplicate = channel.socket.get_ref().try_clone()?;
-                *blocked = Some(register(duplicate, Interest::WRITABLE)?);
-            }
-            let watch = blocked.as_ref().expect("registered above");
-            // Registered after the failed write: room made since then is
-            // signalled, as the registration reports the current state.
-            ready!(watch.poll_write_ready(task))?.clear_ready();
         }
+    }
+
+    /// Registers a duplicate of the socket for room to write, unless one
+    /// is. Registered after a write found the socket full: room made since
+    /// is signalled, as a registration reports the current state.
+    fn watch_for_room(&self) -> io::Result<()> {
+        let mut blocked = self.0.blocked.borrow_mut();
+        if blocked.is_none() {
+            let duplicate = self.0.socket.get_ref().try_clone()?;
+            *blocked = Some(register(duplicate, Interest::WRITABLE)?);
+        }
+        Ok(())
     }
 }
 
@@ -164,9 +192,11 @@ mod tests {
     /// Writes all of `bytes` through `writer`.
     async fn write_all(writer: &ChannelWriter, mut bytes: &[u8]) {
         while !bytes.is_empty() {
-            let n = std::future::poll_fn(|task| writer.poll_write_with(task, |fd| send(fd, bytes)))
-                .await
-                .unwrap();
+            let n = std::future::poll_fn(|task| {
+                writer.poll_write_with(task, bytes.len(), |fd| send(fd, bytes))
+            })
+            .await
+            .unwrap();
             bytes = &bytes[n..];
         }
     }

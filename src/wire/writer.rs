@@ -523,7 +523,8 @@ fn poll_send(
     match end {
         WriteEnd::Stream(stream) => Pin::new(stream).poll_write_vectored(task, slices),
         WriteEnd::Socket(channel) => {
-            channel.poll_write_with(task, |socket| scm::send(socket, slices, descriptors))
+            let total = slices.iter().map(|slice| slice.len()).sum();
+            channel.poll_write_with(task, total, |socket| scm::send(socket, slices, descriptors))
         }
     }
 }

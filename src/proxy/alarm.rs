@@ -98,7 +98,7 @@ impl Ord for Entry {
 
 /// The clock thread, started on first use.
 fn clock() -> &'static Clock {
-    static CLOCK: OnceLock<&'static Clock> = OnceLock::new();
+    static CLOCK: OnceLock<Clock> = OnceLock::new();
     CLOCK.get_or_init(|| {
         let started = std::thread::Builder::new()
             .name("isolated-workers-alarms".into())
@@ -106,11 +106,11 @@ fn clock() -> &'static Clock {
         if let Err(e) = &started {
             tracing::warn!("no thread for request deadlines ({e}); using the runtime's timer");
         }
-        Box::leak(Box::new(Clock {
+        Clock {
             due: Mutex::default(),
             changed: Condvar::new(),
             running: started.is_ok(),
-        }))
+        }
     })
 }
 

@@ -8,9 +8,9 @@
 //! nothing — once per round trip on each side (strace: an `epoll_wait`
 //! returning a bare `EPOLLOUT`, and a scheduler turn, ~10% of a small
 //! request's instructions). Small writes to a socket nearly always fit;
-//! only a write that would block needs to hear of room, so only then is a
-//! second descriptor for the same socket registered for writing, and it is
-//! dropped again once a write went through.
+//! only a write that falls short or would block needs to hear of room, so
+//! only then is a second descriptor for the same socket registered for
+//! writing, and it is dropped again once a write takes all it was given.
 
 use std::cell::RefCell;
 use std::io;
@@ -26,8 +26,8 @@ use tokio::io::Interest;
 struct Channel {
     /// Registered for reading only.
     socket: AsyncFd<UnixStream>,
-    /// A duplicate of the socket registered for writing, while a write is
-    /// blocked (see the module doc).
+    /// A duplicate of the socket registered for writing, while the socket
+    /// is full (see the module doc).
     blocked: RefCell<Option<AsyncFd<UnixStream>>>,
 }
 
@@ -97,7 +97,7 @@ impl ChannelWriter {
     ) -> Poll<io::Result<usize>> {
         let channel = &self.0;
         loop {
-            let full = {
+            let written = {
                 let blocked = channel.blocked.borrow();
                 match blocked.as_ref() {
                     Some(watch) => {
@@ -116,7 +116,7 @@ impl ChannelWriter {
                     },
                 }
             };
-            match full {
+            match written {
                 Ok(n) if n >= total => {
                     // It took all: stop hearing of room.
                     channel.blocked.borrow_mut().take();
@@ -144,9 +144,7 @@ impl ChannelWriter {
         }
         Ok(())
     }
-}
 
-impl ChannelWriter {
     /// Tells the peer nothing more comes (it reads the end of the stream).
     fn shut_down(&self) -> io::Result<()> {
         match self.0.socket.get_ref().shutdown(std::net::Shutdown::Write) {

@@ -202,8 +202,8 @@ impl FrameWriter {
     /// The first frame written while the writer's task waits for work goes
     /// to the socket at once, from here, rather than by waking that task:
     /// it runs in the actor's own task, which the wake-up would only make
-    /// poll itself once more (callgrind: ~1.5 k instructions and an
-    /// `epoll_wait` a request, on each side). Frames written after it, before
+    /// poll itself once more (callgrind: ~1.5 k instructions a request in
+    /// the host, ~2.2 k in the worker). Frames written after it, before
     /// the task ran, wake it and go out together in one write, as before.
     pub(crate) fn write(&mut self, frame: Frame) {
         let mut out = self.shared.borrow_mut();

@@ -415,9 +415,6 @@ impl Outbox {
 
     /// An event waiting in the backlog, as a frame, if there is one.
     pub(crate) fn take(&mut self) -> Option<Frame> {
-        if self.waiting.is_empty() {
-            return None;
-        }
         self.waiting.try_recv().ok().map(event_frame)
     }
 

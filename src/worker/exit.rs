@@ -124,8 +124,8 @@ impl<A: Actor, S: Serializer> Server<A, S> {
                 while let Some(event) = self.outbox.take() {
                     host.writer.write(event);
                 }
+                // Closing wakes the writer, which then finishes.
                 host.writer.close();
-                self.wake();
             }
             None => ctx.stop(),
         }

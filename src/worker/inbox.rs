@@ -42,7 +42,7 @@ where
     /// calls it polls after each call (a process worker's server runs its
     /// actor's context in its own task): a call then wakes nobody. (A
     /// wake-up would only make that task poll itself once more, for
-    /// nothing: ~1.5 k instructions a request.)
+    /// nothing: ~400 instructions a request.)
     pub(crate) fn open_polled_by_caller(context: &mut Context<A>) -> Self {
         Self::opened(context, Wakes::Nobody)
     }

@@ -235,6 +235,23 @@ impl FrameWriter {
         task.wake();
     }
 
+    /// Writes what is queued now, as far as the socket takes it, from the
+    /// task of the actor's context (`task`): for a caller about to run code
+    /// that may block the thread (a worker's handlers), so that what was
+    /// written before it goes out first. What the socket does not take
+    /// yet goes when it has room, as any write.
+    pub(crate) fn flush(&mut self, task: &mut TaskContext<'_>) {
+        let mut out = self.shared.borrow_mut();
+        if out.state != State::Open || out.error.is_some() {
+            return;
+        }
+        if let Poll::Ready(Err(e)) = out.poll_write_out(task) {
+            // For the writer's task to report.
+            out.error.get_or_insert(FrameError::Io(e));
+            task.waker().wake_by_ref();
+        }
+    }
+
     /// Writes what is queued, then ends the writer (and tells the actor's
     /// [`WriteHandler::finished`]).
     pub(crate) fn close(&mut self) {

@@ -383,6 +383,11 @@ impl<A: Actor, S: Serializer> Server<A, S> {
     /// ended, and the events waiting (see [`Dispatcher`]).
     fn dispatch(&mut self, ctx: &mut Context<Self>, task: &mut std::task::Context<'_>) {
         self.read_since_dispatch = false;
+        // What the server wrote (a `Listening`, a reply) goes out before
+        // any handler runs: one that blocks the thread would hold it back.
+        if let Some(host) = self.host.link_mut() {
+            host.writer.flush(task);
+        }
         if let Some(actor) = &mut self.actor_task {
             let polled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 actor.as_mut().poll(task)

@@ -23,6 +23,9 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long the worker's thread is kept blocked: well past
 /// [`CONNECT_TIMEOUT`].
 const BLOCKED: Duration = Duration::from_secs(4);
+/// How often the worker looks whether it listens for its host yet, and
+/// the host whether the worker has blocked.
+const POLL: Duration = Duration::from_millis(5);
 /// Silent connections held open on the attach socket.
 const SILENT_PEERS: usize = 64;
 /// How long a `Reconnect` may take despite them (the bound).
@@ -32,17 +35,20 @@ const HONEST_RECONNECT: Duration = Duration::from_secs(1);
 #[derive(Debug, Serialize, Deserialize)]
 struct Increment;
 
-/// Blocks the worker's thread for `ms`.
+/// Answers at once; then, as soon as the worker listens for its host
+/// again (after a `Disconnect`), makes the file `blocked` and blocks the
+/// worker's thread for `ms`.
 #[derive(Debug, Serialize, Deserialize)]
-struct Block {
+struct BlockOnceListening {
     ms: u64,
+    blocked: PathBuf,
 }
 
 isolated_workers::contract! {
     /// A worker with state worth keeping.
     Counter {
         Increment => u64,
-        Block => (),
+        BlockOnceListening => (),
     }
 }
 
@@ -63,12 +69,29 @@ impl Handler<Increment> for CounterWorker {
     }
 }
 
-impl Handler<Block> for CounterWorker {
+impl Handler<BlockOnceListening> for CounterWorker {
     type Result = Result<(), WorkerError>;
-    fn handle(&mut self, block: Block, _: &mut Context<Self>) -> Self::Result {
-        std::thread::sleep(Duration::from_millis(block.ms));
+    fn handle(&mut self, block: BlockOnceListening, ctx: &mut Context<Self>) -> Self::Result {
+        block_once_listening(Duration::from_millis(block.ms), block.blocked, ctx);
         Ok(())
     }
+}
+
+/// Blocks the thread for `time` once this worker has made its attach
+/// socket, which it does before it confirms a `Disconnect`, and says so
+/// with the file `blocked`. Waiting for both, rather than blocking in the
+/// request's own handler, keeps the test from depending on whether the
+/// worker read the `Disconnect` in the same read as the request, and on
+/// whether the block began before the host's `Reconnect`.
+fn block_once_listening(time: Duration, blocked: PathBuf, ctx: &mut Context<CounterWorker>) {
+    ctx.run_later(POLL, move |_, ctx| {
+        if attach_dirs_of(std::process::id()).is_empty() {
+            block_once_listening(time, blocked, ctx);
+        } else {
+            std::fs::write(&blocked, b"").expect("the marker of the block");
+            std::thread::sleep(time);
+        }
+    });
 }
 
 fn main() {
@@ -116,15 +139,21 @@ async fn a_reconnect_that_timed_out_while_the_worker_was_blocked_does_not_cost_i
     for expected in 1..=3 {
         assert_eq!(increment(&worker).await?, expected);
     }
-    // The worker reads both, confirms the Disconnect, then its thread
-    // blocks in the handler: it accepts no host until that returns.
-    let blocked = worker.send(Block {
-        ms: BLOCKED.as_millis() as u64,
-    });
+    // The worker confirms the Disconnect, then its thread blocks: it
+    // accepts no host until that ends.
+    let markers = tempfile::tempdir().map_err(fail)?;
+    let blocked = markers.path().join("blocked");
+    worker
+        .send(BlockOnceListening {
+            ms: BLOCKED.as_millis() as u64,
+            blocked: blocked.clone(),
+        })
+        .await
+        .map_err(fail)?
+        .map_err(fail)?;
     worker.send(Disconnect).await.map_err(fail)?.map_err(fail)?;
-    match blocked.await.map_err(fail)? {
-        Err(WorkerError::Disconnected) => {}
-        other => return Err(format!("the blocked request: {other:?}").into()),
+    while !blocked.exists() {
+        actix_rt::time::sleep(POLL).await;
     }
     let started = Instant::now();
     match worker.send(Reconnect).await.map_err(fail)? {

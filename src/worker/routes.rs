@@ -3,6 +3,7 @@
 
 use std::any::{Any, TypeId};
 use std::collections::HashMap;
+use std::hash::BuildHasherDefault;
 use std::marker::PhantomData;
 
 use actix::prelude::*;
@@ -11,6 +12,7 @@ use futures::future::LocalBoxFuture;
 
 use crate::contract::{Contract, WorkerMessage};
 use crate::error::{ProtocolFailure, RemoteError, WorkerError};
+use crate::ids::IdHasher;
 use crate::middleware::trip::{Leg, Trip};
 use crate::middleware::Middlewares;
 use crate::wire::serializer::CodecError;
@@ -57,7 +59,9 @@ type TypedInboxMaker<A> = fn(&Inbox<A>) -> Box<dyn Any + Send>;
 /// bytes, and by message type (a typed handle per message) for drivers
 /// that move values.
 pub struct Routes<A: Actor, S> {
-    by_name: HashMap<&'static str, Route<A>>,
+    /// Hashed as request ids are: a lookup per request, keyed by names of
+    /// the contract and looked up by the names its trusted host sends.
+    by_name: HashMap<&'static str, Route<A>, BuildHasherDefault<IdHasher>>,
     by_type: Vec<(TypeId, TypedInboxMaker<A>)>,
     _serializer: PhantomData<fn() -> S>,
 }
@@ -78,7 +82,7 @@ impl<A: Actor, S: Serializer> Routes<A, S> {
     /// An empty table.
     pub fn new() -> Self {
         Self {
-            by_name: HashMap::new(),
+            by_name: HashMap::default(),
             by_type: Vec::new(),
             _serializer: PhantomData,
         }

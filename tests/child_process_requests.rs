@@ -110,7 +110,11 @@ async fn a_panic_the_handler_catches_is_not_reported_and_the_worker_serves_on() 
 {
     // With backtraces on, a worker's hook defers printing them: a caught
     // panic must still be nothing more than printed.
-    let driver = calc().env("RUST_BACKTRACE", "1");
+    let dir = tempfile::tempdir().map_err(fail)?;
+    let stderr = dir.path().join("stderr");
+    let driver = calc()
+        .env("RUST_BACKTRACE", "1")
+        .env(STDERR_FILE_ENV, &stderr);
     let worker = isolated_workers::Worker::<Calc>::spawn(driver)
         .await
         .map_err(fail)?;
@@ -130,7 +134,14 @@ async fn a_panic_the_handler_catches_is_not_reported_and_the_worker_serves_on() 
     let status = status(&worker).await?;
     assert_eq!(status.state, WorkerState::Running);
     assert_eq!(status.pid, Some(pid), "the same process serves on");
-    close(&worker).await
+    close(&worker).await?;
+    // Printed by the time the worker exited (it waits for its printer).
+    let printed = std::fs::read_to_string(&stderr).map_err(fail)?;
+    assert!(
+        printed.contains("recovered 7") && printed.contains("stack backtrace"),
+        "the worker printed the caught panic and its backtrace: {printed:?}"
+    );
+    Ok(())
 }
 
 async fn a_one_mebibyte_echo_round_trips_byte_exactly() -> Result<(), Failed> {

@@ -66,7 +66,7 @@ impl Handler<CrashOnce> for FlakyWorker {
     fn handle(&mut self, crash: CrashOnce, _: &mut Context<Self>) -> Self::Result {
         if std::fs::metadata(&crash.marker).is_err() {
             std::fs::write(&crash.marker, b"crashed once").expect("marker written");
-            panic!("first try");
+            support::panic_on_purpose("first try");
         }
         Ok(std::process::id())
     }
@@ -75,7 +75,7 @@ impl Handler<CrashOnce> for FlakyWorker {
 impl Handler<CrashAlways> for FlakyWorker {
     type Result = Result<(), WorkerError>;
     fn handle(&mut self, _: CrashAlways, _: &mut Context<Self>) -> Self::Result {
-        panic!("always");
+        support::panic_on_purpose("always");
     }
 }
 
@@ -99,15 +99,15 @@ impl Handler<MarkThenNap> for FlakyWorker {
 
 fn flaky_worker() -> FlakyWorker {
     if let Some(blocker) = std::env::var_os(START_BLOCKER_ENV) {
-        assert!(
-            std::fs::metadata(blocker).is_err(),
-            "refusing to start: the blocker file exists"
-        );
+        if std::fs::metadata(blocker).is_ok() {
+            support::panic_on_purpose("refusing to start: the blocker file exists");
+        }
     }
     FlakyWorker
 }
 
 fn main() {
+    support::quiet_panics_on_purpose();
     isolated_workers::worker_entry::<Flaky, _>("flaky", flaky_worker);
     run(vec![
         actix_test(

@@ -153,7 +153,7 @@ impl Handler<Burst> for JobWorker {
 impl Handler<Explode> for JobWorker {
     type Result = Result<(), WorkerError>;
     fn handle(&mut self, _: Explode, _: &mut Context<Self>) -> Self::Result {
-        panic!("exploding on purpose");
+        support::panic_on_purpose("exploding on purpose");
     }
 }
 

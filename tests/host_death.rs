@@ -121,6 +121,7 @@ enum Death {
 }
 
 fn main() {
+    support::quiet_panics_on_purpose();
     isolated_workers::worker_entry::<Busy, _>("busy", || BusyWorker);
     if std::env::var_os(CLOSED_STDIN_ENV).is_some() {
         closed_stdin_host();

@@ -480,7 +480,7 @@ impl Handler<Flaky> for Scribe {
             return Ok(());
         }
         std::fs::write(marker, "crashed once").map_err(|e| RemoteError::from_error(&e))?;
-        panic!("flaky: the first try crashes");
+        support::panic_on_purpose("flaky: the first try crashes");
     }
 }
 
@@ -1314,6 +1314,7 @@ where
 }
 
 fn main() {
+    support::quiet_panics_on_purpose();
     let log = Log::default();
     let chain = worker_chain(&log);
     isolated_workers::worker_entry_with::<Mw, _>(WORKER, move || Scribe { log }, chain);

@@ -101,7 +101,7 @@ impl Handler<Fragile> for JobWorker {
         let left = crashes_left(&fragile.crashes).expect("the crash count is readable");
         if left > 0 {
             std::fs::write(&fragile.crashes, (left - 1).to_string()).expect("crash counted");
-            panic!("fragile: {left} crashes left");
+            panic_on_purpose(&format!("fragile: {left} crashes left"));
         }
         Ok(std::process::id())
     }

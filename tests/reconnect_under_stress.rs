@@ -95,6 +95,7 @@ fn block_once_listening(time: Duration, blocked: PathBuf, ctx: &mut Context<Coun
 }
 
 fn main() {
+    support::quiet_panics_on_purpose();
     isolated_workers::worker_entry::<Counter, _>("counter", CounterWorker::default);
     let trials = vec![
         test(

@@ -121,6 +121,7 @@ echoes_with!(as_postcard, Postcard, "echo-postcard");
 echoes_with!(as_msgpack, MessagePack, "echo-msgpack");
 
 fn main() {
+    support::quiet_panics_on_purpose();
     as_json::enter();
     as_postcard::enter();
     as_msgpack::enter();

@@ -233,7 +233,7 @@ impl Handler<Sleep> for CalcWorker {
 impl Handler<Explode> for CalcWorker {
     type Result = Result<(), WorkerError>;
     fn handle(&mut self, explode: Explode, _: &mut Context<Self>) -> Self::Result {
-        panic!("{}", explode.message);
+        panic_on_purpose(&explode.message);
     }
 }
 
@@ -254,7 +254,7 @@ impl Handler<ExplodeSoon> for CalcWorker {
     type Result = Result<(), WorkerError>;
     fn handle(&mut self, explode: ExplodeSoon, ctx: &mut Context<Self>) -> Self::Result {
         ctx.run_later(Duration::from_millis(20), move |_, _| {
-            panic!("{}", explode.message)
+            panic_on_purpose(&explode.message)
         });
         Ok(())
     }
@@ -263,7 +263,7 @@ impl Handler<ExplodeSoon> for CalcWorker {
 impl Handler<CatchPanic> for CalcWorker {
     type Result = Result<String, WorkerError>;
     fn handle(&mut self, catch: CatchPanic, _: &mut Context<Self>) -> Self::Result {
-        let caught = std::panic::catch_unwind(|| panic!("{}", catch.message))
+        let caught = std::panic::catch_unwind(|| panic_on_purpose(&catch.message))
             .expect_err("the closure panics");
         Ok(caught.downcast_ref::<String>().cloned().unwrap_or_default())
     }
@@ -343,11 +343,57 @@ fn block_stderr() {
     nix::unistd::dup2_stderr(&pipe).expect("the FIFO becomes stderr");
 }
 
+/// When set, names a file a spawned worker makes its stderr (for a test
+/// that reads what the worker printed, rather than let it reach the
+/// terminal).
+pub const STDERR_FILE_ENV: &str = "ISOLATED_WORKERS_TEST_STDERR_FILE";
+
+/// Makes the file [`STDERR_FILE_ENV`] names this worker's stderr, if the
+/// test asked for it.
+fn stderr_to_file() {
+    let Some(path) = std::env::var_os(STDERR_FILE_ENV) else {
+        return;
+    };
+    let file = std::fs::File::create(path).expect("the test's stderr file opens");
+    nix::unistd::dup2_stderr(&file).expect("the file becomes stderr");
+}
+
+thread_local! {
+    /// Set by [`panic_on_purpose`] for the hook [`quiet_panics_on_purpose`]
+    /// installs.
+    static ON_PURPOSE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Panics with `message` (at the caller's location, as `panic!` would), a
+/// panic the test wants: [`quiet_panics_on_purpose`] keeps it off stderr.
+#[track_caller]
+pub fn panic_on_purpose(message: &str) -> ! {
+    ON_PURPOSE.with(|on_purpose| on_purpose.set(true));
+    panic!("{message}")
+}
+
+/// Keeps the panics tests cause on purpose ([`panic_on_purpose`]) off
+/// stderr, so that a passing run prints none of them; every other panic is
+/// printed as before. Installed before `worker_entry` (which keeps the hook
+/// it finds, and calls it to print), in the host and in its workers. (With
+/// `RUST_BACKTRACE` set, a worker process prints its panics itself, with
+/// their backtraces: those are printed still.)
+pub fn quiet_panics_on_purpose() {
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if !ON_PURPOSE.with(|on_purpose| on_purpose.replace(false)) {
+            previous(info);
+        }
+    }));
+}
+
 /// Call first in every test binary's `main`: in a spawned worker this
 /// serves (or misbehaves, see [`rogue`]) and never returns.
 pub fn enter_workers() {
+    quiet_panics_on_purpose();
     if std::env::var_os(isolated_workers::testing::CHANNEL_FD_ENV).is_some() {
         block_stderr();
+        stderr_to_file();
     }
     rogue::enter();
     isolated_workers::worker_entry::<Calc, _>("calc", CalcWorker::default);

@@ -28,6 +28,12 @@ pub(crate) struct Hello {
     pub(crate) contract_version: u32,
     /// [`crate::Serializer::NAME`] of the worker's payload format.
     pub(crate) serializer: String,
+    /// Which build of its executable the sender runs (device, inode, size,
+    /// modification time of its image); empty if unknown. Last, and
+    /// defaulted, so that a Hello of protocol 6 still decodes and is
+    /// refused for its version.
+    #[serde(default)]
+    pub(crate) executable: String,
 }
 
 /// Where a worker that was asked to wait for its host (`Disconnect`,

@@ -147,6 +147,7 @@ pub(crate) fn host_shows_output() -> bool {
 ///     assert_eq!(calc.send(Add { a: 2, b: 3 }).await.unwrap().unwrap(), 5);
 ///     calc.send(Close).await.unwrap();
 /// }
+/// # fn main() {}
 /// ```
 ///
 /// Arguments given with [`ChildProcess::arg`](crate::ChildProcess::arg) are

@@ -230,6 +230,41 @@ mod tests {
     }
 
     #[test]
+    fn a_hello_of_protocol_6_still_decodes_to_be_refused_for_its_version() {
+        /// The Hello of protocol 6: no `executable`.
+        #[derive(Serialize)]
+        struct OldHello {
+            protocol: u32,
+            token: String,
+            pid: u32,
+            contract: String,
+            contract_version: u32,
+            serializer: String,
+        }
+        #[derive(Serialize)]
+        enum OldHeader {
+            Hello(OldHello),
+        }
+        let old = OldHeader::Hello(OldHello {
+            protocol: 6,
+            token: String::new(),
+            pid: 7,
+            contract: "Calc".into(),
+            contract_version: 1,
+            serializer: "msgpack".into(),
+        });
+        let mut buf = vec![tag::MESSAGE_PACK];
+        rmp_serde::encode::write(&mut buf, &old).unwrap();
+        match Header::read(&buf).unwrap() {
+            Header::Hello(hello) => {
+                assert_eq!((hello.protocol, hello.pid), (6, 7));
+                assert_eq!(hello.executable, "");
+            }
+            other => panic!("read {other:?}"),
+        }
+    }
+
+    #[test]
     fn a_request_with_an_empty_name_round_trips() {
         let header = Header::Request {
             id: u64::MAX,

@@ -144,7 +144,10 @@ impl ChildProcess {
     /// # Safety
     /// The hook runs in a forked copy of a multi-threaded process: it must
     /// only make async-signal-safe calls (no allocation, no locks). See
-    /// [`std::os::unix::process::CommandExt::pre_exec`].
+    /// [`std::os::unix::process::CommandExt::pre_exec`]. For a worker of
+    /// [`current_exe`](Self::current_exe), the child then executes
+    /// `/proc/self/exe` (Linux): a hook that changes the root must leave it
+    /// reachable.
     pub unsafe fn pre_exec(
         mut self,
         hook: impl Fn() -> io::Result<()> + Send + Sync + 'static,

@@ -18,7 +18,9 @@ use std::sync::OnceLock;
 
 use crate::socket::env;
 
-/// The name of the test [`test_support!`](crate::test_support!) writes.
+/// The name of the test [`test_support!`](crate::test_support!) writes (the
+/// macro spells it out: an identifier cannot come from a constant;
+/// `tests/test_support.rs` fails if the two differ).
 pub(crate) const ENTRY_TEST: &str = "isolated_workers_test_entry";
 
 /// The module (as `module_path!` says it) of this binary's entry test, set

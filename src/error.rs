@@ -543,6 +543,22 @@ pub enum HandshakeError {
         /// The host's.
         host: String,
     },
+    /// The worker was started from the host's executable
+    /// ([`ChildProcess::current_exe`](crate::ChildProcess::current_exe)) but
+    /// runs another build of it: the file was rebuilt or replaced after the
+    /// host started, and the worker runs the file, not the host's image
+    /// (on Linux a worker always runs the host's image). Each identity is
+    /// the executable's `device:inode:size:mtime`.
+    #[error(
+        "the worker runs another build of the executable ({worker}) than the host ({host}): \
+         the file was replaced after the host started; restart the host to run the new build"
+    )]
+    OtherBuild {
+        /// The worker's executable.
+        worker: String,
+        /// The host's.
+        host: String,
+    },
     /// The worker's first frame is not its Hello.
     #[error("expected a hello, got {got}")]
     Unexpected {

@@ -12,6 +12,7 @@ mod panic;
 pub mod pool;
 pub mod proxy;
 mod socket;
+mod test_support;
 mod unreferenced;
 mod waiters;
 pub(crate) mod wire;
@@ -57,4 +58,10 @@ pub mod prelude {
 pub mod __private {
     pub use actix;
     pub use bytes::BytesMut;
+    #[cfg(feature = "test-support")]
+    pub use ctor;
+    /// What `test_support!` expands to calls.
+    pub mod test_support {
+        pub use crate::test_support::{register, run_entry};
+    }
 }

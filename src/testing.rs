@@ -34,6 +34,7 @@ pub fn hello_frame(
             contract: contract.to_owned(),
             contract_version,
             serializer: serializer.to_owned(),
+            executable: String::new(),
         }),
         &[],
     )

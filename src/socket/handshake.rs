@@ -29,6 +29,7 @@ use crate::error::HandshakeError;
 use crate::wire::envelope::{Header, Hello, Refusal};
 use crate::wire::{Serializer, PROTOCOL_VERSION};
 
+use super::build::executable_identity;
 use super::peer::token_matches;
 
 /// What one end of a connection speaks: the wire protocol's version, the
@@ -66,6 +67,7 @@ impl Dialect {
             contract: self.contract.to_owned(),
             contract_version: self.contract_version,
             serializer: self.serializer.to_owned(),
+            executable: executable_identity().to_owned(),
         }
     }
 
@@ -148,6 +150,9 @@ fn unexpected(header: &Header) -> HandshakeError {
 pub(crate) struct Greeting {
     /// What the host speaks.
     dialect: Dialect,
+    /// The build the worker must run, for a worker started from the host's
+    /// own executable: the host's ([`executable_identity`]).
+    build: Option<&'static str>,
 }
 
 impl Greeting {
@@ -155,17 +160,42 @@ impl Greeting {
     pub(crate) fn new<C: Contract>() -> Self {
         Self {
             dialect: Dialect::of::<C>(),
+            build: None,
+        }
+    }
+
+    /// The worker must also run the host's build of its executable: it was
+    /// started from the host's own executable
+    /// ([`ChildProcess::current_exe`](crate::ChildProcess::current_exe)).
+    pub(crate) fn same_build(self) -> Self {
+        Self {
+            build: Some(executable_identity()),
+            ..self
         }
     }
 
     /// The only step: the worker's first frame opens the connection if it
-    /// is a Hello in the host's dialect. (A connection that ends before its
-    /// first frame is [`HandshakeError::Closed`], unless the worker's exit
-    /// says more; the I/O code tells which.)
+    /// is a Hello in the host's dialect (and of the host's build, if asked).
+    /// (A connection that ends before its first frame is
+    /// [`HandshakeError::Closed`], unless the worker's exit says more; the
+    /// I/O code tells which.)
     pub(crate) fn next(self, first: Header) -> Result<(), HandshakeError> {
-        match first {
-            Header::Hello(hello) => self.dialect.check(&hello),
-            other => Err(unexpected(&other)),
+        let hello = match first {
+            Header::Hello(hello) => hello,
+            other => return Err(unexpected(&other)),
+        };
+        self.dialect.check(&hello)?;
+        match self.build {
+            // Either side unknown: nothing to compare.
+            Some(host)
+                if !host.is_empty() && !hello.executable.is_empty() && hello.executable != host =>
+            {
+                Err(HandshakeError::OtherBuild {
+                    worker: hello.executable,
+                    host: host.to_owned(),
+                })
+            }
+            _ => Ok(()),
         }
     }
 }
@@ -396,6 +426,31 @@ mod tests {
     #[test]
     fn greeting_opens_on_a_fitting_hello() {
         assert!(greeting().next(Header::Hello(fitting(""))).is_ok());
+    }
+
+    #[test]
+    fn greeting_of_the_same_build_refuses_another_build_by_name() {
+        let other = Hello {
+            executable: "fd:1:2:3.000000000".into(),
+            ..fitting("")
+        };
+        assert!(greeting().next(Header::Hello(other.clone())).is_ok());
+        let why = greeting()
+            .same_build()
+            .next(Header::Hello(other))
+            .unwrap_err();
+        assert!(matches!(&why, HandshakeError::OtherBuild { worker, host }
+            if worker == "fd:1:2:3.000000000" && host == executable_identity()));
+        assert!(why.to_string().contains("restart the host"), "{why}");
+        assert!(greeting()
+            .same_build()
+            .next(Header::Hello(fitting("")))
+            .is_ok());
+        let unknown = Hello {
+            executable: String::new(),
+            ..fitting("")
+        };
+        assert!(greeting().same_build().next(Header::Hello(unknown)).is_ok());
     }
 
     #[test]

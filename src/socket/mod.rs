@@ -26,6 +26,7 @@
 //! child-process driver, the proxy and the worker use it.
 
 pub(crate) mod attach;
+pub(crate) mod build;
 pub(crate) mod detach;
 pub(crate) mod directory;
 pub(crate) mod first_frame;

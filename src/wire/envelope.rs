@@ -28,6 +28,12 @@ pub(crate) struct Hello {
     pub(crate) contract_version: u32,
     /// [`crate::Serializer::NAME`] of the worker's payload format.
     pub(crate) serializer: String,
+    /// Which build of its executable the sender runs (device, inode, size,
+    /// modification time of its image); empty if unknown. Last, and
+    /// defaulted, so that a Hello of protocol 6 still decodes and is
+    /// refused for its version.
+    #[serde(default)]
+    pub(crate) executable: String,
 }
 
 /// Where a worker that was asked to wait for its host (`Disconnect`,
@@ -220,6 +226,41 @@ mod tests {
             &[9, 0][..],
         ] {
             assert!(Header::read(bad).is_err(), "{bad:?} was read");
+        }
+    }
+
+    #[test]
+    fn a_hello_of_protocol_6_still_decodes_to_be_refused_for_its_version() {
+        /// The Hello of protocol 6: no `executable`.
+        #[derive(Serialize)]
+        struct OldHello {
+            protocol: u32,
+            token: String,
+            pid: u32,
+            contract: String,
+            contract_version: u32,
+            serializer: String,
+        }
+        #[derive(Serialize)]
+        enum OldHeader {
+            Hello(OldHello),
+        }
+        let old = OldHeader::Hello(OldHello {
+            protocol: 6,
+            token: String::new(),
+            pid: 7,
+            contract: "Calc".into(),
+            contract_version: 1,
+            serializer: "msgpack".into(),
+        });
+        let mut buf = vec![tag::MESSAGE_PACK];
+        rmp_serde::encode::write(&mut buf, &old).unwrap();
+        match Header::read(&buf).unwrap() {
+            Header::Hello(hello) => {
+                assert_eq!((hello.protocol, hello.pid), (6, 7));
+                assert_eq!(hello.executable, "");
+            }
+            other => panic!("read {other:?}"),
         }
     }
 

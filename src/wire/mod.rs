@@ -41,4 +41,5 @@ pub(crate) use serializer::Serializer;
 /// `SharedBytes`, passed with `SCM_RIGHTS`), in a byte after its header
 /// length; large requests and replies come in chunks (`Opens`,
 /// `Continues`) that other frames pass.
-pub(crate) const PROTOCOL_VERSION: u32 = 6;
+/// 7: `Hello` says which build of its executable the sender runs.
+pub(crate) const PROTOCOL_VERSION: u32 = 7;

@@ -97,15 +97,17 @@ fn hello() -> impl Strategy<Value = Hello> {
         text(),
         any::<u32>(),
         text(),
+        text(),
     )
         .prop_map(
-            |(protocol, token, pid, contract, contract_version, serializer)| Hello {
+            |(protocol, token, pid, contract, contract_version, serializer, executable)| Hello {
                 protocol,
                 token,
                 pid,
                 contract,
                 contract_version,
                 serializer,
+                executable,
             },
         )
 }
@@ -778,6 +780,7 @@ fn regression_reserving_after_a_frame_may_double_the_buffer() {
         contract: "\u{10000}  \u{a1}\u{0}\u{0}\u{10000}\u{10000}\u{800} A A\u{800}A\u{800}a\u{800}A a\u{10000}".into(),
         contract_version: 65536,
         serializer: "a\u{800}\u{10000}a\u{a1}0\u{a1}\u{10000}\u{800}\u{10000}0\u{10000}\u{10000}\u{10000} \u{0}\u{0}\u{a1}A\u{10000}\u{10000}\u{a1}aA".into(),
+        executable: String::new(),
     };
     let before = [
         Frame::new(Header::Attach(hello), Default::default()),

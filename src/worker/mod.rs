@@ -162,6 +162,7 @@ where
         }
     };
     panic::install_worker_hook();
+    name_process(name);
     if let Err(e) = watchdog::install(grace) {
         // Served all the same: only a worker whose thread is blocked when
         // it should stop outlives its grace period then.
@@ -267,6 +268,30 @@ pub(crate) fn receive_mark(channel: &std::os::unix::net::UnixStream) -> Option<R
     // Taken (and closed) by the mark; dropped with `fd` otherwise, above.
     let _ = fd.into_raw_fd();
     Some(mark)
+}
+
+/// Names this process after worker `name` (`iw:<name>`, at most the 15
+/// bytes the kernel keeps), as `ps` and `top` show it, so that workers are
+/// told apart from their host and from each other. Linux only; best effort.
+///
+/// Written to `/proc/self/comm`, which names the process (its main thread)
+/// whichever thread writes: `prctl(PR_SET_NAME)` names the calling thread
+/// only, and a worker in a test binary runs on a thread of libtest's.
+/// argv is left as it is: a program may read its own (e.g. to dispatch on
+/// argv\[0\]).
+fn name_process(name: &str) {
+    if !cfg!(target_os = "linux") {
+        return;
+    }
+    let mut comm = format!("iw:{name}");
+    let mut end = comm.len().min(15);
+    while !comm.is_char_boundary(end) {
+        end -= 1;
+    }
+    comm.truncate(end);
+    if let Err(e) = std::fs::write("/proc/self/comm", comm) {
+        tracing::debug!("could not name the worker process: {e}");
+    }
 }
 
 fn env_number(key: &str) -> Option<u64> {

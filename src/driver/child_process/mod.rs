@@ -40,6 +40,8 @@ use crate::socket::read_mark::ReadMark;
 use crate::socket::session::Session;
 pub use crate::socket::DetachedWorker;
 
+mod own_image;
+
 /// Runs the worker in a child process: by default the current executable
 /// again, which hands over to the worker in
 /// [`worker_entry`](crate::worker_entry).
@@ -55,6 +57,9 @@ pub struct ChildProcess {
     envs: Vec<(OsString, OsString)>,
     clear_env: bool,
     worker_name: String,
+    /// Whether `program` is the host's own executable, which the child
+    /// then runs as the host's very build (see [`own_image`]).
+    own_image: bool,
     limits: Vec<(Resource, u64, u64)>,
     pre_exec: Option<Arc<dyn Fn() -> io::Result<()> + Send + Sync>>,
 }
@@ -72,10 +77,17 @@ impl std::fmt::Debug for ChildProcess {
 }
 
 impl ChildProcess {
-    /// Re-runs the current executable as worker `worker_name`.
+    /// Re-runs the current executable as worker `worker_name`: the very
+    /// build the host runs, also for a worker started (or restarted) after
+    /// the file was rebuilt in place (on Linux the child executes the host's
+    /// own image; elsewhere the handshake refuses another build). In a test
+    /// binary, see [`test_support!`](crate::test_support!).
     pub fn current_exe(worker_name: impl Into<String>) -> Self {
         let program = std::env::current_exe().map_err(|e| e.to_string());
-        Self::with_program(program, worker_name.into())
+        Self {
+            own_image: true,
+            ..Self::with_program(program, worker_name.into())
+        }
     }
 
     /// Runs `program` as worker `worker_name`; the program must call
@@ -93,6 +105,7 @@ impl ChildProcess {
             envs: Vec::new(),
             clear_env: false,
             worker_name,
+            own_image: false,
             limits: Vec::new(),
             pre_exec: None,
         }
@@ -131,7 +144,10 @@ impl ChildProcess {
     /// # Safety
     /// The hook runs in a forked copy of a multi-threaded process: it must
     /// only make async-signal-safe calls (no allocation, no locks). See
-    /// [`std::os::unix::process::CommandExt::pre_exec`].
+    /// [`std::os::unix::process::CommandExt::pre_exec`]. For a worker of
+    /// [`current_exe`](Self::current_exe), the child then executes
+    /// `/proc/self/exe` (Linux): a hook that changes the root must leave it
+    /// reachable.
     pub unsafe fn pre_exec(
         mut self,
         hook: impl Fn() -> io::Result<()> + Send + Sync + 'static,
@@ -190,12 +206,20 @@ impl ChildProcess {
         // stdin, and the worker sets its parent-death signal itself.
         let fork_free =
             cfg!(target_os = "linux") && self.limits.is_empty() && self.pre_exec.is_none();
-        let mut command = tokio::process::Command::new(&program);
+        let mut command = if self.own_image {
+            own_image::command(&program, &self.args).map_err(|e| SpawnError::Launch {
+                program: program.display().to_string(),
+                source: io::Error::other(e),
+            })?
+        } else {
+            let mut command = tokio::process::Command::new(&program);
+            command.args(&self.args);
+            command
+        };
         if self.clear_env {
             command.env_clear();
         }
         command
-            .args(&self.args)
             .envs(self.envs.iter().map(|(k, v)| (k, v)))
             .env(env::NAME, &self.worker_name)
             .env(env::MAX_FRAME, options.max_frame_len.to_string())
@@ -276,9 +300,14 @@ impl ChildProcess {
             Ok::<_, io::Error>((stream, first.map_err(io::Error::other)?))
         };
         let exited = process.exited_within(options.startup_timeout);
+        let greeting = if self.own_image {
+            Greeting::new::<C>().same_build()
+        } else {
+            Greeting::new::<C>()
+        };
         let failure = tokio::select! {
             greeted = greeted => match greeted {
-                Ok((stream, first)) => match Greeting::new::<C>().next(first) {
+                Ok((stream, first)) => match greeting.next(first) {
                     Ok(()) => {
                         tracing::debug!(pid = process.pid(), "worker handshake complete");
                         let session = Session::spawned(process.pid(), mark);

@@ -1,4 +1,212 @@
-#![doc = include_str!("../README.md")]
+//! Isolated workers for [actix](https://actix.rs): work that must not take
+//! the host down with it (CPU-heavy jobs, crash-prone native code, plugins,
+//! untrusted input) runs in a worker, and the host talks to the worker as
+//! to any other actor.
+//!
+//! A [`Worker<C, D>`](Worker) is an actix actor whose mailbox accepts exactly
+//! the messages of contract `C` (declared with [`contract!`]) and forwards
+//! each over driver `D`: a child process reached over a local socket
+//! ([`ChildProcess`], the default) or an actor on a thread of its own
+//! ([`Thread`]). Each request resolves with its reply or with one
+//! [`WorkerError`] that says what happened; a crashed worker never leaves a
+//! request hanging. A [`WorkerPool<C, D>`](WorkerPool) accepts the same
+//! messages and spreads them over several workers.
+//!
+//! Process isolation is not a sandbox: a worker runs as the host's user,
+//! with its files and network. It protects the host from the worker's
+//! crashes, panics, leaks and aborts, not from hostile code.
+//!
+//! # Where to start
+//!
+//! 1. Declare what the worker understands with [`contract!`]: each message
+//!    with its reply type.
+//! 2. Write the worker as a plain actix actor with a `Handler<M>` per
+//!    message, each returning `Result<Reply, WorkerError>`.
+//! 3. Call [`worker_entry`] first in `main`: in the host it returns at
+//!    once; in a worker process (the same executable, started by
+//!    [`ChildProcess::current_exe`]) it serves and never returns.
+//! 4. [`Worker::spawn`] it and `send` it messages.
+//!
+//! ```
+//! use actix::prelude::*;
+//! use isolated_workers::prelude::*;
+//! use serde::{Deserialize, Serialize};
+//!
+//! #[derive(Debug, Serialize, Deserialize)]
+//! struct Add { a: i64, b: i64 }
+//!
+//! isolated_workers::contract! {
+//!     /// What the worker understands: each message with its reply type.
+//!     Calc { Add => i64 }
+//! }
+//!
+//! #[derive(Default)]
+//! struct CalcWorker;
+//! impl Actor for CalcWorker { type Context = Context<Self>; }
+//! impl Handler<Add> for CalcWorker {
+//!     type Result = Result<i64, WorkerError>;
+//!     fn handle(&mut self, add: Add, _: &mut Context<Self>) -> Self::Result {
+//!         Ok(add.a + add.b)
+//!     }
+//! }
+//!
+//! fn main() -> Result<(), Box<dyn std::error::Error>> {
+//!     // Before any runtime starts: in a worker process this never returns.
+//!     worker_entry::<Calc, _>("calc", CalcWorker::default);
+//!
+//!     actix::System::new().block_on(async {
+//!         // The same executable, re-run as worker "calc".
+//!         let calc = Worker::<Calc>::spawn(ChildProcess::current_exe("calc")).await?;
+//!         assert_eq!(calc.send(Add { a: 2, b: 3 }).await??, 5);
+//!         calc.send(Close).await?;
+//!         Ok(())
+//!     })
+//! }
+//! ```
+//!
+//! The same actor runs on a thread instead by changing only the driver:
+//! `Worker::<Calc, _>::spawn(Thread::new(CalcWorker::default))`. The
+//! examples below use a thread worker where the driver does not matter.
+//!
+//! # What is in the crate
+//!
+//! | you want | read |
+//! |---|---|
+//! | to declare messages and replies | [`contract!`], [`Contract`], [`RemoteError`] (a handler's error) |
+//! | where a worker runs | [`ChildProcess`] (its environment, arguments, resource limits), [`Thread`], the [`Driver`] trait to write your own, and [`serve_io`] for its worker end |
+//! | to talk to a worker | [`Worker`] (every request, timeout and crash rule is on its page), [`Status`] / [`WorkerStatus`], [`Close`], [`Drain`] |
+//! | timeouts, crash policies, restarts | [`WorkerOptions`], [`CrashPolicy`], [`Worker::supervise`], [`LifecycleEvent`] |
+//! | what can go wrong | [`WorkerError`] (per request), [`SpawnError`] (starting), [`CrashReason`] |
+//! | many workers | [`WorkerPool`], [`PoolOptions`], [`PoolStatus`] / [`PoolReport`] |
+//! | many small requests | [`Batch`]: one mailbox crossing, one write |
+//! | large payloads | [`SharedBytes`]: a sealed memfd to a child process, moved to a thread |
+//! | long jobs that stop when nobody waits | [`worker::Cancellable`] |
+//! | progress and other events from a worker | [`worker::Events`] in the worker; [`Subscribe`] / [`SubscribeStream`] on the host |
+//! | a worker that outlives a connection or its host | [`Disconnect`], [`Reconnect`], [`Detach`], [`DetachedWorker`] |
+//! | cross-cutting code around every request | [`middleware`] |
+//! | another wire format | [`Serializer`]: [`MessagePack`] (default), `Json` and `Postcard` (features `json`, `postcard`) |
+//! | the crate's own tests' trick for yours | `test_support!` (feature `test-support`) |
+//!
+//! Lifecycle messages exist only where the driver can carry them: a
+//! [`Thread`] worker does not accept [`Disconnect`], and the compiler says
+//! so (see [`driver`]).
+//!
+//! # A pool, and batches
+//!
+//! ```
+//! # use actix::prelude::*;
+//! # use isolated_workers::prelude::*;
+//! # use serde::{Deserialize, Serialize};
+//! # #[derive(Debug, Serialize, Deserialize)]
+//! # struct Add { a: i64, b: i64 }
+//! # isolated_workers::contract! { Calc { Add => i64 } }
+//! # #[derive(Default)]
+//! # struct CalcWorker;
+//! # impl Actor for CalcWorker { type Context = Context<Self>; }
+//! # impl Handler<Add> for CalcWorker {
+//! #     type Result = Result<i64, WorkerError>;
+//! #     fn handle(&mut self, add: Add, _: &mut Context<Self>) -> Self::Result { Ok(add.a + add.b) }
+//! # }
+//! # actix::System::new().block_on(async {
+//! let options = PoolOptions::default().min_members(1).max_members(2);
+//! let pool = WorkerPool::<Calc, _>::spawn_with(Thread::new(CalcWorker::default), options).await?;
+//! // As to one worker:
+//! assert_eq!(pool.send(Add { a: 1, b: 1 }).await??, 2);
+//! // Many at once, each answer with its own `Result`, in order:
+//! let sums = pool.send(Batch::from_iter((0..100).map(|a| Add { a, b: 1 }))).await?;
+//! assert_eq!(sums.len(), 100);
+//! assert_eq!(*sums[99].as_ref().unwrap(), 100);
+//! pool.send(Close).await?;
+//! # Ok::<_, Box<dyn std::error::Error>>(())
+//! # }).unwrap();
+//! ```
+//!
+//! # Timeouts, and what a caller sees
+//!
+//! ```
+//! # use std::time::Duration;
+//! # use actix::prelude::*;
+//! # use isolated_workers::prelude::*;
+//! # use serde::{Deserialize, Serialize};
+//! #[derive(Debug, Serialize, Deserialize)]
+//! struct Nap { ms: u64 }
+//! isolated_workers::contract! { Sleepy { Nap => () } }
+//!
+//! struct Sleeper;
+//! impl Actor for Sleeper { type Context = Context<Self>; }
+//! impl Handler<Nap> for Sleeper {
+//!     type Result = ResponseFuture<Result<(), WorkerError>>;
+//!     fn handle(&mut self, nap: Nap, _: &mut Context<Self>) -> Self::Result {
+//!         Box::pin(async move {
+//!             tokio::time::sleep(Duration::from_millis(nap.ms)).await;
+//!             Ok(())
+//!         })
+//!     }
+//! }
+//!
+//! # actix::System::new().block_on(async {
+//! let options = WorkerOptions::default().timeout_for::<Nap>(Duration::from_millis(50));
+//! let worker = Worker::<Sleepy, _>::spawn_with(Thread::new(|| Sleeper), options).await?;
+//! match worker.send(Nap { ms: 10_000 }).await? {
+//!     Err(WorkerError::Timeout { .. }) => {} // and the worker was told to drop it
+//!     other => panic!("expected a timeout, got {other:?}"),
+//! }
+//! worker.send(Nap { ms: 1 }).await??; // the worker serves on
+//! # worker.send(Close).await?;
+//! # Ok::<_, Box<dyn std::error::Error>>(())
+//! # }).unwrap();
+//! ```
+//!
+//! # Events from a worker
+//!
+//! ```
+//! # use actix::prelude::*;
+//! # use futures::StreamExt;
+//! # use isolated_workers::prelude::*;
+//! use isolated_workers::worker::Events;
+//! use isolated_workers::SubscribeStream;
+//! # use serde::{Deserialize, Serialize};
+//! #[derive(Debug, Serialize, Deserialize)]
+//! struct Run { steps: u32 }
+//! #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+//! struct Progress(u32);
+//! isolated_workers::contract! { Jobs (events = Progress) { Run => u32 } }
+//!
+//! struct JobWorker;
+//! impl Actor for JobWorker { type Context = Context<Self>; }
+//! impl Handler<Run> for JobWorker {
+//!     type Result = Result<u32, WorkerError>;
+//!     fn handle(&mut self, run: Run, _: &mut Context<Self>) -> Self::Result {
+//!         let events = Events::<Jobs>::current();
+//!         for step in 1..=run.steps {
+//!             let _ = events.try_emit(Progress(step));
+//!         }
+//!         Ok(run.steps)
+//!     }
+//! }
+//!
+//! # actix::System::new().block_on(async {
+//! let worker = Worker::<Jobs, _>::spawn(Thread::new(|| JobWorker)).await?;
+//! let mut events = worker.send(SubscribeStream::new()).await?;
+//! assert_eq!(worker.send(Run { steps: 3 }).await??, 3);
+//! // Every event emitted before a reply has arrived when the reply does.
+//! for step in 1..=3 {
+//!     assert_eq!(events.next().await.unwrap().event, Progress(step));
+//! }
+//! # worker.send(Close).await?;
+//! # Ok::<_, Box<dyn std::error::Error>>(())
+//! # }).unwrap();
+//! ```
+//!
+//! # Features
+//!
+//! - `json`, `postcard`: the [`Serializer`]s `Json` and `Postcard`.
+//! - `test-support`: `test_support!`, for test binaries of the standard
+//!   harness that spawn child-process workers.
+//!
+//! The repository's README has the guide at length (every capability,
+//! failure semantics, platforms), `ARCHITECTURE.md` the map of the code,
+//! and `docs/performance.md` the benchmarks.
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 
 pub mod config;

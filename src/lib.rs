@@ -1,6 +1,8 @@
 #![doc = include_str!("../README.md")]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 
+mod call;
 pub mod config;
 pub mod contract;
 pub mod driver;
@@ -14,12 +16,15 @@ pub mod proxy;
 mod socket;
 mod unreferenced;
 mod waiters;
+#[cfg(feature = "actix-web")]
+mod web;
 pub(crate) mod wire;
 pub mod worker;
 
 #[doc(hidden)]
 pub mod testing;
 
+pub use call::{Call, Called};
 pub use config::{CrashPolicy, WhileRestarting, WorkerOptions};
 pub use contract::{Contract, InContract, LocalOnly, Portable, WorkerMessage};
 pub use driver::child_process::DetachedWorker;
@@ -48,8 +53,8 @@ pub use worker::{EmitError, Events};
 /// The names most programs need: `use isolated_workers::prelude::*;`.
 pub mod prelude {
     pub use crate::{
-        contract, worker_entry, Batch, ChildProcess, Close, PoolOptions, RemoteError, SharedBytes,
-        SpawnError, Status, Thread, Worker, WorkerError, WorkerOptions, WorkerPool,
+        contract, worker_entry, Batch, Call, ChildProcess, Close, PoolOptions, RemoteError,
+        SharedBytes, SpawnError, Status, Thread, Worker, WorkerError, WorkerOptions, WorkerPool,
     };
 }
 

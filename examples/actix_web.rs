@@ -80,6 +80,8 @@ const MAX_N: u64 = 10_000_000;
 /// The pool the handlers send to.
 type Pool = Addr<WorkerPool<Primes, ChildProcess>>;
 
+/// The service. (`pub`: `tests/actix_web_example.rs` compiles this file in
+/// as a module and runs it.)
 pub fn main() -> std::io::Result<()> {
     // First, before any runtime: in a worker process this serves and
     // never returns.

@@ -74,7 +74,7 @@
 //! |---|---|
 //! | to declare messages and replies | [`contract!`], [`Contract`], [`RemoteError`] (a handler's error) |
 //! | where a worker runs | [`ChildProcess`] (its environment, arguments, resource limits), [`Thread`], the [`Driver`] trait to write your own, and [`serve_io`] for its worker end |
-//! | to talk to a worker | [`Worker`] (every request, timeout and crash rule is on its page), [`Status`] / [`WorkerStatus`], [`Close`], [`Drain`] |
+//! | to talk to a worker | [`Worker`] (every request, timeout and crash rule is on its page), [`Call`] (one `Result` instead of two), [`Status`] / [`WorkerStatus`], [`Close`], [`Drain`] |
 //! | timeouts, crash policies, restarts | [`WorkerOptions`], [`CrashPolicy`], [`Worker::supervise`], [`LifecycleEvent`] |
 //! | what can go wrong | [`WorkerError`] (per request), [`SpawnError`] (starting), [`CrashReason`] |
 //! | many workers | [`WorkerPool`], [`PoolOptions`], [`PoolStatus`] / [`PoolReport`] |
@@ -203,12 +203,17 @@
 //! - `json`, `postcard`: the [`Serializer`]s `Json` and `Postcard`.
 //! - `test-support`: `test_support!`, for test binaries of the standard
 //!   harness that spawn child-process workers.
+//! - `actix-web`: `actix_web::ResponseError` for [`WorkerError`], so that a
+//!   handler can return it with `?` and the client gets the status it
+//!   means (503 with `Retry-After` when overloaded, 504 on a timeout, …).
 //!
 //! The repository's README has the guide at length (every capability,
 //! failure semantics, platforms), `ARCHITECTURE.md` the map of the code,
 //! and `docs/performance.md` the benchmarks.
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 
+mod call;
 pub mod config;
 pub mod contract;
 pub mod driver;
@@ -223,12 +228,15 @@ mod socket;
 mod test_support;
 mod unreferenced;
 mod waiters;
+#[cfg(feature = "actix-web")]
+mod web;
 pub(crate) mod wire;
 pub mod worker;
 
 #[doc(hidden)]
 pub mod testing;
 
+pub use call::{Call, Called};
 pub use config::{CrashPolicy, WhileRestarting, WorkerOptions};
 pub use contract::{Contract, InContract, LocalOnly, Portable, WorkerMessage};
 pub use driver::child_process::DetachedWorker;
@@ -257,8 +265,8 @@ pub use worker::{EmitError, Events};
 /// The names most programs need: `use isolated_workers::prelude::*;`.
 pub mod prelude {
     pub use crate::{
-        contract, worker_entry, Batch, ChildProcess, Close, PoolOptions, RemoteError, SharedBytes,
-        SpawnError, Status, Thread, Worker, WorkerError, WorkerOptions, WorkerPool,
+        contract, worker_entry, Batch, Call, ChildProcess, Close, PoolOptions, RemoteError,
+        SharedBytes, SpawnError, Status, Thread, Worker, WorkerError, WorkerOptions, WorkerPool,
     };
 }
 

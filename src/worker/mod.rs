@@ -38,6 +38,14 @@ pub use routes::{Routes, ServedBy};
 /// `Result<M::Reply, WorkerError>`. The worker exits when the host closes
 /// it, when the host goes away, or after reporting a panic to the host.
 ///
+/// # Panics
+///
+/// Inside a running async runtime (`#[actix_web::main]`, `#[actix::main]`,
+/// `#[tokio::main]`), in the host as in a worker, with a message naming
+/// the fix: a worker starts a runtime of its own, which cannot start
+/// inside another. Call `worker_entry` from a plain `fn main`, then start
+/// the System (`actix_web::rt::System::new().block_on(..)`).
+///
 /// A panic that ends the actor is reported before it is printed: with
 /// `RUST_BACKTRACE` set (and not `0`), the worker prints the panic and its
 /// backtrace (std's `Backtrace` format) from a thread of its own, so that
@@ -113,6 +121,9 @@ where
     C: ServedBy<A>,
     A: Actor<Context = Context<A>>,
 {
+    // Checked in the host too, where it would otherwise pass unnoticed
+    // until the first worker started and died of it.
+    refuse_inside_runtime(name);
     if std::env::var_os(env::NAME).as_deref() != Some(OsStr::new(name)) {
         return;
     }
@@ -198,6 +209,30 @@ where
     // the worker its grace to finish printing.
     panic::finish_printing(grace);
     std::process::exit(code);
+}
+
+/// Panics, naming the fix, when called inside a running tokio runtime
+/// (`#[actix_web::main]`, `#[actix::main]`, `#[tokio::main]`): a worker
+/// process starts an actix System of its own, which tokio cannot start
+/// inside another, so every worker would die at start.
+fn refuse_inside_runtime(name: &str) {
+    if tokio::runtime::Handle::try_current().is_ok() {
+        panic!(
+            "isolated_workers::worker_entry(\"{name}\") was called inside a running async runtime \
+             (`#[actix_web::main]`, `#[actix::main]` or `#[tokio::main]`), where every worker \
+             would fail to start its own. Call it first thing in a plain `fn main`, then start \
+             the runtime:
+
+    fn main() -> std::io::Result<()> {{
+        isolated_workers::worker_entry::<MyContract, _>(\"{name}\", MyWorker::default);
+        actix_web::rt::System::new().block_on(async {{
+            // ... HttpServer::new(..).bind(..)?.run().await
+            Ok(())
+        }})
+    }}
+"
+        );
+    }
 }
 
 /// Takes the worker's end of its connection to the host: the descriptor

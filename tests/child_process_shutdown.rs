@@ -68,6 +68,10 @@ fn main() {
             sigterm_from_outside_runs_the_stopped_hook_and_the_worker_exits_with_code_0,
         ),
         actix_test(
+            "sigint_from_a_terminal_leaves_the_worker_to_its_host",
+            sigint_from_a_terminal_leaves_the_worker_to_its_host,
+        ),
+        actix_test(
             "close_ends_a_worker_ignoring_shutdown_and_sigterm_within_two_grace_periods",
             close_ends_a_worker_ignoring_shutdown_and_sigterm_within_two_grace_periods,
         ),
@@ -92,6 +96,27 @@ fn main() {
             kill_9_with_1000_in_flight_resolves_each_once_as_crashed_within_a_second,
         ),
     ]);
+}
+
+/// A terminal's Ctrl-C is a SIGINT to the whole foreground process group,
+/// workers included: a worker serves on (its host decides when it ends).
+async fn sigint_from_a_terminal_leaves_the_worker_to_its_host() -> Result<(), Failed> {
+    let worker = spawn_calc().await?;
+    let pid = pid_of(&worker).await?;
+    assert_eq!(ask(&worker, Increment { by: 1 }).await?, 1);
+    let sent = std::process::Command::new("kill")
+        .args(["-INT", &pid.to_string()])
+        .status()
+        .map_err(fail)?;
+    assert!(sent.success(), "kill -INT {pid}: {sent}");
+    // A SIGINT with its default action would have ended the process as it
+    // was delivered, at the latest when the next request woke it.
+    for expected in 2..=3 {
+        assert_eq!(ask(&worker, Increment { by: 1 }).await?, expected);
+    }
+    let status = status(&worker).await?;
+    assert_eq!((status.pid, status.restarts), (Some(pid), 0), "{status:?}");
+    close(&worker).await
 }
 
 async fn close_runs_the_worker_actors_stopping_and_stopped_hooks() -> Result<(), Failed> {

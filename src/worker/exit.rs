@@ -139,8 +139,17 @@ impl<A: Actor, S: Serializer> Server<A, S> {
     /// stream of the server's context: actix polls every stream of a
     /// context each time the context wakes, and this one would cost every
     /// request's wake-up hundreds of instructions.
+    ///
+    /// SIGINT, on the other hand, is left to the host: a terminal's Ctrl-C
+    /// reaches its whole foreground process group, the host's workers
+    /// included, and a worker that died of it would be a crash to the host
+    /// (restarts while an actix-web service shuts down). The host closes its
+    /// workers as it stops, or dies, and then the parent-death signal ends
+    /// them. (A signal tokio handles keeps its handler for the process's
+    /// lifetime, so the stream need not be kept.)
     pub(super) fn on_terminate_signal(ctx: &mut Context<Self>) {
         use actix_rt::signal::unix::{signal, SignalKind};
+        let _ = signal(SignalKind::interrupt());
         let Ok(mut terminate) = signal(SignalKind::terminate()) else {
             return; // the default action (exit) stays in place
         };

@@ -114,6 +114,7 @@ async fn a_panic_the_handler_catches_is_not_reported_and_the_worker_serves_on() 
     let stderr = dir.path().join("stderr");
     let driver = calc()
         .env("RUST_BACKTRACE", "1")
+        .env(KEEP_BACKTRACE_ENV, "1")
         .env(STDERR_FILE_ENV, &stderr);
     let worker = isolated_workers::Worker::<Calc>::spawn(driver)
         .await
@@ -209,6 +210,7 @@ async fn a_panic_is_reported_before_the_worker_prints_it_and_its_backtrace() -> 
         .map_err(fail)?;
     let driver = calc()
         .env("RUST_BACKTRACE", "full")
+        .env(KEEP_BACKTRACE_ENV, "1")
         .env(BLOCKED_STDERR_ENV, &fifo);
     // Time enough to print, however slow the machine.
     let options = WorkerOptions::default().close_grace(Duration::from_secs(30));

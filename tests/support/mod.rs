@@ -358,6 +358,10 @@ fn stderr_to_file() {
     nix::unistd::dup2_stderr(&file).expect("the file becomes stderr");
 }
 
+/// Set for a worker whose test wants it to print backtraces as
+/// `RUST_BACKTRACE` says (see [`quiet_panics_on_purpose`]).
+pub const KEEP_BACKTRACE_ENV: &str = "ISOLATED_WORKERS_TEST_KEEP_BACKTRACE";
+
 thread_local! {
     /// Set by [`panic_on_purpose`] for the hook [`quiet_panics_on_purpose`]
     /// installs.
@@ -375,10 +379,18 @@ pub fn panic_on_purpose(message: &str) -> ! {
 /// Keeps the panics tests cause on purpose ([`panic_on_purpose`]) off
 /// stderr, so that a passing run prints none of them; every other panic is
 /// printed as before. Installed before `worker_entry` (which keeps the hook
-/// it finds, and calls it to print), in the host and in its workers. (With
-/// `RUST_BACKTRACE` set, a worker process prints its panics itself, with
-/// their backtraces: those are printed still.)
+/// it finds, and calls it to print), in the host and in its workers.
+///
+/// With `RUST_BACKTRACE` set, a worker process prints its panics itself,
+/// with their backtraces, not through this hook: so a worker drops the
+/// variable it inherited (a panic it did not mean still prints its message
+/// and place), unless its test set [`KEEP_BACKTRACE_ENV`] to see that.
 pub fn quiet_panics_on_purpose() {
+    let worker = std::env::var_os(isolated_workers::testing::CHANNEL_FD_ENV).is_some();
+    if worker && std::env::var_os(KEEP_BACKTRACE_ENV).is_none() {
+        // Before any other thread runs (first in `main`).
+        std::env::remove_var("RUST_BACKTRACE");
+    }
     let previous = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
         if !ON_PURPOSE.with(|on_purpose| on_purpose.replace(false)) {

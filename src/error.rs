@@ -25,13 +25,25 @@ pub enum WorkerError {
     /// worker serves on.
     #[error(transparent)]
     Protocol(ProtocolFailure),
-    /// No reply arrived within the request's deadline. The worker was told to cancel it.
-    #[error("`{message}` timed out after {after:?}")]
+    /// No reply arrived within the request's deadline. A request that had
+    /// reached the worker was told to cancel there; one still `queued` never
+    /// reached it.
+    #[error(
+        "`{message}` timed out after {after:?}{}",
+        if *queued { " waiting in the queue, before it reached a worker" } else { "" }
+    )]
     Timeout {
         /// The deadline that passed.
         after: Duration,
         /// The wire name of the message.
         message: &'static str,
+        /// Whether it was still waiting in a queue (a
+        /// [`WorkerPool`](crate::WorkerPool)'s, or a worker proxy's behind
+        /// [`WorkerOptions::max_in_flight`](crate::WorkerOptions::max_in_flight))
+        /// when its deadline passed: it never reached a worker, so the
+        /// worker had nothing to cancel. A sign that more workers (or a
+        /// larger in-flight bound) are needed rather than faster ones.
+        queued: bool,
     },
     /// The worker died while the request was in flight (or before it was sent).
     #[error(

@@ -136,9 +136,14 @@ async fn a_slow_request_times_out_and_the_worker_serves_on<D: Driver<Calc>>(
         .await
         .map_err(fail)?;
     match worker.send(Sleep { ms: 30_000 }).await? {
-        Err(WorkerError::Timeout { after, message }) => {
+        Err(WorkerError::Timeout {
+            after,
+            message,
+            queued,
+        }) => {
             assert_eq!(after, Duration::from_millis(200));
             assert_eq!(message, "Sleep");
+            assert!(!queued, "it reached the worker");
         }
         other => return Err(format!("expected a timeout, got {other:?}").into()),
     }
@@ -256,9 +261,10 @@ async fn a_queued_request_that_times_out_frees_its_place_in_the_queue<D: Driver<
             text: "waits".into(),
         };
         let waited = worker.send(ping).await?;
-        let timed_out =
-            matches!(&waited, Err(WorkerError::Timeout { message, .. }) if *message == "Ping");
+        let timed_out = matches!(&waited, Err(WorkerError::Timeout { message, queued: true, .. }) if *message == "Ping");
         assert!(timed_out, "{waited:?}");
+        let said = waited.unwrap_err().to_string();
+        assert!(said.contains("waiting in the queue"), "{said}");
     }
     let status = worker.send(Status).await?;
     assert_eq!((status.in_flight, status.queued), (1, 0), "{status:?}");
@@ -326,7 +332,7 @@ async fn a_message_type_can_have_its_own_timeout<D: Driver<Calc>>(driver: D) -> 
         .map_err(fail)?;
     let slept = worker.send(Sleep { ms: 30_000 }).await?;
     assert!(
-        matches!(slept, Err(WorkerError::Timeout { after, message: "Sleep" }) if after == Duration::from_millis(100)),
+        matches!(slept, Err(WorkerError::Timeout { after, message: "Sleep", .. }) if after == Duration::from_millis(100)),
         "{slept:?}"
     );
     // Other messages keep the default (30 s): a 300 ms request succeeds.
@@ -560,7 +566,7 @@ async fn a_slow_batch_item_times_out_alone<D: Driver<Calc>>(driver: D) -> Result
     let naps = [1, 30_000, 1].map(|ms| Sleep { ms });
     let replies = worker.send(Batch::new(naps.to_vec())).await?;
     match &replies[..] {
-        [Ok(()), Err(WorkerError::Timeout { after, message }), Ok(())] => {
+        [Ok(()), Err(WorkerError::Timeout { after, message, .. }), Ok(())] => {
             assert_eq!((*after, *message), (Duration::from_millis(200), "Sleep"));
         }
         other => return Err(format!("expected only the second to time out, got {other:?}").into()),

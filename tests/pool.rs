@@ -374,8 +374,12 @@ async fn a_request_waiting_in_the_queue_times_out_from_when_it_was_sent<D: Drive
     let started = Instant::now();
     let error = refused(&pool, ping("waits")).await?;
     assert!(
-        matches!(error, WorkerError::Timeout { after, message: "Ping" } if after == timeout),
+        matches!(error, WorkerError::Timeout { after, message: "Ping", queued: true } if after == timeout),
         "{error:?}"
+    );
+    assert_eq!(
+        error.to_string(),
+        "`Ping` timed out after 200ms waiting in the queue, before it reached a worker"
     );
     assert!(started.elapsed() >= timeout);
     let report = report_of(&pool).await?;

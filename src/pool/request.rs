@@ -108,11 +108,13 @@ impl Reroute {
 }
 
 impl<M: WorkerMessage> PoolRequest<M> {
-    /// The error of a request whose deadline passed.
-    pub(super) fn timed_out(deadline: &Deadline) -> WorkerError {
+    /// The error of a request whose deadline passed, while it was still
+    /// `queued` in the pool or once a member had it.
+    pub(super) fn timed_out(deadline: &Deadline, queued: bool) -> WorkerError {
         WorkerError::Timeout {
             after: deadline.after,
             message: M::NAME,
+            queued,
         }
     }
 }

@@ -54,7 +54,7 @@ impl<C: Contract, D: Driver<C> + Clone> WorkerPool<C, D> {
         let left = waited.then(|| deadline.at.saturating_duration_since(Instant::now()));
         if left.is_some_and(|left| left.is_zero()) {
             self.counters.expired += 1;
-            caller.resolve(Err(PoolRequest::<M>::timed_out(&deadline)));
+            caller.resolve(Err(PoolRequest::<M>::timed_out(&deadline, true)));
             return;
         }
         let member = &mut self.members[index];
@@ -78,7 +78,7 @@ impl<C: Contract, D: Driver<C> + Clone> WorkerPool<C, D> {
                 outcome = sent => Some(outcome.unwrap_or(Err(WorkerError::Closed))),
                 // Dropping `sent` withdraws the request from the member.
                 () = gone => None,
-                () = expired => Some(Err(PoolRequest::<M>::timed_out(&deadline))),
+                () = expired => Some(Err(PoolRequest::<M>::timed_out(&deadline, false))),
             }
         };
         ctx.spawn(answered.into_actor(self).map(move |outcome, pool, ctx| {

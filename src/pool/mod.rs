@@ -12,7 +12,7 @@ use futures::future::join_all;
 use crate::contract::{Contract, InContract};
 use crate::driver::{Carries, ChildProcess, Driver};
 use crate::error::{SpawnError, WorkerError};
-use crate::proxy::{Close, LifecycleEvent, Worker};
+use crate::proxy::{Close, LifecycleEvent, Status, Worker, WorkerId, WorkerStatus};
 use crate::unreferenced::StopWhenUnreferenced;
 use crate::waiters::Waiters;
 
@@ -38,7 +38,20 @@ pub use status::{MemberReport, PoolCounters, PoolReport, PoolState, PoolStatus};
 /// [`Worker`] (each answered with `Result<Reply, WorkerError>`), so code
 /// written for one worker — or for a `Recipient<M>` — talks to a pool
 /// unchanged; a [`Batch`](crate::Batch) of them is spread over the members
-/// (see there). It also accepts [`Close`] and [`PoolStatus`].
+/// (see there). It also accepts [`Close`], [`PoolStatus`] (a
+/// [`PoolReport`]: each member, the queue, the pool's counters) and
+/// [`Status`], which it answers as a lone worker does, for the pool as a
+/// whole:
+///
+/// - `id`: the pool's own [`WorkerId`]; `pid`: `None`; `detached`: false;
+///   `uptime`: since the pool started;
+/// - `state`: `Running` while the pool takes requests, then `Closing`,
+///   `Closed`;
+/// - `in_flight`: on all members; `queued`: in the pool's queue and the
+///   members' own;
+/// - `restarts` and `counters.crashes`/`counters.restarts`: totals over
+///   every member the pool has had; the other counters (`by_message`,
+///   bytes): summed over its members now.
 ///
 /// - **Routing**: each request goes to the member with the fewest requests
 ///   in flight (the oldest on a tie), among those with fewer than
@@ -125,6 +138,10 @@ pub struct WorkerPool<C: Contract, D: Driver<C> + Clone = ChildProcess> {
     closed: Waiters,
     /// When the queue is next swept for requests past their deadline.
     sweep: Option<(Instant, SpawnHandle)>,
+    /// Names the pool in what it answers to [`Status`].
+    id: WorkerId,
+    /// When it started, for [`Status`]'s `uptime`.
+    started: Instant,
 }
 
 impl<C: Contract, D: Driver<C> + Clone> std::fmt::Debug for WorkerPool<C, D> {
@@ -195,6 +212,8 @@ impl<C: Contract, D: Driver<C> + Clone> WorkerPool<C, D> {
             settled: Waiters::default(),
             closed: Waiters::default(),
             sweep: None,
+            id: WorkerId::next(),
+            started: Instant::now(),
         };
         for worker in workers {
             pool.add(worker);
@@ -342,19 +361,41 @@ impl<C: Contract, D: Driver<C> + Clone> Handler<Close> for WorkerPool<C, D> {
     }
 }
 
-/// A member's worker gave up after crashing too often: the pool looks at
-/// its members at once and replaces those that gave up, so that no request
-/// is sent to them.
+/// What happens to the members' workers: crashes and restarts are counted
+/// (the pool's totals outlive the members); a member's worker that gave up
+/// after crashing too often makes the pool look at its members at once and
+/// replace those that gave up, so that no request is sent to them.
 impl<C: Contract, D: Driver<C> + Clone> Handler<LifecycleEvent> for WorkerPool<C, D> {
     type Result = ();
 
     fn handle(&mut self, event: LifecycleEvent, ctx: &mut Context<Self>) {
+        match event {
+            LifecycleEvent::Crashed { .. } => self.counters.crashes += 1,
+            LifecycleEvent::Restarted { .. } => self.counters.restarts += 1,
+            _ => {}
+        }
         if matches!(event, LifecycleEvent::GaveUp { .. }) && self.state == PoolState::Open {
             let looked = self.member_statuses().into_actor(self);
             ctx.spawn(looked.map(|statuses, pool, ctx| {
                 pool.report(statuses, ctx);
             }));
         }
+    }
+}
+
+/// Reports the pool as one worker; see [`WorkerPool`].
+impl<C: Contract, D: Driver<C> + Clone> Handler<Status> for WorkerPool<C, D> {
+    type Result = ResponseActFuture<Self, WorkerStatus>;
+
+    fn handle(&mut self, _: Status, _: &mut Context<Self>) -> Self::Result {
+        Box::pin(
+            self.member_statuses()
+                .into_actor(self)
+                .map(|statuses, pool, ctx| {
+                    let report = pool.report(statuses, ctx);
+                    report.as_worker(pool.id, pool.started.elapsed())
+                }),
+        )
     }
 }
 

@@ -50,6 +50,7 @@ pub use events::{EventStream, Subscribe, SubscribeStream, WorkerEvent, SUBSCRIBE
 pub use reply::Reply;
 pub(crate) use request::{Attempt, Tries};
 pub use restart::Watch;
+pub(crate) use status::seconds;
 pub use status::{Status, WorkerState, WorkerStatus};
 
 /// The host's proxy for one worker of contract `C`, reached through driver

@@ -31,7 +31,7 @@ pub use error::{
 pub use pool::{PoolOptions, PoolReport, PoolStatus, WorkerPool};
 pub use proxy::{
     Accepted, Batch, Close, Detach, Disconnect, Drain, LifecycleEvent, Reconnect, Status, Watch,
-    Worker, WorkerId, WorkerState, WorkerStatus,
+    WithTimeout, Worker, WorkerId, WorkerState, WorkerStatus,
 };
 #[cfg(feature = "json")]
 pub use wire::serializer::Json;
@@ -49,7 +49,7 @@ pub use worker::{EmitError, Events};
 pub mod prelude {
     pub use crate::{
         contract, worker_entry, Batch, ChildProcess, Close, PoolOptions, RemoteError, SharedBytes,
-        SpawnError, Status, Thread, Worker, WorkerError, WorkerOptions, WorkerPool,
+        SpawnError, Status, Thread, WithTimeout, Worker, WorkerError, WorkerOptions, WorkerPool,
     };
 }
 

@@ -13,8 +13,8 @@ use std::time::Duration;
 use futures::future::join_all;
 use in_memory::InMemory;
 use isolated_workers::{
-    Batch, ChildProcess, Close, CrashReason, Drain, Driver, Status, Thread, Worker, WorkerError,
-    WorkerOptions, WorkerState,
+    Batch, ChildProcess, Close, CrashReason, Drain, Driver, Status, Thread, WithTimeout, Worker,
+    WorkerError, WorkerOptions, WorkerState,
 };
 use libtest_mimic::{Failed, Trial};
 use support::*;
@@ -47,6 +47,8 @@ fn suite<D: Driver<Calc>>(driver: &str, make: fn() -> D) -> Vec<Trial> {
         a_timed_out_request_stops_running_on_the_worker,
         a_dropped_request_stops_running_on_the_worker,
         a_message_type_can_have_its_own_timeout,
+        a_request_with_its_own_timeout_times_out_and_stops_running_on_the_worker,
+        a_request_with_its_own_longer_timeout_outlives_its_types,
         drain_lets_requests_in_flight_finish_then_closes,
         drain_fails_what_is_left_at_its_deadline,
         a_crash_while_idle_is_noticed_and_a_fresh_worker_serves_on,
@@ -341,6 +343,60 @@ async fn a_message_type_can_have_its_own_timeout<D: Driver<Calc>>(driver: D) -> 
         .await?
         .map_err(fail)?;
     assert_eq!(options_default.text, "pong: ok");
+    worker.send(Close).await?;
+    Ok(())
+}
+
+async fn a_request_with_its_own_timeout_times_out_and_stops_running_on_the_worker<
+    D: Driver<Calc>,
+>(
+    driver: D,
+) -> Result<(), Failed> {
+    // The worker's timeouts are the defaults (30 s): only the request's
+    // own can end it this soon.
+    let worker = Worker::<Calc, D>::spawn(driver).await.map_err(fail)?;
+    let own = Duration::from_millis(100);
+    match worker.send(WithTimeout::new(Spin, own)).await? {
+        Err(WorkerError::Timeout {
+            after,
+            message: "Spin",
+            queued: false,
+        }) if after == own => {}
+        other => {
+            return Err(format!("expected Spin to time out after {own:?}, got {other:?}").into())
+        }
+    }
+    assert!(
+        worker.send(Spins).await?.map_err(fail)? > 0,
+        "the work had started"
+    );
+    assert!(
+        spinning_stopped(&worker).await?,
+        "the worker was not told to cancel"
+    );
+    let status = worker.send(Status).await?;
+    let spin = status.counters.by_message.get("Spin").copied();
+    assert_eq!(spin.map(|c| (c.sent, c.failed)), Some((1, 1)), "{status:?}");
+    worker.send(Close).await?;
+    Ok(())
+}
+
+async fn a_request_with_its_own_longer_timeout_outlives_its_types<D: Driver<Calc>>(
+    driver: D,
+) -> Result<(), Failed> {
+    let options = WorkerOptions::default().timeout_for::<Sleep>(Duration::from_millis(50));
+    let worker = Worker::<Calc, D>::spawn_with(driver, options)
+        .await
+        .map_err(fail)?;
+    let nap = || Sleep { ms: 300 };
+    let slept = worker.send(nap()).await?;
+    assert!(
+        matches!(slept, Err(WorkerError::Timeout { after, .. }) if after == Duration::from_millis(50)),
+        "without its own timeout, the type's: {slept:?}"
+    );
+    let own = WithTimeout::new(nap(), Duration::from_secs(30));
+    assert_eq!(own.timeout(), Duration::from_secs(30));
+    worker.send(own).await?.map_err(fail)?;
     worker.send(Close).await?;
     Ok(())
 }

@@ -4,7 +4,7 @@
 //! idle, and replacing members that give up.
 
 use std::collections::VecDeque;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use futures::future::join_all;
@@ -12,7 +12,7 @@ use futures::future::join_all;
 use crate::contract::{Contract, InContract};
 use crate::driver::{Carries, ChildProcess, Driver};
 use crate::error::{SpawnError, WorkerError};
-use crate::proxy::{Close, LifecycleEvent, Status, Worker, WorkerId, WorkerStatus};
+use crate::proxy::{Close, LifecycleEvent, Status, WithTimeout, Worker, WorkerId, WorkerStatus};
 use crate::unreferenced::StopWhenUnreferenced;
 use crate::waiters::Waiters;
 
@@ -259,6 +259,39 @@ where
     type Result = PoolReply<M>;
 
     fn handle(&mut self, message: M, ctx: &mut Context<Self>) -> PoolReply<M> {
+        self.accept(message, None, ctx)
+    }
+}
+
+/// A contract message with its own timeout, handled as the message alone
+/// (see [`WithTimeout`]).
+impl<C, D, M> Handler<WithTimeout<M>> for WorkerPool<C, D>
+where
+    C: Contract,
+    D: Driver<C> + Carries<M::Portability> + Clone,
+    M: InContract<C>,
+{
+    type Result = PoolReply<M>;
+
+    fn handle(&mut self, request: WithTimeout<M>, ctx: &mut Context<Self>) -> PoolReply<M> {
+        let (message, timeout) = request.into_parts();
+        self.accept(message, Some(timeout), ctx)
+    }
+}
+
+impl<C: Contract, D: Driver<C> + Clone> WorkerPool<C, D> {
+    /// Takes `message` (with `timeout`, if it has one of its own): sends
+    /// it to the least loaded member, or queues it, or refuses it.
+    fn accept<M>(
+        &mut self,
+        message: M,
+        timeout: Option<Duration>,
+        ctx: &mut Context<Self>,
+    ) -> PoolReply<M>
+    where
+        M: InContract<C>,
+        D: Carries<M::Portability>,
+    {
         if self.state != PoolState::Open {
             return PoolReply::now(Err(WorkerError::Closed));
         }
@@ -268,7 +301,7 @@ where
             Err(overloaded) => return PoolReply::now(Err(overloaded)),
         };
         let (caller, reply) = PoolCaller::new();
-        let request = self.request(message, caller);
+        let request = self.request(message, timeout, caller);
         match free {
             Some(index) => self.dispatch(index, request, false, ctx),
             None => {
@@ -299,13 +332,19 @@ impl<C: Contract, D: Driver<C> + Clone> WorkerPool<C, D> {
         Ok(free)
     }
 
-    /// `message`, accepted now (its deadline runs from here), answered to
-    /// `caller`.
-    fn request<M>(&self, message: M, caller: PoolCaller<M>) -> PoolRequest<M>
+    /// `message`, accepted now (its deadline, `timeout` or its message
+    /// type's, runs from here), answered to `caller`.
+    fn request<M>(
+        &self,
+        message: M,
+        timeout: Option<Duration>,
+        caller: PoolCaller<M>,
+    ) -> PoolRequest<M>
     where
         M: InContract<C>,
     {
-        let deadline = Deadline::after(self.options.member.timeout_of(M::NAME));
+        let timeout = timeout.unwrap_or_else(|| self.options.member.timeout_of(M::NAME));
+        let deadline = Deadline::after(timeout);
         let reroute = Reroute::of::<C, M>(&message, &self.options.member);
         PoolRequest {
             message,

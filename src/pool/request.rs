@@ -171,11 +171,14 @@ impl<M: WorkerMessage> std::fmt::Debug for PoolReply<M> {
     }
 }
 
-impl<C, D, M> MessageResponse<WorkerPool<C, D>, M> for PoolReply<M>
+/// The answer to a contract message `M`, alone or as a
+/// [`WithTimeout<M>`](crate::WithTimeout) (any `N` answered as `M` is).
+impl<C, D, M, N> MessageResponse<WorkerPool<C, D>, N> for PoolReply<M>
 where
     C: Contract,
     D: Driver<C> + Clone,
     M: WorkerMessage,
+    N: Message<Result = M::Result>,
 {
     fn handle(self, _: &mut Context<WorkerPool<C, D>>, reply: Option<OneshotSender<M::Result>>) {
         match self.0 {

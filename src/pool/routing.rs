@@ -62,7 +62,15 @@ impl<C: Contract, D: Driver<C> + Clone> WorkerPool<C, D> {
         let id = member.id;
         self.counters.dispatched += 1;
         let tries = reroute.as_ref().map(|reroute| reroute.tries.clone());
-        let sent = member.worker.send(Attempt { message, tries });
+        // The member times the request out by the pool's timeout for it:
+        // its message type's in the members' options, unless it has one
+        // of its own. (One that waited is timed out here first, by what
+        // was left of it.)
+        let sent = member.worker.send(Attempt {
+            message,
+            tries,
+            timeout: Some(deadline.after),
+        });
         let gone = caller.hung_up();
         let answered = async move {
             // Only a request that waited needs a timer of its own: the

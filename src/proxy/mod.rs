@@ -39,6 +39,7 @@ mod restart;
 mod status;
 mod stream;
 mod timekeeper;
+mod with_timeout;
 
 pub use crate::lifecycle::{LifecycleEvent, WorkerId};
 pub(crate) use batch::Attempts;
@@ -52,6 +53,7 @@ pub(crate) use request::{Attempt, Tries};
 pub use restart::Watch;
 pub(crate) use status::seconds;
 pub use status::{Status, WorkerState, WorkerStatus};
+pub use with_timeout::WithTimeout;
 
 /// The host's proxy for one worker of contract `C`, reached through driver
 /// `D`. An actix actor: `Addr<Worker<C, D>>` accepts exactly the messages of
@@ -65,10 +67,10 @@ pub use status::{Status, WorkerState, WorkerStatus};
 ///
 /// # Timeouts and cancellation
 ///
-/// Each request has a deadline: [`WorkerOptions::request_timeout`], or the
-/// one set for its message type with [`WorkerOptions::timeout_for`]. When it
-/// passes, the request resolves [`WorkerError::Timeout`] and the worker is
-/// told to cancel it.
+/// Each request has a deadline: [`WorkerOptions::request_timeout`], the
+/// one set for its message type with [`WorkerOptions::timeout_for`], or its
+/// own when sent as [`WithTimeout`]. When it passes, the request resolves
+/// [`WorkerError::Timeout`] and the worker is told to cancel it.
 ///
 /// # Cancel safety
 ///

@@ -200,11 +200,12 @@ impl StreamLink {
     }
 
     /// Registers and writes (or queues) one request; the reply resolves
-    /// once the worker answers, the deadline passes, or the worker fails.
+    /// once the worker answers, `timeout` passes, or the worker fails.
     pub(super) fn submit<M: WorkerMessage, S: Serializer>(
         &mut self,
         message: &M,
         options: &WorkerOptions,
+        timeout: Duration,
         typed: Option<Typed<M>>,
         tries: Option<Tries>,
     ) -> Reply<M> {
@@ -256,7 +257,6 @@ impl StreamLink {
             }
             return Reply::now(Err(error));
         }
-        let timeout = options.timeout_of(M::NAME);
         let request = Request {
             message: M::NAME,
             timeout,

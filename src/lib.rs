@@ -23,7 +23,9 @@ pub mod testing;
 pub use config::{CrashPolicy, WhileRestarting, WorkerOptions};
 pub use contract::{Contract, InContract, LocalOnly, Portable, WorkerMessage};
 pub use driver::child_process::DetachedWorker;
-pub use driver::{ChildProcess, Connection, Driver, Thread};
+pub use driver::{
+    CanDetach, CanReconnect, Carries, ChildProcess, Connection, Driver, SharesMemory, Thread,
+};
 pub use error::{
     AttachError, ConnectionError, Crash, CrashReason, HandshakeError, ProtocolFailure, RemoteError,
     SpawnError, WorkerError,
@@ -39,7 +41,7 @@ pub use wire::serializer::Json;
 pub use wire::serializer::Postcard;
 pub use wire::serializer::{CodecError, MessagePack, Serializer};
 pub use wire::shared_bytes::SharedBytes;
-pub use worker::{serve_io, serve_io_with, worker_entry, worker_entry_with};
+pub use worker::{serve_io, serve_io_with, worker_entry, worker_entry_with, Cancellable};
 // Worker → host events.
 pub use contract::NoEvents;
 pub use proxy::{EventStream, Subscribe, SubscribeStream, WorkerEvent};
@@ -48,8 +50,9 @@ pub use worker::{EmitError, Events};
 /// The names most programs need: `use isolated_workers::prelude::*;`.
 pub mod prelude {
     pub use crate::{
-        contract, worker_entry, Batch, ChildProcess, Close, PoolOptions, RemoteError, SharedBytes,
-        SpawnError, Status, Thread, WithTimeout, Worker, WorkerError, WorkerOptions, WorkerPool,
+        contract, worker_entry, Batch, CanDetach, CanReconnect, Cancellable, ChildProcess, Close,
+        PoolOptions, RemoteError, SharedBytes, SharesMemory, SpawnError, Status, Thread,
+        WithTimeout, Worker, WorkerError, WorkerOptions, WorkerPool,
     };
 }
 

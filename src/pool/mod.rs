@@ -183,7 +183,7 @@ impl<C: Contract, D: Driver<C> + Clone> WorkerPool<C, D> {
         let context = Context::<Self>::new();
         let watcher = context.address().recipient();
         let starts = (0..options.min_members).map(|_| {
-            let member = options.member.clone().watched_by(watcher.clone());
+            let member = options.member_options.clone().watched_by(watcher.clone());
             Worker::<C, D>::supervise(driver.clone(), member)
         });
         let mut workers = Vec::new();
@@ -343,9 +343,9 @@ impl<C: Contract, D: Driver<C> + Clone> WorkerPool<C, D> {
     where
         M: InContract<C>,
     {
-        let timeout = timeout.unwrap_or_else(|| self.options.member.timeout_of(M::NAME));
+        let timeout = timeout.unwrap_or_else(|| self.options.member_options.timeout_of(M::NAME));
         let deadline = Deadline::after(timeout);
-        let reroute = Reroute::of::<C, M>(&message, &self.options.member);
+        let reroute = Reroute::of::<C, M>(&message, &self.options.member_options);
         PoolRequest {
             message,
             caller,

@@ -255,14 +255,14 @@ impl<C: Contract, D: Driver<C>> Worker<C, D> {
 
 /// The messages a `Worker<C, D>` accepts, and how it handles each.
 ///
-/// Implemented for the contract's messages (when `D` can carry them) and
-/// [`Batch`]es of them, for [`Close`], [`Drain`], [`Status`], [`Watch`], [`Subscribe`] and
+/// Implemented for the contract's messages (when `D` can carry them),
+/// [`Batch`]es of them and [`WithTimeout`]s of them, for [`Close`], [`Drain`], [`Status`], [`Watch`], [`Subscribe`] and
 /// [`SubscribeStream`], and for each lifecycle message under the
 /// capability it needs. Not meant to be implemented outside this crate.
 #[diagnostic::on_unimplemented(
     message = "a `Worker<{C}, {D}>` does not accept `{Self}`",
     label = "not accepted by this worker",
-    note = "a worker accepts the messages of its contract, `Close`, `Drain`, `Status`, `Watch`, `Subscribe` and `SubscribeStream`, and the lifecycle messages its driver's capabilities allow"
+    note = "a worker accepts the messages of its contract (alone, in a `Batch` or `WithTimeout`), `Close`, `Drain`, `Status`, `Watch`, `Subscribe` and `SubscribeStream`, and the lifecycle messages its driver's capabilities allow"
 )]
 pub trait Accepted<C: Contract, D: Driver<C>>: Message + Sized {
     #[doc(hidden)]

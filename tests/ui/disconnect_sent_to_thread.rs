@@ -1,5 +1,8 @@
 // `send` (awaited, as a user writes it) of a lifecycle message the driver
-// lacks the capability for: one error, naming the message and the worker.
+// lacks the capability for. actix checks `Worker: Handler<Disconnect>` at
+// `send`, for the `Request` it returns, and at `.await`, so rustc reports
+// the one cause three times; each report leads with which worker does not
+// accept which message, and why.
 use actix::prelude::*;
 use isolated_workers::{Disconnect, Thread, Worker, WorkerError};
 use serde::{Deserialize, Serialize};

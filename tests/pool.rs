@@ -583,6 +583,8 @@ async fn a_request_with_its_own_timeout_keeps_it_in_the_queue_and_on_its_member<
     let second = enqueue(&pool, WithTimeout::new(Sleep { ms: 200 }, long));
     outcome(first).await?.map_err(fail)?;
     outcome(second).await?.map_err(fail)?;
+    // One too long to add to a clock means none, not a panic.
+    ask(&pool, WithTimeout::new(Sleep { ms: 100 }, Duration::MAX)).await?;
     // A short one of its own expires in the queue behind a busy member.
     let busy = enqueue(&pool, WithTimeout::new(Sleep { ms: FOREVER }, long));
     let own = Duration::from_millis(100);

@@ -40,18 +40,8 @@ pub use status::{MemberReport, PoolCounters, PoolReport, PoolState, PoolStatus};
 /// unchanged; a [`Batch`](crate::Batch) of them is spread over the members
 /// (see there). It also accepts [`Close`], [`PoolStatus`] (a
 /// [`PoolReport`]: each member, the queue, the pool's counters) and
-/// [`Status`], which it answers as a lone worker does, for the pool as a
-/// whole:
-///
-/// - `id`: the pool's own [`WorkerId`]; `pid`: `None`; `detached`: false;
-///   `uptime`: since the pool started;
-/// - `state`: `Running` while the pool takes requests, then `Closing`,
-///   `Closed`;
-/// - `in_flight`: on all members; `queued`: in the pool's queue and the
-///   members' own;
-/// - `restarts` and `counters.crashes`/`counters.restarts`: totals over
-///   every member the pool has had; the other counters (`by_message`,
-///   bytes): summed over its members now.
+/// [`Status`], which it answers as a lone worker does (see *Status*
+/// below).
 ///
 /// - **Routing**: each request goes to the member with the fewest requests
 ///   in flight (the oldest on a tie), among those with fewer than
@@ -60,9 +50,10 @@ pub use status::{MemberReport, PoolCounters, PoolReport, PoolState, PoolStatus};
 ///   pool, first in first out, up to [`PoolOptions::max_queued`]; beyond
 ///   it, a send fails at once with [`WorkerError::Overloaded`]. Nothing
 ///   grows without bound. As with a lone worker, a request's deadline
-///   (its message type's timeout in the members' options) runs from when
-///   the pool accepts it: one still waiting when it passes fails with
-///   [`WorkerError::Timeout`], and one sent late gets only what is left.
+///   (its message type's timeout in the members' options, or its own if
+///   sent as [`WithTimeout`]) runs from when the pool accepts it: one
+///   still waiting when it passes fails with [`WorkerError::Timeout`]
+///   (`queued: true`), and one sent late gets only what is left.
 /// - **Size**: the pool starts with [`PoolOptions::min_members`]. While
 ///   requests wait it starts more, up to [`PoolOptions::max_members`]
 ///   (no more at once than the waiting requests need); a member idle for
@@ -88,6 +79,22 @@ pub use status::{MemberReport, PoolCounters, PoolReport, PoolState, PoolStatus};
 ///   resolve `Closed`) and resolves when all are closed; afterwards every
 ///   send gives `Closed`. Dropping the pool's last `Addr` stops every
 ///   member as dropping a worker's does.
+///
+/// # Status
+///
+/// A pool answers [`Status`] with a [`WorkerStatus`] for the pool as a
+/// whole, so that code written for one worker's `Recipient<Status>` (a
+/// health check, a status endpoint) works with a pool:
+///
+/// - `id`: the pool's own [`WorkerId`]; `pid`: `None`; `detached`: false;
+///   `uptime`: since the pool started;
+/// - `state`: `Running` while the pool takes requests, then `Closing`,
+///   `Closed`;
+/// - `in_flight`: on all members; `queued`: in the pool's queue and the
+///   members' own;
+/// - `restarts` and `counters.crashes`/`counters.restarts`: totals over
+///   every member the pool has had; the other counters (`by_message`,
+///   bytes): summed over its members now.
 ///
 /// # Cancel safety
 ///

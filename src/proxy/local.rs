@@ -19,7 +19,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use super::counters::SharedTally;
-use super::requests::{Held, Limits, Request, Requests};
+use super::requests::{deadline_in, Held, Limits, Request, Requests};
 use crate::config::{CrashPolicy, WorkerOptions};
 use crate::contract::WorkerMessage;
 use crate::driver::LocalConnection;
@@ -262,7 +262,7 @@ impl LocalState {
         let request = Request {
             message: M::NAME,
             timeout,
-            deadline: Instant::now() + timeout,
+            deadline: deadline_in(timeout),
             attempt: 1,
             held: Signals { end, start: None },
         };

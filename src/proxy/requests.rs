@@ -100,6 +100,15 @@ impl Limits {
     }
 }
 
+/// The deadline `timeout` from now. A timeout too long to add (say a
+/// `WithTimeout` of `Duration::MAX`) means none: a century from now,
+/// rather than a panic.
+pub(super) fn deadline_in(timeout: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(timeout)
+        .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 24 * 3600))
+}
+
 /// A request as its transport hands it to the table.
 pub(super) struct Request<T> {
     /// The message's wire name.

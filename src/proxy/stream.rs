@@ -23,7 +23,9 @@ use bytes::{Bytes, BytesMut};
 
 use super::counters::SharedTally;
 use super::reply::{Reply, Returning};
-use super::requests::{Attach, Caller, Carried, Expired, Held, Limits, Request, Requests};
+use super::requests::{
+    deadline_in, Attach, Caller, Carried, Expired, Held, Limits, Request, Requests,
+};
 use super::Tries;
 use crate::config::WorkerOptions;
 use crate::contract::{Contract, WorkerMessage};
@@ -260,7 +262,7 @@ impl StreamLink {
         let request = Request {
             message: M::NAME,
             timeout,
-            deadline: Instant::now() + timeout,
+            deadline: deadline_in(timeout),
             // A request a pool sends on from a member that gave up goes on
             // counting where that member stopped.
             attempt: tries

@@ -1,6 +1,6 @@
 //! Request timeouts: one default for every message, and a message type with
 //! a timeout of its own. A request that takes too long resolves
-//! `WorkerError::Timeout { after, message }`, while the worker goes on
+//! `WorkerError::Timeout { after, message, .. }`, while the worker goes on
 //! answering others.
 //!
 //! Run: `cargo run --example timeout_config`
@@ -104,7 +104,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             return Err("wrong answer to Fast".into());
         }
         match too_slow.await? {
-            Err(WorkerError::Timeout { after, message }) => {
+            Err(WorkerError::Timeout { after, message, .. }) => {
                 println!(
                     "Slow {{ ms: 60000 }} -> timed out: `{message}` after {after:?} (waited {:?})",
                     started.elapsed()

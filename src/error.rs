@@ -25,13 +25,25 @@ pub enum WorkerError {
     /// worker serves on.
     #[error(transparent)]
     Protocol(ProtocolFailure),
-    /// No reply arrived within the request's deadline. The worker was told to cancel it.
-    #[error("`{message}` timed out after {after:?}")]
+    /// No reply arrived within the request's deadline. A request that had
+    /// reached the worker was told to cancel there; one still `queued` never
+    /// reached it.
+    #[error(
+        "`{message}` timed out after {after:?}{}",
+        if *queued { " waiting in the queue, before it reached a worker" } else { "" }
+    )]
     Timeout {
         /// The deadline that passed.
         after: Duration,
         /// The wire name of the message.
         message: &'static str,
+        /// Whether it was still waiting in a queue (a
+        /// [`WorkerPool`](crate::WorkerPool)'s, or a worker proxy's behind
+        /// [`WorkerOptions::max_in_flight`](crate::WorkerOptions::max_in_flight))
+        /// when its deadline passed: it never reached a worker, so the
+        /// worker had nothing to cancel. A sign that more workers (or a
+        /// larger in-flight bound) are needed rather than faster ones.
+        queued: bool,
     },
     /// The worker died while the request was in flight (or before it was sent).
     #[error(
@@ -323,7 +335,7 @@ pub enum ConnectionError {
 /// let crash = Crash::new(CrashReason::Panic, Some("boom".into()));
 /// assert_eq!(crash.to_string(), "crashed (panicked): boom");
 /// ```
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[non_exhaustive]
 pub struct Crash {
     /// Exit code, signal, or lost connection.
@@ -374,6 +386,35 @@ pub enum CrashReason {
     ConnectionLost,
     /// The worker's actor stopped by itself (it called `ctx.stop()`).
     Stopped,
+}
+
+/// Serialized as `{"kind": .., "code": .., "text": ..}`: `kind` the
+/// variant in snake case (`exit`, `signal`, `panic`, `connection_lost`,
+/// `stopped`), `code` the exit code or signal number (`null` for the
+/// others), `text` what `Display` says ("killed by SIGKILL"). By hand, as
+/// serde's derive has no shape that gives every variant the same fields.
+impl Serialize for CrashReason {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        /// The shape written.
+        #[derive(Serialize)]
+        struct Written {
+            /// The variant.
+            kind: &'static str,
+            /// Its number, if it has one.
+            code: Option<i32>,
+            /// Its `Display`.
+            text: String,
+        }
+        let (kind, code) = match self {
+            CrashReason::Exit(code) => ("exit", Some(*code)),
+            CrashReason::Signal(signal) => ("signal", Some(*signal)),
+            CrashReason::Panic => ("panic", None),
+            CrashReason::ConnectionLost => ("connection_lost", None),
+            CrashReason::Stopped => ("stopped", None),
+        };
+        let text = self.to_string();
+        Written { kind, code, text }.serialize(serializer)
+    }
 }
 
 impl fmt::Display for CrashReason {

@@ -240,7 +240,9 @@ pub use call::{Call, Called};
 pub use config::{CrashPolicy, WhileRestarting, WorkerOptions};
 pub use contract::{Contract, InContract, LocalOnly, Portable, WorkerMessage};
 pub use driver::child_process::DetachedWorker;
-pub use driver::{ChildProcess, Connection, Driver, Thread};
+pub use driver::{
+    CanDetach, CanReconnect, Carries, ChildProcess, Connection, Driver, SharesMemory, Thread,
+};
 pub use error::{
     AttachError, ConnectionError, Crash, CrashReason, HandshakeError, ProtocolFailure, RemoteError,
     SpawnError, WorkerError,
@@ -248,7 +250,7 @@ pub use error::{
 pub use pool::{PoolOptions, PoolReport, PoolStatus, WorkerPool};
 pub use proxy::{
     Accepted, Batch, Close, Detach, Disconnect, Drain, LifecycleEvent, Reconnect, Status, Watch,
-    Worker, WorkerId, WorkerState, WorkerStatus,
+    WithTimeout, Worker, WorkerId, WorkerState, WorkerStatus,
 };
 #[cfg(feature = "json")]
 pub use wire::serializer::Json;
@@ -256,7 +258,7 @@ pub use wire::serializer::Json;
 pub use wire::serializer::Postcard;
 pub use wire::serializer::{CodecError, MessagePack, Serializer};
 pub use wire::shared_bytes::SharedBytes;
-pub use worker::{serve_io, serve_io_with, worker_entry, worker_entry_with};
+pub use worker::{serve_io, serve_io_with, worker_entry, worker_entry_with, Cancellable};
 // Worker → host events.
 pub use contract::NoEvents;
 pub use proxy::{EventStream, Subscribe, SubscribeStream, WorkerEvent};
@@ -265,8 +267,9 @@ pub use worker::{EmitError, Events};
 /// The names most programs need: `use isolated_workers::prelude::*;`.
 pub mod prelude {
     pub use crate::{
-        contract, worker_entry, Batch, Call, ChildProcess, Close, PoolOptions, RemoteError,
-        SharedBytes, SpawnError, Status, Thread, Worker, WorkerError, WorkerOptions, WorkerPool,
+        contract, worker_entry, Batch, Call, CanDetach, CanReconnect, Cancellable, ChildProcess,
+        Close, PoolOptions, RemoteError, SharedBytes, SharesMemory, SpawnError, Status, Thread,
+        WithTimeout, Worker, WorkerError, WorkerOptions, WorkerPool,
     };
 }
 

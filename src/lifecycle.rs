@@ -7,12 +7,15 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use actix::Message;
+use serde::Serialize;
 
 use crate::error::{Crash, CrashReason};
 
 /// Names one worker proxy for the life of the process: the `worker` of its
 /// [`LifecycleEvent`]s and of its [`WorkerStatus`](crate::WorkerStatus).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+/// Serialized as its number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(transparent)]
 pub struct WorkerId(u64);
 
 impl WorkerId {
@@ -32,7 +35,12 @@ impl std::fmt::Display for WorkerId {
 /// What happened to a worker, told to its watchers (see
 /// [`Watch`](crate::Watch) and
 /// [`WorkerOptions::watched_by`](crate::WorkerOptions::watched_by)).
-#[derive(Debug, Clone, PartialEq, Eq, Message)]
+///
+/// Serialized as an object whose `event` names the variant in snake case,
+/// with its fields beside it: `{"event": "restarted", "worker": 3,
+/// "restarts": 1}`.
+#[derive(Debug, Clone, PartialEq, Eq, Message, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
 #[rtype(result = "()")]
 #[non_exhaustive]
 pub enum LifecycleEvent {

@@ -118,6 +118,7 @@ mod tests {
                 WorkerError::Timeout {
                     after: Duration::from_secs(3),
                     message: "Work",
+                    queued: false,
                 },
                 StatusCode::GATEWAY_TIMEOUT,
             ),
@@ -222,6 +223,7 @@ mod tests {
             Err(WorkerError::Timeout {
                 after: Duration::from_secs(1),
                 message: "Work",
+                queued: false,
             })?
         }
         let error = handler().unwrap_err();

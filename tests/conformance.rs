@@ -13,8 +13,8 @@ use std::time::Duration;
 use futures::future::join_all;
 use in_memory::InMemory;
 use isolated_workers::{
-    Batch, ChildProcess, Close, CrashReason, Drain, Driver, Status, Thread, Worker, WorkerError,
-    WorkerOptions, WorkerState,
+    Batch, ChildProcess, Close, CrashReason, Drain, Driver, Status, Thread, WithTimeout, Worker,
+    WorkerError, WorkerOptions, WorkerState,
 };
 use libtest_mimic::{Failed, Trial};
 use support::*;
@@ -47,6 +47,8 @@ fn suite<D: Driver<Calc>>(driver: &str, make: fn() -> D) -> Vec<Trial> {
         a_timed_out_request_stops_running_on_the_worker,
         a_dropped_request_stops_running_on_the_worker,
         a_message_type_can_have_its_own_timeout,
+        a_request_with_its_own_timeout_times_out_and_stops_running_on_the_worker,
+        a_request_with_its_own_longer_timeout_outlives_its_types,
         drain_lets_requests_in_flight_finish_then_closes,
         drain_fails_what_is_left_at_its_deadline,
         a_crash_while_idle_is_noticed_and_a_fresh_worker_serves_on,
@@ -136,9 +138,14 @@ async fn a_slow_request_times_out_and_the_worker_serves_on<D: Driver<Calc>>(
         .await
         .map_err(fail)?;
     match worker.send(Sleep { ms: 30_000 }).await? {
-        Err(WorkerError::Timeout { after, message }) => {
+        Err(WorkerError::Timeout {
+            after,
+            message,
+            queued,
+        }) => {
             assert_eq!(after, Duration::from_millis(200));
             assert_eq!(message, "Sleep");
+            assert!(!queued, "it reached the worker");
         }
         other => return Err(format!("expected a timeout, got {other:?}").into()),
     }
@@ -256,9 +263,10 @@ async fn a_queued_request_that_times_out_frees_its_place_in_the_queue<D: Driver<
             text: "waits".into(),
         };
         let waited = worker.send(ping).await?;
-        let timed_out =
-            matches!(&waited, Err(WorkerError::Timeout { message, .. }) if *message == "Ping");
+        let timed_out = matches!(&waited, Err(WorkerError::Timeout { message, queued: true, .. }) if *message == "Ping");
         assert!(timed_out, "{waited:?}");
+        let said = waited.unwrap_err().to_string();
+        assert!(said.contains("waiting in the queue"), "{said}");
     }
     let status = worker.send(Status).await?;
     assert_eq!((status.in_flight, status.queued), (1, 0), "{status:?}");
@@ -326,7 +334,7 @@ async fn a_message_type_can_have_its_own_timeout<D: Driver<Calc>>(driver: D) -> 
         .map_err(fail)?;
     let slept = worker.send(Sleep { ms: 30_000 }).await?;
     assert!(
-        matches!(slept, Err(WorkerError::Timeout { after, message: "Sleep" }) if after == Duration::from_millis(100)),
+        matches!(slept, Err(WorkerError::Timeout { after, message: "Sleep", .. }) if after == Duration::from_millis(100)),
         "{slept:?}"
     );
     // Other messages keep the default (30 s): a 300 ms request succeeds.
@@ -335,6 +343,63 @@ async fn a_message_type_can_have_its_own_timeout<D: Driver<Calc>>(driver: D) -> 
         .await?
         .map_err(fail)?;
     assert_eq!(options_default.text, "pong: ok");
+    worker.send(Close).await?;
+    Ok(())
+}
+
+async fn a_request_with_its_own_timeout_times_out_and_stops_running_on_the_worker<
+    D: Driver<Calc>,
+>(
+    driver: D,
+) -> Result<(), Failed> {
+    // The worker's timeouts are the defaults (30 s): only the request's
+    // own can end it this soon.
+    let worker = Worker::<Calc, D>::spawn(driver).await.map_err(fail)?;
+    let own = Duration::from_millis(100);
+    match worker.send(WithTimeout::new(Spin, own)).await? {
+        Err(WorkerError::Timeout {
+            after,
+            message: "Spin",
+            queued: false,
+        }) if after == own => {}
+        other => {
+            return Err(format!("expected Spin to time out after {own:?}, got {other:?}").into())
+        }
+    }
+    assert!(
+        worker.send(Spins).await?.map_err(fail)? > 0,
+        "the work had started"
+    );
+    assert!(
+        spinning_stopped(&worker).await?,
+        "the worker was not told to cancel"
+    );
+    let status = worker.send(Status).await?;
+    let spin = status.counters.by_message.get("Spin").copied();
+    assert_eq!(spin.map(|c| (c.sent, c.failed)), Some((1, 1)), "{status:?}");
+    worker.send(Close).await?;
+    Ok(())
+}
+
+async fn a_request_with_its_own_longer_timeout_outlives_its_types<D: Driver<Calc>>(
+    driver: D,
+) -> Result<(), Failed> {
+    let options = WorkerOptions::default().timeout_for::<Sleep>(Duration::from_millis(50));
+    let worker = Worker::<Calc, D>::spawn_with(driver, options)
+        .await
+        .map_err(fail)?;
+    let nap = || Sleep { ms: 300 };
+    let slept = worker.send(nap()).await?;
+    assert!(
+        matches!(slept, Err(WorkerError::Timeout { after, .. }) if after == Duration::from_millis(50)),
+        "without its own timeout, the type's: {slept:?}"
+    );
+    let own = WithTimeout::new(nap(), Duration::from_secs(30));
+    assert_eq!(own.timeout(), Duration::from_secs(30));
+    worker.send(own).await?.map_err(fail)?;
+    // One too long to add to a clock means none, not a panic.
+    let endless = WithTimeout::new(nap(), Duration::MAX);
+    worker.send(endless).await?.map_err(fail)?;
     worker.send(Close).await?;
     Ok(())
 }
@@ -560,7 +625,7 @@ async fn a_slow_batch_item_times_out_alone<D: Driver<Calc>>(driver: D) -> Result
     let naps = [1, 30_000, 1].map(|ms| Sleep { ms });
     let replies = worker.send(Batch::new(naps.to_vec())).await?;
     match &replies[..] {
-        [Ok(()), Err(WorkerError::Timeout { after, message }), Ok(())] => {
+        [Ok(()), Err(WorkerError::Timeout { after, message, .. }), Ok(())] => {
             assert_eq!((*after, *message), (Duration::from_millis(200), "Sleep"));
         }
         other => return Err(format!("expected only the second to time out, got {other:?}").into()),

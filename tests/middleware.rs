@@ -1048,7 +1048,8 @@ async fn a_timeout_reaches_the_response_hooks<D: Rig>() -> Result<(), Failed> {
         .timeout_for::<Nap>(timeout);
     let worker = spawn::<D>(&Log::default(), options).await?;
     match outcome(worker.send(Nap { ms: 30_000 })).await? {
-        Err(WorkerError::Timeout { after, message }) if after == timeout && message == "Nap" => {}
+        Err(WorkerError::Timeout { after, message, .. })
+            if after == timeout && message == "Nap" => {}
         other => return Err(format!("expected a timeout, got {other:?}").into()),
     }
     let host_saw = host.lines();

@@ -16,7 +16,7 @@ use futures::future::join_all;
 use isolated_workers::pool::PoolState;
 use isolated_workers::{
     Batch, ChildProcess, Close, CrashPolicy, CrashReason, Driver, PoolOptions, PoolReport,
-    PoolStatus, SpawnError, Thread, WorkerError, WorkerOptions, WorkerPool,
+    PoolStatus, SpawnError, Thread, WithTimeout, WorkerError, WorkerOptions, WorkerPool,
 };
 use libtest_mimic::{Failed, Trial};
 use nix::sys::signal::{kill, Signal};
@@ -184,6 +184,8 @@ fn suite<D: Driver<Calc> + Clone>(driver: &str, make: fn() -> D) -> Vec<Trial> {
         an_empty_pool_starts_a_member_for_its_first_request,
         a_member_that_gives_up_is_replaced,
         dropped_requests_are_withdrawn_or_never_sent,
+        a_request_with_its_own_timeout_times_out_on_its_member_and_stops_there,
+        a_request_with_its_own_timeout_keeps_it_in_the_queue_and_on_its_member,
         after_close_every_send_is_closed,
         a_batch_beyond_the_members_and_the_queue_overloads_the_rest,
         a_dropped_batch_is_withdrawn_or_never_sent,
@@ -374,8 +376,12 @@ async fn a_request_waiting_in_the_queue_times_out_from_when_it_was_sent<D: Drive
     let started = Instant::now();
     let error = refused(&pool, ping("waits")).await?;
     assert!(
-        matches!(error, WorkerError::Timeout { after, message: "Ping" } if after == timeout),
+        matches!(error, WorkerError::Timeout { after, message: "Ping", queued: true } if after == timeout),
         "{error:?}"
+    );
+    assert_eq!(
+        error.to_string(),
+        "`Ping` timed out after 200ms waiting in the queue, before it reached a worker"
     );
     assert!(started.elapsed() >= timeout);
     let report = report_of(&pool).await?;
@@ -526,6 +532,70 @@ async fn dropped_requests_are_withdrawn_or_never_sent<D: Driver<Calc> + Clone>(
         (2, 2)
     );
     pool.send(Close).await?;
+    Ok(())
+}
+
+async fn a_request_with_its_own_timeout_times_out_on_its_member_and_stops_there<
+    D: Driver<Calc> + Clone,
+>(
+    driver: D,
+) -> Result<(), Failed> {
+    // One member, default timeouts (30 s): only the request's own ends it.
+    let pool = pool(driver, PoolOptions::default().members(1)).await?;
+    let own = Duration::from_millis(100);
+    let error = refused(&pool, WithTimeout::new(Spin, own)).await?;
+    assert!(
+        matches!(error, WorkerError::Timeout { after, message: "Spin", queued: false } if after == own),
+        "{error:?}"
+    );
+    // The member was told to cancel: its `Spin` counter stands still.
+    let spins = || ask(&pool, Spins);
+    let mut before = spins().await?;
+    assert!(before > 0, "the work had started");
+    loop {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let after = spins().await?;
+        if after == before {
+            break;
+        }
+        // Cancelled, but seen moving once more before it was: look again.
+        // (The hang guard ends a test whose handler never stops.)
+        before = after;
+    }
+    pool.send(Close).await?;
+    Ok(())
+}
+
+async fn a_request_with_its_own_timeout_keeps_it_in_the_queue_and_on_its_member<
+    D: Driver<Calc> + Clone,
+>(
+    driver: D,
+) -> Result<(), Failed> {
+    // The members' timeout for `Sleep` is 50 ms; each request here has
+    // its own, longer or shorter.
+    let member = WorkerOptions::default().timeout_for::<Sleep>(Duration::from_millis(50));
+    let options = PoolOptions::default().members(1).member_options(member);
+    let pool = pool(driver, options).await?;
+    let long = Duration::from_secs(30);
+    // The second waits behind the first, longer than 50 ms, and then runs
+    // longer than 50 ms on the member: neither times out.
+    let first = enqueue(&pool, WithTimeout::new(Sleep { ms: 200 }, long));
+    let second = enqueue(&pool, WithTimeout::new(Sleep { ms: 200 }, long));
+    outcome(first).await?.map_err(fail)?;
+    outcome(second).await?.map_err(fail)?;
+    // One too long to add to a clock means none, not a panic.
+    ask(&pool, WithTimeout::new(Sleep { ms: 100 }, Duration::MAX)).await?;
+    // A short one of its own expires in the queue behind a busy member.
+    let busy = enqueue(&pool, WithTimeout::new(Sleep { ms: FOREVER }, long));
+    let own = Duration::from_millis(100);
+    let error = refused(&pool, WithTimeout::new(ping("waits"), own)).await?;
+    assert!(
+        matches!(error, WorkerError::Timeout { after, message: "Ping", queued: true } if after == own),
+        "{error:?}"
+    );
+    assert_eq!(report_of(&pool).await?.counters.expired, 1);
+    pool.send(Close).await?;
+    all_closed(vec![busy]).await?;
     Ok(())
 }
 

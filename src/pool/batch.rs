@@ -54,7 +54,7 @@ where
             };
             let (caller, reply) = PoolCaller::new();
             <PoolReply<M> as MessageResponse<Self, M>>::handle(reply, ctx, Some(sender));
-            let request = self.request(message, caller);
+            let request = self.request(message, None, caller);
             match free {
                 Some(index) => {
                     // Taken now, so that the next item sees the member's
@@ -104,6 +104,9 @@ impl<C: Contract, D: Driver<C> + Clone> WorkerPool<C, D> {
             attempts.push(Attempt {
                 message: request.message,
                 tries,
+                // Its member's own timeout for it, unless it has one of
+                // its own (see `dispatch`).
+                timeout: Some(request.deadline.after),
             });
             waiting.push((request.caller, request.deadline, request.reroute));
         }

@@ -4,7 +4,7 @@
 //! idle, and replacing members that give up.
 
 use std::collections::VecDeque;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use futures::future::join_all;
@@ -12,7 +12,7 @@ use futures::future::join_all;
 use crate::contract::{Contract, InContract};
 use crate::driver::{Carries, ChildProcess, Driver};
 use crate::error::{SpawnError, WorkerError};
-use crate::proxy::{Close, LifecycleEvent, Worker};
+use crate::proxy::{Close, LifecycleEvent, Status, WithTimeout, Worker, WorkerId, WorkerStatus};
 use crate::unreferenced::StopWhenUnreferenced;
 use crate::waiters::Waiters;
 
@@ -38,7 +38,10 @@ pub use status::{MemberReport, PoolCounters, PoolReport, PoolState, PoolStatus};
 /// [`Worker`] (each answered with `Result<Reply, WorkerError>`), so code
 /// written for one worker — or for a `Recipient<M>` — talks to a pool
 /// unchanged; a [`Batch`](crate::Batch) of them is spread over the members
-/// (see there). It also accepts [`Close`] and [`PoolStatus`].
+/// (see there). It also accepts [`Close`], [`PoolStatus`] (a
+/// [`PoolReport`]: each member, the queue, the pool's counters) and
+/// [`Status`], which it answers as a lone worker does (see *Status*
+/// below).
 ///
 /// - **Routing**: each request goes to the member with the fewest requests
 ///   in flight (the oldest on a tie), among those with fewer than
@@ -47,9 +50,10 @@ pub use status::{MemberReport, PoolCounters, PoolReport, PoolState, PoolStatus};
 ///   pool, first in first out, up to [`PoolOptions::max_queued`]; beyond
 ///   it, a send fails at once with [`WorkerError::Overloaded`]. Nothing
 ///   grows without bound. As with a lone worker, a request's deadline
-///   (its message type's timeout in the members' options) runs from when
-///   the pool accepts it: one still waiting when it passes fails with
-///   [`WorkerError::Timeout`], and one sent late gets only what is left.
+///   (its message type's timeout in the members' options, or its own if
+///   sent as [`WithTimeout`]) runs from when the pool accepts it: one
+///   still waiting when it passes fails with [`WorkerError::Timeout`]
+///   (`queued: true`), and one sent late gets only what is left.
 /// - **Size**: the pool starts with [`PoolOptions::min_members`]. While
 ///   requests wait it starts more, up to [`PoolOptions::max_members`]
 ///   (no more at once than the waiting requests need); a member idle for
@@ -75,6 +79,22 @@ pub use status::{MemberReport, PoolCounters, PoolReport, PoolState, PoolStatus};
 ///   resolve `Closed`) and resolves when all are closed; afterwards every
 ///   send gives `Closed`. Dropping the pool's last `Addr` stops every
 ///   member as dropping a worker's does.
+///
+/// # Status
+///
+/// A pool answers [`Status`] with a [`WorkerStatus`] for the pool as a
+/// whole, so that code written for one worker's `Recipient<Status>` (a
+/// health check, a status endpoint) works with a pool:
+///
+/// - `id`: the pool's own [`WorkerId`]; `pid`: `None`; `detached`: false;
+///   `uptime`: since the pool started;
+/// - `state`: `Running` while the pool takes requests, then `Closing`,
+///   `Closed`;
+/// - `in_flight`: on all members; `queued`: in the pool's queue and the
+///   members' own;
+/// - `restarts` and `counters.crashes`/`counters.restarts`: totals over
+///   every member the pool has had; the other counters (`by_message`,
+///   bytes): summed over its members now.
 ///
 /// # Cancel safety
 ///
@@ -125,6 +145,10 @@ pub struct WorkerPool<C: Contract, D: Driver<C> + Clone = ChildProcess> {
     closed: Waiters,
     /// When the queue is next swept for requests past their deadline.
     sweep: Option<(Instant, SpawnHandle)>,
+    /// Names the pool in what it answers to [`Status`].
+    id: WorkerId,
+    /// When it started, for [`Status`]'s `uptime`.
+    started: Instant,
 }
 
 impl<C: Contract, D: Driver<C> + Clone> std::fmt::Debug for WorkerPool<C, D> {
@@ -166,7 +190,7 @@ impl<C: Contract, D: Driver<C> + Clone> WorkerPool<C, D> {
         let context = Context::<Self>::new();
         let watcher = context.address().recipient();
         let starts = (0..options.min_members).map(|_| {
-            let member = options.member.clone().watched_by(watcher.clone());
+            let member = options.member_options.clone().watched_by(watcher.clone());
             Worker::<C, D>::supervise(driver.clone(), member)
         });
         let mut workers = Vec::new();
@@ -195,6 +219,8 @@ impl<C: Contract, D: Driver<C> + Clone> WorkerPool<C, D> {
             settled: Waiters::default(),
             closed: Waiters::default(),
             sweep: None,
+            id: WorkerId::next(),
+            started: Instant::now(),
         };
         for worker in workers {
             pool.add(worker);
@@ -240,6 +266,39 @@ where
     type Result = PoolReply<M>;
 
     fn handle(&mut self, message: M, ctx: &mut Context<Self>) -> PoolReply<M> {
+        self.accept(message, None, ctx)
+    }
+}
+
+/// A contract message with its own timeout, handled as the message alone
+/// (see [`WithTimeout`]).
+impl<C, D, M> Handler<WithTimeout<M>> for WorkerPool<C, D>
+where
+    C: Contract,
+    D: Driver<C> + Carries<M::Portability> + Clone,
+    M: InContract<C>,
+{
+    type Result = PoolReply<M>;
+
+    fn handle(&mut self, request: WithTimeout<M>, ctx: &mut Context<Self>) -> PoolReply<M> {
+        let (message, timeout) = request.into_parts();
+        self.accept(message, Some(timeout), ctx)
+    }
+}
+
+impl<C: Contract, D: Driver<C> + Clone> WorkerPool<C, D> {
+    /// Takes `message` (with `timeout`, if it has one of its own): sends
+    /// it to the least loaded member, or queues it, or refuses it.
+    fn accept<M>(
+        &mut self,
+        message: M,
+        timeout: Option<Duration>,
+        ctx: &mut Context<Self>,
+    ) -> PoolReply<M>
+    where
+        M: InContract<C>,
+        D: Carries<M::Portability>,
+    {
         if self.state != PoolState::Open {
             return PoolReply::now(Err(WorkerError::Closed));
         }
@@ -249,7 +308,7 @@ where
             Err(overloaded) => return PoolReply::now(Err(overloaded)),
         };
         let (caller, reply) = PoolCaller::new();
-        let request = self.request(message, caller);
+        let request = self.request(message, timeout, caller);
         match free {
             Some(index) => self.dispatch(index, request, false, ctx),
             None => {
@@ -280,14 +339,20 @@ impl<C: Contract, D: Driver<C> + Clone> WorkerPool<C, D> {
         Ok(free)
     }
 
-    /// `message`, accepted now (its deadline runs from here), answered to
-    /// `caller`.
-    fn request<M>(&self, message: M, caller: PoolCaller<M>) -> PoolRequest<M>
+    /// `message`, accepted now (its deadline, `timeout` or its message
+    /// type's, runs from here), answered to `caller`.
+    fn request<M>(
+        &self,
+        message: M,
+        timeout: Option<Duration>,
+        caller: PoolCaller<M>,
+    ) -> PoolRequest<M>
     where
         M: InContract<C>,
     {
-        let deadline = Deadline::after(self.options.member.timeout_of(M::NAME));
-        let reroute = Reroute::of::<C, M>(&message, &self.options.member);
+        let timeout = timeout.unwrap_or_else(|| self.options.member_options.timeout_of(M::NAME));
+        let deadline = Deadline::after(timeout);
+        let reroute = Reroute::of::<C, M>(&message, &self.options.member_options);
         PoolRequest {
             message,
             caller,
@@ -342,19 +407,41 @@ impl<C: Contract, D: Driver<C> + Clone> Handler<Close> for WorkerPool<C, D> {
     }
 }
 
-/// A member's worker gave up after crashing too often: the pool looks at
-/// its members at once and replaces those that gave up, so that no request
-/// is sent to them.
+/// What happens to the members' workers: crashes and restarts are counted
+/// (the pool's totals outlive the members); a member's worker that gave up
+/// after crashing too often makes the pool look at its members at once and
+/// replace those that gave up, so that no request is sent to them.
 impl<C: Contract, D: Driver<C> + Clone> Handler<LifecycleEvent> for WorkerPool<C, D> {
     type Result = ();
 
     fn handle(&mut self, event: LifecycleEvent, ctx: &mut Context<Self>) {
+        match event {
+            LifecycleEvent::Crashed { .. } => self.counters.crashes += 1,
+            LifecycleEvent::Restarted { .. } => self.counters.restarts += 1,
+            _ => {}
+        }
         if matches!(event, LifecycleEvent::GaveUp { .. }) && self.state == PoolState::Open {
             let looked = self.member_statuses().into_actor(self);
             ctx.spawn(looked.map(|statuses, pool, ctx| {
                 pool.report(statuses, ctx);
             }));
         }
+    }
+}
+
+/// Reports the pool as one worker; see [`WorkerPool`].
+impl<C: Contract, D: Driver<C> + Clone> Handler<Status> for WorkerPool<C, D> {
+    type Result = ResponseActFuture<Self, WorkerStatus>;
+
+    fn handle(&mut self, _: Status, _: &mut Context<Self>) -> Self::Result {
+        Box::pin(
+            self.member_statuses()
+                .into_actor(self)
+                .map(|statuses, pool, ctx| {
+                    let report = pool.report(statuses, ctx);
+                    report.as_worker(pool.id, pool.started.elapsed())
+                }),
+        )
     }
 }
 

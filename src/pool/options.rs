@@ -43,8 +43,9 @@ pub struct PoolOptions {
     /// more than [`min_members`](Self::min_members) remain. Default 30 s.
     pub idle_timeout: Duration,
     /// The options each member is started with (timeouts, crash policies,
-    /// restart budget, middleware).
-    pub member: WorkerOptions,
+    /// restart budget, middleware). Named as its builder method is, as
+    /// every other field here is.
+    pub member_options: WorkerOptions,
 }
 
 impl Default for PoolOptions {
@@ -55,7 +56,7 @@ impl Default for PoolOptions {
             max_in_flight_per_member: 1,
             max_queued: 1024,
             idle_timeout: Duration::from_secs(30),
-            member: WorkerOptions::default(),
+            member_options: WorkerOptions::default(),
         }
     }
 }
@@ -98,9 +99,10 @@ impl PoolOptions {
         self
     }
 
-    /// Sets the options each member is started with.
+    /// Sets [`member_options`](Self::member_options), the options each
+    /// member is started with.
     pub fn member_options(mut self, options: WorkerOptions) -> Self {
-        self.member = options;
+        self.member_options = options;
         self
     }
 

@@ -61,7 +61,7 @@ where
     }
 
     fn expire(self: Box<Self>) {
-        let error = PoolRequest::<M>::timed_out(&self.deadline);
+        let error = PoolRequest::<M>::timed_out(&self.deadline, true);
         self.caller.resolve(Err(error));
     }
 

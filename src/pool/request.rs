@@ -108,11 +108,13 @@ impl Reroute {
 }
 
 impl<M: WorkerMessage> PoolRequest<M> {
-    /// The error of a request whose deadline passed.
-    pub(super) fn timed_out(deadline: &Deadline) -> WorkerError {
+    /// The error of a request whose deadline passed, while it was still
+    /// `queued` in the pool or once a member had it.
+    pub(super) fn timed_out(deadline: &Deadline, queued: bool) -> WorkerError {
         WorkerError::Timeout {
             after: deadline.after,
             message: M::NAME,
+            queued,
         }
     }
 }
@@ -169,11 +171,14 @@ impl<M: WorkerMessage> std::fmt::Debug for PoolReply<M> {
     }
 }
 
-impl<C, D, M> MessageResponse<WorkerPool<C, D>, M> for PoolReply<M>
+/// The answer to a contract message `M`, alone or as a
+/// [`WithTimeout<M>`](crate::WithTimeout) (any `N` answered as `M` is).
+impl<C, D, M, N> MessageResponse<WorkerPool<C, D>, N> for PoolReply<M>
 where
     C: Contract,
     D: Driver<C> + Clone,
     M: WorkerMessage,
+    N: Message<Result = M::Result>,
 {
     fn handle(self, _: &mut Context<WorkerPool<C, D>>, reply: Option<OneshotSender<M::Result>>) {
         match self.0 {

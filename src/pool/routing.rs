@@ -54,7 +54,7 @@ impl<C: Contract, D: Driver<C> + Clone> WorkerPool<C, D> {
         let left = waited.then(|| deadline.at.saturating_duration_since(Instant::now()));
         if left.is_some_and(|left| left.is_zero()) {
             self.counters.expired += 1;
-            caller.resolve(Err(PoolRequest::<M>::timed_out(&deadline)));
+            caller.resolve(Err(PoolRequest::<M>::timed_out(&deadline, true)));
             return;
         }
         let member = &mut self.members[index];
@@ -62,7 +62,15 @@ impl<C: Contract, D: Driver<C> + Clone> WorkerPool<C, D> {
         let id = member.id;
         self.counters.dispatched += 1;
         let tries = reroute.as_ref().map(|reroute| reroute.tries.clone());
-        let sent = member.worker.send(Attempt { message, tries });
+        // The member times the request out by the pool's timeout for it:
+        // its message type's in the members' options, unless it has one
+        // of its own. (One that waited is timed out here first, by what
+        // was left of it.)
+        let sent = member.worker.send(Attempt {
+            message,
+            tries,
+            timeout: Some(deadline.after),
+        });
         let gone = caller.hung_up();
         let answered = async move {
             // Only a request that waited needs a timer of its own: the
@@ -78,7 +86,7 @@ impl<C: Contract, D: Driver<C> + Clone> WorkerPool<C, D> {
                 outcome = sent => Some(outcome.unwrap_or(Err(WorkerError::Closed))),
                 // Dropping `sent` withdraws the request from the member.
                 () = gone => None,
-                () = expired => Some(Err(PoolRequest::<M>::timed_out(&deadline))),
+                () = expired => Some(Err(PoolRequest::<M>::timed_out(&deadline, false))),
             }
         };
         ctx.spawn(answered.into_actor(self).map(move |outcome, pool, ctx| {

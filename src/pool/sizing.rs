@@ -49,7 +49,11 @@ impl<C: Contract, D: Driver<C> + Clone> WorkerPool<C, D> {
     /// once ready.
     fn start_member(&mut self, ctx: &mut Context<Self>) {
         self.starting += 1;
-        let member = (self.options.member.clone()).watched_by(ctx.address().recipient());
+        let member = self
+            .options
+            .member_options
+            .clone()
+            .watched_by(ctx.address().recipient());
         let spawned = Worker::<C, D>::supervise(self.driver.clone(), member);
         ctx.spawn(spawned.into_actor(self).map(|spawned, pool, ctx| {
             pool.starting -= 1;

@@ -1,18 +1,21 @@
 //! What a pool says about itself: [`PoolStatus`], answered with a
-//! [`PoolReport`] of its members, its queue and its counters; and how the
-//! pool gathers it, asking each member for its status and removing those
-//! found given up or closed.
+//! [`PoolReport`] of its members, its queue and its counters (all
+//! `Serialize`, for a status endpoint), and [`Status`], answered with one
+//! [`WorkerStatus`] for the whole pool, as a lone worker answers it; and
+//! how the pool gathers them, asking each member for its status and
+//! removing those found given up or closed.
 
 use std::future::Future;
 use std::time::Duration;
 
 use actix::prelude::*;
 use futures::future::join_all;
+use serde::Serialize;
 
 use super::WorkerPool;
 use crate::contract::Contract;
 use crate::driver::Driver;
-use crate::proxy::{Status, WorkerState, WorkerStatus};
+use crate::proxy::{seconds, Counters, Status, WorkerState, WorkerStatus};
 
 /// Asks a [`WorkerPool`](crate::WorkerPool) for a [`PoolReport`].
 ///
@@ -24,7 +27,13 @@ use crate::proxy::{Status, WorkerState, WorkerStatus};
 pub struct PoolStatus;
 
 /// A snapshot of a pool, answered to [`PoolStatus`].
-#[derive(Debug, Clone, PartialEq, Eq)]
+///
+/// `Serialize`, as [`WorkerStatus`] is (durations as seconds in a float,
+/// in fields named with `_secs`); `state` as `"open"`, `"closing"` or
+/// `"closed"`. The totals over every member the pool has had are in
+/// [`counters`](Self::counters) (`crashes`, `restarts`, `answered`,
+/// `failed`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[non_exhaustive]
 pub struct PoolReport {
     /// Whether the pool takes requests.
@@ -56,7 +65,7 @@ impl PoolReport {
 }
 
 /// One member of a pool, in a [`PoolReport`].
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[non_exhaustive]
 pub struct MemberReport {
     /// The member's number in this pool, from 1, never reused.
@@ -64,6 +73,8 @@ pub struct MemberReport {
     /// Requests the pool sent it and it has not answered yet.
     pub in_flight: usize,
     /// How long it has had nothing in flight; `None` while busy.
+    /// Serialized as `idle_for_secs`.
+    #[serde(rename = "idle_for_secs", serialize_with = "optional_seconds")]
     pub idle_for: Option<Duration>,
     /// The member's own status, as its [`Worker`](crate::Worker) proxy
     /// reports it (pid, state, restarts, counters).
@@ -71,7 +82,8 @@ pub struct MemberReport {
 }
 
 /// Whether a pool takes requests.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum PoolState {
     /// Taking requests.
@@ -82,8 +94,9 @@ pub enum PoolState {
     Closed,
 }
 
-/// What a pool counts, in a [`PoolReport`].
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// What a pool counts, in a [`PoolReport`]: since it started, over every
+/// member it has had (those replaced or retired since included).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 #[non_exhaustive]
 pub struct PoolCounters {
     /// Requests handed to a member.
@@ -110,6 +123,64 @@ pub struct PoolCounters {
     pub replaced: u64,
     /// Members that failed to start.
     pub start_failures: u64,
+    /// Times a member's worker died without being asked to (each member's
+    /// [`Counters::crashes`](crate::proxy::Counters::crashes), summed, and
+    /// kept when the member leaves the pool).
+    pub crashes: u64,
+    /// Fresh workers members started after crashes (their
+    /// [`Counters::restarts`](crate::proxy::Counters::restarts), summed
+    /// likewise).
+    pub restarts: u64,
+}
+
+/// Writes `duration`, if any, as [`seconds`].
+fn optional_seconds<S: serde::Serializer>(
+    duration: &Option<Duration>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    match duration {
+        Some(duration) => seconds(duration, serializer),
+        None => serializer.serialize_none(),
+    }
+}
+
+impl PoolReport {
+    /// The pool as one worker: what it answers to [`Status`] (see
+    /// [`WorkerPool`](crate::WorkerPool)). `id` and `uptime` are the
+    /// pool's own.
+    pub(super) fn as_worker(&self, id: crate::proxy::WorkerId, uptime: Duration) -> WorkerStatus {
+        let mut counters = Counters::default();
+        for member in &self.members {
+            let theirs = &member.status.counters;
+            for (message, counts) in &theirs.by_message {
+                let ours = counters.by_message.entry(message).or_default();
+                ours.sent += counts.sent;
+                ours.answered += counts.answered;
+                ours.failed += counts.failed;
+            }
+            counters.bytes_out += theirs.bytes_out;
+            counters.bytes_in += theirs.bytes_in;
+        }
+        // The pool's totals, which outlive the members.
+        counters.crashes = self.counters.crashes;
+        counters.restarts = self.counters.restarts;
+        let members_queued: usize = self.members.iter().map(|m| m.status.queued).sum();
+        WorkerStatus {
+            id,
+            pid: None,
+            state: match self.state {
+                PoolState::Open => WorkerState::Running,
+                PoolState::Closing => WorkerState::Closing,
+                PoolState::Closed => WorkerState::Closed,
+            },
+            in_flight: self.in_flight(),
+            queued: self.queued + members_queued,
+            restarts: u32::try_from(self.counters.restarts).unwrap_or(u32::MAX),
+            detached: false,
+            uptime,
+            counters,
+        }
+    }
 }
 
 impl<C: Contract, D: Driver<C> + Clone> WorkerPool<C, D> {

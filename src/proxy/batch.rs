@@ -153,6 +153,7 @@ where
             .map(|message| Attempt {
                 message,
                 tries: None,
+                timeout: None,
             })
             .collect();
         worker.batch(attempts, ctx)
@@ -196,8 +197,13 @@ impl<C: Contract, D: Driver<C>> Worker<C, D> {
                     .unwrap_or_else(|_| (0..count).map(|_| Err(WorkerError::Closed)).collect())
             }));
         }
-        let outcomes = attempts.into_iter().map(|Attempt { message, tries }| {
-            let reply = self.request(message, tries, ctx);
+        let outcomes = attempts.into_iter().map(|attempt| {
+            let Attempt {
+                message,
+                tries,
+                timeout,
+            } = attempt;
+            let reply = self.request(message, tries, timeout, ctx);
             let (sender, outcome) = oneshot::channel();
             // Handed its reply channel as actix would hand a lone
             // request's (see `Reply`).

@@ -8,8 +8,10 @@ use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::rc::Rc;
 
+use serde::Serialize;
+
 /// Requests of one message type, as the proxy counted them.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 #[non_exhaustive]
 pub struct MessageCounts {
     /// Requests handed to the worker (a retry is not counted again).
@@ -25,7 +27,10 @@ pub struct MessageCounts {
 ///
 /// Requests refused at once, before they reach the worker (`Closed`,
 /// `Overloaded`, `Disconnected`, refused by middleware), are not counted.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+///
+/// Serialized with the fields' names; `by_message` as an object keyed by
+/// wire name.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 #[non_exhaustive]
 pub struct Counters {
     /// By wire name.

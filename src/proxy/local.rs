@@ -11,7 +11,7 @@
 use std::cell::{OnceCell, RefCell};
 use std::rc::Rc;
 use std::thread::ThreadId;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use futures::future::LocalBoxFuture;
@@ -19,7 +19,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use super::counters::SharedTally;
-use super::requests::{Held, Limits, Request, Requests};
+use super::requests::{deadline_in, Held, Limits, Request, Requests};
 use crate::config::{CrashPolicy, WorkerOptions};
 use crate::contract::WorkerMessage;
 use crate::driver::LocalConnection;
@@ -214,11 +214,13 @@ impl LocalState {
         }
     }
 
-    /// Starts request `message`; the future resolves with its outcome.
+    /// Starts request `message`; the future resolves with its outcome, or
+    /// `Timeout` once `timeout` has passed.
     pub(super) fn request<M>(
         &self,
         mut message: M,
         options: &WorkerOptions,
+        timeout: Duration,
         host_typed: Option<Typed<M>>,
     ) -> LocalBoxFuture<'static, Result<M::Reply, WorkerError>>
     where
@@ -256,12 +258,11 @@ impl LocalState {
                 return Box::pin(std::future::ready(Err(refused)));
             }
         }
-        let timeout = options.timeout_of(M::NAME);
         let (end, ended) = oneshot::channel();
         let request = Request {
             message: M::NAME,
             timeout,
-            deadline: Instant::now() + timeout,
+            deadline: deadline_in(timeout),
             attempt: 1,
             held: Signals { end, start: None },
         };

@@ -39,6 +39,7 @@ mod restart;
 mod status;
 mod stream;
 mod timekeeper;
+mod with_timeout;
 
 pub use crate::lifecycle::{LifecycleEvent, WorkerId};
 pub(crate) use batch::Attempts;
@@ -50,7 +51,9 @@ pub use events::{EventStream, Subscribe, SubscribeStream, WorkerEvent, SUBSCRIBE
 pub use reply::Reply;
 pub(crate) use request::{Attempt, Tries};
 pub use restart::Watch;
+pub(crate) use status::seconds;
 pub use status::{Status, WorkerState, WorkerStatus};
+pub use with_timeout::WithTimeout;
 
 /// The host's proxy for one worker of contract `C`, reached through driver
 /// `D`. An actix actor: `Addr<Worker<C, D>>` accepts exactly the messages of
@@ -64,10 +67,10 @@ pub use status::{Status, WorkerState, WorkerStatus};
 ///
 /// # Timeouts and cancellation
 ///
-/// Each request has a deadline: [`WorkerOptions::request_timeout`], or the
-/// one set for its message type with [`WorkerOptions::timeout_for`]. When it
-/// passes, the request resolves [`WorkerError::Timeout`] and the worker is
-/// told to cancel it.
+/// Each request has a deadline: [`WorkerOptions::request_timeout`], the
+/// one set for its message type with [`WorkerOptions::timeout_for`], or its
+/// own when sent as [`WithTimeout`]. When it passes, the request resolves
+/// [`WorkerError::Timeout`] and the worker is told to cancel it.
 ///
 /// # Cancel safety
 ///
@@ -252,14 +255,14 @@ impl<C: Contract, D: Driver<C>> Worker<C, D> {
 
 /// The messages a `Worker<C, D>` accepts, and how it handles each.
 ///
-/// Implemented for the contract's messages (when `D` can carry them) and
-/// [`Batch`]es of them, for [`Close`], [`Drain`], [`Status`], [`Watch`], [`Subscribe`] and
+/// Implemented for the contract's messages (when `D` can carry them),
+/// [`Batch`]es of them and [`WithTimeout`]s of them, for [`Close`], [`Drain`], [`Status`], [`Watch`], [`Subscribe`] and
 /// [`SubscribeStream`], and for each lifecycle message under the
 /// capability it needs. Not meant to be implemented outside this crate.
 #[diagnostic::on_unimplemented(
     message = "a `Worker<{C}, {D}>` does not accept `{Self}`",
     label = "not accepted by this worker",
-    note = "a worker accepts the messages of its contract, `Close`, `Drain`, `Status`, `Watch`, `Subscribe` and `SubscribeStream`, and the lifecycle messages its driver's capabilities allow"
+    note = "a worker accepts the messages of its contract (alone, in a `Batch` or `WithTimeout`), `Close`, `Drain`, `Status`, `Watch`, `Subscribe` and `SubscribeStream`, and the lifecycle messages its driver's capabilities allow"
 )]
 pub trait Accepted<C: Contract, D: Driver<C>>: Message + Sized {
     #[doc(hidden)]

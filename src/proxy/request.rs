@@ -4,6 +4,7 @@
 
 use std::sync::atomic::AtomicU32;
 use std::sync::Arc;
+use std::time::Duration;
 
 use actix::prelude::*;
 
@@ -22,10 +23,12 @@ use crate::middleware::Typed;
 pub(crate) type Tries = Arc<AtomicU32>;
 
 /// A contract message with, if a pool sent it, the count of its tries so
-/// far (see [`Tries`]).
+/// far (see [`Tries`]), and its own timeout if it has one.
 pub(crate) struct Attempt<M> {
     pub(crate) message: M,
     pub(crate) tries: Option<Tries>,
+    /// In place of its message type's (see [`WithTimeout`](super::WithTimeout)).
+    pub(crate) timeout: Option<Duration>,
 }
 
 impl<M: WorkerMessage> Message for Attempt<M> {
@@ -41,7 +44,7 @@ where
     type Response = Reply<M>;
 
     fn handle(self, worker: &mut Worker<C, D>, ctx: &mut Context<Worker<C, D>>) -> Reply<M> {
-        worker.request(self, None, ctx)
+        worker.request(self, None, None, ctx)
     }
 }
 
@@ -54,17 +57,19 @@ where
     type Response = Reply<M>;
 
     fn handle(self, worker: &mut Worker<C, D>, ctx: &mut Context<Worker<C, D>>) -> Reply<M> {
-        worker.request(self.message, self.tries, ctx)
+        worker.request(self.message, self.tries, self.timeout, ctx)
     }
 }
 
 impl<C: Contract, D: Driver<C>> Worker<C, D> {
     /// Sends `message` to the worker, counting its tries in `tries` if a
-    /// pool shares them.
+    /// pool shares them, with `timeout` if it has one of its own (else its
+    /// message type's).
     pub(super) fn request<M>(
         &mut self,
         mut message: M,
         tries: Option<Tries>,
+        timeout: Option<Duration>,
         ctx: &mut Context<Self>,
     ) -> Reply<M>
     where
@@ -75,7 +80,11 @@ impl<C: Contract, D: Driver<C>> Worker<C, D> {
             // Start a fresh worker, then handle this message again: it
             // waits in the mailbox behind the restart.
             self.respawn(ctx, Vec::new());
-            let again = ctx.address().send(Attempt { message, tries });
+            let again = ctx.address().send(Attempt {
+                message,
+                tries,
+                timeout,
+            });
             return Reply::later(Box::pin(async move {
                 again.await.unwrap_or(Err(WorkerError::Closed))
             }));
@@ -93,15 +102,18 @@ impl<C: Contract, D: Driver<C>> Worker<C, D> {
             return Reply::now(outcome);
         }
         let options = &self.options;
+        let timeout = timeout.unwrap_or_else(|| options.timeout_of(M::NAME));
         match self.phase.serving_mut() {
             Some(Link::Stream(link)) => {
                 let back = typed.as_ref().map(Typed::share);
-                link.submit::<M, C::Serializer>(&message, options, back, tries)
+                link.submit::<M, C::Serializer>(&message, options, timeout, back, tries)
                     .through(&trip, &typed)
             }
             // A thread worker does not retry (the message moves into it),
             // so there are no tries to count.
-            Some(Link::Local(local)) => Reply::later(local.request(message, options, typed)),
+            Some(Link::Local(local)) => {
+                Reply::later(local.request(message, options, timeout, typed))
+            }
             // `unavailable` answered for every other phase.
             Some(Link::Parked(_)) | None => {
                 Reply::now(Err(WorkerError::Closed)).through(&trip, &typed)

@@ -100,6 +100,15 @@ impl Limits {
     }
 }
 
+/// The deadline `timeout` from now. A timeout too long to add (say a
+/// `WithTimeout` of `Duration::MAX`) means none: a century from now,
+/// rather than a panic.
+pub(super) fn deadline_in(timeout: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(timeout)
+        .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 24 * 3600))
+}
+
 /// A request as its transport hands it to the table.
 pub(super) struct Request<T> {
     /// The message's wire name.
@@ -395,6 +404,7 @@ impl<T: Held> Requests<T> {
         let error = WorkerError::Timeout {
             after: pending.request.timeout,
             message: pending.request.message,
+            queued: !in_flight,
         };
         let held = self.resolve(id, Err(&error))?;
         Some(Expired {
@@ -680,7 +690,7 @@ mod tests {
         assert!(rest.iter().all(|e| e.in_flight));
         assert!(matches!(
             rest[0].error,
-            WorkerError::Timeout { after, message: "Middle" } if after == ms(20)
+            WorkerError::Timeout { after, message: "Middle", queued: false } if after == ms(20)
         ));
         assert_eq!(table.next_check(), None, "nothing left to look at");
         assert_eq!(counts(&table, "Slow").0, (1, 0, 1));
@@ -730,6 +740,11 @@ mod tests {
         assert_eq!(expired.len(), 1);
         assert_eq!(expired[0].id, waiting);
         assert!(!expired[0].in_flight, "never sent: nothing to cancel");
+        assert!(
+            matches!(expired[0].error, WorkerError::Timeout { queued: true, .. }),
+            "the caller hears it expired in the queue: {}",
+            expired[0].error
+        );
         assert_eq!(table.queued(), 0);
         assert!(table.resolve(running, Ok(0)).is_some());
         assert!(table.start_next().is_none(), "nothing left to start");

@@ -1,9 +1,12 @@
 //! [`Status`]: a snapshot of a worker, and [`WorkerState`], the public
 //! view of where it is in its life (derived from the proxy's `Phase`).
+//! Both are `Serialize`, for a status endpoint; how their durations are
+//! written ([`seconds`]) is here too, for the pool's report.
 
 use std::time::Duration;
 
 use actix::prelude::*;
+use serde::{Serialize, Serializer};
 
 use super::{Accepted, Worker};
 use crate::contract::Contract;
@@ -16,7 +19,23 @@ use crate::error::{Crash, CrashReason};
 pub struct Status;
 
 /// A snapshot of a worker, answered to [`Status`].
-#[derive(Debug, Clone, PartialEq, Eq)]
+///
+/// `Serialize`, to serve as it is (say as JSON from a `/status` endpoint).
+/// Durations are written as seconds in a float, in a field named with
+/// `_secs` (`uptime_secs`); the other fields keep their names; `state` is
+/// an object tagged by `kind` (see [`WorkerState`]).
+///
+/// ```
+/// # use isolated_workers::{WorkerState, WorkerStatus};
+/// fn status_json(status: &WorkerStatus) -> serde_json::Value {
+///     serde_json::to_value(status).expect("a status always serializes")
+/// }
+/// // {"id": 1, "pid": 4242, "state": {"kind": "running"}, "in_flight": 0,
+/// //  "queued": 0, "restarts": 0, "detached": false, "uptime_secs": 12.5,
+/// //  "counters": {"by_message": {"ping": {"sent": 3, "answered": 3, "failed": 0}},
+/// //               "crashes": 0, "restarts": 0, "bytes_out": 42, "bytes_in": 51}}
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[non_exhaustive]
 pub struct WorkerStatus {
     /// Which proxy this is (as named in its [`LifecycleEvent`](super::LifecycleEvent)s).
@@ -35,14 +54,20 @@ pub struct WorkerStatus {
     /// [`Detach`](crate::proxy::Detach)).
     pub detached: bool,
     /// How long the current worker has been running (since it was
-    /// spawned, restarted, or attached to).
+    /// spawned, restarted, or attached to). Serialized as `uptime_secs`.
+    #[serde(rename = "uptime_secs", serialize_with = "seconds")]
     pub uptime: Duration,
     /// What the proxy has counted.
     pub counters: super::Counters,
 }
 
 /// Where a worker is in its life.
-#[derive(Debug, Clone, PartialEq, Eq)]
+///
+/// Serialized as an object whose `kind` names the variant in snake case,
+/// with the variant's fields beside it: `{"kind": "running"}`,
+/// `{"kind": "crashed", "reason": {..}, "message": "boom"}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum WorkerState {
     /// Serving requests.
@@ -72,6 +97,16 @@ pub enum WorkerState {
         /// The last crash.
         last: Crash,
     },
+}
+
+/// Writes `duration` as seconds in a float: what a status reader (a
+/// dashboard, `jq`) can compare and plot without knowing serde's
+/// `{secs, nanos}` shape.
+pub(crate) fn seconds<S: Serializer>(
+    duration: &Duration,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    serializer.serialize_f64(duration.as_secs_f64())
 }
 
 impl<C: Contract, D: Driver<C>> Accepted<C, D> for Status {

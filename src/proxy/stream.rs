@@ -23,7 +23,9 @@ use bytes::{Bytes, BytesMut};
 
 use super::counters::SharedTally;
 use super::reply::{Reply, Returning};
-use super::requests::{Attach, Caller, Carried, Expired, Held, Limits, Request, Requests};
+use super::requests::{
+    deadline_in, Attach, Caller, Carried, Expired, Held, Limits, Request, Requests,
+};
 use super::Tries;
 use crate::config::WorkerOptions;
 use crate::contract::{Contract, WorkerMessage};
@@ -200,11 +202,12 @@ impl StreamLink {
     }
 
     /// Registers and writes (or queues) one request; the reply resolves
-    /// once the worker answers, the deadline passes, or the worker fails.
+    /// once the worker answers, `timeout` passes, or the worker fails.
     pub(super) fn submit<M: WorkerMessage, S: Serializer>(
         &mut self,
         message: &M,
         options: &WorkerOptions,
+        timeout: Duration,
         typed: Option<Typed<M>>,
         tries: Option<Tries>,
     ) -> Reply<M> {
@@ -256,11 +259,10 @@ impl StreamLink {
             }
             return Reply::now(Err(error));
         }
-        let timeout = options.timeout_of(M::NAME);
         let request = Request {
             message: M::NAME,
             timeout,
-            deadline: Instant::now() + timeout,
+            deadline: deadline_in(timeout),
             // A request a pool sends on from a member that gave up goes on
             // counting where that member stopped.
             attempt: tries

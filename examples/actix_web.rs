@@ -4,7 +4,7 @@
 //!
 //! - `GET /primes?n=1000000` counts the primes below `n` on a pool member
 //!   (`78498`); `n` above 10 000 000 is a 400.
-//! - `GET /status` shows the pool: each member's pid, state and load.
+//! - `GET /status` shows the pool as JSON: each member's pid, state and load.
 //! - `POST /shutdown` stops the service, as Ctrl-C (SIGINT) and SIGTERM
 //!   do: the server stops, the pool closes its workers, the process exits
 //!   0. (An HTTP endpoint that stops the service is for this example,
@@ -24,9 +24,8 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use actix_web::{web, App, HttpResponse, HttpServer};
-use isolated_workers::pool::PoolState;
 use isolated_workers::prelude::*;
-use isolated_workers::{CrashPolicy, PoolReport, PoolStatus, WorkerState};
+use isolated_workers::{CrashPolicy, PoolReport, PoolStatus};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 
@@ -179,52 +178,15 @@ async fn primes(
     Ok(format!("{count}\n"))
 }
 
-/// `GET /status`: the pool's report, one line for the pool and one a member.
-async fn status(pool: web::Data<Pool>) -> Result<String, WorkerError> {
+/// `GET /status`: the pool's report as JSON (`PoolReport` is
+/// `Serialize`): its state, queue, counters and totals, and each member's
+/// load and `WorkerStatus` (pid, state, restarts, counters).
+async fn status(pool: web::Data<Pool>) -> Result<web::Json<PoolReport>, WorkerError> {
     let report = pool
         .send(PoolStatus)
         .await
         .map_err(|_| WorkerError::Closed)?;
-    Ok(describe(&report))
-}
-
-/// `report` as text: `key=value` words, one line for the pool, then one
-/// a member.
-fn describe(report: &PoolReport) -> String {
-    let state = match report.state {
-        PoolState::Open => "open",
-        PoolState::Closing => "closing",
-        PoolState::Closed => "closed",
-        _ => "other",
-    };
-    let mut text = format!(
-        "pool state={state} members={} starting={} queued={} in_flight={} answered={} failed={} rerouted={}\n",
-        report.members.len(),
-        report.starting,
-        report.queued,
-        report.in_flight(),
-        report.counters.answered,
-        report.counters.failed,
-        report.counters.rerouted,
-    );
-    for member in &report.members {
-        let status = &member.status;
-        let state = match status.state {
-            WorkerState::Running => "running",
-            WorkerState::Disconnected => "disconnected",
-            WorkerState::Closing => "closing",
-            WorkerState::Closed => "closed",
-            WorkerState::Crashed { .. } => "crashed",
-            WorkerState::GaveUp { .. } => "gave-up",
-            _ => "other",
-        };
-        let pid = status.pid.map_or("-".to_owned(), |pid| pid.to_string());
-        text += &format!(
-            "member {} pid={pid} state={state} in_flight={} crashes={} restarts={}\n",
-            member.id, member.in_flight, status.counters.crashes, status.counters.restarts,
-        );
-    }
-    text
+    Ok(web::Json(report))
 }
 
 /// `POST /shutdown`: stops the server (letting requests in flight finish),

@@ -343,7 +343,7 @@ impl Drop for Service {
     }
 }
 
-/// What the test reads of the example's `/status` text.
+/// What the test reads of the example's `/status` (JSON).
 #[derive(Debug)]
 struct PoolStatus {
     answered: u64,
@@ -351,7 +351,7 @@ struct PoolStatus {
     text: String,
 }
 
-/// One `member` line of `/status`.
+/// One member of `/status`.
 #[derive(Debug)]
 struct MemberStatus {
     pid: u32,
@@ -360,32 +360,26 @@ struct MemberStatus {
 }
 
 impl PoolStatus {
-    /// Reads the `key=value` words of the `pool` line and `member` lines.
+    /// Reads the JSON `PoolReport`: the answered count, and each member
+    /// with a process.
     fn parse(text: &str) -> Result<Self, Failed> {
         let unreadable = || Failed::from(format!("unreadable status: {text}"));
-        let value = |line: &str, key: &str| -> Option<String> {
-            line.split_whitespace()
-                .find_map(|word| word.strip_prefix(key)?.strip_prefix('='))
-                .map(str::to_owned)
-        };
-        let pool = text
-            .lines()
-            .find(|line| line.starts_with("pool "))
-            .ok_or_else(unreadable)?;
-        let answered = value(pool, "answered")
-            .and_then(|v| v.parse().ok())
+        let report: serde_json::Value = serde_json::from_str(text).map_err(|_| unreadable())?;
+        let answered = report["counters"]["answered"]
+            .as_u64()
             .ok_or_else(unreadable)?;
         let mut members = Vec::new();
-        for line in text.lines().filter(|line| line.starts_with("member ")) {
-            let number = |key| value(line, key).and_then(|v| v.parse::<u64>().ok());
+        for member in report["members"].as_array().ok_or_else(unreadable)? {
+            // A member without a process (yet) is skipped.
+            let Some(pid) = member["status"]["pid"].as_u64() else {
+                continue;
+            };
             members.push(MemberStatus {
-                // `pid=-`: a member without a process (yet) is skipped.
-                pid: match number("pid") {
-                    Some(pid) => pid as u32,
-                    None => continue,
-                },
-                in_flight: number("in_flight").ok_or_else(unreadable)? as usize,
-                crashes: number("crashes").ok_or_else(unreadable)?,
+                pid: pid as u32,
+                in_flight: member["in_flight"].as_u64().ok_or_else(unreadable)? as usize,
+                crashes: member["status"]["counters"]["crashes"]
+                    .as_u64()
+                    .ok_or_else(unreadable)?,
             });
         }
         Ok(PoolStatus {

@@ -202,7 +202,7 @@ async fn a_panic_is_reported_before_the_worker_prints_it_and_its_backtrace() -> 
     const REPORT_LIMIT: Duration = Duration::from_secs(10);
     let dir = tempfile::tempdir().map_err(fail)?;
     let fifo = dir.path().join("stderr");
-    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).map_err(fail)?;
+    rustix::fs::mkfifoat(rustix::fs::CWD, &fifo, rustix::fs::Mode::RWXU).map_err(fail)?;
     // Open before the worker, which opens the other end as it starts.
     let mut stderr = tokio::net::unix::pipe::OpenOptions::new()
         .open_receiver(&fifo)

@@ -9,8 +9,7 @@ use actix::prelude::*;
 use isolated_workers::{
     ChildProcess, Close, CrashPolicy, LifecycleEvent, Thread, Worker, WorkerError, WorkerOptions,
 };
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
+use rustix::process::{kill_process, Pid, Signal};
 use serde::{Deserialize, Serialize};
 
 /// Squares a number (safe to run twice).
@@ -133,7 +132,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             stream.push((n, tree.child.send(Square(n)), tree.thread.send(Square(n))));
             if n == 100 {
                 println!("killing the child worker (pid {first_pid}) with SIGKILL");
-                kill(Pid::from_raw(first_pid as i32), Signal::SIGKILL)?;
+                let pid = i32::try_from(first_pid).ok().and_then(Pid::from_raw);
+                kill_process(pid.ok_or("not a process id")?, Signal::KILL)?;
             }
         }
         for (n, child, thread) in stream {

@@ -432,11 +432,78 @@ impl fmt::Display for CrashReason {
     }
 }
 
+/// The C name of signal number `signal` ("SIGKILL"), for the signals a
+/// process can be killed by; `None` for another number. Written out here
+/// because rustix's `Signal` prints as `Signal::KILL`.
 #[cfg(unix)]
 fn signal_name(signal: i32) -> Option<&'static str> {
-    nix::sys::signal::Signal::try_from(signal)
-        .ok()
-        .map(|s| s.as_str())
+    use rustix::process::Signal;
+    Some(match Signal::from_named_raw(signal)? {
+        Signal::HUP => "SIGHUP",
+        Signal::INT => "SIGINT",
+        Signal::QUIT => "SIGQUIT",
+        Signal::ILL => "SIGILL",
+        Signal::TRAP => "SIGTRAP",
+        Signal::ABORT => "SIGABRT",
+        Signal::BUS => "SIGBUS",
+        Signal::FPE => "SIGFPE",
+        Signal::KILL => "SIGKILL",
+        Signal::USR1 => "SIGUSR1",
+        Signal::SEGV => "SIGSEGV",
+        Signal::USR2 => "SIGUSR2",
+        Signal::PIPE => "SIGPIPE",
+        Signal::ALARM => "SIGALRM",
+        Signal::TERM => "SIGTERM",
+        Signal::CHILD => "SIGCHLD",
+        Signal::CONT => "SIGCONT",
+        Signal::STOP => "SIGSTOP",
+        Signal::TSTP => "SIGTSTP",
+        Signal::TTIN => "SIGTTIN",
+        Signal::TTOU => "SIGTTOU",
+        Signal::URG => "SIGURG",
+        Signal::XCPU => "SIGXCPU",
+        Signal::XFSZ => "SIGXFSZ",
+        Signal::VTALARM => "SIGVTALRM",
+        Signal::PROF => "SIGPROF",
+        Signal::WINCH => "SIGWINCH",
+        Signal::IO => "SIGIO",
+        Signal::SYS => "SIGSYS",
+        #[cfg(target_os = "linux")]
+        Signal::POWER => "SIGPWR",
+        #[cfg(all(
+            target_os = "linux",
+            not(any(
+                target_arch = "mips",
+                target_arch = "mips32r6",
+                target_arch = "mips64",
+                target_arch = "mips64r6",
+                target_arch = "sparc",
+                target_arch = "sparc64"
+            ))
+        ))]
+        Signal::STKFLT => "SIGSTKFLT",
+        _ => return None,
+    })
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod signal_name_tests {
+    use super::signal_name;
+
+    #[test]
+    fn every_standard_signal_has_its_c_name_and_other_numbers_none() {
+        let named: Vec<_> = (1..=31).map(|n| signal_name(n).unwrap()).collect();
+        assert_eq!(named[9 - 1], "SIGKILL");
+        assert_eq!(named[15 - 1], "SIGTERM");
+        assert_eq!(named[6 - 1], "SIGABRT");
+        assert_eq!(named[14 - 1], "SIGALRM");
+        assert!(named.iter().all(|name| name.starts_with("SIG")));
+        let distinct: std::collections::HashSet<_> = named.iter().collect();
+        assert_eq!(distinct.len(), 31, "{named:?}");
+        for other in [0, -1, 32, 34, 64, i32::MAX] {
+            assert_eq!(signal_name(other), None, "{other}");
+        }
+    }
 }
 
 #[cfg(not(unix))]

@@ -24,8 +24,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use libtest_mimic::{Arguments, Failed, Trial};
-use nix::sys::signal::{kill, killpg, Signal};
-use nix::unistd::Pid;
+use rustix::process::{kill_process, kill_process_group, Pid, Signal};
 
 /// Set: this binary runs the example's `main` (service and workers).
 const SERVICE_MODE_ENV: &str = "ISOLATED_WORKERS_TEST_ACTIX_WEB_SERVICE";
@@ -104,7 +103,7 @@ fn killed_under_load_then_ctrl_c() -> Result<(), Failed> {
             .flatten()
             .map(|member| member.pid)
     })?;
-    kill(Pid::from_raw(busy as i32), Signal::SIGKILL).map_err(fail)?;
+    kill_process(process(busy).map_err(fail)?, Signal::KILL).map_err(fail)?;
 
     let mut answers = Vec::new();
     for client in clients {
@@ -128,7 +127,7 @@ fn killed_under_load_then_ctrl_c() -> Result<(), Failed> {
         return Err(format!("the kill of {busy} went unseen: {}", status.text).into());
     }
 
-    killpg(service.group(), Signal::SIGINT).map_err(fail)?;
+    kill_process_group(service.group()?, Signal::INT).map_err(fail)?;
     service.stopped_cleanly(&seen)
 }
 
@@ -257,8 +256,8 @@ impl Service {
     }
 
     /// The service's process group (its pid).
-    fn group(&self) -> Pid {
-        Pid::from_raw(self.child.as_ref().expect("running").id() as i32)
+    fn group(&self) -> Result<Pid, Failed> {
+        process(self.child.as_ref().expect("running").id()).map_err(fail)
     }
 
     /// `GET /status`, read.
@@ -302,7 +301,7 @@ impl Service {
             .copied()
             .filter(|&pid| running(pid))
             .collect();
-        let in_group = running_in_group(group);
+        let in_group = running_in_group(group?);
         if !left.is_empty() || !in_group.is_empty() {
             return Err(
                 format!("workers left running: {left:?}, in its group: {in_group:?}").into(),
@@ -322,7 +321,9 @@ impl Service {
         match done_rx.recv_timeout(WAIT) {
             Ok(status) => status.map_err(fail),
             Err(_) => {
-                let _ = killpg(Pid::from_raw(pid as i32), Signal::SIGKILL);
+                if let Ok(group) = process(pid) {
+                    let _ = kill_process_group(group, Signal::KILL);
+                }
                 Err(self.failure(&format!("it did not exit within {WAIT:?}")))
             }
         }
@@ -337,7 +338,9 @@ impl Service {
 impl Drop for Service {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
-            let _ = killpg(Pid::from_raw(child.id() as i32), Signal::SIGKILL);
+            if let Ok(group) = process(child.id()) {
+                let _ = kill_process_group(group, Signal::KILL);
+            }
             let _ = child.wait();
         }
     }
@@ -467,13 +470,21 @@ fn running_in_group(group: Pid) -> Vec<u32> {
                 let pgrp = stat
                     .rsplit_once(')')
                     .and_then(|(_, rest)| rest.split_whitespace().nth(2)?.parse::<i32>().ok());
-                pgrp == Some(group.as_raw()) && is_running(&stat)
+                pgrp == Some(Pid::as_raw(Some(group))) && is_running(&stat)
             })
         })
         .collect()
 }
 
 /// Turns any error into a test failure with its message.
+/// Process (or process group) `pid`, as rustix takes it.
+fn process(pid: u32) -> std::io::Result<Pid> {
+    i32::try_from(pid)
+        .ok()
+        .and_then(Pid::from_raw)
+        .ok_or_else(|| std::io::Error::other(format!("no process has pid {pid}")))
+}
+
 fn fail(e: impl std::fmt::Display) -> Failed {
     e.to_string().into()
 }

@@ -11,8 +11,7 @@ use std::time::Duration;
 use actix::prelude::*;
 use isolated_workers::{Call, Close, CrashReason, PoolOptions, WorkerError, WorkerPool};
 use libtest_mimic::Failed;
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
+use rustix::process::Signal;
 use support::*;
 
 /// How long a condition may take to come true.
@@ -47,7 +46,7 @@ async fn child_worker() -> Result<(), Failed> {
     let sleeping = worker.call(Sleep { ms: 300_000 });
     let killed = async {
         worker.call(ping("after the sleep")).await.map_err(fail)?;
-        kill(Pid::from_raw(pid as i32), Signal::SIGKILL).map_err(fail)
+        kill(pid, Signal::KILL).map_err(fail)
     };
     let (slept, killed) = futures::join!(sleeping, killed);
     killed?;

@@ -21,8 +21,7 @@ use isolated_workers::{
     AttachError, ChildProcess, Contract, Detach, DetachedWorker, Worker, WorkerState,
 };
 use libtest_mimic::Failed;
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
+use rustix::process::Signal;
 use support::*;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
@@ -234,7 +233,7 @@ async fn attaching_to_a_dead_worker_answers_gone_and_removes_its_attach_director
     let pid = handle.pid();
     let dir = socket_dir_of(&handle)?;
 
-    kill(Pid::from_raw(pid as i32), Signal::SIGKILL).map_err(fail)?;
+    kill(pid, Signal::KILL).map_err(fail)?;
     let reaped = eventually(Duration::from_secs(5), || !process_exists(pid)).await;
     assert!(reaped, "killed worker {pid} was reaped");
     assert!(dir.is_dir(), "a killed worker cannot remove {dir:?} itself");
@@ -256,7 +255,7 @@ async fn attaching_to_a_dead_worker_not_yet_reaped_answers_gone_and_removes_its_
     let pid = handle.pid();
     let dir = socket_dir_of(&handle)?;
 
-    kill(Pid::from_raw(pid as i32), Signal::SIGKILL).map_err(fail)?;
+    kill(pid, Signal::KILL).map_err(fail)?;
     let dead = eventually(Duration::from_secs(5), || !running(pid)).await;
     assert!(dead, "killed worker {pid} stopped running");
     assert!(dir.is_dir(), "a killed worker cannot remove {dir:?} itself");
@@ -556,7 +555,7 @@ impl Host {
     /// Kills the host with SIGKILL and reaps it.
     async fn kill(&mut self) -> Result<(), Failed> {
         let pid = self.child.id().ok_or("the host has not been reaped yet")?;
-        kill(Pid::from_raw(pid as i32), Signal::SIGKILL).map_err(fail)?;
+        kill(pid, Signal::KILL).map_err(fail)?;
         self.child.wait().await.map_err(fail)?;
         Ok(())
     }
@@ -582,7 +581,7 @@ impl Leftover {
 impl Drop for Leftover {
     fn drop(&mut self) {
         if running(self.pid) {
-            let _ = kill(Pid::from_raw(self.pid as i32), Signal::SIGKILL);
+            let _ = kill(self.pid, Signal::KILL);
         }
         if let Some(dir) = &self.dir {
             if dir.exists() {

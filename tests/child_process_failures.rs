@@ -15,8 +15,7 @@ use isolated_workers::{
     WorkerState,
 };
 use libtest_mimic::Failed;
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
+use rustix::process::Signal;
 use support::*;
 
 fn main() {
@@ -75,7 +74,7 @@ async fn kill_9_with_100_in_flight_resolves_all_as_crashed_within_a_second() -> 
     );
     assert_eq!(status(&worker).await?.in_flight, 100);
 
-    kill(Pid::from_raw(pid as i32), Signal::SIGKILL).map_err(fail)?;
+    kill(pid, Signal::KILL).map_err(fail)?;
     let killed = Instant::now();
     let outcomes = join_all(sleeps).await;
     let took = killed.elapsed();

@@ -20,8 +20,7 @@ use isolated_workers::{
     WorkerState, WorkerStatus,
 };
 use libtest_mimic::Failed;
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
+use rustix::process::Signal;
 use support::rogue::{calc_hello, GARBAGE_FRAME};
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -209,7 +208,7 @@ async fn a_worker_killed_while_disconnected_shows_crashed_and_the_next_request_g
     worker.send(Disconnect).await.map_err(fail)?.map_err(fail)?;
     let dir = socket_dir_in(tmp.path(), &worker).await?;
 
-    kill(Pid::from_raw(pid as i32), Signal::SIGKILL).map_err(fail)?;
+    kill(pid, Signal::KILL).map_err(fail)?;
     let seen = state_within(&worker, Duration::from_secs(5), |state| {
         matches!(state, WorkerState::Crashed { .. })
     })
@@ -265,7 +264,7 @@ async fn after_a_reconnect_a_request_sent_right_after_sigkill_goes_to_a_fresh_wo
     worker.send(Disconnect).await.map_err(fail)?.map_err(fail)?;
     worker.send(Reconnect).await.map_err(fail)?.map_err(fail)?;
     let pid = pid_of(&worker).await?;
-    kill(Pid::from_raw(pid as i32), Signal::SIGKILL).map_err(fail)?;
+    kill(pid, Signal::KILL).map_err(fail)?;
     // The dead worker never read it: not `Crashed`, despite `Reject`.
     let fresh = outcome(enqueue(&worker, WhoAmI)).await?.map_err(fail)?;
     assert_ne!(fresh, pid, "answered by the killed worker");
@@ -361,7 +360,7 @@ async fn dropping_the_last_addr_of_a_disconnected_worker_kills_it() -> Result<()
         };
         // Leave nothing behind even so.
         if process_exists(pid) {
-            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+            let _ = kill(pid, Signal::KILL);
         }
         let _ = std::fs::remove_dir_all(&dir);
         return Err(format!(
@@ -431,7 +430,7 @@ async fn impostors_on_the_attach_socket_are_dropped_and_the_host_reconnects() ->
 async fn another_user_cannot_reach_the_attach_socket_nor_is_served_when_let_through(
 ) -> Result<(), Failed> {
     use std::os::unix::fs::PermissionsExt;
-    if !nix::unistd::geteuid().is_root() {
+    if !rustix::process::geteuid().is_root() {
         println!("skipped: only root can run a process as `nobody` here");
         return Ok(());
     }
@@ -541,60 +540,69 @@ async fn as_nobody(socket: &Path, frame: &[u8]) -> Result<i32, Failed> {
 }
 
 fn fork_as_nobody(socket: &Path, frame: &[u8]) -> Result<i32, Failed> {
-    use nix::sys::wait::{waitpid, WaitStatus};
-    use nix::unistd::{fork, setgid, setuid, ForkResult, Gid, Uid};
     use std::io::{ErrorKind, Read, Write};
+    // `fork`, `setgid`, `setuid` and `_exit` are libc's: rustix has no
+    // `fork` (but in its experimental runtime module), and only per-thread
+    // `setuid`/`setgid`.
     // SAFETY: the child only makes system calls (setgid, setuid, socket,
     // connect, setsockopt, write, read) and leaves with `_exit`; it
     // allocates nothing and takes no lock, as a fork of a multi-threaded
     // process must.
-    match unsafe { fork() }.map_err(fail)? {
-        ForkResult::Child => {
-            let code =
-                if setgid(Gid::from_raw(65534)).is_err() || setuid(Uid::from_raw(65534)).is_err() {
-                    OTHER_ERROR
-                } else {
-                    match std::os::unix::net::UnixStream::connect(socket) {
-                        Err(e) if e.kind() == ErrorKind::PermissionDenied => REFUSED,
-                        Err(_) => OTHER_ERROR,
-                        Ok(mut stream) => {
-                            let mut answer = [0u8; 64];
-                            let sent = stream
-                                .set_read_timeout(Some(NOBODY_PATIENCE))
-                                .and_then(|()| stream.write_all(frame));
-                            match sent.and_then(|()| stream.read(&mut answer)) {
-                                Ok(0) => HUNG_UP,
-                                Ok(_) => ANSWERED,
-                                Err(e)
-                                    if matches!(
-                                        e.kind(),
-                                        ErrorKind::WouldBlock | ErrorKind::TimedOut
-                                    ) =>
-                                {
-                                    KEPT_WAITING
-                                }
-                                // Hung up on before it had its say.
-                                Err(e)
-                                    if matches!(
-                                        e.kind(),
-                                        ErrorKind::ConnectionReset | ErrorKind::BrokenPipe
-                                    ) =>
-                                {
-                                    HUNG_UP
-                                }
-                                Err(_) => OTHER_ERROR,
+    match unsafe { libc::fork() } {
+        -1 => Err(fail(std::io::Error::last_os_error())),
+        0 => {
+            // SAFETY: plain system calls.
+            let code = if unsafe { libc::setgid(65534) != 0 || libc::setuid(65534) != 0 } {
+                OTHER_ERROR
+            } else {
+                match std::os::unix::net::UnixStream::connect(socket) {
+                    Err(e) if e.kind() == ErrorKind::PermissionDenied => REFUSED,
+                    Err(_) => OTHER_ERROR,
+                    Ok(mut stream) => {
+                        let mut answer = [0u8; 64];
+                        let sent = stream
+                            .set_read_timeout(Some(NOBODY_PATIENCE))
+                            .and_then(|()| stream.write_all(frame));
+                        match sent.and_then(|()| stream.read(&mut answer)) {
+                            Ok(0) => HUNG_UP,
+                            Ok(_) => ANSWERED,
+                            Err(e)
+                                if matches!(
+                                    e.kind(),
+                                    ErrorKind::WouldBlock | ErrorKind::TimedOut
+                                ) =>
+                            {
+                                KEPT_WAITING
                             }
+                            // Hung up on before it had its say.
+                            Err(e)
+                                if matches!(
+                                    e.kind(),
+                                    ErrorKind::ConnectionReset | ErrorKind::BrokenPipe
+                                ) =>
+                            {
+                                HUNG_UP
+                            }
+                            Err(_) => OTHER_ERROR,
                         }
                     }
-                };
+                }
+            };
             // SAFETY: leaves the forked child at once, running no handler
             // of the parent's.
-            unsafe { nix::libc::_exit(code) }
+            unsafe { libc::_exit(code) }
         }
-        ForkResult::Parent { child } => match waitpid(child, None).map_err(fail)? {
-            WaitStatus::Exited(_, code) => Ok(code),
-            other => Err(format!("the nobody process ended as {other:?}").into()),
-        },
+        child => {
+            let child = rustix::process::Pid::from_raw(child).ok_or("fork gave no pid")?;
+            let waited =
+                rustix::process::waitpid(Some(child), rustix::process::WaitOptions::empty());
+            match waited.map_err(fail)? {
+                Some((_, status)) if status.exited() => {
+                    status.exit_status().ok_or_else(|| "no exit code".into())
+                }
+                other => Err(format!("the nobody process ended as {other:?}").into()),
+            }
+        }
     }
 }
 

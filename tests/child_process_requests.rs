@@ -1,7 +1,8 @@
 //! Requests to a child-process worker, beyond what the conformance suite
 //! checks for every driver: large payloads (and small requests passing
 //! them), how a panic kills the process (reported before it is printed),
-//! the pid in `Status`, and requests queued in the proxy.
+//! the pid in `Status`, requests queued in the proxy, and the resource
+//! limits a worker starts with.
 
 mod support;
 
@@ -103,7 +104,41 @@ fn main() {
             "requests_beyond_max_in_flight_wait_in_the_proxy_and_all_complete",
             requests_beyond_max_in_flight_wait_in_the_proxy_and_all_complete,
         ),
+        actix_test(
+            "limits_given_to_the_driver_hold_in_the_worker_process",
+            limits_given_to_the_driver_hold_in_the_worker_process,
+        ),
     ]);
+}
+
+async fn limits_given_to_the_driver_hold_in_the_worker_process() -> Result<(), Failed> {
+    use isolated_workers::driver::child_process::Resource;
+    let driver = calc()
+        .limit(Resource::RLIMIT_NOFILE, 100, 200)
+        .limit(Resource::RLIMIT_CORE, 0, 0);
+    let worker = isolated_workers::Worker::<Calc>::spawn(driver)
+        .await
+        .map_err(fail)?;
+    assert_eq!(ask(&worker, Increment { by: 2 }).await?, 2, "it serves");
+    let pid = pid_of(&worker).await?;
+    // As the kernel reports them: `Max open files  100  200  files`.
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).map_err(fail)?;
+    let values = |name: &str| -> Option<Vec<String>> {
+        let line = limits.lines().find(|line| line.starts_with(name))?;
+        let rest = line[name.len()..].split_whitespace();
+        Some(rest.take(2).map(str::to_owned).collect())
+    };
+    assert_eq!(
+        values("Max open files"),
+        Some(vec!["100".into(), "200".into()]),
+        "{limits}"
+    );
+    assert_eq!(
+        values("Max core file size"),
+        Some(vec!["0".into(), "0".into()]),
+        "{limits}"
+    );
+    close(&worker).await
 }
 
 async fn a_panic_the_handler_catches_is_not_reported_and_the_worker_serves_on() -> Result<(), Failed>
@@ -203,7 +238,7 @@ async fn a_panic_is_reported_before_the_worker_prints_it_and_its_backtrace() -> 
     const REPORT_LIMIT: Duration = Duration::from_secs(10);
     let dir = tempfile::tempdir().map_err(fail)?;
     let fifo = dir.path().join("stderr");
-    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).map_err(fail)?;
+    rustix::fs::mkfifoat(rustix::fs::CWD, &fifo, rustix::fs::Mode::RWXU).map_err(fail)?;
     // Open before the worker, which opens the other end as it starts.
     let mut stderr = tokio::net::unix::pipe::OpenOptions::new()
         .open_receiver(&fifo)

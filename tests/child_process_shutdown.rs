@@ -17,9 +17,7 @@ use futures::future::join_all;
 use isolated_workers::proxy::{Disconnect, Reconnect};
 use isolated_workers::{CrashReason, Worker, WorkerError, WorkerOptions, WorkerState};
 use libtest_mimic::Failed;
-use nix::sys::signal::{kill, Signal};
-use nix::sys::wait::{waitpid, WaitPidFlag};
-use nix::unistd::Pid;
+use rustix::process::Signal;
 use support::rogue::{Rogue, RogueLog};
 use support::*;
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -190,7 +188,7 @@ async fn sigterm_from_outside_runs_the_stopped_hook_and_the_worker_exits_with_co
     let pending = enqueue(&worker, Sleep { ms: 60_000 });
     ask(&worker, ping("behind the sleep")).await?;
 
-    kill(Pid::from_raw(pid as i32), Signal::SIGTERM).map_err(fail)?;
+    kill(pid, Signal::TERM).map_err(fail)?;
     let err = expect_error(outcome(pending).await?)?;
     let exited_0 = |e: &WorkerError| {
         matches!(
@@ -313,7 +311,7 @@ async fn a_worker_has_nothing_on_disk_until_disconnect_then_a_0600_socket_in_a_0
     worker.send(Disconnect).await.map_err(fail)?.map_err(fail)?;
     let dir = socket_dir(&worker).await?;
     let socket = dir.join("attach.sock");
-    let uid = nix::unistd::geteuid().as_raw();
+    let uid = rustix::process::geteuid().as_raw();
     let dir_meta = std::fs::symlink_metadata(&dir).map_err(fail)?;
     assert!(dir_meta.is_dir(), "{dir:?} is a directory: {dir_meta:?}");
     assert_eq!(dir_meta.uid(), uid, "{dir:?} is ours");
@@ -356,7 +354,8 @@ async fn when_the_host_is_killed_its_workers_exit_and_remove_their_attach_direct
     // The host's workers become our children when it dies (rather than
     // init's, which may never reap them), so that we can reap them and see
     // them gone.
-    nix::sys::prctl::set_child_subreaper(true).map_err(fail)?;
+    // Any pid turns it on.
+    rustix::process::set_child_subreaper(Some(rustix::process::getpid())).map_err(fail)?;
     // A private temporary directory for the host and its workers: no other
     // process sweeps a directory a dead worker left there, so a directory
     // gone is one its worker removed.
@@ -400,12 +399,12 @@ async fn when_the_host_is_killed_its_workers_exit_and_remove_their_attach_direct
         assert!(process_exists(*pid), "worker {pid} runs");
     }
 
-    kill(Pid::from_raw(host_pid as i32), Signal::SIGKILL).map_err(fail)?;
+    kill(host_pid, Signal::KILL).map_err(fail)?;
     let killed = Instant::now();
     host.wait().await.map_err(fail)?;
     let cleaned_up = eventually(Duration::from_secs(2), || {
         // Reap every one before looking: an orphaned worker is our child now.
-        workers.0.iter().for_each(|(pid, _)| reap(*pid));
+        workers.0.iter().for_each(|(pid, _)| reap_if_exited(*pid));
         workers
             .0
             .iter()
@@ -460,7 +459,7 @@ async fn kill_9_with_1000_in_flight_resolves_each_once_as_crashed_within_a_secon
     assert_eq!(ask(&worker, WhoAmI).await?, pid);
     assert_eq!(status(&worker).await?.in_flight, IN_FLIGHT);
 
-    kill(Pid::from_raw(pid as i32), Signal::SIGKILL).map_err(fail)?;
+    kill(pid, Signal::KILL).map_err(fail)?;
     let killed = Instant::now();
     let outcomes = tokio::time::timeout(Duration::from_secs(10), join_all(sleeps))
         .await
@@ -504,11 +503,6 @@ fn assert_stop_marker(marker: &Path, counter: u64) -> Result<(), Failed> {
     }
 }
 
-/// Reaps `pid` if it is a child of ours that has exited.
-fn reap(pid: u32) {
-    let _ = waitpid(Pid::from_raw(pid as i32), Some(WaitPidFlag::WNOHANG));
-}
-
 /// What `/proc` says about `pid`: gone, or its state (`Z` for a zombie)
 /// and parent.
 fn process_state(pid: u32) -> String {
@@ -536,11 +530,13 @@ struct Leftovers(Vec<(u32, Vec<PathBuf>)>);
 impl Drop for Leftovers {
     fn drop(&mut self) {
         for (pid, dirs) in &self.0 {
-            reap(*pid);
+            reap_if_exited(*pid);
             if process_exists(*pid) {
-                let pid = Pid::from_raw(*pid as i32);
-                let _ = kill(pid, Signal::SIGKILL);
-                let _ = waitpid(pid, None);
+                let _ = kill(*pid, Signal::KILL);
+                if let Ok(pid) = support::pid(*pid) {
+                    let _ =
+                        rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::empty());
+                }
             }
             for dir in dirs {
                 let _ = std::fs::remove_dir_all(dir);

@@ -283,11 +283,7 @@ async fn kill_storm_with_retry() -> Result<(), Failed> {
 }
 
 fn sigkill(pid: u32) -> Result<(), Failed> {
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid as i32),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .map_err(fail)
+    support::kill(pid, rustix::process::Signal::KILL).map_err(fail)
 }
 
 /// Room for `restarts` restarts, without waiting between them.

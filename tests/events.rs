@@ -17,7 +17,7 @@ use isolated_workers::{
 };
 use libtest_mimic::{Failed, Trial};
 use serde::{Deserialize, Serialize};
-use support::{actix_test, enter_workers, fail, run, Calc};
+use support::{actix_test, enter_workers, fail, kill, run, Calc};
 
 /// One step of job `job`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -523,13 +523,12 @@ async fn until_crashed<D: Driver<Jobs>>(worker: &Addr<Worker<Jobs, D>>) -> Resul
 }
 
 async fn subscriptions_survive_a_sigkilled_worker_and_its_restart() -> Result<(), Failed> {
-    use nix::sys::signal::{kill, Signal};
-    use nix::unistd::Pid;
+    use rustix::process::Signal;
     let worker = spawn(ChildProcess::current_exe("jobs")).await?;
     let mut events = worker.send(SubscribeStream::new()).await?;
     worker.send(Run { job: 1, steps: 3 }).await?.map_err(fail)?;
     let pid = worker.send(Status).await?.pid.ok_or("a child has a pid")?;
-    kill(Pid::from_raw(pid as i32), Signal::SIGKILL).map_err(fail)?;
+    kill(pid, Signal::KILL).map_err(fail)?;
     until_crashed(&worker).await?;
     worker.send(Run { job: 2, steps: 3 }).await?.map_err(fail)?;
     let new_pid = worker.send(Status).await?.pid;

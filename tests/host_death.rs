@@ -17,11 +17,9 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use isolated_workers::{ChildProcess, Disconnect, Status, Worker, WorkerError, WorkerOptions};
 use libtest_mimic::{Arguments, Failed, Trial};
-use nix::sys::signal::{kill, Signal};
-use nix::sys::wait::{waitpid, WaitPidFlag};
-use nix::unistd::Pid;
+use rustix::process::Signal;
 use serde::{Deserialize, Serialize};
-use support::{attach_dirs_of, fail, running};
+use support::{attach_dirs_of, fail, kill, reap_if_exited, running};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 /// Set to a [`Work`]'s name when this binary runs as a host.
@@ -162,8 +160,12 @@ fn closed_stdin_host() -> ! {
     actix::System::new().block_on(async {
         // Closed here, after the runtime took its own descriptors, so that
         // the socketpair's two ends are numbered 0 and 2.
-        let _ = nix::unistd::close(0);
-        let _ = nix::unistd::close(2);
+        // SAFETY: nothing in this process uses stdin or stderr any more,
+        // nor holds them as `OwnedFd`s.
+        unsafe {
+            rustix::io::close(0);
+            rustix::io::close(2);
+        }
         let worker = Worker::<Busy>::spawn(ChildProcess::current_exe("busy"))
             .await
             .expect("the worker starts");
@@ -244,7 +246,8 @@ async fn host_dies(work: Work, death: Death) -> Result<(), Failed> {
     // The host's worker becomes this process's child when the host dies
     // (rather than init's, which may reap it late), so that it can be
     // reaped here and seen gone.
-    nix::sys::prctl::set_child_subreaper(true).map_err(fail)?;
+    // Any pid turns it on.
+    rustix::process::set_child_subreaper(Some(rustix::process::getpid())).map_err(fail)?;
     let exe = std::env::current_exe().map_err(fail)?;
     let mut host = tokio::process::Command::new(exe)
         .env(HOST_MODE_ENV, work.name())
@@ -279,7 +282,7 @@ async fn host_dies(work: Work, death: Death) -> Result<(), Failed> {
     }
 
     match death {
-        Death::Sigkill => kill(Pid::from_raw(host_pid as i32), Signal::SIGKILL).map_err(fail)?,
+        Death::Sigkill => kill(host_pid, Signal::KILL).map_err(fail)?,
         Death::Exit => {
             let mut stdin = host.stdin.take().ok_or("piped stdin")?;
             stdin.write_all(b"exit\n").await.map_err(fail)?;
@@ -290,7 +293,7 @@ async fn host_dies(work: Work, death: Death) -> Result<(), Failed> {
     let bound = GRACE + SLACK;
     // Polled: a process disappearing offers no event to a non-parent.
     let gone = loop {
-        reap(worker);
+        reap_if_exited(worker);
         if !running(worker) {
             break true;
         }
@@ -314,20 +317,15 @@ async fn host_dies(work: Work, death: Death) -> Result<(), Failed> {
     Ok(())
 }
 
-/// Reaps `pid` if it is this process's child and has exited.
-fn reap(pid: u32) {
-    let _ = waitpid(Pid::from_raw(pid as i32), Some(WaitPidFlag::WNOHANG));
-}
-
 /// Kills and reaps a worker a failed test left running.
 struct Reap(u32);
 
 impl Drop for Reap {
     fn drop(&mut self) {
         if running(self.0) {
-            let _ = kill(Pid::from_raw(self.0 as i32), Signal::SIGKILL);
+            let _ = kill(self.0, Signal::KILL);
             std::thread::sleep(Duration::from_millis(50));
         }
-        reap(self.0);
+        reap_if_exited(self.0);
     }
 }

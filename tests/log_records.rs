@@ -9,8 +9,7 @@ use std::sync::Mutex;
 
 use isolated_workers::{Close, Status, WorkerState};
 use libtest_mimic::Failed;
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
+use rustix::process::Signal;
 use support::*;
 
 /// Every record logged at INFO or above: level and text.
@@ -50,7 +49,7 @@ fn main() {
 async fn a_killed_worker_is_logged_as_a_warning_through_log() -> Result<(), Failed> {
     let worker = spawn_calc().await?;
     let pid = pid_of(&worker).await?;
-    kill(Pid::from_raw(pid as i32), Signal::SIGKILL).map_err(fail)?;
+    kill(pid, Signal::KILL).map_err(fail)?;
     let noticed = async {
         while !matches!(
             worker.send(Status).await?.state,

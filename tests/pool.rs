@@ -19,8 +19,7 @@ use isolated_workers::{
     PoolStatus, SpawnError, Thread, WithTimeout, WorkerError, WorkerOptions, WorkerPool,
 };
 use libtest_mimic::{Failed, Trial};
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
+use rustix::process::Signal;
 use serde::{Deserialize, Serialize};
 use support::*;
 
@@ -646,7 +645,7 @@ async fn kill_under_load(member: WorkerOptions) -> Result<Killed, Failed> {
     if !eventually(WAIT, || started.exists()).await {
         return Err("the long job did not start".into());
     }
-    kill(Pid::from_raw(victim as i32), Signal::SIGKILL).map_err(fail)?;
+    kill(victim, Signal::KILL).map_err(fail)?;
     let long = outcome(long).await?;
     let mut answers = Vec::new();
     for request in short {
@@ -958,7 +957,7 @@ async fn a_batch_survives_a_member_killed_mid_batch() -> Result<(), Failed> {
         return Err("the jobs did not start".into());
     }
     let victim = pids[0];
-    kill(Pid::from_raw(victim as i32), Signal::SIGKILL).map_err(fail)?;
+    kill(victim, Signal::KILL).map_err(fail)?;
     let done: Vec<Done> = batch
         .await?
         .into_iter()

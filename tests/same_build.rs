@@ -22,8 +22,7 @@ use actix::prelude::*;
 use isolated_workers::{
     ChildProcess, Close, CrashPolicy, Status, Worker, WorkerError, WorkerOptions,
 };
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
+use rustix::process::{kill_process, Pid, Signal};
 use serde::{Deserialize, Serialize};
 
 /// Set to `host` in the copy that plays the host.
@@ -140,7 +139,8 @@ fn host_role() {
         assert_eq!(line.trim(), "replaced");
 
         // Restarted after a crash: the path now holds another build.
-        kill(Pid::from_raw(first as i32), Signal::SIGKILL).unwrap();
+        let first_pid = Pid::from_raw(i32::try_from(first).unwrap()).unwrap();
+        kill_process(first_pid, Signal::KILL).unwrap();
         assert_eq!(worker.send(WhichImage).await.unwrap().unwrap(), ours);
         let restarted = worker.send(Status).await.unwrap();
         assert_ne!(restarted.pid, Some(first));

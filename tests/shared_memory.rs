@@ -7,7 +7,8 @@
 mod support;
 
 use std::io::Write;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::mem::MaybeUninit;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 
 use actix::prelude::*;
@@ -19,6 +20,7 @@ use isolated_workers::{
     WorkerError, WorkerState,
 };
 use libtest_mimic::Failed;
+use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
 use serde::{Deserialize, Serialize};
 use support::*;
 
@@ -193,21 +195,19 @@ impl Rogue {
         MessagePack::encode(&Form::Shared(0), &mut payload).expect("encodable");
         let (announced, sent): (usize, Vec<OwnedFd>) = match self {
             Rogue::Unsealed => (1, vec![memfd(16, false)]),
-            Rogue::Pipe => (1, vec![nix::unistd::pipe().expect("a pipe").0]),
+            Rogue::Pipe => (1, vec![std::io::pipe().expect("a pipe").0.into()]),
             Rogue::Huge => (1, vec![memfd(64 << 20, true)]),
             Rogue::MoreThanAnnounced => (0, vec![memfd(16, true)]),
             Rogue::FewerThanAnnounced => (2, vec![memfd(16, true)]),
         };
         let frame = reply_frame_announcing(id, &payload, announced);
-        let fds: Vec<_> = sent.iter().map(AsRawFd::as_raw_fd).collect();
-        nix::sys::socket::sendmsg::<()>(
-            stream.as_raw_fd(),
-            &[std::io::IoSlice::new(&frame)],
-            &[nix::sys::socket::ControlMessage::ScmRights(&fds)],
-            nix::sys::socket::MsgFlags::empty(),
-            None,
-        )
-        .expect("sending the reply");
+        let fds: Vec<_> = sent.iter().map(AsFd::as_fd).collect();
+        let mut space = vec![MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(fds.len()))];
+        let mut control = SendAncillaryBuffer::new(&mut space);
+        assert!(control.push(SendAncillaryMessage::ScmRights(&fds)));
+        let frame = [std::io::IoSlice::new(&frame)];
+        rustix::net::sendmsg(&stream, &frame, &mut control, SendFlags::empty())
+            .expect("sending the reply");
         serve_until_shutdown(stream)
     }
 }

@@ -13,8 +13,7 @@ use isolated_workers::{
     WorkerPool, WorkerState, WorkerStatus,
 };
 use libtest_mimic::Failed;
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
+use rustix::process::Signal;
 use serde_json::json;
 use support::*;
 
@@ -89,7 +88,7 @@ fn pid_of_member(report: &PoolReport, id: u64) -> Option<u32> {
 /// SIGKILLs member `id`'s worker; answers its pid.
 fn kill_member(report: &PoolReport, id: u64) -> Result<u32, Failed> {
     let pid = pid_of_member(report, id).ok_or(format!("member {id} has a pid: {report:#?}"))?;
-    kill(Pid::from_raw(pid as i32), Signal::SIGKILL).map_err(fail)?;
+    kill(pid, Signal::KILL).map_err(fail)?;
     Ok(pid)
 }
 
@@ -186,7 +185,7 @@ async fn a_crashed_worker_status_serializes_its_reason() -> Result<(), Failed> {
     let worker = spawn_calc().await?;
     ask(&worker, ping("before")).await?;
     let pid = pid_of(&worker).await?;
-    kill(Pid::from_raw(pid as i32), Signal::SIGKILL).map_err(fail)?;
+    kill(pid, Signal::KILL).map_err(fail)?;
     let crashed = status_when(&worker.clone().recipient(), "the crash noticed", |s| {
         matches!(s.state, WorkerState::Crashed { .. })
     })

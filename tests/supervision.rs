@@ -14,10 +14,9 @@ use isolated_workers::{
     Worker, WorkerError, WorkerOptions, WorkerState,
 };
 use libtest_mimic::Failed;
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
+use rustix::process::Signal;
 use support::{
-    actix_test, ask, calc, close, enqueue, fail, outcome, pid_of, ping, run, running, Calc,
+    actix_test, ask, calc, close, enqueue, fail, kill, outcome, pid_of, ping, run, running, Calc,
     CalcWorker, Explode, Increment, Sleep, WhoAmI,
 };
 use tokio::sync::mpsc;
@@ -124,7 +123,7 @@ async fn next_event(heard: &mut Heard) -> Result<LifecycleEvent, Failed> {
 }
 
 fn sigkill(pid: u32) -> Result<(), Failed> {
-    kill(Pid::from_raw(pid as i32), Signal::SIGKILL).map_err(fail)
+    kill(pid, Signal::KILL).map_err(fail)
 }
 
 async fn supervised_calc(options: WorkerOptions) -> Result<Addr<Worker<Calc>>, Failed> {

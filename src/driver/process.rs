@@ -7,6 +7,7 @@ use std::rc::Rc;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use rustix::process::{Pid, Signal};
 use tokio::io::AsyncReadExt;
 use tokio::process::{Child, ChildStderr};
 use tokio::sync::{oneshot, watch};
@@ -102,8 +103,10 @@ impl ProcessHandle {
         let (kill, _) = oneshot::channel();
         #[cfg(target_os = "linux")]
         let pidfd = {
-            let raw = rustix::process::Pid::from_raw(pid as i32)
-                .ok_or_else(|| std::io::Error::other("pid 0"))?;
+            let raw = i32::try_from(pid)
+                .ok()
+                .and_then(Pid::from_raw)
+                .ok_or_else(|| std::io::Error::other(format!("no process has pid {pid}")))?;
             let fd = rustix::process::pidfd_open(raw, rustix::process::PidfdFlags::empty())?;
             let fd = Rc::new(fd);
             // A pidfd becomes readable when its process exits.
@@ -148,7 +151,7 @@ impl ProcessHandle {
 
     /// Asks the process to stop (SIGTERM), unless it has already exited.
     pub(crate) fn terminate(&self) {
-        self.signal(nix::sys::signal::Signal::SIGTERM);
+        self.signal(Signal::TERM);
     }
 
     /// Kills the process (SIGKILL, once); the watcher reaps a child.
@@ -157,7 +160,7 @@ impl ProcessHandle {
             let _ = kill.send(());
         }
         if !self.is_child() {
-            self.signal(nix::sys::signal::Signal::SIGKILL);
+            self.signal(Signal::KILL);
         }
     }
 
@@ -168,19 +171,18 @@ impl ProcessHandle {
         true
     }
 
-    fn signal(&self, signal: nix::sys::signal::Signal) {
+    fn signal(&self, signal: Signal) {
         if self.exit.borrow().is_some() {
             return;
         }
         #[cfg(target_os = "linux")]
         if let Some(pidfd) = &self.pidfd {
-            if let Some(signal) = rustix::process::Signal::from_named_raw(signal as i32) {
-                let _ = rustix::process::pidfd_send_signal(&**pidfd, signal);
-            }
+            let _ = rustix::process::pidfd_send_signal(&**pidfd, signal);
             return;
         }
-        if let Ok(pid) = i32::try_from(self.pid) {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal);
+        // Never 0 or negative, which would signal a process group.
+        if let Some(pid) = i32::try_from(self.pid).ok().and_then(Pid::from_raw) {
+            let _ = rustix::process::kill_process(pid, signal);
         }
     }
 

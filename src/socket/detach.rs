@@ -14,8 +14,10 @@ use std::io;
 pub(crate) fn follow_host(host: u32) -> io::Result<()> {
     #[cfg(target_os = "linux")]
     {
-        nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM)?;
-        if nix::unistd::getppid().as_raw().unsigned_abs() != host {
+        use rustix::process::{getppid, set_parent_process_death_signal, Pid, Signal};
+        set_parent_process_death_signal(Some(Signal::TERM))?;
+        // `None`: the parent is outside this process's pid namespace.
+        if Pid::as_raw(getppid()).unsigned_abs() != host {
             return Err(io::Error::other(
                 "the host exited while the worker was starting",
             ));
@@ -33,16 +35,16 @@ pub(crate) fn follow_host(host: u32) -> io::Result<()> {
 /// write to a closed stderr would make `eprintln!` panic).
 pub(crate) fn leave_host() -> io::Result<()> {
     #[cfg(target_os = "linux")]
-    nix::sys::prctl::set_pdeathsig(None)?;
+    rustix::process::set_parent_process_death_signal(None)?;
     // Fails only if this process already leads a group, which a spawned
     // worker does not (then it is already on its own anyway).
-    let _ = nix::unistd::setsid();
+    let _ = rustix::process::setsid();
     let null = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .open("/dev/null")?;
-    nix::unistd::dup2_stdin(&null)?;
-    nix::unistd::dup2_stdout(&null)?;
-    nix::unistd::dup2_stderr(&null)?;
+    rustix::stdio::dup2_stdin(&null)?;
+    rustix::stdio::dup2_stdout(&null)?;
+    rustix::stdio::dup2_stderr(&null)?;
     Ok(())
 }

@@ -29,7 +29,7 @@ pub(crate) fn check_peer(stream: &LocalStream, pid: Option<u32>) -> Result<(), H
         return Ok(());
     };
     if let Some(uid) = creds.euid() {
-        let ours = nix::unistd::geteuid().as_raw();
+        let ours = rustix::process::geteuid().as_raw();
         if uid != ours {
             return Err(HandshakeError::ForeignUser { uid, ours });
         }
@@ -60,7 +60,10 @@ pub(crate) fn is_running(pid: u32) -> bool {
     }
     #[cfg(not(target_os = "linux"))]
     {
+        // Never 0 or negative, which would test a process group.
         i32::try_from(pid)
-            .is_ok_and(|pid| nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok())
+            .ok()
+            .and_then(rustix::process::Pid::from_raw)
+            .is_some_and(|pid| rustix::process::test_kill_process(pid).is_ok())
     }
 }

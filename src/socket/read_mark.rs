@@ -236,7 +236,7 @@ mod tests {
         for number in ["", "x", "-1", "99999"] {
             assert!(ReadMark::inherited(number).is_none(), "{number:?}");
         }
-        let (reader, writer) = nix::unistd::pipe().expect("a pipe");
+        let (reader, mut writer) = std::io::pipe().expect("a pipe");
         assert!(ReadMark::inherited(&reader.as_raw_fd().to_string()).is_none());
         // An unsealed file of the right size: a worker could be made to
         // fault by its shrinking.
@@ -245,6 +245,6 @@ mod tests {
         assert!(ReadMark::inherited(&file.as_raw_fd().to_string()).is_none());
         // Both still open: refusing closed nothing.
         file.write_all(b"more").expect("still open");
-        nix::unistd::write(&writer, b"x").expect("the pipe is still open");
+        writer.write_all(b"x").expect("the pipe is still open");
     }
 }

@@ -165,7 +165,6 @@ impl Drop for ChannelWriter {
 mod tests {
     use super::*;
     use std::io::{Read, Write};
-    use std::os::fd::AsRawFd;
 
     fn runtime() -> tokio::runtime::Runtime {
         tokio::runtime::Builder::new_current_thread()
@@ -183,8 +182,8 @@ mod tests {
 
     /// `send(2)` of `bytes` on `fd`.
     fn send(fd: BorrowedFd<'_>, bytes: &[u8]) -> io::Result<usize> {
-        let flags = nix::sys::socket::MsgFlags::MSG_NOSIGNAL;
-        Ok(nix::sys::socket::send(fd.as_raw_fd(), bytes, flags)?)
+        let flags = rustix::net::SendFlags::NOSIGNAL;
+        Ok(rustix::net::send(fd, bytes, flags)?)
     }
 
     /// Writes all of `bytes` through `writer`.
@@ -204,7 +203,7 @@ mod tests {
         let mut buf = [0u8; 64];
         let n = std::future::poll_fn(|task| {
             reader.poll_read_with(task, |fd| {
-                let n = nix::unistd::read(fd, &mut buf)?;
+                let n = rustix::io::read(fd, &mut buf)?;
                 Ok((n, n < 64))
             })
         })

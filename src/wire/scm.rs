@@ -2,18 +2,22 @@
 //! `recvmsg` that reads bytes and takes the descriptors sent with them,
 //! and one `sendmsg` that sends descriptors with the first of its bytes.
 //!
-//! The receiving side is written on `libc` rather than `nix`: `nix`'s
-//! `recvmsg` reads into `&mut [u8]`, which the spare capacity of a read
-//! buffer is not (it is uninitialized, and zeroing it first would cost a
-//! pass over every large frame), while `recvmsg(2)` takes a raw pointer.
+//! The receiving call is `libc`'s rather than `rustix`'s: `rustix`'s
+//! `recvmsg` reads into `&mut [IoSliceMut]`, which the spare capacity of a
+//! read buffer is not (it is uninitialized, and zeroing it first would cost
+//! a pass over every large frame), while `recvmsg(2)` takes a raw pointer.
+//! What it received is taken apart by `rustix`, as everything else here.
 
 use std::io;
-use std::mem::size_of;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::mem::{size_of, MaybeUninit};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 
 use bytes::{BufMut, BytesMut};
-use nix::libc;
-use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
+use rustix::cmsg_space;
+use rustix::net::{
+    sendmsg, AncillaryDrain, RecvAncillaryMessage, SendAncillaryBuffer, SendAncillaryMessage,
+    SendFlags,
+};
 
 /// The most descriptors one frame may carry, and so the most one read
 /// takes: a writer sends each frame's descriptors with a `sendmsg` of their
@@ -21,7 +25,9 @@ use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
 pub(crate) const MAX_DESCRIPTORS_PER_FRAME: usize = 64;
 
 /// Room for one batch of descriptors, in 8-byte words (aligned as
-/// `cmsghdr` needs): a 16-byte header and 4 bytes per descriptor.
+/// `cmsghdr` needs): a 16-byte header and 4 bytes per descriptor. Exactly
+/// that: with more, a peer could pass more descriptors than a frame may
+/// carry without the kernel truncating them (see [`recv`]).
 const CONTROL_WORDS: usize = 2 + MAX_DESCRIPTORS_PER_FRAME / 2;
 
 /// Reads into the spare capacity of `buf` (which must have some), pushing
@@ -57,24 +63,19 @@ pub(crate) fn recv(
         return Err(io::Error::last_os_error());
     }
     // Owned at once, so that none leaks whatever happens next.
-    // SAFETY: the kernel filled `msg`'s control buffer; CMSG_* walk it.
-    unsafe {
-        let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
-        while !cmsg.is_null() {
-            let header = &*cmsg;
-            if header.cmsg_level == libc::SOL_SOCKET && header.cmsg_type == libc::SCM_RIGHTS {
-                let data = libc::CMSG_DATA(cmsg).cast::<RawFd>();
-                let count =
-                    (header.cmsg_len as usize - libc::CMSG_LEN(0) as usize) / size_of::<RawFd>();
-                for i in 0..count {
-                    descriptors.push(OwnedFd::from_raw_fd(data.add(i).read_unaligned()));
-                }
-            }
-            cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
+    // SAFETY: the kernel wrote `msg_controllen` bytes of control messages
+    // at the start of `control`.
+    let received = unsafe {
+        std::slice::from_raw_parts_mut(control.as_mut_ptr().cast::<u8>(), msg.msg_controllen as _)
+    };
+    // SAFETY: as above: valid control messages, as `recvmsg` wrote them.
+    for message in unsafe { AncillaryDrain::parse(received) } {
+        if let RecvAncillaryMessage::ScmRights(fds) = message {
+            descriptors.extend(fds);
         }
-        // SAFETY: the kernel wrote `read` bytes into the spare capacity.
-        buf.advance_mut(read as usize);
     }
+    // SAFETY: the kernel wrote `read` bytes into the spare capacity.
+    unsafe { buf.advance_mut(read as usize) };
     if msg.msg_flags & libc::MSG_CTRUNC != 0 {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
@@ -93,22 +94,84 @@ pub(crate) fn recv(
 pub(crate) fn send(
     socket: BorrowedFd<'_>,
     slices: &[io::IoSlice<'_>],
-    descriptors: &[RawFd],
+    descriptors: &[BorrowedFd<'_>],
 ) -> io::Result<usize> {
-    let flags = MsgFlags::MSG_NOSIGNAL | MsgFlags::MSG_DONTWAIT;
+    let flags = SendFlags::NOSIGNAL | SendFlags::DONTWAIT;
     if descriptors.is_empty() {
         return Ok(match slices {
-            [one] => nix::sys::socket::send(socket.as_raw_fd(), one, flags)?,
+            [one] => rustix::net::send(socket, one, flags)?,
             // Rust programs ignore SIGPIPE: a closed peer is `EPIPE` here.
-            _ => nix::sys::uio::writev(socket, slices)?,
+            _ => rustix::io::writev(socket, slices)?,
         });
     }
-    let rights = [ControlMessage::ScmRights(descriptors)];
-    Ok(sendmsg::<()>(
-        socket.as_raw_fd(),
-        slices,
-        &rights,
-        flags,
-        None,
-    )?)
+    let mut space = vec![MaybeUninit::uninit(); cmsg_space!(ScmRights(descriptors.len()))];
+    let mut control = SendAncillaryBuffer::new(&mut space);
+    let pushed = control.push(SendAncillaryMessage::ScmRights(descriptors));
+    debug_assert!(pushed, "the space is made for these descriptors");
+    Ok(sendmsg(socket, slices, &mut control, flags)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::os::fd::AsFd;
+    use std::os::unix::net::UnixStream;
+
+    /// Sends `bytes` with `fds` from `from`, and receives on `to` into a
+    /// fresh buffer: what was read, and the descriptors taken.
+    fn pass(
+        from: &UnixStream,
+        to: &UnixStream,
+        bytes: &[u8],
+        fds: &[BorrowedFd<'_>],
+    ) -> (io::Result<Vec<u8>>, Vec<OwnedFd>) {
+        let sent = send(from.as_fd(), &[io::IoSlice::new(bytes)], fds).expect("sent");
+        assert_eq!(sent, bytes.len());
+        let mut buf = BytesMut::with_capacity(64);
+        let mut descriptors = Vec::new();
+        let read = recv(to.as_fd(), &mut buf, &mut descriptors).map(|_| buf.to_vec());
+        (read, descriptors)
+    }
+
+    #[test]
+    fn descriptors_arrive_with_their_byte_close_on_exec() {
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        let (mut reader, writer) = std::io::pipe().unwrap();
+        let (read, fds) = pass(&ours, &theirs, b"frame", &[writer.as_fd()]);
+        assert_eq!(read.unwrap(), b"frame");
+        let [received] = <[OwnedFd; 1]>::try_from(fds).unwrap();
+        let flags = rustix::io::fcntl_getfd(&received).unwrap();
+        assert!(flags.contains(rustix::io::FdFlags::CLOEXEC));
+        // The very pipe: what is written through the copy comes out.
+        drop(writer);
+        std::fs::File::from(received).write_all(b"!").unwrap();
+        let mut got = [0u8; 1];
+        reader.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"!");
+    }
+
+    #[test]
+    fn more_descriptors_at_once_than_a_frame_may_carry_are_refused() {
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        let (_reader, writer) = std::io::pipe().unwrap();
+        let many = vec![writer.as_fd(); MAX_DESCRIPTORS_PER_FRAME + 1];
+        let (read, fds) = pass(&ours, &theirs, b"x", &many);
+        let error = read.unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::InvalidData, "{error}");
+        assert!(error.to_string().contains("more than 64"), "{error}");
+        // Those that fit are owned (and closed with the vector).
+        assert!(fds.len() <= MAX_DESCRIPTORS_PER_FRAME, "{}", fds.len());
+    }
+
+    #[test]
+    fn bytes_without_descriptors_and_the_end_of_the_stream() {
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        let (read, fds) = pass(&ours, &theirs, b"plain", &[]);
+        assert_eq!(read.unwrap(), b"plain");
+        assert!(fds.is_empty());
+        drop(ours);
+        let mut buf = BytesMut::with_capacity(8);
+        assert_eq!(recv(theirs.as_fd(), &mut buf, &mut Vec::new()).unwrap(), 0);
+    }
 }

@@ -565,8 +565,8 @@ mod tests {
             .err()
             .unwrap();
         assert!(error.to_string().contains("not"), "{error}");
-        let (pipe, _other) = nix::unistd::pipe().unwrap();
-        let error = linux::Mapping::received(Arc::new(pipe), 1 << 20)
+        let (pipe, _other) = std::io::pipe().unwrap();
+        let error = linux::Mapping::received(Arc::new(pipe.into()), 1 << 20)
             .err()
             .unwrap();
         assert!(error.to_string().contains("not a memfd"), "{error}");

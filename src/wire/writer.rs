@@ -27,7 +27,7 @@
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{ready, Context as TaskContext, Poll, Waker};
@@ -491,8 +491,9 @@ impl Outgoing {
                     slices[count] = IoSlice::new(&piece.bytes);
                     count += 1;
                 }
-                let raw: Vec<RawFd> = first.descriptors.iter().map(|fd| fd.as_raw_fd()).collect();
-                let written = ready!(poll_send(end, task, &slices[..count], &raw))?;
+                let fds: Vec<BorrowedFd<'_>> =
+                    first.descriptors.iter().map(|fd| fd.as_fd()).collect();
+                let written = ready!(poll_send(end, task, &slices[..count], &fds))?;
                 consume(&mut self.pieces, written);
                 written
             };
@@ -535,7 +536,7 @@ fn poll_send(
     end: &mut WriteEnd,
     task: &mut TaskContext<'_>,
     slices: &[IoSlice<'_>],
-    descriptors: &[RawFd],
+    descriptors: &[BorrowedFd<'_>],
 ) -> Poll<io::Result<usize>> {
     match end {
         WriteEnd::Stream(stream) => Pin::new(stream).poll_write_vectored(task, slices),

@@ -252,23 +252,18 @@ pub(crate) fn take_channel() -> std::io::Result<std::os::unix::net::UnixStream> 
     // SAFETY: only borrowed to look at it; nothing is owned until the
     // descriptor is known to be an open socket.
     let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
-    let stat = nix::sys::stat::fstat(borrowed)?;
-    if nix::sys::stat::SFlag::from_bits_truncate(stat.st_mode) & nix::sys::stat::SFlag::S_IFMT
-        != nix::sys::stat::SFlag::S_IFSOCK
-    {
+    let stat = rustix::fs::fstat(borrowed)?;
+    if rustix::fs::FileType::from_raw_mode(stat.st_mode) != rustix::fs::FileType::Socket {
         return Err(std::io::Error::other(format!(
             "descriptor {fd} is not a socket"
         )));
     }
     let fd = if fd == 0 {
-        let moved = nix::fcntl::fcntl(borrowed, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(3))?;
-        nix::unistd::dup2_stdin(std::fs::File::open("/dev/null")?)?;
+        let moved = rustix::io::fcntl_dupfd_cloexec(borrowed, 3)?;
+        rustix::stdio::dup2_stdin(std::fs::File::open("/dev/null")?)?;
         moved.into_raw_fd()
     } else {
-        nix::fcntl::fcntl(
-            borrowed,
-            nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
-        )?;
+        rustix::io::fcntl_setfd(borrowed, rustix::io::FdFlags::CLOEXEC)?;
         fd
     };
     // SAFETY: the descriptor is open, is a socket, and was handed to this
@@ -280,25 +275,22 @@ pub(crate) fn take_channel() -> std::io::Result<std::os::unix::net::UnixStream> 
 /// The read mark the host sent as the channel's first message (one byte,
 /// with the mark's descriptor attached); `None` if none came.
 pub(crate) fn receive_mark(channel: &std::os::unix::net::UnixStream) -> Option<ReadMark> {
-    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
-    use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
+    use rustix::net::{recvmsg, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags};
+    use std::os::fd::{AsRawFd, IntoRawFd};
     let mut byte = [0u8; 1];
-    let mut space = nix::cmsg_space!(std::os::fd::RawFd);
+    let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+    let mut control = RecvAncillaryBuffer::new(&mut space);
     let mut iov = [std::io::IoSliceMut::new(&mut byte)];
-    let received = recvmsg::<()>(
-        channel.as_raw_fd(),
-        &mut iov,
-        Some(&mut space),
-        MsgFlags::MSG_CMSG_CLOEXEC,
-    )
-    .ok()?;
-    let mut fds = received.cmsgs().ok()?.flat_map(|cmsg| match cmsg {
-        ControlMessageOwned::ScmRights(fds) => fds,
-        _ => Vec::new(),
-    });
-    let fd = fds.next()?;
-    // SAFETY: the kernel just installed this descriptor for this process.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let received = recvmsg(channel, &mut iov, &mut control, RecvFlags::CMSG_CLOEXEC).ok()?;
+    // Truncated: not the one descriptor the host sends. (Those that came
+    // are closed with `control`.)
+    if received.flags.contains(ReturnFlags::CTRUNC) {
+        return None;
+    }
+    let fd = control.drain().find_map(|message| match message {
+        RecvAncillaryMessage::ScmRights(mut fds) => fds.next(),
+        _ => None,
+    })?;
     let mark = ReadMark::inherited_fd(fd.as_raw_fd())?;
     // Taken (and closed) by the mark; dropped with `fd` otherwise, above.
     let _ = fd.into_raw_fd();

@@ -14,14 +14,16 @@
 //! atomics, `setitimer`, `unlink`, `rmdir`, `write` and `_exit`. The
 //! deadline takes the process's `ITIMER_REAL` once armed; a SIGALRM that
 //! comes before (user code's own timer) is not taken for it.
+//!
+//! Written on `libc`: `rustix` has neither `setitimer` nor (outside its
+//! experimental runtime module) `_exit`, and the handler's calls are best
+//! kept to the C library's documented async-signal-safe ones.
 
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, Ordering};
 use std::time::Duration;
-
-use nix::libc;
 
 /// How long past its grace period a stopping worker is given to flush its
 /// last frames and exit by itself before it is ended.

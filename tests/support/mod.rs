@@ -324,7 +324,7 @@ pub const BLOCKED_STDERR_ENV: &str = "ISOLATED_WORKERS_TEST_BLOCKED_STDERR";
 /// Makes the FIFO [`BLOCKED_STDERR_ENV`] names this worker's stderr, full,
 /// if the test asked for it. (The test opened the FIFO for reading first.)
 fn block_stderr() {
-    use nix::fcntl::{fcntl, FcntlArg, OFlag};
+    use rustix::fs::{fcntl_setfl, OFlags};
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let Some(fifo) = std::env::var_os(BLOCKED_STDERR_ENV) else {
@@ -332,15 +332,15 @@ fn block_stderr() {
     };
     let mut pipe = std::fs::OpenOptions::new()
         .write(true)
-        .custom_flags(OFlag::O_NONBLOCK.bits())
+        .custom_flags(OFlags::NONBLOCK.bits() as i32)
         .open(&fifo)
         .expect("the test's FIFO opens");
     // Whole pages, then single bytes, until not one more byte fits.
     for chunk in [&[b'.'; 4096][..], b"."] {
         while pipe.write(chunk).is_ok() {}
     }
-    fcntl(&pipe, FcntlArg::F_SETFL(OFlag::empty())).expect("the FIFO blocks again");
-    nix::unistd::dup2_stderr(&pipe).expect("the FIFO becomes stderr");
+    fcntl_setfl(&pipe, OFlags::empty()).expect("the FIFO blocks again");
+    rustix::stdio::dup2_stderr(&pipe).expect("the FIFO becomes stderr");
 }
 
 /// When set, names a file a spawned worker makes its stderr (for a test
@@ -355,7 +355,7 @@ fn stderr_to_file() {
         return;
     };
     let file = std::fs::File::create(path).expect("the test's stderr file opens");
-    nix::unistd::dup2_stderr(&file).expect("the file becomes stderr");
+    rustix::stdio::dup2_stderr(&file).expect("the file becomes stderr");
 }
 
 /// Set for a worker whose test wants it to print backtraces as
@@ -474,6 +474,28 @@ pub async fn eventually(limit: Duration, mut condition: impl FnMut() -> bool) ->
 /// Turns any error into a test failure with its message.
 pub fn fail(e: impl std::fmt::Display) -> Failed {
     e.to_string().into()
+}
+
+/// Process `pid` as rustix names it; an error for a number no process has
+/// (0, or too large: as a raw `i32` it would name a process group).
+pub fn pid(pid: u32) -> std::io::Result<rustix::process::Pid> {
+    i32::try_from(pid)
+        .ok()
+        .and_then(rustix::process::Pid::from_raw)
+        .ok_or_else(|| std::io::Error::other(format!("no process has pid {pid}")))
+}
+
+/// Sends `signal` to process `pid`.
+pub fn kill(pid: u32, signal: rustix::process::Signal) -> std::io::Result<()> {
+    Ok(rustix::process::kill_process(self::pid(pid)?, signal)?)
+}
+
+/// Reaps process `pid` if it is this process's child and has exited,
+/// without waiting (`waitpid(pid, WNOHANG)`).
+pub fn reap_if_exited(pid: u32) {
+    if let Ok(pid) = self::pid(pid) {
+        let _ = rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::NOHANG);
+    }
 }
 
 /// A Calc worker: this test binary, re-run as worker `calc`.

@@ -146,25 +146,40 @@ impl Rogue {
                 serve_shutdown(stream);
             }
             Rogue::IgnoresShutdownAndSigterm => {
-                use nix::sys::signal::{signal, SigHandler, Signal};
+                // libc: rustix sets signal dispositions only in its
+                // experimental runtime module.
                 // SAFETY: no handler runs; the disposition becomes "ignore",
                 // set before this process starts any thread.
-                unsafe { signal(Signal::SIGTERM, SigHandler::SigIgn) }.expect("ignoring SIGTERM");
+                let old = unsafe { libc::signal(libc::SIGTERM, libc::SIG_IGN) };
+                assert_ne!(old, libc::SIG_ERR, "ignoring SIGTERM");
                 let stream = host.greet();
                 // Never read (Shutdown stays unread), never exit.
                 linger_holding(stream);
             }
             Rogue::RecordsShutdownAndSigterm => {
-                use nix::sys::signal::{SigSet, Signal};
                 let started = Instant::now();
-                let sigterm = SigSet::from(Signal::SIGTERM);
+                // libc: rustix has `sigprocmask` and `sigwait` only in its
+                // experimental runtime module.
+                // SAFETY: a set initialized by `sigemptyset` before use.
+                let sigterm = unsafe {
+                    let mut set = std::mem::zeroed::<libc::sigset_t>();
+                    libc::sigemptyset(&mut set);
+                    libc::sigaddset(&mut set, libc::SIGTERM);
+                    set
+                };
                 // Blocked here, and so in the thread spawned below, which
                 // takes each SIGTERM with sigwait instead of dying of it.
-                sigterm.thread_block().expect("blocking SIGTERM");
+                // SAFETY: a valid set; no old mask asked for.
+                let blocked = unsafe {
+                    libc::pthread_sigmask(libc::SIG_BLOCK, &sigterm, std::ptr::null_mut())
+                };
+                assert_eq!(blocked, 0, "blocking SIGTERM");
                 let log = log_path();
                 let sigterms = log.clone();
                 std::thread::spawn(move || loop {
-                    if sigterm.wait().is_ok() {
+                    let mut taken = 0;
+                    // SAFETY: a valid set, and a place for the signal taken.
+                    if unsafe { libc::sigwait(&sigterm, &mut taken) } == 0 {
                         append(
                             &sigterms,
                             &format!("sigterm {}", started.elapsed().as_millis()),

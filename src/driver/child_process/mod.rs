@@ -16,7 +16,8 @@
 
 use std::ffi::OsString;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::mem::MaybeUninit;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -24,7 +25,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::LocalBoxFuture;
-pub use nix::sys::resource::Resource;
+pub use limits::Resource;
 
 use super::process::ProcessHandle;
 use super::{Connection, Driver};
@@ -40,6 +41,7 @@ use crate::socket::read_mark::ReadMark;
 use crate::socket::session::Session;
 pub use crate::socket::DetachedWorker;
 
+mod limits;
 mod own_image;
 
 /// Runs the worker in a child process: by default the current executable
@@ -346,15 +348,19 @@ impl ChildProcess {
 
 /// Sends the read mark's descriptor to the worker as the channel's first
 /// message: one byte, with the descriptor attached.
-fn send_mark(channel: &std::os::unix::net::UnixStream, mark: &impl AsRawFd) -> io::Result<()> {
-    use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
-    let fds = [mark.as_raw_fd()];
-    sendmsg::<()>(
-        channel.as_raw_fd(),
+fn send_mark(channel: &std::os::unix::net::UnixStream, mark: &impl AsFd) -> io::Result<()> {
+    use rustix::net::{sendmsg, SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
+    let fds = [mark.as_fd()];
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+    let mut control = SendAncillaryBuffer::new(&mut space);
+    if !control.push(SendAncillaryMessage::ScmRights(&fds)) {
+        return Err(io::Error::other("no room for the read mark's descriptor"));
+    }
+    sendmsg(
+        channel,
         &[io::IoSlice::new(&[0])],
-        &[ControlMessage::ScmRights(&fds)],
-        MsgFlags::empty(),
-        None,
+        &mut control,
+        SendFlags::empty(),
     )?;
     Ok(())
 }
@@ -373,9 +379,7 @@ fn above_stdio(fd: OwnedFd) -> io::Result<OwnedFd> {
     if fd.as_raw_fd() > 2 {
         return Ok(fd);
     }
-    let copy = nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(3))?;
-    // SAFETY: `fcntl` just made this descriptor, and nothing else owns it.
-    Ok(unsafe { OwnedFd::from_raw_fd(copy) })
+    Ok(rustix::io::fcntl_dupfd_cloexec(&fd, 3)?)
 }
 
 /// Sweeps the attach directories of dead workers once per host process
@@ -400,15 +404,9 @@ fn in_child_before_exec(
         // SAFETY: the parent holds each of these open until `spawn` has
         // returned, and the fork copied them into this child.
         let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
-        nix::fcntl::fcntl(
-            fd,
-            nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
-        )?;
+        rustix::io::fcntl_setfd(fd, rustix::io::FdFlags::empty())?;
     }
-    for &(resource, soft, hard) in limits {
-        nix::sys::resource::setrlimit(resource, soft, hard)?;
-    }
-    Ok(())
+    limits::set(limits)
 }
 
 /// The most verbose level the host's global `tracing` subscriber wants, for

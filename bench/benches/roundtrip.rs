@@ -82,7 +82,7 @@
 //! child-process worker (release build), after one request and a short
 //! pause, next to that of the floor's echo child (the same binary with no
 //! runtime at all); see `report_idle_rss` for what it counts, and
-//! `examples/idle_rss.rs` for the same figure in a minimal binary.
+//! `bench/examples/idle_rss.rs` for the same figure in a minimal binary.
 //!
 //! Results are compared across versions through
 //! `target/criterion/<group>/<id>/new/estimates.json`: keep the ids stable.
@@ -671,7 +671,7 @@ fn report_idle_rss(sys: &SystemRunner) {
         "idle_rss/child_process: {worker_rss}, after one request and {IDLE:?} idle; \
          floor (the raw echo child of this binary): {floor}; above the floor: {} kB \
          ({} kB anon); release build of the bench binary (the minimal binary: \
-         examples/idle_rss)",
+         bench/examples/idle_rss)",
         worker_rss.vm_rss.saturating_sub(floor.vm_rss),
         worker_rss.anon.saturating_sub(floor.anon),
     );

@@ -4,10 +4,10 @@
 //! sleeping (no runtime, nothing of this crate).
 //!
 //! ```text
-//! cargo run --release --example idle_rss            # one line per process
-//! cargo run --release --example idle_rss -- --maps  # and the worker's largest mappings
-//! cargo run --release --example idle_rss -- --hold  # keep the worker until Enter
-//! cargo run --release --example idle_rss -- --trace # the host has a tracing subscriber
+//! cargo run --release -p isolated-workers-bench --example idle_rss            # one line per process
+//! cargo run --release -p isolated-workers-bench --example idle_rss -- --maps  # and the worker's largest mappings
+//! cargo run --release -p isolated-workers-bench --example idle_rss -- --hold  # keep the worker until Enter
+//! cargo run --release -p isolated-workers-bench --example idle_rss -- --trace # the host has a tracing subscriber
 //! ```
 //!
 //! Figures are `/proc/<pid>/status` (`VmRSS`, `RssAnon`, `RssFile`), the

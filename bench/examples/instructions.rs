@@ -5,7 +5,7 @@
 //! floor). Run by hand it only does the work:
 //!
 //! ```text
-//! cargo run --release --example instructions -- child sequential 1000
+//! cargo run --release -p isolated-workers-bench --example instructions -- child sequential 1000
 //! ```
 //!
 //! Arguments: `child | thread | actix`, `sequential | pipelined | batched`, N.
@@ -127,9 +127,14 @@ fn main() {
     System::new().block_on(async move {
         match target.as_str() {
             "child" => {
-                let worker = Worker::<Echo, ChildProcess>::spawn(ChildProcess::current_exe("echo"))
-                    .await
-                    .expect("the worker starts");
+                // By its path, not `current_exe`, which executes
+                // `/proc/self/exe`: under valgrind that is valgrind's own
+                // tool, not this program, and the worker would not start.
+                let exe = std::env::current_exe().expect("this program's path");
+                let worker =
+                    Worker::<Echo, ChildProcess>::spawn(ChildProcess::program(exe, "echo"))
+                        .await
+                        .expect("the worker starts");
                 drive_worker(&worker, n, mode).await;
                 worker.send(Close).await.expect("closed");
             }

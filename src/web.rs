@@ -6,8 +6,8 @@
 //!
 //! | error | status |
 //! |---|---|
-//! | `Overloaded` | 503, `Retry-After: 1` |
-//! | `Timeout` | 504 |
+//! | `Overloaded`, and a `Timeout` that expired in the queue | 503, `Retry-After: 1` |
+//! | `Timeout` on a worker | 504 |
 //! | `Crashed` | 502 |
 //! | `GaveUp`, `Closed`, `Disconnected`, `NoMember` | 503 |
 //! | `Remote`, `Rejected`, `Protocol`, `Unencodable`, `UndecodableReply`, `TooLarge` | 500 |
@@ -47,6 +47,7 @@ impl ResponseError for WorkerError {
     fn status_code(&self) -> StatusCode {
         match self {
             WorkerError::Overloaded { .. }
+            | WorkerError::Timeout { queued: true, .. }
             | WorkerError::GaveUp { .. }
             | WorkerError::Closed
             | WorkerError::Disconnected
@@ -65,17 +66,30 @@ impl ResponseError for WorkerError {
     fn error_response(&self) -> HttpResponse<BoxBody> {
         let mut response = HttpResponse::build(self.status_code());
         response.insert_header(ContentType::plaintext());
-        if let WorkerError::Overloaded { .. } = self {
+        if overloaded(self) {
             response.insert_header((header::RETRY_AFTER, RETRY_AFTER_SECONDS));
         }
         response.body(public_text(self))
     }
 }
 
+/// Whether `error` says the service had no room for the request: its queue
+/// was full, or the request's time ran out while it waited there (no
+/// worker was slow with it: there were too many before it).
+fn overloaded(error: &WorkerError) -> bool {
+    matches!(
+        error,
+        WorkerError::Overloaded { .. } | WorkerError::Timeout { queued: true, .. }
+    )
+}
+
 /// What a client is told of `error`: its kind, none of its details.
 fn public_text(error: &WorkerError) -> &'static str {
     match error {
         WorkerError::Overloaded { .. } => "too many requests are waiting for a worker; retry later",
+        WorkerError::Timeout { queued: true, .. } => {
+            "too many requests were waiting for a worker; retry later"
+        }
         WorkerError::Timeout { .. } => "the worker did not answer in time",
         WorkerError::Crashed { .. } => "the worker crashed while handling the request",
         WorkerError::GaveUp { .. } => "the worker keeps crashing; retry later",
@@ -121,6 +135,14 @@ mod tests {
                     queued: false,
                 },
                 StatusCode::GATEWAY_TIMEOUT,
+            ),
+            (
+                WorkerError::Timeout {
+                    after: Duration::from_secs(3),
+                    message: "Work",
+                    queued: true,
+                },
+                StatusCode::SERVICE_UNAVAILABLE,
             ),
             (
                 WorkerError::Crashed {
@@ -206,12 +228,14 @@ mod tests {
     }
 
     #[test]
-    fn only_overloaded_says_when_to_retry() {
+    fn only_overload_says_when_to_retry() {
         for (error, _) in every_error() {
             let response = error.error_response();
             let retry_after = response.headers().get(header::RETRY_AFTER);
             match error {
-                WorkerError::Overloaded { .. } => assert_eq!(retry_after.unwrap(), "1"),
+                WorkerError::Overloaded { .. } | WorkerError::Timeout { queued: true, .. } => {
+                    assert_eq!(retry_after.unwrap(), "1")
+                }
                 _ => assert!(retry_after.is_none(), "{error:?}"),
             }
         }

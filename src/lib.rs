@@ -221,6 +221,9 @@ pub mod error;
 mod ids;
 mod lifecycle;
 pub mod middleware;
+#[cfg(feature = "nats")]
+#[cfg_attr(docsrs, doc(cfg(feature = "nats")))]
+pub mod nats;
 mod panic;
 pub mod pool;
 pub mod proxy;

@@ -577,7 +577,7 @@ pub enum SpawnError {
     Handshake(HandshakeError),
     /// No agent could take the worker: none serves the contract on the
     /// claim subject, all are at capacity, or the one that answered could
-    /// not start it (see [`nats`](crate::nats), feature `nats`).
+    /// not start it (the `nats` module, feature `nats`).
     #[error("no agent could start the worker (claims on `{subject}`): {why}")]
     NoAgent {
         /// The subject the claim was sent on.

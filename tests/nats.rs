@@ -69,6 +69,10 @@ fn main() {
             "frames_larger_than_max_payload_are_chunked",
             frames_larger_than_max_payload_are_chunked,
         ),
+        actix_test(
+            "an_agent_in_its_own_namespaces_is_reached_only_through_nats",
+            an_agent_in_its_own_namespaces_is_reached_only_through_nats,
+        ),
     ]);
 }
 
@@ -356,6 +360,58 @@ async fn frames_larger_than_max_payload_are_chunked() -> Result<(), Failed> {
     let data: Vec<u8> = (0..3 << 20).map(|i| (i % 251) as u8).collect();
     let echoed = ask(&worker, Echo { data: data.clone() }).await?;
     assert!(echoed == data, "3 MiB came back intact");
+    Ok(())
+}
+
+/// An agent in PID and mount namespaces of its own, with its own `/tmp`,
+/// stands for another machine: no pid, socket or file is shared with the
+/// host, which reaches it only through nats-server (the network namespace
+/// is shared, loopback being the one way in).
+async fn an_agent_in_its_own_namespaces_is_reached_only_through_nats() -> Result<(), Failed> {
+    let server = NatsServer::start()?;
+    let agent = AgentProcess::start_in_namespaces(&server.url(), 2)?;
+    let worker = remote_worker(&server).await?;
+    assert_eq!(ask(&worker, ping("far")).await?.text, "pong: far");
+    // The pid the host is told is the worker's pid in the agent's
+    // namespace, as the worker itself sees it ...
+    let pid = remote_pid(&worker).await?;
+    assert_eq!(ask(&worker, WhoAmI).await?, pid);
+    // ... which is not the pid of that process on the host: the host
+    // knows it only by looking into the namespace through /proc.
+    let host_pid = agent
+        .host_pid_of(pid)
+        .ok_or_else(|| format!("no process is {pid} in the agent's PID namespace"))?;
+    assert_ne!(host_pid, pid, "the worker has a pid of its own namespace");
+    // The agent is the namespace's init, and the worker's parent.
+    assert_eq!(parent_of(host_pid), agent.host_pid_of(1));
+    // Its /tmp is a file system of its own, not the host's.
+    use std::os::unix::fs::MetadataExt;
+    let device = |path: &str| std::fs::metadata(path).map(|m| m.dev()).map_err(fail);
+    assert_ne!(
+        device(&format!("/proc/{host_pid}/root/tmp"))?,
+        device("/tmp")?,
+        "the agent has its own /tmp"
+    );
+    // A crash inside the namespace reaches the host with its signal.
+    let sleeping = enqueue(&worker, Sleep { ms: 60_000 });
+    ask(&worker, ping("after sleep")).await?;
+    kill(host_pid, Signal::KILL).map_err(fail)?;
+    match outcome(sleeping).await? {
+        Err(WorkerError::Crashed { reason, .. }) => {
+            assert_eq!(reason, CrashReason::Signal(9), "the remote exit status")
+        }
+        other => return Err(format!("expected Crashed, got {other:?}").into()),
+    }
+    // A session ends cleanly: its worker process exits.
+    let worker = remote_worker(&server).await?;
+    assert_eq!(ask(&worker, Increment { by: 7 }).await?, 7);
+    let host_pid = agent
+        .host_pid_of(remote_pid(&worker).await?)
+        .ok_or("the second worker is not in the agent's namespace")?;
+    worker.send(Close).await.map_err(fail)?;
+    let gone = eventually(Duration::from_secs(10), || !running(host_pid)).await;
+    assert!(gone, "a closed worker exits");
+    assert!(running(agent.pid()), "the agent serves on");
     Ok(())
 }
 

@@ -153,7 +153,56 @@ impl AgentProcess {
     /// Starts an agent on `url` with room for `capacity` sessions, and
     /// waits until it listens for claims.
     pub fn start(url: &str, capacity: usize) -> Result<Self, Failed> {
-        let mut command = Command::new(std::env::current_exe().map_err(|e| e.to_string())?);
+        let command = Command::new(std::env::current_exe().map_err(|e| e.to_string())?);
+        Self::start_as(command, url, capacity)
+    }
+
+    /// Starts an agent as [`AgentProcess::start`] does, but in PID and
+    /// mount namespaces of its own (`unshare`, as root) with its own
+    /// tmpfs on `/tmp`: it shares no process, socket or temporary file
+    /// with the host, only the network (the host reaches it through
+    /// nats-server on loopback). Its [`pid`](Self::pid) is `unshare`'s;
+    /// the agent is pid 1 inside, and dies with `unshare`
+    /// (`--kill-child`), taking every process of the namespace with it.
+    pub fn start_in_namespaces(url: &str, capacity: usize) -> Result<Self, Failed> {
+        const UNSHARE: [&str; 6] = [
+            "--pid",
+            "--fork",
+            "--kill-child",
+            "--mount-proc",
+            "--mount",
+            "--propagation=private",
+        ];
+        // Fail, never skip, where namespaces are not allowed: CI runs as root.
+        let probe = Command::new("unshare")
+            .args(UNSHARE)
+            .args(["sh", "-c", "mount -t tmpfs tmpfs /tmp"])
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| format!("this test needs `unshare` (util-linux): {e}"))?;
+        if !probe.status.success() {
+            return Err(format!(
+                "this test needs PID and mount namespaces (`unshare --pid --mount` and a \
+                 tmpfs mount, as root), which this machine refused ({}): {}",
+                probe.status,
+                String::from_utf8_lossy(&probe.stderr).trim()
+            )
+            .into());
+        }
+        let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+        let mut command = Command::new("unshare");
+        // The host's TMPDIR is not in the agent's fresh /tmp.
+        command.args(UNSHARE).args([
+            "sh",
+            "-c",
+            "mount -t tmpfs tmpfs /tmp && TMPDIR=/tmp exec \"$0\"",
+        ]);
+        command.arg(exe);
+        Self::start_as(command, url, capacity)
+    }
+
+    /// Runs `command` (this binary, perhaps wrapped) as an agent on `url`.
+    fn start_as(mut command: Command, url: &str, capacity: usize) -> Result<Self, Failed> {
         command
             .env(AGENT_ENV, url)
             .env(CAPACITY_ENV, capacity.to_string())
@@ -183,9 +232,34 @@ impl AgentProcess {
         }
     }
 
-    /// The agent's process id.
+    /// The agent's process id (`unshare`'s, for an agent in namespaces).
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// For an agent in namespaces: the host's pid of the process that is
+    /// `inner` in the agent's PID namespace (the namespace of `unshare`'s
+    /// child, whose processes' `NSpid` lines in `/proc/<pid>/status` list
+    /// their pid in each namespace, outermost first).
+    pub fn host_pid_of(&self, inner: u32) -> Option<u32> {
+        let unshare = self.pid();
+        let children =
+            std::fs::read_to_string(format!("/proc/{unshare}/task/{unshare}/children")).ok()?;
+        let init: u32 = children.split_whitespace().next()?.parse().ok()?;
+        let namespace = std::fs::read_link(format!("/proc/{init}/ns/pid")).ok()?;
+        std::fs::read_dir("/proc")
+            .ok()?
+            .flatten()
+            .find_map(|entry| {
+                let host: u32 = entry.file_name().to_str()?.parse().ok()?;
+                if std::fs::read_link(entry.path().join("ns/pid")).ok()? != namespace {
+                    return None;
+                }
+                let status = std::fs::read_to_string(entry.path().join("status")).ok()?;
+                let nspid = status.lines().find_map(|l| l.strip_prefix("NSpid:"))?;
+                let last = nspid.split_whitespace().last()?.parse::<u32>().ok()?;
+                (last == inner).then_some(host)
+            })
     }
 
     /// Kills the agent with SIGKILL and reaps it.

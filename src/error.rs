@@ -386,11 +386,16 @@ pub enum CrashReason {
     ConnectionLost,
     /// The worker's actor stopped by itself (it called `ctx.stop()`).
     Stopped,
+    /// The connection to a worker on another machine was lost (through
+    /// NATS: missed heartbeats, a message missing, a reconnect of either
+    /// side): whether the worker still runs is not known here, and its
+    /// agent ends it. Says what was noticed.
+    RemoteLost(String),
 }
 
 /// Serialized as `{"kind": .., "code": .., "text": ..}`: `kind` the
 /// variant in snake case (`exit`, `signal`, `panic`, `connection_lost`,
-/// `stopped`), `code` the exit code or signal number (`null` for the
+/// `stopped`, `remote_lost`), `code` the exit code or signal number (`null` for the
 /// others), `text` what `Display` says ("killed by SIGKILL"). By hand, as
 /// serde's derive has no shape that gives every variant the same fields.
 impl Serialize for CrashReason {
@@ -411,6 +416,7 @@ impl Serialize for CrashReason {
             CrashReason::Panic => ("panic", None),
             CrashReason::ConnectionLost => ("connection_lost", None),
             CrashReason::Stopped => ("stopped", None),
+            CrashReason::RemoteLost(_) => ("remote_lost", None),
         };
         let text = self.to_string();
         Written { kind, code, text }.serialize(serializer)
@@ -428,6 +434,9 @@ impl fmt::Display for CrashReason {
             CrashReason::Panic => f.write_str("panicked"),
             CrashReason::ConnectionLost => f.write_str("connection lost"),
             CrashReason::Stopped => f.write_str("its actor stopped"),
+            CrashReason::RemoteLost(why) => {
+                write!(f, "the connection to the remote worker was lost: {why}")
+            }
         }
     }
 }
@@ -566,6 +575,16 @@ pub enum SpawnError {
     /// serializer (or did not say hello).
     #[error("handshake failed: {0}")]
     Handshake(HandshakeError),
+    /// No agent could take the worker: none serves the contract on the
+    /// claim subject, all are at capacity, or the one that answered could
+    /// not start it (the `nats` module, feature `nats`).
+    #[error("no agent could start the worker (claims on `{subject}`): {why}")]
+    NoAgent {
+        /// The subject the claim was sent on.
+        subject: String,
+        /// What the agents (or their absence) said.
+        why: String,
+    },
     /// A local resource (directory, socket, thread) could not be set up.
     #[error("could not set up the worker's {what}: {source}")]
     Io {

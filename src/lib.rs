@@ -206,6 +206,8 @@
 //! - `actix-web`: `actix_web::ResponseError` for [`WorkerError`], so that a
 //!   handler can return it with `?` and the client gets the status it
 //!   means (503 with `Retry-After` when overloaded, 504 on a timeout, …).
+//! - `nats`: `isolated_workers::nats`, workers on other machines through NATS (an `Agent`
+//!   on each, the `Nats` driver on the host).
 //!
 //! The repository's README has the guide at length (every capability,
 //! failure semantics, platforms), `ARCHITECTURE.md` the map of the code,
@@ -221,6 +223,9 @@ pub mod error;
 mod ids;
 mod lifecycle;
 pub mod middleware;
+#[cfg(feature = "nats")]
+#[cfg_attr(docsrs, doc(cfg(feature = "nats")))]
+pub mod nats;
 mod panic;
 pub mod pool;
 pub mod proxy;

@@ -21,10 +21,78 @@ use support::*;
 
 fn main() {
     enter_workers();
+    #[cfg(feature = "nats")]
+    nats_support::enter_agent();
     let mut trials = suite("child_process", || ChildProcess::current_exe("calc"));
     trials.extend(suite("thread", || Thread::new(CalcWorker::default)));
     trials.extend(suite("in_memory", || InMemory::new(CalcWorker::default)));
+    #[cfg(feature = "nats")]
+    {
+        // One server and one agent for the whole NATS run, stopped when
+        // the run ends (and, should it crash, with it).
+        let nats = over_nats::start();
+        trials.extend(suite("nats", || over_nats::OverNats));
+        let conclusion = libtest_mimic::run(&libtest_mimic::Arguments::from_args(), trials);
+        drop(nats);
+        conclusion.exit();
+    }
+    #[cfg(not(feature = "nats"))]
     run(trials);
+}
+
+#[cfg(feature = "nats")]
+mod nats_support;
+
+/// The suite over NATS: workers on an agent (a process of its own) of a
+/// server of the run's own.
+#[cfg(feature = "nats")]
+mod over_nats {
+    use std::sync::OnceLock;
+    use std::time::Duration;
+
+    use futures::future::LocalBoxFuture;
+    use isolated_workers::nats::Nats;
+    use isolated_workers::{Connection, Driver, SpawnError, WorkerOptions};
+
+    use super::nats_support::{AgentProcess, NatsServer};
+    use super::support::Calc;
+
+    /// The server's URL, once started.
+    static URL: OnceLock<String> = OnceLock::new();
+
+    /// Starts the server and the agent (with room for every test at once).
+    pub fn start() -> Option<(NatsServer, AgentProcess)> {
+        let server =
+            NatsServer::start().unwrap_or_else(|e| panic!("{}", e.message().unwrap_or("")));
+        let agent = AgentProcess::start(&server.url(), 64)
+            .unwrap_or_else(|e| panic!("{}", e.message().unwrap_or("")));
+        URL.get_or_init(|| server.url());
+        Some((server, agent))
+    }
+
+    /// A `Nats` driver that connects at each launch: the suite makes its
+    /// drivers outside a runtime, and a client belongs to the runtime of
+    /// its test.
+    pub struct OverNats;
+
+    impl Driver<Calc> for OverNats {
+        fn launch(
+            &self,
+            options: &WorkerOptions,
+        ) -> LocalBoxFuture<'static, Result<Connection, SpawnError>> {
+            let options = options.clone();
+            Box::pin(async move {
+                let url = URL.get().cloned().unwrap_or_default();
+                let client = async_nats::connect(url).await.map_err(|e| SpawnError::Io {
+                    what: "NATS connection",
+                    source: std::io::Error::other(e),
+                })?;
+                let nats =
+                    Nats::new(client).heartbeat(Duration::from_millis(200), Duration::from_secs(2));
+                <Nats as Driver<Calc>>::launch(&nats, &options).await
+            })
+        }
+    }
 }
 
 /// Every behaviour test, for the driver `make` builds; each test is named

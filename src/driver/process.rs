@@ -21,13 +21,17 @@ const STDERR_TAIL: usize = 4096;
 pub(crate) const EXIT_STATUS_WAIT: Duration = Duration::from_millis(500);
 
 /// How a watched process ended.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(crate) enum Ended {
     /// A child of this host: its exit status.
     Status(ExitStatus),
     /// A process this host attached to: it is gone, but only its parent
     /// may read its exit status.
     Unknown,
+    /// A worker on another machine: what its agent reported, or why the
+    /// connection to it was lost.
+    #[cfg_attr(not(feature = "nats"), allow(dead_code))]
+    Remote(crate::error::CrashReason),
 }
 
 impl Ended {
@@ -35,6 +39,7 @@ impl Ended {
         match self {
             Ended::Status(status) => crate::error::CrashReason::from_exit_status(status),
             Ended::Unknown => crate::error::CrashReason::ConnectionLost,
+            Ended::Remote(reason) => reason,
         }
     }
 }
@@ -54,6 +59,10 @@ pub(crate) struct ProcessHandle {
     /// which cannot name another process after a pid is reused.
     #[cfg(target_os = "linux")]
     pidfd: Option<Rc<std::os::fd::OwnedFd>>,
+    /// For a worker on another machine: where its signals go (to the
+    /// driver that carries them to the worker's agent). Dropping the
+    /// handle closes it, which ends the remote worker.
+    remote: Option<tokio::sync::mpsc::UnboundedSender<Signal>>,
 }
 
 impl ProcessHandle {
@@ -93,6 +102,28 @@ impl ProcessHandle {
             stderr,
             #[cfg(target_os = "linux")]
             pidfd: None,
+            remote: None,
+        }
+    }
+
+    /// A worker on another machine, process `pid` there: `exit` tells how
+    /// it ended, and the signals this handle sends (SIGTERM, SIGKILL) go
+    /// to `signals`.
+    #[cfg_attr(not(feature = "nats"), allow(dead_code))]
+    pub(crate) fn remote(
+        pid: u32,
+        exit: watch::Receiver<Option<Ended>>,
+        signals: tokio::sync::mpsc::UnboundedSender<Signal>,
+    ) -> Self {
+        Self {
+            pid,
+            kill: None,
+            armed: Rc::new(Cell::new(true)),
+            exit,
+            stderr: StderrTail::default(),
+            #[cfg(target_os = "linux")]
+            pidfd: None,
+            remote: Some(signals),
         }
     }
 
@@ -136,6 +167,7 @@ impl ProcessHandle {
             stderr: StderrTail::default(),
             #[cfg(target_os = "linux")]
             pidfd: Some(pidfd),
+            remote: None,
         })
     }
 
@@ -165,6 +197,9 @@ impl ProcessHandle {
     }
 
     fn is_child(&self) -> bool {
+        if self.remote.is_some() {
+            return false;
+        }
         #[cfg(target_os = "linux")]
         return self.pidfd.is_none();
         #[cfg(not(target_os = "linux"))]
@@ -173,6 +208,10 @@ impl ProcessHandle {
 
     fn signal(&self, signal: Signal) {
         if self.exit.borrow().is_some() {
+            return;
+        }
+        if let Some(remote) = &self.remote {
+            let _ = remote.send(signal);
             return;
         }
         #[cfg(target_os = "linux")]
@@ -202,7 +241,7 @@ impl ProcessHandle {
         let mut exit = self.exit.clone();
         async move {
             match exit.wait_for(Option::is_some).await {
-                Ok(ended) => *ended,
+                Ok(ended) => ended.clone(),
                 Err(_) => std::future::pending().await,
             }
         }

@@ -173,127 +173,28 @@ impl<C: Contract> Driver<C> for ChildProcess {
     }
 }
 
+/// A worker process just spawned, before its Hello was read: the host's
+/// end of its connection, and the handle that watches it.
+pub(crate) struct Spawned {
+    /// The host's end of the socketpair (blocking, close-on-exec).
+    pub(crate) channel: UnixStream,
+    /// Watches, kills and reaps the child.
+    pub(crate) process: ProcessHandle,
+    /// The count of request frames the worker read, if it has one.
+    pub(crate) mark: Option<ReadMark>,
+}
+
 impl ChildProcess {
     async fn spawn_and_handshake<C: Contract>(
         self,
         options: WorkerOptions,
     ) -> Result<Connection, SpawnError> {
         let deadline = tokio::time::Instant::now() + options.startup_timeout;
-        if let Some(name) = std::env::var_os(env::NAME) {
-            // This process was started as a worker but never entered it:
-            // spawning again would start the same mistake once more.
-            return Err(SpawnError::Launch {
-                program: "<this process>".into(),
-                source: io::Error::other(format!(
-                    "this process was started as worker {name:?} but did not call \
-                     `worker_entry` with that name; refusing to spawn workers from it"
-                )),
-            });
-        }
-        let program = self.program.map_err(|e| SpawnError::Launch {
-            program: "<current executable>".into(),
-            source: io::Error::other(e),
-        })?;
-        sweep_leftovers_once();
-        // Both ends are close-on-exec here, so that no other child this host
-        // spawns meanwhile inherits the worker's end; the child clears the
-        // flag on its own copy between fork and exec.
-        let (ours, theirs) = socketpair().map_err(|source| SpawnError::Io {
-            what: "socketpair",
-            source,
-        })?;
-        // Without a hook of the user's to run between fork and exec, std
-        // spawns with `posix_spawn` (no copy of the host's page tables, so
-        // the host's size does not matter): the worker's end is then its
-        // stdin, and the worker sets its parent-death signal itself.
-        let fork_free =
-            cfg!(target_os = "linux") && self.limits.is_empty() && self.pre_exec.is_none();
-        let mut command = if self.own_image {
-            own_image::command(&program, &self.args).map_err(|e| SpawnError::Launch {
-                program: program.display().to_string(),
-                source: io::Error::other(e),
-            })?
-        } else {
-            let mut command = tokio::process::Command::new(&program);
-            command.args(&self.args);
-            command
-        };
-        if self.clear_env {
-            command.env_clear();
-        }
-        command
-            .envs(self.envs.iter().map(|(k, v)| (k, v)))
-            .env(env::NAME, &self.worker_name)
-            .env(env::MAX_FRAME, options.max_frame_len.to_string())
-            .env(env::GRACE_MS, options.close_grace.as_millis().to_string())
-            .envs(forwarded_tracing().map(|level| (env::TRACE, level)))
-            .stderr(Stdio::piped());
-        let host = std::process::id();
-        let (spawned, mark) = if fork_free {
-            let mark = ReadMark::create();
-            command
-                .env(env::CHANNEL_FD, "0")
-                .env(env::HOST_PID, host.to_string())
-                .envs(
-                    mark.as_ref()
-                        .map(|_| (env::READ_MARK, env::MARK_ON_CHANNEL)),
-                )
-                .stdin(Stdio::from(std::os::fd::OwnedFd::from(theirs)));
-            let spawned = command.spawn();
-            // The child has its copy; the host's must go with the command,
-            // or the host would never see the worker's end close.
-            drop(command);
-            let mark = match (mark, &spawned) {
-                (Some((mark, fd)), Ok(_)) => match send_mark(&ours, &fd) {
-                    Ok(()) => Some(mark),
-                    Err(e) => {
-                        // The worker waits for this first message: a bare
-                        // byte tells it there is no mark.
-                        tracing::debug!("no read mark for this worker: {e}");
-                        let _ = std::io::Write::write_all(&mut &ours, &[0]);
-                        None
-                    }
-                },
-                _ => None,
-            };
-            (spawned, mark)
-        } else {
-            let channel = theirs.as_raw_fd();
-            // Inherited by this child only, as the worker's end is.
-            let mark =
-                ReadMark::create().and_then(|(mark, fd)| above_stdio(fd).ok().map(|fd| (mark, fd)));
-            let passed = mark.as_ref().map(|(_, fd)| fd.as_raw_fd());
-            command
-                .env(env::CHANNEL_FD, channel.to_string())
-                .envs(passed.map(|fd| (env::READ_MARK, fd.to_string())))
-                .stdin(Stdio::null());
-            let limits = self.limits.clone();
-            let hook = self.pre_exec.clone();
-            // SAFETY: the closure only makes async-signal-safe system calls
-            // (prctl, getppid, fcntl, setrlimit) and calls the user's hook, whose
-            // own safety the user vouched for in `ChildProcess::pre_exec`.
-            unsafe {
-                command.pre_exec(move || {
-                    in_child_before_exec(host, [Some(channel), passed], &limits)?;
-                    match &hook {
-                        Some(hook) => hook(),
-                        None => Ok(()),
-                    }
-                });
-            }
-            let spawned = command.spawn();
-            // The child has its copies (or there is no child): the host's copy
-            // of the worker's end must go, or the host would never see it
-            // close; of the mark, the mapping is enough here.
-            drop(theirs);
-            (spawned, mark.map(|(mark, _fd)| mark))
-        };
-        let child = spawned.map_err(|source| SpawnError::Launch {
-            program: program.display().to_string(),
-            source,
-        })?;
-        let mut process = ProcessHandle::watch(child, &self.worker_name);
-        tracing::debug!(pid = process.pid(), worker = %self.worker_name, "spawned worker");
+        let Spawned {
+            channel: ours,
+            mut process,
+            mark,
+        } = self.spawn(&options, true)?;
 
         let greeted = async {
             ours.set_nonblocking(true)?;
@@ -342,6 +243,141 @@ impl ChildProcess {
         Err(match failure {
             SpawnError::Timeout { after, .. } => SpawnError::Timeout { after, stderr },
             other => other,
+        })
+    }
+}
+
+impl ChildProcess {
+    /// Spawns the worker process with its end of a fresh socketpair, and
+    /// starts watching it; its Hello is not read. With `read_mark`, the
+    /// worker gets a [`ReadMark`] to count the requests it read (only a
+    /// host that reads the worker's frames itself can use one).
+    pub(crate) fn spawn(
+        &self,
+        options: &WorkerOptions,
+        read_mark: bool,
+    ) -> Result<Spawned, SpawnError> {
+        if let Some(name) = std::env::var_os(env::NAME) {
+            // This process was started as a worker but never entered it:
+            // spawning again would start the same mistake once more.
+            return Err(SpawnError::Launch {
+                program: "<this process>".into(),
+                source: io::Error::other(format!(
+                    "this process was started as worker {name:?} but did not call \
+                     `worker_entry` with that name; refusing to spawn workers from it"
+                )),
+            });
+        }
+        let program = self.program.clone().map_err(|e| SpawnError::Launch {
+            program: "<current executable>".into(),
+            source: io::Error::other(e),
+        })?;
+        sweep_leftovers_once();
+        // Both ends are close-on-exec here, so that no other child this host
+        // spawns meanwhile inherits the worker's end; the child clears the
+        // flag on its own copy between fork and exec.
+        let (ours, theirs) = socketpair().map_err(|source| SpawnError::Io {
+            what: "socketpair",
+            source,
+        })?;
+        // Without a hook of the user's to run between fork and exec, std
+        // spawns with `posix_spawn` (no copy of the host's page tables, so
+        // the host's size does not matter): the worker's end is then its
+        // stdin, and the worker sets its parent-death signal itself.
+        let fork_free =
+            cfg!(target_os = "linux") && self.limits.is_empty() && self.pre_exec.is_none();
+        let mut command = if self.own_image {
+            own_image::command(&program, &self.args).map_err(|e| SpawnError::Launch {
+                program: program.display().to_string(),
+                source: io::Error::other(e),
+            })?
+        } else {
+            let mut command = tokio::process::Command::new(&program);
+            command.args(&self.args);
+            command
+        };
+        if self.clear_env {
+            command.env_clear();
+        }
+        command
+            .envs(self.envs.iter().map(|(k, v)| (k, v)))
+            .env(env::NAME, &self.worker_name)
+            .env(env::MAX_FRAME, options.max_frame_len.to_string())
+            .env(env::GRACE_MS, options.close_grace.as_millis().to_string())
+            .envs(forwarded_tracing().map(|level| (env::TRACE, level)))
+            .stderr(Stdio::piped());
+        let host = std::process::id();
+        let (spawned, mark) = if fork_free {
+            let mark = read_mark.then(ReadMark::create).flatten();
+            command
+                .env(env::CHANNEL_FD, "0")
+                .env(env::HOST_PID, host.to_string())
+                .envs(
+                    mark.as_ref()
+                        .map(|_| (env::READ_MARK, env::MARK_ON_CHANNEL)),
+                )
+                .stdin(Stdio::from(std::os::fd::OwnedFd::from(theirs)));
+            let spawned = command.spawn();
+            // The child has its copy; the host's must go with the command,
+            // or the host would never see the worker's end close.
+            drop(command);
+            let mark = match (mark, &spawned) {
+                (Some((mark, fd)), Ok(_)) => match send_mark(&ours, &fd) {
+                    Ok(()) => Some(mark),
+                    Err(e) => {
+                        // The worker waits for this first message: a bare
+                        // byte tells it there is no mark.
+                        tracing::debug!("no read mark for this worker: {e}");
+                        let _ = std::io::Write::write_all(&mut &ours, &[0]);
+                        None
+                    }
+                },
+                _ => None,
+            };
+            (spawned, mark)
+        } else {
+            let channel = theirs.as_raw_fd();
+            // Inherited by this child only, as the worker's end is.
+            let mark = read_mark
+                .then(ReadMark::create)
+                .flatten()
+                .and_then(|(mark, fd)| above_stdio(fd).ok().map(|fd| (mark, fd)));
+            let passed = mark.as_ref().map(|(_, fd)| fd.as_raw_fd());
+            command
+                .env(env::CHANNEL_FD, channel.to_string())
+                .envs(passed.map(|fd| (env::READ_MARK, fd.to_string())))
+                .stdin(Stdio::null());
+            let limits = self.limits.clone();
+            let hook = self.pre_exec.clone();
+            // SAFETY: the closure only makes async-signal-safe system calls
+            // (prctl, getppid, fcntl, setrlimit) and calls the user's hook, whose
+            // own safety the user vouched for in `ChildProcess::pre_exec`.
+            unsafe {
+                command.pre_exec(move || {
+                    in_child_before_exec(host, [Some(channel), passed], &limits)?;
+                    match &hook {
+                        Some(hook) => hook(),
+                        None => Ok(()),
+                    }
+                });
+            }
+            let spawned = command.spawn();
+            // The child has its copies (or there is no child): the host's copy
+            // of the worker's end must go, or the host would never see it
+            // close; of the mark, the mapping is enough here.
+            drop(theirs);
+            (spawned, mark.map(|(mark, _fd)| mark))
+        };
+        let child = spawned.map_err(|source| SpawnError::Launch {
+            program: program.display().to_string(),
+            source,
+        })?;
+        let process = ProcessHandle::watch(child, &self.worker_name);
+        tracing::debug!(pid = process.pid(), worker = %self.worker_name, "spawned worker");
+        Ok(Spawned {
+            channel: ours,
+            process,
+            mark,
         })
     }
 }

@@ -195,7 +195,10 @@ impl AgentProcess {
         command.args(UNSHARE).args([
             "sh",
             "-c",
-            "mount -t tmpfs tmpfs /tmp && TMPDIR=/tmp exec \"$0\"",
+            // The binary is opened (descriptor 9) before the fresh /tmp
+            // hides whatever was below it (this test binary, when the
+            // checkout is in /tmp), and executed through the descriptor.
+            "exec 9<\"$0\" && mount -t tmpfs tmpfs /tmp && TMPDIR=/tmp exec /proc/self/fd/9",
         ]);
         command.arg(exe);
         Self::start_as(command, url, capacity)

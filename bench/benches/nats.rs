@@ -39,8 +39,11 @@ use criterion::{Criterion, Throughput};
 use futures::future::join_all;
 use futures::StreamExt;
 use isolated_workers::nats::{Agent, Nats};
-use isolated_workers::{ChildProcess, Close, Worker, WorkerError};
-use serde::{Deserialize, Serialize};
+use isolated_workers::{ChildProcess, Close, Worker};
+
+#[path = "../common/echo.rs"]
+mod echo;
+use echo::{Echo16, EchoContract, Echoer, SMALL_MESSAGE};
 
 /// The name this binary runs the benchmark worker under.
 const WORKER: &str = "nats-echo";
@@ -51,38 +54,7 @@ const AGENT_ENV: &str = "NATS_BENCH_AGENT";
 /// The subject the floor's responder answers on.
 const RAW_SUBJECT: &str = "bench.raw.echo";
 
-const SMALL: usize = 16;
 const PIPELINE_DEPTH: usize = 64;
-const SMALL_MESSAGE: [u8; SMALL] = *b"sixteen byte msg";
-
-/// A small request, echoed back as its own reply.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
-struct Echo16 {
-    #[serde(with = "serde_bytes")]
-    data: [u8; SMALL],
-}
-
-isolated_workers::contract! {
-    /// What the benchmark worker serves.
-    EchoContract {
-        Echo16 => Echo16,
-    }
-}
-
-/// The worker actor: answers with what it got.
-struct Echoer;
-
-impl Actor for Echoer {
-    type Context = Context<Self>;
-}
-
-impl Handler<Echo16> for Echoer {
-    type Result = Result<Echo16, WorkerError>;
-
-    fn handle(&mut self, echo: Echo16, _: &mut Context<Self>) -> Self::Result {
-        Ok(echo)
-    }
-}
 
 fn main() {
     // In the worker child this serves requests and never returns; so do

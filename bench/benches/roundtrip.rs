@@ -111,7 +111,10 @@ use futures::future::join_all;
 use isolated_workers::{
     Batch, ChildProcess, Close, Driver, SharedBytes, Status, Thread, Worker, WorkerError,
 };
-use serde::{Deserialize, Serialize};
+
+#[path = "../common/echo.rs"]
+mod echo;
+use echo::{Echo16, EchoBytes, EchoContract, EchoShared, Echoer, ECHO16, SMALL, SMALL_MESSAGE};
 
 /// The name this binary runs the benchmark worker under.
 const WORKER: &str = "roundtrip-echo";
@@ -122,75 +125,10 @@ const RAW_ECHO_LEN: &str = "ROUNDTRIP_RAW_ECHO_LEN";
 /// Set in the `spawn_ready` floor's child, which says it is up and exits.
 const RAW_SPAWN: &str = "ROUNDTRIP_RAW_SPAWN";
 
-const SMALL: usize = 16;
 const PIPELINE_DEPTH: usize = 64;
 const MIB: usize = 1 << 20;
-const SMALL_MESSAGE: [u8; SMALL] = *b"sixteen byte msg";
-/// The small request every small-message workload sends.
-const ECHO16: Echo16 = Echo16 {
-    data: SMALL_MESSAGE,
-};
 /// How long a worker idles before its resident set is read.
 const IDLE: Duration = Duration::from_millis(500);
-
-/// A small request, echoed back as its own reply.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
-struct Echo16 {
-    #[serde(with = "serde_bytes")]
-    data: [u8; SMALL],
-}
-
-/// A byte payload of any size, echoed back as the reply.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct EchoBytes {
-    data: Bytes,
-}
-
-/// Shared memory of any size, echoed back as the reply.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct EchoShared {
-    data: SharedBytes,
-}
-
-isolated_workers::contract! {
-    /// What the benchmark worker serves.
-    EchoContract {
-        Echo16 => Echo16,
-        EchoBytes => Bytes,
-        EchoShared => SharedBytes,
-    }
-}
-
-/// The worker actor: answers every request with what it got.
-struct Echoer;
-
-impl Actor for Echoer {
-    type Context = Context<Self>;
-}
-
-impl Handler<Echo16> for Echoer {
-    type Result = Result<Echo16, WorkerError>;
-
-    fn handle(&mut self, echo: Echo16, _: &mut Context<Self>) -> Self::Result {
-        Ok(echo)
-    }
-}
-
-impl Handler<EchoBytes> for Echoer {
-    type Result = Result<Bytes, WorkerError>;
-
-    fn handle(&mut self, echo: EchoBytes, _: &mut Context<Self>) -> Self::Result {
-        Ok(echo.data)
-    }
-}
-
-impl Handler<EchoShared> for Echoer {
-    type Result = Result<SharedBytes, WorkerError>;
-
-    fn handle(&mut self, echo: EchoShared, _: &mut Context<Self>) -> Self::Result {
-        Ok(echo.data)
-    }
-}
 
 fn main() {
     // In the worker child this serves requests and never returns.

@@ -11,39 +11,14 @@
 //! Arguments: `child | thread | actix`, `sequential | pipelined | batched`, N.
 
 use actix::prelude::*;
-use isolated_workers::{Batch, ChildProcess, Close, Driver, Thread, Worker, WorkerError};
-use serde::{Deserialize, Serialize};
+use isolated_workers::{Batch, ChildProcess, Close, Driver, Thread, Worker};
 
-/// A 16-byte request, answered with itself.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
-struct Echo16 {
-    #[serde(with = "serde_bytes")]
-    data: [u8; 16],
-}
-
-isolated_workers::contract! { Echo { Echo16 => Echo16 } }
-
-/// Echoes each request.
-#[derive(Debug, Default)]
-struct Echoer;
-
-impl Actor for Echoer {
-    type Context = Context<Self>;
-}
-
-impl Handler<Echo16> for Echoer {
-    type Result = Result<Echo16, WorkerError>;
-    fn handle(&mut self, echo: Echo16, _: &mut Context<Self>) -> Self::Result {
-        Ok(echo)
-    }
-}
+#[path = "../common/echo.rs"]
+mod echo;
+use echo::{Echo16, EchoContract, Echoer, ECHO16};
 
 /// How many requests are in flight at once when pipelined.
 const IN_FLIGHT: usize = 64;
-
-const MESSAGE: Echo16 = Echo16 {
-    data: *b"sixteen byte msg",
-};
 
 /// Sends `n` requests to `echo` with a plain `Addr::send`, one at a time or
 /// `IN_FLIGHT` at a time.
@@ -53,7 +28,7 @@ where
     A::Context: actix::dev::ToEnvelope<A, Echo16>,
 {
     let send = || {
-        let reply = echo.send(MESSAGE);
+        let reply = echo.send(ECHO16);
         async move {
             reply.await.expect("delivered").expect("answered");
         }
@@ -73,11 +48,11 @@ where
 }
 
 /// Sends `n` requests to `worker` in batches of `IN_FLIGHT`.
-async fn drive_batched<D: Driver<Echo>>(worker: &Addr<Worker<Echo, D>>, n: usize) {
+async fn drive_batched<D: Driver<EchoContract>>(worker: &Addr<Worker<EchoContract, D>>, n: usize) {
     let mut left = n;
     while left > 0 {
         let batch = left.min(IN_FLIGHT);
-        let replies = worker.send(Batch::new(vec![MESSAGE; batch])).await;
+        let replies = worker.send(Batch::new(vec![ECHO16; batch])).await;
         for reply in replies.expect("delivered") {
             reply.expect("answered");
         }
@@ -86,7 +61,11 @@ async fn drive_batched<D: Driver<Echo>>(worker: &Addr<Worker<Echo, D>>, n: usize
 }
 
 /// Sends `n` requests to `worker` as `mode` says.
-async fn drive_worker<D: Driver<Echo>>(worker: &Addr<Worker<Echo, D>>, n: usize, mode: Mode) {
+async fn drive_worker<D: Driver<EchoContract>>(
+    worker: &Addr<Worker<EchoContract, D>>,
+    n: usize,
+    mode: Mode,
+) {
     match mode {
         Mode::Sequential => drive(worker, n, false).await,
         Mode::Pipelined => drive(worker, n, true).await,
@@ -103,7 +82,7 @@ enum Mode {
 }
 
 fn main() {
-    isolated_workers::worker_entry::<Echo, _>("echo", Echoer::default);
+    isolated_workers::worker_entry::<EchoContract, _>("echo", Echoer::default);
     let args: Vec<String> = std::env::args().skip(1).collect();
     let usage = "usage: instructions child|thread|actix sequential|pipelined|batched N";
     let [target, mode, n] = args.as_slice() else {
@@ -132,14 +111,14 @@ fn main() {
                 // tool, not this program, and the worker would not start.
                 let exe = std::env::current_exe().expect("this program's path");
                 let worker =
-                    Worker::<Echo, ChildProcess>::spawn(ChildProcess::program(exe, "echo"))
+                    Worker::<EchoContract, ChildProcess>::spawn(ChildProcess::program(exe, "echo"))
                         .await
                         .expect("the worker starts");
                 drive_worker(&worker, n, mode).await;
                 worker.send(Close).await.expect("closed");
             }
             "thread" => {
-                let worker = Worker::<Echo, _>::spawn(Thread::new(Echoer::default))
+                let worker = Worker::<EchoContract, _>::spawn(Thread::new(Echoer::default))
                     .await
                     .expect("the worker starts");
                 drive_worker(&worker, n, mode).await;
